@@ -1,0 +1,13 @@
+"""Compression modules, one registry: ``create_source`` / ``create_server`` by name.
+
+Importing this package registers every built-in module.
+"""
+from .base import Arrays, ServerPart, SourcePart
+from .registry import CompressionConfig, available, create_server, create_source, get
+from . import identity, feature_filter  # noqa: F401  (registration)
+from .schedules import BudgetSchedule, schedule_for
+
+__all__ = [
+    "Arrays", "ServerPart", "SourcePart", "CompressionConfig", "available", "create_server",
+    "create_source", "get", "BudgetSchedule", "schedule_for",
+]

@@ -1,0 +1,77 @@
+"""The two halves of a compression module and the arrays that cross the cut.
+
+A module is a pair of ``nn.Module``s. The source part turns the head's output into
+the tensor that is sent (still attached to the autograd graph, so the gradient that
+comes back can finish the backward pass) plus any side information; ``encode`` gives
+the exact arrays that go on the wire. The server part's ``decode`` rebuilds a leaf
+tensor from those arrays (its ``.grad`` is what is returned) and the full activation
+the server's layers expect.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+Arrays = dict[str, np.ndarray]
+
+
+def to_wire(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous float32 CPU array that shares memory where it can."""
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
+
+
+def index_dtype(count: int) -> np.dtype:
+    """The smallest unsigned integer type that can index ``count`` items."""
+    return np.dtype(np.uint8) if count <= 256 else np.dtype(np.uint16)
+
+
+class SourcePart(nn.Module):
+    """Runs at the data source, after the head."""
+
+    def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, Arrays]:
+        """Return (sent, side): ``sent`` is differentiable, ``side`` is plain arrays."""
+        raise NotImplementedError
+
+    def encode(self, sent: torch.Tensor, side: Arrays) -> Arrays:
+        return {"maps": to_wire(sent), **side}
+
+    def decode_grad(self, arrays: Arrays, like: torch.Tensor) -> torch.Tensor:
+        grad = arrays.get("grad")
+        if grad is None or tuple(grad.shape) != tuple(like.shape):
+            got = None if grad is None else tuple(grad.shape)
+            raise ValueError(f"gradient shape {got} does not match the sent tensor {tuple(like.shape)}")
+        return torch.from_numpy(grad).to(like.device, like.dtype)
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """A loss term that trains parameters living at the source (e.g. a filter)."""
+        return None
+
+    def make_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimizers for parameters that need their own (called once); the source
+        trains every other parameter with its SGD."""
+        return []
+
+    def before_step(self) -> None:
+        """Called between backward and the optimizer steps (e.g. to clip gradients)."""
+
+    def after_step(self) -> None:
+        """Called after the optimizer steps (e.g. to keep parameters in range)."""
+
+    def set_budget(self, budget: int) -> None:
+        """Change the communication budget (modules without one ignore it)."""
+
+    def describe(self) -> dict:
+        """Small, JSON-able state for the trace (e.g. the filter values)."""
+        return {}
+
+
+class ServerPart(nn.Module):
+    """Runs at the offload server, before the tail."""
+
+    def decode(self, arrays: Arrays, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (sent, restored): ``sent`` is a leaf whose grad goes back to the source."""
+        raise NotImplementedError
+
+    def encode_grad(self, sent: torch.Tensor) -> Arrays:
+        return {"grad": to_wire(sent.grad)}

@@ -1,0 +1,158 @@
+"""Paper 002's compression-decompression module: a learnable per-map filter.
+
+Source: optional resolution compression (conv, kernel 2+r, stride r, padding r,
+BatchNorm), then ``f = sigmoid(f_hat)`` multiplied into the maps; only the top-B
+maps by filter value are sent, with their indices. The prune loss
+``eps * (exp(delta*(sum f - B)) + lambda*exp(-delta*(sum f - B)))`` is computed
+here, at the source, where ``f_hat`` lives, so the filter is actually learned.
+Server: the sent maps are placed back at their indices (zeros elsewhere) and, with
+resolution compression, a transposed convolution restores the full resolution.
+
+``filter``, ``deprune`` and ``prune`` are the same module; they differ only in the
+budget schedule (see ``schedules.py``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Arrays, ServerPart, SourcePart, index_dtype
+from .registry import CompressionConfig, register
+
+FILTER_GRAD_CLIP = 1.0  # max norm of the logits' gradient per step
+FILTER_MOMENTUM = 0.9
+LOGIT_BOUND = 15.0      # sigmoid(15) = 1 - 3e-7: fully on or off, still movable
+
+
+def _check_resolution(r: int) -> None:
+    if r < 1:
+        raise ValueError(f"resolution compression factor must be >= 1, got {r}")
+
+
+def _compressed_shape(cut_shape, r: int) -> tuple[int, int, int]:
+    channels, height, width = cut_shape
+    if r == 1:
+        return channels, height, width
+    return channels, (height + 2 * r - (2 + r)) // r + 1, (width + 2 * r - (2 + r)) // r + 1
+
+
+class FeatureFilterSource(SourcePart):
+    def __init__(self, cut_shape, config: CompressionConfig):
+        super().__init__()
+        _check_resolution(config.resolution)
+        self.config = config
+        channels = cut_shape[0]
+        r = config.resolution
+        self.compress = nn.Identity() if r == 1 else nn.Sequential(
+            nn.Conv2d(channels, channels, 2 + r, stride=r, padding=r), nn.BatchNorm2d(channels))
+        self.channels = channels
+        self.logits = nn.Parameter(torch.empty(channels))
+        self.budget = channels
+        self.reset_filter()
+        self.set_budget(config.budget)
+
+    # -- the filter ------------------------------------------------------------
+    def filter(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def reset_filter(self, which: torch.Tensor | None = None) -> None:
+        """Draw fresh logits, for all maps or only where ``which`` is true."""
+        fresh = torch.rand(self.channels) * self.config.filter_init
+        with torch.no_grad():
+            if which is None:
+                self.logits.copy_(fresh)
+            else:
+                self.logits[which] = fresh[which]
+
+    def set_budget(self, budget: int) -> None:
+        if budget < 1:
+            raise ValueError(f"budget must be at least 1 feature map, got {budget}")
+        budget = min(int(budget), self.channels)
+        if budget == self.budget:
+            return
+        # A raised budget needs maps that were pruned to zero: every logit starts over.
+        # A lowered one re-draws the maps that were on (paper 002's resetprune), so the
+        # filter can choose among them again.
+        self.reset_filter(None if budget > self.budget else self.filter().detach() > 0.5)
+        self.budget = budget
+
+    # -- how the filter learns -------------------------------------------------
+    # The barrier's gradient spans many orders of magnitude (exp of the excess), so the
+    # logits take SGD steps on a norm-clipped gradient: the direction keeps the sigmoid's
+    # slope, which moves undecided maps faster than saturated ones, so the mass ends on
+    # about B maps; the clip keeps a step from flinging every logit to the floor.
+    def make_optimizers(self):
+        return [torch.optim.SGD([self.logits], lr=self.config.filter_lr, momentum=FILTER_MOMENTUM)]
+
+    def before_step(self) -> None:
+        if self.logits.grad is not None:
+            torch.nn.utils.clip_grad_norm_([self.logits], FILTER_GRAD_CLIP)
+
+    def after_step(self) -> None:
+        with torch.no_grad():  # keep logits where a later budget change can still move them
+            self.logits.clamp_(-LOGIT_BOUND, LOGIT_BOUND)
+
+    # -- forward and the prune loss --------------------------------------------
+    def forward(self, maps):
+        x = self.compress(maps)
+        f = self.filter()
+        index = torch.topk(f.detach(), self.budget).indices.sort().values
+        sent = x[:, index] * f[index].view(1, -1, 1, 1)
+        return sent, {"index": index.numpy().astype(index_dtype(self.channels))}
+
+    def extra_loss(self):
+        c = self.config
+        excess = self.filter().sum() - self.budget
+        barrier = torch.exp(c.prune_delta * excess) + c.prune_lambda * torch.exp(-c.prune_delta * excess)
+        return c.prune_weight * barrier
+
+    def describe(self):
+        f = self.filter().detach()
+        top = torch.topk(f, self.budget).values.sum()
+        return {"filter_sum": round(float(f.sum()), 4),
+                "filter_topb_share": round(float(top / f.sum().clamp_min(1e-12)), 4)}
+
+
+class FeatureFilterServer(ServerPart):
+    def __init__(self, cut_shape, config: CompressionConfig):
+        super().__init__()
+        _check_resolution(config.resolution)
+        self.cut_shape = tuple(cut_shape)
+        self.sent_shape = _compressed_shape(cut_shape, config.resolution)
+        channels, height, _ = cut_shape
+        r = config.resolution
+        if r == 1:
+            self.decompress = nn.Identity()
+        else:
+            small = self.sent_shape[1]
+            output_padding = height - ((small - 1) * r - 2 * r + (2 + r))
+            if not 0 <= output_padding < r:
+                raise ValueError(f"resolution factor {r} cannot restore maps of size {height}")
+            self.decompress = nn.ConvTranspose2d(channels, channels, 2 + r, stride=r, padding=r,
+                                                 output_padding=output_padding)
+
+    def decode(self, arrays: Arrays, device):
+        maps, index = arrays.get("maps"), arrays.get("index")
+        channels, height, width = self.sent_shape
+        if maps is None or index is None:
+            raise ValueError("a filtered message needs the arrays 'maps' and 'index'")
+        if maps.dtype != np.float32 or maps.ndim != 4 or tuple(maps.shape[2:]) != (height, width):
+            raise ValueError(f"expected float32 maps of shape (N, B, {height}, {width}), got {maps.dtype} {maps.shape}")
+        if index.ndim != 1 or index.shape[0] != maps.shape[1] or index.dtype.kind != "u":
+            raise ValueError(f"index must list one unsigned map number per sent map, got {index.dtype} {index.shape}")
+        if index.size and (int(index.max()) >= channels or len(np.unique(index)) != index.size):
+            raise ValueError(f"index must hold distinct map numbers below {channels}")
+        sent = torch.from_numpy(maps).to(device).requires_grad_()
+        where = torch.from_numpy(index.astype(np.int64)).to(device)
+        full = torch.zeros((maps.shape[0], channels, height, width), device=device, dtype=sent.dtype)
+        full = full.index_copy(1, where, sent)
+        return sent, self.decompress(full)
+
+
+for _name, _what in (
+    ("filter", "paper 002 filter at a fixed budget of B maps"),
+    ("deprune", "paper 002 deprune: budget B first, then all maps"),
+    ("prune", "paper 002 prune: all maps first, then smaller budgets, filter reset"),
+):
+    register(_name, _what, FeatureFilterSource, FeatureFilterServer)

@@ -1,0 +1,34 @@
+"""``none``: plain split learning, the cut activations cross the network as they are."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Arrays, ServerPart, SourcePart
+from .registry import register
+
+
+class IdentitySource(SourcePart):
+    def __init__(self, cut_shape, config):
+        super().__init__()
+        self.cut_shape = tuple(cut_shape)
+
+    def forward(self, maps):
+        return maps, {}
+
+
+class IdentityServer(ServerPart):
+    def __init__(self, cut_shape, config):
+        super().__init__()
+        self.cut_shape = tuple(cut_shape)
+
+    def decode(self, arrays: Arrays, device):
+        maps = arrays.get("maps")
+        if maps is None or maps.dtype != np.float32 or tuple(maps.shape[1:]) != self.cut_shape:
+            got = None if maps is None else (str(maps.dtype), tuple(maps.shape))
+            raise ValueError(f"expected float32 maps of shape (N, {self.cut_shape}), got {got}")
+        sent = torch.from_numpy(maps).to(device).requires_grad_()
+        return sent, sent
+
+
+register("none", "plain split learning: all cut activations, float32", IdentitySource, IdentityServer)

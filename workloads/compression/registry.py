@@ -1,0 +1,55 @@
+"""The registry of compression modules: one name -> a (source part, server part) pair."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .base import ServerPart, SourcePart
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Knobs of the compression modules; each module reads the ones it needs."""
+    budget: int = 4                # feature maps allowed across the cut (filter modules)
+    resolution: int = 1            # resolution compression factor r (1 = off)
+    prune_delta: float = 0.1       # delta of the prune loss barrier
+    prune_weight: float = 1000.0   # epsilon: weight of the prune loss in the total loss
+    prune_lambda: float = 1.0      # lambda: weight of the lower barrier
+    filter_init: float = 4.0       # filter logits start uniform in [0, filter_init)
+    filter_lr: float = 1.0         # learning rate of the filter logits
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    name: str
+    description: str
+    source: Callable[..., SourcePart]
+    server: Callable[..., ServerPart]
+
+
+_MODULES: dict[str, ModuleSpec] = {}
+
+
+def register(name: str, description: str, source, server) -> None:
+    if name in _MODULES:
+        raise ValueError(f"compression module {name!r} is registered twice")
+    _MODULES[name] = ModuleSpec(name, description, source, server)
+
+
+def available() -> list[str]:
+    return sorted(_MODULES)
+
+
+def get(name: str) -> ModuleSpec:
+    try:
+        return _MODULES[name]
+    except KeyError:
+        raise ValueError(f"unknown compression module {name!r}; known modules: {', '.join(available())}") from None
+
+
+def create_source(name: str, cut_shape, config: CompressionConfig) -> SourcePart:
+    return get(name).source(cut_shape, config)
+
+
+def create_server(name: str, cut_shape, config: CompressionConfig) -> ServerPart:
+    return get(name).server(cut_shape, config)

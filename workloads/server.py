@@ -1,0 +1,212 @@
+"""The offload server: ``python -m workloads.server``.
+
+One server-side model (decompression + blocks n+1..L) shared by every source, as in
+paper 002's testbed. One ROUTER socket serves all sources: requests are handled in
+arrival order and the server never waits on any particular source, so a slow or
+silent source does not stall the others. A malformed or out-of-order message gets an
+error reply and a log line; the server keeps serving.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zmq
+from torch import nn
+
+from . import protocol, settings
+from .compression import create_server
+from .data import NUM_CLASSES, INPUT_SHAPE, check_dataset
+from .models import build_split_model
+from .protocol import Message, ProtocolError
+from .trace import TraceWriter
+
+POLL_MS = 200
+
+
+@dataclass
+class Peer:
+    source: int
+    seq: int = 0
+    done: bool = False
+
+
+class Server:
+    def __init__(self, args, trace: TraceWriter):
+        self.args, self.trace = args, trace
+        check_dataset(args.dataset)
+        torch.manual_seed(args.seed)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.device = pick_device(args.device)
+        self.classes = NUM_CLASSES[args.dataset]
+        split = build_split_model(args.model, args.split, self.classes, INPUT_SHAPE)
+        self.cut_shape = split.cut_shape
+        self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args)).to(self.device)
+        self.tail = split.tail.to(self.device)
+        params = list(self.decompress.parameters()) + list(self.tail.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        self.loss = nn.CrossEntropyLoss()
+        self.peers: dict[bytes, Peer] = {}
+        self.served: Counter = Counter()
+        self.stopping = False
+
+    # -- the loop ----------------------------------------------------------------
+    def serve(self, sock: zmq.Socket) -> None:
+        while not self.stopping:
+            if not sock.poll(POLL_MS, zmq.POLLIN):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            identity, body = frames[0].bytes, frames[1:]
+            started = time.perf_counter()
+            peer = self.peers.get(identity)
+            op = None
+            try:
+                message = protocol.decode(body)
+                op = message.op
+                reply = self.handle(identity, message)
+            except (ProtocolError, ValueError) as exc:
+                reply = Message("error", {"reason": str(exc)})
+                print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {exc}", file=sys.stderr)
+                self.trace.event("error", peer=self._who(identity), op=op, reason=str(exc))
+            out = protocol.encode(reply)
+            sock.send_multipart([identity] + out, copy=False)
+            peer = self.peers.get(identity, peer)
+            self.served[peer.source if peer else -1] += 1
+            self.trace.event("request", peer=peer.source if peer else None, op=reply.op,
+                             bytes_in=protocol.stream_bytes(body), bytes_out=protocol.stream_bytes(out),
+                             duration_s=round(time.perf_counter() - started, 6))
+            expected = self.args.expect_sources
+            if expected and sum(p.done for p in self.peers.values()) >= expected:
+                break
+
+    def _who(self, identity: bytes) -> str:
+        peer = self.peers.get(identity)
+        return f"source {peer.source}" if peer else f"unknown peer {identity.hex()}"
+
+    # -- messages ----------------------------------------------------------------
+    def handle(self, identity: bytes, message: Message) -> Message:
+        if message.op == "hello":
+            return self._hello(identity, message.fields)
+        peer = self.peers.get(identity)
+        if peer is None:
+            raise ProtocolError(f"{message.op} before hello")
+        if message.op == "bye":
+            peer.done = True
+            return Message("bye", {})
+        seq = message.fields.get("seq")
+        if seq != peer.seq + 1:
+            raise ProtocolError(f"out of order: expected seq {peer.seq + 1}, got {seq!r}")
+        if message.op == "train":
+            reply = self._train(message)
+        elif message.op == "infer":
+            reply = self._infer(message)
+        else:
+            raise ProtocolError(f"a server does not accept {message.op!r}")
+        peer.seq = seq  # only a request that was served advances the sequence
+        return reply
+
+    def _hello(self, identity: bytes, fields: dict) -> Message:
+        mine = {"module": self.args.module, "model": self.args.model, "split": self.args.split,
+                "classes": self.classes, "cut": list(self.cut_shape)}
+        wrong = [f"{k}={fields.get(k)!r} (server: {v!r})" for k, v in mine.items() if fields.get(k) != v]
+        if wrong:
+            raise ProtocolError("settings differ from the server's: " + ", ".join(wrong))
+        source = fields.get("source")
+        if not isinstance(source, int) or source < 0:
+            raise ProtocolError(f"hello needs a non-negative integer source id, got {source!r}")
+        self.peers[identity] = Peer(source)
+        self.trace.event("hello", peer=source)
+        return Message("welcome", {"device": str(self.device), **mine})
+
+    def _labels(self, arrays, count: int) -> torch.Tensor:
+        labels = arrays.get("labels")
+        if labels is None or labels.dtype.kind not in "ui" or labels.shape != (count,):
+            raise ProtocolError(f"labels must be {count} integers, got {None if labels is None else (labels.dtype, labels.shape)}")
+        if count and (int(labels.min()) < 0 or int(labels.max()) >= self.classes):
+            raise ProtocolError(f"labels must lie in 0..{self.classes - 1}")
+        return torch.from_numpy(labels.astype(np.int64)).to(self.device)
+
+    def _train(self, message: Message) -> Message:
+        lr_scale = message.fields.get("lr_scale", 1.0)
+        if not isinstance(lr_scale, (int, float)) or not 0 < lr_scale <= 1000:
+            raise ProtocolError(f"lr_scale must be a number in (0, 1000], got {lr_scale!r}")
+        self.decompress.train()
+        self.tail.train()
+        sent, restored = self.decompress.decode(message.arrays, self.device)
+        labels = self._labels(message.arrays, restored.shape[0])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.args.lr * lr_scale
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.tail(restored)
+        loss = self.loss(logits, labels)
+        loss.backward()
+        self.optimizer.step()
+        correct = int((logits.argmax(1) == labels).sum())
+        arrays = self.decompress.encode_grad(sent) if message.fields.get("want_grad", True) else {}
+        return Message("grad", {"loss": round(loss.item(), 6), "correct": correct}, arrays)
+
+    @torch.no_grad()
+    def _infer(self, message: Message) -> Message:
+        self.decompress.eval()
+        self.tail.eval()
+        _, restored = self.decompress.decode(message.arrays, self.device)
+        pred = self.tail(restored).argmax(1).to("cpu").numpy().astype(np.uint8 if self.classes <= 256 else np.int32)
+        return Message("pred", {}, {"pred": pred})
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def main(argv=None) -> int:
+    args = settings.parse("server", "splittest offload server", argv)
+    trace = TraceWriter(args.trace or None, run=args.run_id, role="server")
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    server = None
+
+    def stop(signum, _frame):
+        if server is None:  # still starting: nothing to finish
+            raise KeyboardInterrupt
+        server.stopping = True  # finish the request in hand, then leave the loop
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server = Server(args, trace)
+        try:
+            sock.bind(f"tcp://*:{args.port}")
+        except zmq.ZMQError as exc:
+            raise ValueError(f"cannot listen on port {args.port}: {exc}") from None
+        trace.event("listening", port=args.port, device=str(server.device), module=args.module,
+                    model=args.model, split=args.split, cut=list(server.cut_shape), torch=torch.__version__,
+                    threads=torch.get_num_threads())
+        server.serve(sock)
+        trace.event("end", status="ok", served={str(k): v for k, v in sorted(server.served.items())})
+        return 0
+    except ValueError as exc:
+        print(f"server: {exc}", file=sys.stderr)
+        trace.event("end", status="error", error=str(exc))
+        return 2
+    except KeyboardInterrupt:
+        trace.event("end", status="interrupted")
+        return 130
+    finally:
+        sock.close(linger=0)
+        trace.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The data source: ``python -m workloads.source``.
+
+Trains the head (blocks 1..n) and the source part of the compression module on its
+own shard of the data; each step sends the cut to the server and finishes the
+backward pass with the gradient that comes back. At the end of every epoch it
+evaluates test accuracy by split inference over the same connection.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+import psutil
+import torch
+
+from . import settings
+from .compression import create_source, schedule_for
+from .data import NUM_CLASSES, DataError, load_dataset, shard, to_tensor_batch
+from .models import build_split_model
+from .protocol import Message, ProtocolError
+from .trace import TraceWriter
+from .transport import Connection, Exchange, ServerError, ServerTimeout
+
+
+class SourceError(RuntimeError):
+    pass
+
+
+def check(args) -> None:
+    for name in ("batch_size", "batches", "epochs", "sources", "budget", "eval_samples"):
+        if getattr(args, name) < (0 if name == "eval_samples" else 1):
+            raise SourceError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.source_id < args.sources:
+        raise SourceError(f"--source-id must be in 0..{args.sources - 1}, got {args.source_id}")
+
+
+class Source:
+    def __init__(self, args, trace: TraceWriter):
+        self.args, self.trace = args, trace
+        torch.manual_seed(args.seed)  # every source starts from the same weights
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        per_source = args.batch_size * args.batches
+        data = load_dataset(args.dataset, args.data_dir or None, seed=args.seed,
+                            train_size=per_source * args.sources, test_size=args.eval_samples,
+                            download=args.download)
+        if data.name != args.dataset:
+            print(f"source {args.source_id}: no CIFAR-10 under {args.data_dir or '(no --data-dir)'}; "
+                  f"using the synthetic dataset instead", file=sys.stderr)
+        self.data_origin = data.origin
+        self.train = shard(data.train, args.source_id, args.sources)
+        self.test = data.test
+        self.classes = NUM_CLASSES[data.name]
+        split = build_split_model(args.model, args.split, self.classes)
+        self.head = split.head
+        self.cut_shape = split.cut_shape
+        self.module = create_source(args.module, split.cut_shape, settings.compression_config(args))
+        self.schedule = schedule_for(args.module, args.budget, split.cut_shape[0], args.epochs,
+                                     text=args.schedule or None, boost=args.lr_boost,
+                                     boost_epochs=args.boost_epochs)
+        self.sgd, own = self._optimizers()
+        self.optimizers = ([self.sgd] if self.sgd else []) + own
+        self.rng = np.random.default_rng([args.seed, args.source_id])
+        self.connection = Connection(args.server, args.timeout)
+        self.seq = 0
+
+    def _optimizers(self) -> tuple[torch.optim.Optimizer | None, list[torch.optim.Optimizer]]:
+        """SGD for the head and the module's plain parameters, plus the module's own
+        optimizers (the filter logits); only the SGD gets paper 002's lr boost."""
+        a = self.args
+        own = self.module.make_optimizers()
+        taken = {id(p) for o in own for g in o.param_groups for p in g["params"]}
+        rest = [p for p in list(self.head.parameters()) + list(self.module.parameters()) if id(p) not in taken]
+        sgd = torch.optim.SGD(rest, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay) if rest else None
+        return sgd, own
+
+    def _request(self, op: str, arrays, **fields) -> Exchange:
+        self.seq += 1
+        return self.connection.request(Message(op, {"seq": self.seq, **fields}, arrays))
+
+    def hello(self) -> None:
+        a = self.args
+        exchange = self.connection.request(Message("hello", {
+            "source": a.source_id, "module": a.module, "model": a.model, "split": a.split,
+            "classes": self.classes, "cut": list(self.cut_shape)}))
+        self.trace.event("connected", server=a.server, bytes_sent=exchange.bytes_sent,
+                         bytes_received=exchange.bytes_received, **exchange.reply.fields)
+
+    def run(self) -> None:
+        a = self.args
+        first = True
+        for epoch in range(a.epochs):
+            budget, lr_scale = self.schedule.budget(epoch), self.schedule.lr_scale(epoch)
+            self.module.set_budget(budget)
+            if self.sgd is not None:
+                for group in self.sgd.param_groups:
+                    group["lr"] = self.args.lr * lr_scale
+            order = self.rng.permutation(len(self.train.labels))
+            for batch in range(a.batches):
+                picked = np.take(order, range(batch * a.batch_size, (batch + 1) * a.batch_size), mode="wrap")
+                self._train_step(epoch, batch, picked, budget, lr_scale, warmup=first)
+                first = False
+            self._evaluate(epoch, budget)
+
+    def _train_step(self, epoch, batch, picked, budget, lr_scale, warmup) -> None:
+        started = time.perf_counter()
+        self.head.train()
+        self.module.train()
+        x = to_tensor_batch(self.train.images[picked])
+        labels = self.train.labels[picked].astype(np.uint8)
+        sent, side = self.module(self.head(x))
+        arrays = self.module.encode(sent, side)
+        arrays["labels"] = labels
+        exchange = self._request("train", arrays, epoch=epoch, batch=batch, lr_scale=lr_scale,
+                                 want_grad=sent.requires_grad)
+        prune = self.module.extra_loss()
+        tensors, grads = [], []
+        if sent.requires_grad:
+            tensors.append(sent)
+            grads.append(self.module.decode_grad(exchange.reply.arrays, sent))
+        if prune is not None:
+            tensors.append(prune)
+            grads.append(None)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        if tensors:
+            torch.autograd.backward(tensors, grads)
+            self.module.before_step()
+            for optimizer in self.optimizers:
+                optimizer.step()
+            self.module.after_step()
+        self.trace.event(
+            "batch", epoch=epoch, batch=batch, samples=len(picked), warmup=warmup,
+            duration_s=round(time.perf_counter() - started, 6),
+            bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received,
+            payload_sent=exchange.payload_sent, payload_received=exchange.payload_received,
+            loss=exchange.reply.fields.get("loss"), correct=exchange.reply.fields.get("correct"),
+            prune_loss=None if prune is None else round(prune.item(), 6),
+            budget=budget, phase=self.schedule.phase(epoch), lr_scale=lr_scale, **self.module.describe())
+
+    @torch.no_grad()
+    def _evaluate(self, epoch, budget) -> None:
+        if not len(self.test.labels):
+            return
+        self.head.eval()
+        self.module.eval()
+        correct = sent_bytes = received_bytes = 0
+        size = self.args.batch_size
+        for start in range(0, len(self.test.labels), size):
+            x = to_tensor_batch(self.test.images[start:start + size])
+            sent, side = self.module(self.head(x))
+            exchange = self._request("infer", self.module.encode(sent, side))
+            pred = exchange.reply.arrays.get("pred")
+            labels = self.test.labels[start:start + size]
+            if pred is None or pred.shape != labels.shape:
+                raise ProtocolError(f"prediction of shape {None if pred is None else pred.shape}, expected {labels.shape}")
+            correct += int((pred.astype(np.int64) == labels).sum())
+            sent_bytes += exchange.bytes_sent
+            received_bytes += exchange.bytes_received
+        f = self.module.filter().tolist() if hasattr(self.module, "filter") else None
+        self.trace.event("eval", epoch=epoch, budget=budget, samples=len(self.test.labels),
+                         accuracy=round(correct / len(self.test.labels), 6),
+                         bytes_sent=sent_bytes, bytes_received=received_bytes,
+                         filter=None if f is None else [round(v, 5) for v in f])
+
+    def bye(self) -> None:
+        exchange = self.connection.request(Message("bye", {"source": self.args.source_id}))
+        self.trace.event("bye", bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
+
+
+def _resources(created: float) -> dict:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    wall = time.time() - created
+    return {"cpu_seconds": round(cpu, 4), "wall_seconds": round(wall, 4),
+            "cpu_share": round(cpu / wall, 4) if wall > 0 else None,
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # ru_maxrss is in KiB on Linux
+
+
+def main(argv=None) -> int:
+    args = settings.parse("source", "splittest data source", argv)
+    created = psutil.Process().create_time()
+    trace = TraceWriter(args.trace or None, run=args.run_id, role="source", source=args.source_id)
+    source = None
+    try:
+        check(args)
+        trace.event("start", pid=psutil.Process().pid, module=args.module, model=args.model, split=args.split,
+                    process_created=created, torch=torch.__version__, threads=torch.get_num_threads())
+        source = Source(args, trace)
+        trace.event("data", origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
+                    train_samples=len(source.train.labels), test_samples=len(source.test.labels))
+        source.hello()
+        source.run()
+        source.bye()
+        trace.event("end", status="ok", **_resources(created))
+        return 0
+    except (SourceError, DataError, ServerError, ServerTimeout, ProtocolError, ValueError) as exc:
+        print(f"source {args.source_id}: {exc}", file=sys.stderr)
+        trace.event("end", status="error", error=str(exc), **_resources(created))
+        return 2
+    except KeyboardInterrupt:
+        trace.event("end", status="interrupted", **_resources(created))
+        return 130
+    finally:
+        if source is not None:
+            source.connection.close()
+        trace.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
