@@ -1,0 +1,121 @@
+"""A run spec: what ``testbed run`` was asked for, checked before anything starts."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+
+from workloads.compression import available as available_modules
+from workloads.data import NUM_CLASSES, DataError, find_cifar10
+from workloads.models import MODELS, block_count
+
+from .cpucap import METHODS
+
+DEFAULT_ARMS = ("none", "filter")
+
+
+class SpecError(ValueError):
+    """A bad argument; the message names it."""
+
+
+@dataclass
+class RunSpec:
+    sources: int = 8
+    cpu: float = 0.4
+    modules: tuple[str, ...] = DEFAULT_ARMS
+    budget: int = 4
+    schedule: str = ""
+    batch_size: int = 16
+    batches: int = 32
+    epochs: int = 4
+    split: int = 2
+    model: str = "vgg11"
+    dataset: str = "cifar10"
+    data_dir: str = ""
+    download: bool = False
+    eval_samples: int = 256
+    seed: int = 0
+    lr: float = 0.01
+    port: int = 5555
+    cap_method: str = "auto"
+    device: str = "auto"
+    out: str = ""
+    extra: dict = field(default_factory=dict)  # further workload options, by dest
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def workload_options(self, module: str) -> dict:
+        """The options both programs take, by dest (see workloads.settings)."""
+        return {"model": self.model, "split": self.split, "module": module, "dataset": self.dataset,
+                "budget": self.budget, "schedule": self.schedule, "batch_size": self.batch_size,
+                "batches": self.batches, "epochs": self.epochs, "data_dir": self.data_dir,
+                "download": self.download, "eval_samples": self.eval_samples, "seed": self.seed,
+                "lr": self.lr, "sources": self.sources, **self.extra}
+
+
+def validate(spec: RunSpec) -> None:
+    if spec.sources < 1:
+        raise SpecError(f"--sources must be at least 1, got {spec.sources}")
+    if not spec.cpu > 0:
+        raise SpecError(f"--cpu must be a positive number of cores, got {spec.cpu}")
+    if spec.cpu > (os.cpu_count() or 1):
+        raise SpecError(f"--cpu {spec.cpu} is more than this host's {os.cpu_count()} cores")
+    known = available_modules()
+    for module in spec.modules:
+        if module not in known:
+            raise SpecError(f"unknown module {module!r}; known modules: {', '.join(known)}")
+    if len(set(spec.modules)) != len(spec.modules) or not spec.modules:
+        raise SpecError(f"--module must name each arm once, got {','.join(spec.modules) or 'nothing'}")
+    if spec.model not in MODELS:
+        raise SpecError(f"unknown model {spec.model!r}; known models: {', '.join(sorted(MODELS))}")
+    if spec.dataset not in NUM_CLASSES:
+        raise SpecError(f"unknown dataset {spec.dataset!r}; known datasets: {', '.join(sorted(NUM_CLASSES))}")
+    if not 0 <= spec.split <= block_count(spec.model):
+        raise SpecError(f"--split must be between 0 and {block_count(spec.model)}, got {spec.split}")
+    for name in ("budget", "batch_size", "batches", "epochs"):
+        if getattr(spec, name) < 1:
+            raise SpecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
+    if spec.eval_samples < 0:
+        raise SpecError(f"--eval-samples must not be negative, got {spec.eval_samples}")
+    if not spec.lr > 0:
+        raise SpecError(f"--lr must be positive, got {spec.lr}")
+    if spec.cap_method not in METHODS:
+        raise SpecError(f"unknown cap method {spec.cap_method!r}; known: {', '.join(METHODS)}")
+    if spec.schedule:
+        from workloads.compression.schedules import parse_schedule
+        try:
+            parse_schedule(spec.schedule)
+        except ValueError as exc:
+            raise SpecError(f"--schedule: {exc}") from None
+    if spec.data_dir:
+        if not os.path.exists(spec.data_dir) and not spec.download:
+            raise SpecError(f"data folder {spec.data_dir} does not exist")
+        try:
+            find_cifar10(spec.data_dir)
+        except DataError as exc:
+            raise SpecError(str(exc)) from None
+    if not 1 <= spec.port <= 65535:
+        raise SpecError(f"--port must be in 1..65535, got {spec.port}")
+    check_port_free(spec.port)
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            raise SpecError(f"port {port} is in use; pick another with --port") from None
+
+
+def data_in_use(spec: RunSpec) -> str:
+    """What data the sources will train on, for the terminal and the manifest."""
+    if spec.dataset == "cifar10" and spec.data_dir:
+        found = find_cifar10(spec.data_dir)
+        if found is not None:
+            return f"cifar10 from {found}"
+    if spec.dataset == "cifar10" and not spec.download:
+        return "synthetic (no CIFAR-10 found" + (f" under {spec.data_dir})" if spec.data_dir else "; give --data-dir)")
+    if spec.dataset == "cifar10":
+        return f"cifar10, downloaded into {spec.data_dir}"
+    return "synthetic"
