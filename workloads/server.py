@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         try:
             sock.bind(f"tcp://*:{args.port}")
         except zmq.ZMQError as exc:
-            raise ValueError(f"cannot listen on port {args.port}: {exc}") from None
+            raise ValueError(f"cannot listen on port {args.port}: {zmq.strerror(exc.errno)}") from None
         trace.event("listening", port=args.port, device=str(server.device), module=args.module,
                     model=args.model, split=args.split, cut=list(server.cut_shape), torch=torch.__version__,
                     threads=torch.get_num_threads())

@@ -1,0 +1,141 @@
+"""`testbed run` as a user runs it: real processes, real CPU caps."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import REPO, TINY, read_jsonl, run_testbed
+
+SUMMARY_KEYS = {"module", "sources", "cpu_cap", "bytes_sent_total", "bytes_received_total",
+                "samples_per_s_per_source", "cpu_share_per_source", "duration_s", "final_loss", "test_accuracy",
+                "startup_s_per_source", "peak_rss_mb_per_source"}
+
+
+def splittest_cgroups():
+    root = Path("/sys/fs/cgroup/cpu")
+    return sorted(p.name for p in root.glob("splittest-*")) if root.exists() else []
+
+
+def leftover_programs():
+    return [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and any(a in ("workloads.server", "workloads.source") for a in p.info["cmdline"])]
+
+
+def test_two_arms_end_to_end(tmp_path, port):
+    out = tmp_path / "run"
+    result = run_testbed("run", "--sources", 2, "--cpu", 0.4, "--batches", 3, "--epochs", 1, *TINY,
+                     "--out", out, "--port", port)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arms"]) == {"none", "filter"}
+    for arm in summary["arms"].values():
+        assert SUMMARY_KEYS <= set(arm)
+        assert len(arm["samples_per_s_per_source"]) == 2 and all(v > 0 for v in arm["samples_per_s_per_source"])
+        assert all(0 < share <= 0.44 for share in arm["cpu_share_per_source"])
+    none, filt = summary["arms"]["none"], summary["arms"]["filter"]
+    # vgg11-slim cuts 32 maps of 8x8: 8 samples x 32 x 8 x 8 float32 per step and direction.
+    assert none["payload_sent_total"] == 2 * 3 * (8 * 32 * 8 * 8 * 4 + 8)
+    assert filt["payload_received_total"] == 2 * 3 * 8 * 4 * 8 * 8 * 4
+    # 4 of 32 maps: the ratio is at most 8, less only the headers.
+    assert 7.5 < summary["comparison"]["traffic_ratio"] <= 8.0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["cap"]["method"] in ("cgroup-v1", "cgroup-v2", "psutil")
+    assert manifest["versions"]["torch"] and manifest["host"]["cores"] == os.cpu_count()
+    events = read_jsonl(out / "filter" / "source-0.jsonl")
+    batches = [e for e in events if e["event"] == "batch"]
+    assert [b["warmup"] for b in batches] == [True, False, False]
+    assert "filter vs none: traffic ratio" in result.stdout
+    assert splittest_cgroups() == [] and leftover_programs() == []
+
+
+def test_filter_learns_to_concentrate_on_the_budget_and_loss_falls(tmp_path, port):
+    out = tmp_path / "run"
+    result = run_testbed("run", "--sources", 2, "--cpu", 0.4, "--module", "filter", "--budget", 4, "--epochs", 3,
+                     "--batches", 32, "--model", "vgg11-slim", "--eval-samples", 64, "--dataset", "synthetic",
+                     "--out", out, "--port", port, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    for source in range(2):
+        events = read_jsonl(out / "filter" / f"source-{source}.jsonl")
+        batches = [e for e in events if e["event"] == "batch"]
+        first = sum(b["loss"] for b in batches[:32]) / 32
+        last = sum(b["loss"] for b in batches[-32:]) / 32
+        assert last < 0.8 * first
+        assert batches[-1]["filter_topb_share"] > 0.9  # the mass sits on the 4 maps that are sent
+        assert 3.0 < batches[-1]["filter_sum"] < 5.5
+        f = [e for e in events if e["event"] == "eval"][-1]["filter"]
+        assert sum(v > 0.5 for v in f) == 4
+
+
+@pytest.mark.parametrize("module, budgets", [("deprune", [4, 4, 4, 32]), ("prune", [32, 32, 8, 4])])
+def test_budget_schedules_show_in_the_trace(tmp_path, port, module, budgets):
+    out = tmp_path / "run"
+    result = run_testbed("run", "--sources", 1, "--cpu", 0.5, "--module", module, "--epochs", 4, "--batches", 2,
+                     *TINY, "--out", out, "--port", port, "--quiet")
+    assert result.returncode == 0, result.stderr
+    batches = [e for e in read_jsonl(out / module / "source-0.jsonl") if e["event"] == "batch"]
+    assert [b["budget"] for b in batches[::2]] == budgets
+    boosted = [b["lr_scale"] for b in batches[::2]]
+    assert boosted == [1.0, 1.0, 1.0, 5.0] if module == "deprune" else boosted == [1.0, 1.0, 5.0, 5.0]
+    # bytes follow the budget: 4 maps cost an eighth of 32
+    sizes = {b["budget"]: b["payload_received"] for b in batches}
+    assert sizes[32] == 8 * sizes[4]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sources", "0"], "--sources must be at least 1, got 0"),
+    (["--cpu", "-1"], "--cpu must be a positive number of cores, got -1.0"),
+    (["--module", "gzip"], "unknown module 'gzip'; known modules: deprune, filter, none, prune"),
+    (["--model", "resnet"], "unknown model 'resnet'; known models: vgg11, vgg11-slim"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: cifar10, synthetic"),
+    (["--data-dir", "/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
+    (["--schedule", "4-2"], "--schedule: bad schedule entry '4-2'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = run_testbed("run", *args, "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not (tmp_path / "run").exists() and leftover_programs() == []
+
+
+def test_unreadable_data_folder_and_port_in_use(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    result = run_testbed("run", "--data-dir", not_a_folder)
+    assert result.returncode == 2 and "is not a readable directory" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_testbed("run", "--port", port)
+    assert result.returncode == 2 and f"port {port} is in use" in result.stderr
+
+
+def test_ctrl_c_stops_every_process_and_removes_the_cgroups(tmp_path, port):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", "--sources", "2", "--cpu", "0.4",
+                             "--batches", "50", "--epochs", "5", *TINY, "--out", str(out), "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(e["event"] == "batch" for e in _events(out / "none" / "source-1.jsonl")):
+        assert time.time() < deadline and proc.poll() is None, "sources never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert leftover_programs() == [] and splittest_cgroups() == []
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+
+
+def _events(path):
+    try:
+        return read_jsonl(path)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []

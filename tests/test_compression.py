@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from workloads.compression import CompressionConfig, available, create_server, create_source, schedule_for
+from workloads.compression.schedules import parse_schedule
+from workloads.models import build_split_model
+
+CUT = (128, 8, 8)
+CPU = torch.device("cpu")
+
+
+def test_registry_lists_the_paper_002_modules_and_rejects_unknown_names():
+    assert {"none", "filter", "deprune", "prune"} <= set(available())
+    with pytest.raises(ValueError, match="unknown compression module 'zip'.*known modules: deprune, filter"):
+        create_source("zip", CUT, CompressionConfig())
+
+
+def test_vgg11_split_after_block_two_cuts_128_maps_of_8x8():
+    model = build_split_model("vgg11", 2, 10)
+    assert model.cut_shape == (128, 8, 8)
+    assert build_split_model("vgg11", 0, 10).cut_shape == (3, 32, 32)
+    out = model.tail(model.head(torch.zeros(2, 3, 32, 32)))
+    assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="split must be between 0 and 5"):
+        build_split_model("vgg11", 6, 10)
+
+
+def test_filter_sends_only_the_top_b_maps_and_the_server_puts_them_back():
+    torch.manual_seed(0)
+    source = create_source("filter", CUT, CompressionConfig(budget=4))
+    server = create_server("filter", CUT, CompressionConfig(budget=4))
+    maps = torch.randn(3, *CUT)
+    sent, side = source(maps)
+    arrays = source.encode(sent, side)
+    assert arrays["maps"].shape == (3, 4, 8, 8) and arrays["maps"].dtype == np.float32
+    assert arrays["maps"].nbytes == 3 * 4 * 8 * 8 * 4
+    index = arrays["index"]
+    assert index.dtype == np.uint8 and list(index) == sorted(torch.topk(source.filter(), 4).indices.tolist())
+    leaf, restored = server.decode(arrays, CPU)
+    f = source.filter().detach()
+    expected = torch.zeros_like(maps)
+    idx = torch.from_numpy(index.astype(np.int64))
+    expected[:, idx] = maps[:, idx] * f[idx].view(1, -1, 1, 1)
+    torch.testing.assert_close(restored, expected)
+    # The gradient goes back for the sent maps only, and reaches the filter at the source.
+    restored.sum().backward()
+    grad = server.encode_grad(leaf)["grad"]
+    assert grad.shape == (3, 4, 8, 8)
+    sent.backward(source.decode_grad({"grad": grad}, sent))
+    assert source.logits.grad is not None and int((source.logits.grad != 0).sum()) == 4
+
+
+def test_server_rejects_bad_filter_messages():
+    server = create_server("filter", CUT, CompressionConfig())
+    maps = np.zeros((2, 2, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="distinct map numbers below 128"):
+        server.decode({"maps": maps, "index": np.array([3, 200], np.uint8)}, CPU)
+    with pytest.raises(ValueError, match="one unsigned map number per sent map"):
+        server.decode({"maps": maps, "index": np.array([3], np.uint8)}, CPU)
+    with pytest.raises(ValueError, match="needs the arrays"):
+        server.decode({"maps": maps}, CPU)
+
+
+def test_resolution_compression_restores_the_cut_shape():
+    config = CompressionConfig(budget=8, resolution=2)
+    source, server = create_source("filter", CUT, config), create_server("filter", CUT, config)
+    sent, side = source(torch.randn(2, *CUT))
+    assert sent.shape == (2, 8, 5, 5)  # kernel 4, stride 2, padding 2 on 8x8
+    _, restored = server.decode(source.encode(sent, side), CPU)
+    assert restored.shape == (2, *CUT)
+
+
+def test_prune_loss_pulls_the_filter_sum_towards_the_budget():
+    source = create_source("filter", CUT, CompressionConfig(budget=4))
+    with torch.no_grad():
+        source.logits.fill_(0.0)  # sum f = 64 > 4
+    source.extra_loss().backward()
+    assert bool((source.logits.grad > 0).all())  # descent lowers every logit
+    source.logits.grad = None
+    with torch.no_grad():
+        source.logits.fill_(-10.0)  # sum f ~ 0 < 4
+    source.extra_loss().backward()
+    assert bool((source.logits.grad < 0).all())
+
+
+def test_budget_changes_reset_the_filter_as_the_paper_says():
+    source = create_source("prune", CUT, CompressionConfig(budget=128))
+    with torch.no_grad():
+        source.logits[:] = -15.0
+        source.logits[:10] = 15.0
+    before = source.logits.detach().clone()
+    source.set_budget(4)  # lowering: only maps that were on are drawn again
+    assert torch.equal(source.logits[10:], before[10:]) and not torch.equal(source.logits[:10], before[:10])
+    source.set_budget(128)  # raising: every map starts over
+    assert bool((source.logits > -15).all())
+
+
+def test_schedules_follow_paper_002():
+    deprune = schedule_for("deprune", 4, 128, 4, boost=5.0, boost_epochs=1)
+    assert [deprune.budget(e) for e in range(4)] == [4, 4, 4, 128]
+    assert [deprune.lr_scale(e) for e in range(4)] == [1.0, 1.0, 1.0, 5.0]
+    prune = schedule_for("prune", 4, 128, 4)
+    assert [prune.budget(e) for e in range(4)] == [128, 128, 32, 4]
+    assert [schedule_for("prune", 4, 128, 3).budget(e) for e in range(3)] == [128, 128, 4]
+    assert [schedule_for("filter", 4, 128, 3).budget(e) for e in range(3)] == [4, 4, 4]
+    assert schedule_for("deprune", 4, 128, 4, text="4:1,16:3").phases == ((4, 1), (16, 3))
+    with pytest.raises(ValueError, match="expected BUDGET:EPOCHS"):
+        parse_schedule("4-1")
