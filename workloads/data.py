@@ -111,7 +111,8 @@ def _read_bin(path: Path) -> Split:
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Builds numpy arrays and builtin containers only; anything else is refused."""
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("_codecs", "encode")}  # how protocol-2 pickles spell bytes
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
