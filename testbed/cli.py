@@ -30,6 +30,9 @@ def _run_parser(sub) -> argparse.ArgumentParser:
                    help="arm(s), comma-separated (default: none,filter)")
     p.add_argument("--budget", type=int, default=d.budget, help="feature maps across the cut (default %(default)s)")
     p.add_argument("--schedule", default="", help="budget schedule BUDGET:EPOCHS,... (default: the module's)")
+    p.add_argument("--lr-boost", type=float, default=None, help="gamma: lr factor after a budget change (default 5)")
+    p.add_argument("--boost-epochs", type=int, default=None, help="lk: epochs the boost lasts (default 1)")
+    p.add_argument("--resolution", type=int, default=None, help="resolution compression factor r of the filter modules (default 1: off)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     p.add_argument("--batches", type=int, default=d.batches, help="batches per epoch (default %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
@@ -62,7 +65,9 @@ def spec_from_args(args) -> RunSpec:
                    budget=args.budget, schedule=args.schedule, batch_size=args.batch_size, batches=args.batches,
                    epochs=args.epochs, split=args.split, model=args.model, dataset=args.dataset,
                    data_dir=args.data_dir, download=args.download, eval_samples=args.eval_samples, seed=args.seed,
-                   lr=args.lr, port=args.port, cap_method=args.cap_method, device=args.device, out=args.out)
+                   lr=args.lr, port=args.port, cap_method=args.cap_method, device=args.device, out=args.out,
+                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution")
+                          if (v := getattr(args, k)) is not None})
 
 
 def main(argv=None) -> int:

@@ -80,6 +80,12 @@ def validate(spec: RunSpec) -> None:
         raise SpecError(f"--eval-samples must not be negative, got {spec.eval_samples}")
     if not spec.lr > 0:
         raise SpecError(f"--lr must be positive, got {spec.lr}")
+    if spec.extra.get("lr_boost", 1.0) <= 0 or spec.extra.get("boost_epochs", 0) < 0:
+        raise SpecError("--lr-boost must be positive and --boost-epochs not negative")
+    if spec.extra.get("resolution", 1) < 1:
+        raise SpecError(f"--resolution must be at least 1, got {spec.extra['resolution']}")
+    if spec.download and not spec.data_dir:
+        raise SpecError("--download needs --data-dir: the folder to download CIFAR-10 into")
     if spec.cap_method not in METHODS:
         raise SpecError(f"unknown cap method {spec.cap_method!r}; known: {', '.join(METHODS)}")
     if spec.schedule:
@@ -102,6 +108,8 @@ def validate(spec: RunSpec) -> None:
 
 def check_port_free(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # Like ZeroMQ's listener: connections in TIME_WAIT from a previous run don't count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", port))
         except OSError:

@@ -52,11 +52,12 @@ def check_dataset(name: str) -> None:
 
 
 def load_dataset(name: str, data_dir: str | None, *, seed: int = 0, train_size: int = 512,
-                 test_size: int = 256, download: bool = False) -> Dataset:
-    """``cifar10`` from ``data_dir`` if it is there, else the synthetic set.
+                 test_size: int = 256, download: bool = False, part: int = 0, parts: int = 1) -> Dataset:
+    """Shard ``part`` of ``parts`` of the training data, and the test data:
+    ``cifar10`` from ``data_dir`` if it is there, else the synthetic set.
 
-    ``name="synthetic"`` always gives the synthetic set. ``name="cifar10"`` without
-    data falls back to the synthetic set; ``find_cifar10`` tells the caller which.
+    ``name="synthetic"`` always gives the synthetic set (``train_size`` samples per
+    shard). ``name="cifar10"`` without data falls back to it; ``Dataset.name`` says which.
     """
     check_dataset(name)
     if name == "cifar10":
@@ -64,8 +65,11 @@ def load_dataset(name: str, data_dir: str | None, *, seed: int = 0, train_size: 
             _download_cifar10(data_dir)
         found = find_cifar10(data_dir) if data_dir else None
         if found is not None:
-            return load_cifar10(found)
-    return synthetic_dataset(seed=seed, train_size=train_size, test_size=test_size)
+            data = load_cifar10(found)
+            data.train = shard(data.train, part, parts)
+            data.test = Split(data.test.images[:test_size], data.test.labels[:test_size])
+            return data
+    return synthetic_dataset(seed=seed, train_size=train_size, test_size=test_size, part=part)
 
 
 def find_cifar10(data_dir: str | os.PathLike) -> Path | None:
@@ -152,12 +156,16 @@ def _download_cifar10(data_dir: str) -> None:
     CIFAR10(root=data_dir, train=True, download=True)
 
 
-def synthetic_dataset(*, seed: int = 0, train_size: int = 512, test_size: int = 256, classes: int = 10) -> Dataset:
-    """Deterministic, learnable, CIFAR-shaped data; the same seed gives the same bytes."""
+def synthetic_dataset(*, seed: int = 0, train_size: int = 512, test_size: int = 256, classes: int = 10,
+                      part: int = 0) -> Dataset:
+    """Deterministic, learnable, CIFAR-shaped data; the same seed gives the same bytes.
+    Every ``part`` (data source) draws its own training samples of the same classes;
+    the test samples are shared."""
     patterns = _class_patterns(np.random.default_rng(seed), classes)
-    train = _synthetic_split(patterns, np.random.default_rng([seed, 1]), train_size)
+    train = _synthetic_split(patterns, np.random.default_rng([seed, 1, part]), train_size)
     test = _synthetic_split(patterns, np.random.default_rng([seed, 2]), test_size)
-    return Dataset("synthetic", f"synthetic (seed {seed}, {train_size} train / {test_size} test)", train, test)
+    return Dataset("synthetic", f"synthetic (seed {seed}, {train_size} train per source / {test_size} test)",
+                   train, test)
 
 
 def _class_patterns(rng: np.random.Generator, classes: int) -> np.ndarray:

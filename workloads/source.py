@@ -17,7 +17,7 @@ import torch
 
 from . import settings
 from .compression import create_source, schedule_for
-from .data import NUM_CLASSES, DataError, load_dataset, shard, to_tensor_batch
+from .data import NUM_CLASSES, DataError, load_dataset, to_tensor_batch
 from .models import build_split_model
 from .protocol import Message, ProtocolError
 from .trace import TraceWriter
@@ -42,15 +42,14 @@ class Source:
         torch.manual_seed(args.seed)  # every source starts from the same weights
         if args.threads:
             torch.set_num_threads(args.threads)
-        per_source = args.batch_size * args.batches
         data = load_dataset(args.dataset, args.data_dir or None, seed=args.seed,
-                            train_size=per_source * args.sources, test_size=args.eval_samples,
-                            download=args.download)
+                            train_size=args.batch_size * args.batches, test_size=args.eval_samples,
+                            download=args.download, part=args.source_id, parts=args.sources)
         if data.name != args.dataset:
             print(f"source {args.source_id}: no CIFAR-10 under {args.data_dir or '(no --data-dir)'}; "
                   f"using the synthetic dataset instead", file=sys.stderr)
         self.data_origin = data.origin
-        self.train = shard(data.train, args.source_id, args.sources)
+        self.train = data.train
         self.test = data.test
         self.classes = NUM_CLASSES[data.name]
         split = build_split_model(args.model, args.split, self.classes)
