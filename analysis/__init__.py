@@ -1,2 +1,11 @@
-"""Reading run directories into tables and plots. Reads files only: it imports
-nothing from ``testbed`` or ``workloads``."""
+"""Reading run directories into pandas and drawing the papers' comparison figures.
+
+Reads files only: it imports nothing from ``testbed`` or ``workloads``.
+
+    from analysis import load_runs, metrics, plots, write_report
+"""
+from . import metrics, plots
+from .load import RunDirError, Runs, load_runs
+from .report import Report, write_report
+
+__all__ = ["metrics", "plots", "load_runs", "Runs", "RunDirError", "Report", "write_report"]

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"splittest {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    report = sub.add_parser("report", help="draw the comparison figures and report.md of run directories",
+                            description="Write the traffic, throughput, summary and accuracy figures (PNG and SVG) "
+                                        "and report.md for one or more run directories, drawn together.")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (from any backend)")
+    report.add_argument("--out", default="", help="output folder (default: RUN_DIR/report for one run, "
+                                                 "./runs/report-<time> for several)")
+    report.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     return parser
 
 
@@ -74,6 +81,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     say = (lambda *a, **k: None) if getattr(args, "quiet", False) else print
+    if args.command == "report":
+        return report(args.runs, args.out, say)
     try:
         spec = spec_from_args(args)
         validate(spec)
@@ -133,6 +142,22 @@ def run(spec: RunSpec, say=print) -> int:
     _write_json(out / "summary.json", summary)
     say(format_table(summary))
     say(f"summary: {out / 'summary.json'}")
+    return report([out], "", say)
+
+
+def report(run_dirs, out: str, say=print) -> int:
+    from analysis import RunDirError, write_report
+
+    target = Path(out) if out else (Path(run_dirs[0]) / "report" if len(run_dirs) == 1
+                                    else Path("runs") / ("report-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    try:
+        result = write_report(run_dirs, target)
+    except RunDirError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for problem in result.problems:
+        print(f"testbed: warning: {problem}", file=sys.stderr)
+    say(f"report: {result.markdown} ({len(result.figures) // 2} figures)")
     return 0
 
 

@@ -33,3 +33,13 @@ def run_testbed(*args, timeout=600, **kwargs):
 
 # Small settings that keep an end-to-end run to seconds on 2 cores.
 TINY = ["--model", "vgg11-slim", "--batch-size", "8", "--eval-samples", "16", "--dataset", "synthetic"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real two-arm run (none, filter) shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    result = run_testbed("run", "--sources", 2, "--cpu", 0.4, "--batches", 3, "--epochs", 2, *TINY,
+                         "--out", out, "--port", free_port())
+    assert result.returncode == 0, result.stderr
+    return out, result

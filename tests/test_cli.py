@@ -41,8 +41,9 @@ def test_two_arms_end_to_end(tmp_path, port):
         assert all(0 < share <= 0.44 for share in arm["cpu_share_per_source"])
     none, filt = summary["arms"]["none"], summary["arms"]["filter"]
     # vgg11-slim cuts 32 maps of 8x8: 8 samples x 32 x 8 x 8 float32 per step and direction.
-    assert none["payload_sent_total"] == 2 * 3 * (8 * 32 * 8 * 8 * 4 + 8)
-    assert filt["payload_received_total"] == 2 * 3 * 8 * 4 * 8 * 8 * 4
+    steps = 2 * 3 * 2  # sources x batches x epochs
+    assert none["payload_sent_total"] == steps * (8 * 32 * 8 * 8 * 4 + 8)
+    assert filt["payload_received_total"] == steps * 8 * 4 * 8 * 8 * 4
     # 4 of 32 maps: the ratio is at most 8, less only the headers.
     assert 7.5 < summary["comparison"]["traffic_ratio"] <= 8.0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -50,7 +51,8 @@ def test_two_arms_end_to_end(tmp_path, port):
     assert manifest["versions"]["torch"] and manifest["host"]["cores"] == os.cpu_count()
     events = read_jsonl(out / "filter" / "source-0.jsonl")
     batches = [e for e in events if e["event"] == "batch"]
-    assert [b["warmup"] for b in batches] == [True, False, False]
+    assert [b["warmup"] for b in batches] == [True] + [False] * 5
+    assert (out / "report" / "report.md").exists()  # every run directory holds its report
     assert "filter vs none: traffic ratio" in result.stdout
     assert splittest_cgroups() == [] and leftover_programs() == []
 

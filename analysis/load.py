@@ -1,0 +1,209 @@
+"""Run directories -> pandas DataFrames, with one schema for every backend.
+
+A run directory holds ``manifest.json``, ``summary.json`` and one folder per arm with
+``server.jsonl`` and ``source-N.jsonl`` (one JSON event per line). ``load_runs`` reads
+one or many of them into a :class:`Runs`:
+
+``batches`` — one row per training step of a source:
+    run, arm, label, module, source, t (s since the arm started), epoch, batch, samples,
+    warmup, duration_s, bytes_sent, bytes_received, payload_sent, payload_received,
+    loss, budget, phase, lr_scale, filter_sum, filter_topb_share
+``evals`` — one row per end-of-epoch evaluation of a source:
+    run, arm, label, module, source, t, epoch, budget, samples, accuracy,
+    bytes_sent, bytes_received
+``sources`` — one row per source process:
+    run, arm, label, module, source, status, start_s (process start, s since the arm
+    started), end_s, cpu_share, peak_rss_mb
+``events`` — every event of every process, as read (run, arm, role, source, event, t, ...).
+
+``label`` names an arm in plots: the module, or "module (run)" when several loaded
+runs have an arm of the same module. Problems (a missing or truncated trace, a process
+that died) do not stop loading: they are listed in ``Runs.problems`` and the rest is
+still read.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+BATCH_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "batch", "samples", "warmup",
+                 "duration_s", "bytes_sent", "bytes_received", "payload_sent", "payload_received", "loss",
+                 "budget", "phase", "lr_scale", "filter_sum", "filter_topb_share"]
+EVAL_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "budget", "samples", "accuracy",
+                "bytes_sent", "bytes_received"]
+SOURCE_COLUMNS = ["run", "arm", "label", "module", "source", "status", "start_s", "end_s", "cpu_share",
+                  "peak_rss_mb"]
+
+
+class RunDirError(ValueError):
+    """Nothing can be read from a path; the message says why."""
+
+
+@dataclass
+class Runs:
+    batches: pd.DataFrame
+    evals: pd.DataFrame
+    sources: pd.DataFrame
+    events: pd.DataFrame
+    manifests: dict[str, dict] = field(default_factory=dict)   # run id -> manifest
+    summaries: dict[str, dict] = field(default_factory=dict)   # run id -> summary.json
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """Arm labels in the order they were run."""
+        return list(dict.fromkeys(self.sources["label"])) if len(self.sources) else []
+
+
+def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
+    """Events of one trace; a line that is not JSON (a process killed while writing)
+    is reported and skipped."""
+    events = []
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read ({exc.strerror})")
+        return events
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            problems.append(f"{path}: line {number} is not a complete JSON event (truncated?); skipped")
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def _read_json(path: Path, problems: list[str]) -> dict:
+    if not path.exists():
+        problems.append(f"{path} is missing")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path} cannot be read: {exc}")
+        return {}
+
+
+def arm_dirs(run_dir: Path) -> list[Path]:
+    """Arm folders in the order they ran (the manifest's order when there is one)."""
+    manifest = run_dir / "manifest.json"
+    order = []
+    if manifest.exists():
+        try:
+            order = json.loads(manifest.read_text()).get("spec", {}).get("modules", [])
+        except ValueError:
+            order = []
+    found = {p.name: p for p in run_dir.iterdir() if p.is_dir() and any(p.glob("*.jsonl"))}
+    return [found[name] for name in order if name in found] + [p for n, p in sorted(found.items()) if n not in order]
+
+
+def load_runs(paths) -> Runs:
+    """Read run directories; raises RunDirError only when nothing at all can be read."""
+    problems: list[str] = []
+    events, manifests, summaries = [], {}, {}
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise RunDirError(f"{path} is not a run directory (no such folder)")
+        arms = arm_dirs(path)
+        if not arms:
+            raise RunDirError(f"{path} holds no traces (no <arm>/*.jsonl): is it a run directory?")
+        run = path.name
+        manifests[run] = _read_json(path / "manifest.json", problems)
+        if (path / "summary.json").exists():
+            summaries[run] = _read_json(path / "summary.json", problems)
+        else:
+            problems.append(f"{path / 'summary.json'} is missing (the run did not finish); drawing from the traces")
+        for arm in arms:
+            events += _arm_events(run, arm, manifests[run], problems)
+    frame = pd.DataFrame(events)
+    if frame.empty:
+        raise RunDirError("no events in any trace of " + ", ".join(map(str, paths)))
+    _add_labels(frame)
+    runs = Runs(_batches(frame), _evals(frame), _sources(frame, problems), frame, manifests, summaries, problems)
+    return runs
+
+
+def _arm_events(run: str, arm: Path, manifest: dict, problems: list[str]) -> list[dict]:
+    expected = manifest.get("spec", {}).get("sources")
+    traces = sorted(arm.glob("source-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]))
+    if expected:
+        missing = [f"source-{i}.jsonl" for i in range(expected) if not (arm / f"source-{i}.jsonl").exists()]
+        if missing:
+            problems.append(f"{arm}: {len(missing)} of {expected} source traces are missing ({', '.join(missing)})")
+    events = []
+    for path in [arm / "server.jsonl", *traces]:
+        if not path.exists():
+            problems.append(f"{path} is missing")
+            continue
+        role = "server" if path.stem == "server" else "source"
+        for event in read_jsonl(path, problems):
+            event.update(run=run, arm=arm.name, role=event.get("role", role))
+            if role == "source":
+                event["source"] = int(path.stem.split("-")[1])
+            events.append(event)
+    return events
+
+
+def _add_labels(frame: pd.DataFrame) -> None:
+    start_module = frame.loc[frame["event"] == "start", ["run", "arm", "module"]].drop_duplicates(["run", "arm"])
+    modules = {(r.run, r.arm): (r.module if isinstance(r.module, str) else r.arm) for r in start_module.itertuples()}
+    frame["module"] = [modules.get((r, a), a) for r, a in zip(frame["run"], frame["arm"])]
+    pairs = frame[["run", "module"]].drop_duplicates()
+    repeated = set(pairs["module"][pairs["module"].duplicated()])
+    frame["label"] = [f"{m} ({r})" if m in repeated else m for r, m in zip(frame["run"], frame["module"])]
+    # time since the arm started: its first source process start (or first event)
+    created = frame.get("process_created")
+    first = frame.groupby(["run", "arm"])["t"].transform("min")
+    if created is not None:
+        first = pd.concat([first, frame.groupby(["run", "arm"])["process_created"].transform("min")], axis=1).min(axis=1)
+    frame["t0"] = first
+    frame["t_rel"] = frame["t"] - frame["t0"]
+
+
+def _select(frame: pd.DataFrame, kind: str, columns: list[str]) -> pd.DataFrame:
+    rows = frame[(frame["event"] == kind) & (frame["role"] == "source")].copy()
+    rows["t"] = rows["t_rel"]
+    for column in columns:
+        if column not in rows:
+            rows[column] = pd.NA
+    rows = rows[columns].sort_values(["run", "arm", "source", "t"]).reset_index(drop=True)
+    if "source" in rows:
+        rows["source"] = rows["source"].astype(int)
+    return rows
+
+
+def _batches(frame: pd.DataFrame) -> pd.DataFrame:
+    batches = _select(frame, "batch", BATCH_COLUMNS)
+    batches["warmup"] = batches["warmup"].fillna(False).astype(bool)
+    return batches
+
+
+def _evals(frame: pd.DataFrame) -> pd.DataFrame:
+    return _select(frame, "eval", EVAL_COLUMNS)
+
+
+def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
+    rows = []
+    sources = frame[frame["role"] == "source"]
+    for (run, arm, source), group in sources.groupby(["run", "arm", "source"], sort=False):
+        end = group[group["event"] == "end"]
+        start = group[group["event"] == "start"]
+        status = end["status"].iloc[-1] if len(end) else "no end event"
+        if status != "ok":
+            problems.append(f"run {run}, arm {arm}, source {int(source)}: {status}"
+                            + (f" ({end['error'].iloc[-1]})" if len(end) and "error" in end and isinstance(end['error'].iloc[-1], str) else "")
+                            + "; its traced batches are still drawn")
+        created = start["process_created"].iloc[0] - group["t0"].iloc[0] if len(start) and "process_created" in start else None
+        rows.append({"run": run, "arm": arm, "label": group["label"].iloc[0], "module": group["module"].iloc[0],
+                     "source": int(source), "status": status, "start_s": created,
+                     "end_s": group["t_rel"].max(),
+                     "cpu_share": end["cpu_share"].iloc[-1] if len(end) and "cpu_share" in end else None,
+                     "peak_rss_mb": end["peak_rss_mb"].iloc[-1] if len(end) and "peak_rss_mb" in end else None})
+    return pd.DataFrame(rows, columns=SOURCE_COLUMNS)
