@@ -18,21 +18,23 @@ SUMMARY_KEYS = {"module", "sources", "cpu_cap", "bytes_sent_total", "bytes_recei
                 "startup_s_per_source", "peak_rss_mb_per_source"}
 
 
-def splittest_cgroups():
+def splittest_cgroups(since: float):
+    """splittest cgroups made since ``since`` (a test's start) that still exist."""
     root = Path("/sys/fs/cgroup/cpu")
-    return sorted(p.name for p in root.glob("splittest-*")) if root.exists() else []
+    return sorted(p.name for p in root.glob("splittest-*") if p.stat().st_ctime >= since) if root.exists() else []
 
 
-def leftover_programs():
+def leftover_programs(marker):
+    """Programs still running whose command line names ``marker`` (a test's folder)."""
+    marker = str(marker)
     return [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and any(a in ("workloads.server", "workloads.source") for a in p.info["cmdline"])]
+            if p.info["cmdline"] and any(a in ("workloads.server", "workloads.source") for a in p.info["cmdline"])
+            and any(marker in a for a in p.info["cmdline"])]
 
 
-def test_two_arms_end_to_end(tmp_path, port):
-    out = tmp_path / "run"
-    result = run_testbed("run", "--sources", 2, "--cpu", 0.4, "--batches", 3, "--epochs", 1, *TINY,
-                     "--out", out, "--port", port)
-    assert result.returncode == 0, result.stderr
+def test_two_arms_end_to_end(tiny_run):
+    out, result = tiny_run
+    started = (out / "manifest.json").stat().st_ctime - 1
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["arms"]) == {"none", "filter"}
     for arm in summary["arms"].values():
@@ -54,7 +56,7 @@ def test_two_arms_end_to_end(tmp_path, port):
     assert [b["warmup"] for b in batches] == [True] + [False] * 5
     assert (out / "report" / "report.md").exists()  # every run directory holds its report
     assert "filter vs none: traffic ratio" in result.stdout
-    assert splittest_cgroups() == [] and leftover_programs() == []
+    assert splittest_cgroups(started) == [] and leftover_programs(out) == []
 
 
 def test_filter_learns_to_concentrate_on_the_budget_and_loss_falls(tmp_path, port):
@@ -104,7 +106,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = run_testbed("run", *args, "--out", tmp_path / "run")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
-    assert not (tmp_path / "run").exists() and leftover_programs() == []
+    assert not (tmp_path / "run").exists() and leftover_programs(tmp_path) == []
 
 
 def test_unreadable_data_folder_and_port_in_use(tmp_path):
@@ -122,6 +124,7 @@ def test_unreadable_data_folder_and_port_in_use(tmp_path):
 
 def test_ctrl_c_stops_every_process_and_removes_the_cgroups(tmp_path, port):
     out = tmp_path / "run"
+    started = time.time() - 1
     proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", "--sources", "2", "--cpu", "0.4",
                              "--batches", "50", "--epochs", "5", *TINY, "--out", str(out), "--port", str(port)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -132,7 +135,7 @@ def test_ctrl_c_stops_every_process_and_removes_the_cgroups(tmp_path, port):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
-    assert leftover_programs() == [] and splittest_cgroups() == []
+    assert leftover_programs(out) == [] and splittest_cgroups(started) == []
     assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
 
 
