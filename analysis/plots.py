@@ -67,13 +67,7 @@ def traffic(runs: Runs, out: Path) -> list[Path]:
         name = label if ratio is None or pd.isna(ratio) or palette.module[label] == "none" else f"{label} ({ratio:.1f}x less)"
         ax.plot([0.0, *arm["t"]], [0.0, *arm["mb_sent"]], color=palette.colour(label),
                 linestyle=palette.style[label], label=name, drawstyle="steps-post")
-    ax.set_xlabel("time since the arm started (s)")
-    ax.set_ylabel("cumulative data sent by all sources (MB)")
-    ax.set_title("Data traffic")
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(title="arm")
+    _over_time(ax, "cumulative data sent by all sources (MB)", "Data traffic", "arm")
     return _save(fig, out, "traffic")
 
 
@@ -86,16 +80,20 @@ def throughput(runs: Runs, out: Path) -> list[Path]:
         arm = data[data["label"] == label]
         for i, (_, source) in enumerate(arm.groupby("source")):
             began = source["t"].iloc[0] - source["duration_s"].iloc[0]  # the first batch's start: 0 samples
-            ax.plot([began, *source["t"]], [0, *source["samples_done"]], color=palette.colour(label), linestyle=palette.style[label],
-                    alpha=0.7, linewidth=1.2, marker=".", markersize=3, label=label if i == 0 else None)
+            ax.plot([began, *source["t"]], [0, *source["samples_done"]], color=palette.colour(label),
+                    linestyle=palette.style[label], alpha=0.7, linewidth=1.2, marker=".", markersize=3, label=label if i == 0 else None)
+    _over_time(ax, "samples processed per source", "Throughput: every data source", "arm (one line per source)")
+    return _save(fig, out, "throughput")
+
+
+def _over_time(ax, ylabel: str, title: str, legend: str) -> None:
     ax.set_xlabel("time since the arm started (s)")
-    ax.set_ylabel("samples processed per source")
-    ax.set_title("Throughput: every data source")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(title="arm (one line per source)")
-    return _save(fig, out, "throughput")
+    ax.legend(title=legend)
 
 
 def summary(runs: Runs, out: Path, table: pd.DataFrame | None = None) -> list[Path]:
