@@ -30,7 +30,7 @@ def _run_parser(sub) -> argparse.ArgumentParser:
                    help="arm(s), comma-separated (default: none,filter)")
     p.add_argument("--budget", type=int, default=d.budget, help="feature maps across the cut (default %(default)s)")
     p.add_argument("--schedule", default="", help="budget schedule BUDGET:EPOCHS,... (default: the module's)")
-    p.add_argument("--lr-boost", type=float, default=None, help="gamma: lr factor after a budget change (default 5)")
+    p.add_argument("--lr-boost", type=float, default=None, help="gamma: lr factor after a budget change (default 2)")
     p.add_argument("--boost-epochs", type=int, default=None, help="lk: epochs the boost lasts (default 1)")
     p.add_argument("--resolution", type=int, default=None, help="resolution compression factor r of the filter modules (default 1: off)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")

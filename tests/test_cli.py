@@ -87,7 +87,7 @@ def test_budget_schedules_show_in_the_trace(tmp_path, port, module, budgets):
     batches = [e for e in read_jsonl(out / module / "source-0.jsonl") if e["event"] == "batch"]
     assert [b["budget"] for b in batches[::2]] == budgets
     boosted = [b["lr_scale"] for b in batches[::2]]
-    assert boosted == [1.0, 1.0, 1.0, 5.0] if module == "deprune" else boosted == [1.0, 1.0, 5.0, 5.0]
+    assert boosted == [1.0, 1.0, 1.0, 2.0] if module == "deprune" else boosted == [1.0, 1.0, 2.0, 2.0]
     # bytes follow the budget: 4 maps cost an eighth of 32
     sizes = {b["budget"]: b["payload_received"] for b in batches}
     assert sizes[32] == 8 * sizes[4]

@@ -67,7 +67,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("sources", int, 1, "number of data sources (each trains on its own shard)", SRC),
     Option("budget", int, 4, "feature maps allowed across the cut (filter modules)", SRC),
     Option("schedule", str, "", "budget schedule BUDGET:EPOCHS,... (default: the module's)", SRC),
-    Option("lr-boost", float, 5.0, "gamma: learning-rate factor after a budget change", SRC),
+    Option("lr-boost", float, 2.0, "gamma: learning-rate factor after a budget change", SRC),
     Option("boost-epochs", int, 1, "lk: epochs the boost lasts after a budget change", SRC),
     Option("batch-size", int, 16, "samples per batch", SRC),
     Option("batches", int, 32, "batches per epoch", SRC),
