@@ -140,9 +140,13 @@ def accuracy(runs: Runs, out: Path) -> list[Path]:
             if len(before):
                 by_bytes.axvline(before["mb_total"].iloc[0], color=palette.colour(label), linestyle=":", alpha=0.7)
     by_epoch.set_xlabel("epoch")
-    by_epoch.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    epochs = int(curves["epoch"].max()) + 1 if len(curves) else 1
+    by_epoch.set_xlim(0.5, epochs + 0.5)
+    by_epoch.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
     by_bytes.set_xlabel("cumulative training traffic, both directions (MB)")
     by_bytes.set_xscale("log")
+    by_bytes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no crowded labels
+    by_bytes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     for ax in (by_epoch, by_bytes):
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 100)
