@@ -49,7 +49,20 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="server device: auto, cpu or cuda (default %(default)s)")
     p.add_argument("--out", default="", help="run directory (default: a new folder under ./runs/)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    k8s = p.add_argument_group("Kubernetes backend (--backend k8s)")
+    p.add_argument("--backend", default="local", help="local (processes on this machine) or k8s (default %(default)s)")
+    _cluster_options(k8s)
+    k8s.add_argument("--keep", action="store_true", help="leave each arm's release installed")
+    k8s.add_argument("--source-image", default="", help="source image REPO:TAG (default: the chart's)")
+    k8s.add_argument("--server-image", default="", help="server image REPO:TAG (default: the chart's)")
+    k8s.add_argument("--gpus", type=int, default=1, help="GPUs for the server (0: CPU) (default %(default)s)")
+    k8s.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for an arm's sources (default %(default)s)")
     return p
+
+
+def _cluster_options(group) -> None:
+    group.add_argument("--namespace", default="default", help="namespace (default %(default)s)")
+    group.add_argument("--kube-context", default=None, help="kubeconfig context (default: the current one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="", help="output folder (default: RUN_DIR/report for one run, "
                                                  "./runs/report-<time> for several)")
     report.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    collect = sub.add_parser("collect", help="gather the traces of a release installed with helm install",
+                             description="Collect every pod's trace lines of a splittest release into a run "
+                                         "directory, then write its summary and report.")
+    collect.add_argument("release", help="the Helm release name")
+    _cluster_options(collect)
+    collect.add_argument("--out", default="", help="run directory (default: ./runs/<release>)")
+    collect.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     return parser
 
 
@@ -73,6 +93,7 @@ def spec_from_args(args) -> RunSpec:
                    epochs=args.epochs, split=args.split, model=args.model, dataset=args.dataset,
                    data_dir=args.data_dir, download=args.download, eval_samples=args.eval_samples, seed=args.seed,
                    lr=args.lr, port=args.port, cap_method=args.cap_method, device=args.device, out=args.out,
+                   backend=args.backend,
                    extra={k: v for k in ("lr_boost", "boost_epochs", "resolution")
                           if (v := getattr(args, k)) is not None})
 
@@ -83,6 +104,8 @@ def main(argv=None) -> int:
     say = (lambda *a, **k: None) if getattr(args, "quiet", False) else print
     if args.command == "report":
         return report(args.runs, args.out, say)
+    if args.command == "collect":
+        return collect_release(args, say)
     try:
         spec = spec_from_args(args)
         validate(spec)
@@ -90,6 +113,17 @@ def main(argv=None) -> int:
         print(f"testbed: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop like Ctrl-C: clean up first
+    if spec.backend == "k8s":
+        from .k8s import Cluster, ClusterError, KubernetesBackend
+        try:
+            cluster = Cluster(namespace=args.namespace, context=args.kube_context)
+            say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {args.namespace}")
+        except ClusterError as exc:
+            print(f"testbed: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        return run(spec, say, KubernetesBackend(spec, cluster, keep=args.keep, source_image=args.source_image,
+                                                server_image=args.server_image, gpus=args.gpus,
+                                                wait_s=args.wait, say=say))
     return run(spec, say)
 
 
@@ -97,10 +131,10 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run(spec: RunSpec, say=print) -> int:
-    from .local import BackendError, run_arm
-    from .progress import Progress
-    from .summary import compare, format_table, summarise_arm
+def run(spec: RunSpec, say=print, backend=None) -> int:
+    from .errors import BackendError
+    from .local import LocalBackend
+    from .summary import compare, summarise_arm
     from .traces import TraceError
 
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -110,22 +144,19 @@ def run(spec: RunSpec, say=print) -> int:
     except OSError as exc:
         print(f"testbed: error: cannot create run directory {out}: {exc.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    backend = backend or LocalBackend(spec, say)
     data = data_in_use(spec)
     if data.startswith("synthetic") and spec.dataset == "cifar10":
         say(f"note: {data}; training on the deterministic synthetic CIFAR-shaped dataset")
-    manifest = _manifest(spec, run_id, data)
+    manifest = _manifest(spec, run_id, data, backend.name)
     _write_json(out / "manifest.json", manifest)
     say(f"run {run_id}: {spec.sources} sources at {spec.cpu} CPU, arms {', '.join(spec.modules)} -> {out}")
     arms, status = {}, "failed"
     try:
         for module in spec.modules:
-            directory = out / module
-            progress = None if say is not print else Progress(directory, module, spec.sources, spec.batches, spec.epochs)
-            say(f"arm {module}: starting the server and {spec.sources} sources")
-            result = run_arm(spec, module, directory, run_id, progress=progress,
-                             warn=lambda m: print(m, file=sys.stderr))
+            result = backend.run_arm(module, out / module, run_id)
             manifest["cap"] = {"method": result.cap_method, "detail": result.cap_description}
-            arms[module] = summarise_arm(directory, module, spec.sources, spec.cpu, result.cap_method)
+            arms[module] = summarise_arm(out / module, module, spec.sources, spec.cpu, result.cap_method)
         status = "ok"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -138,11 +169,42 @@ def run(spec: RunSpec, say=print) -> int:
         manifest["status"] = status
         manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         _write_json(out / "manifest.json", manifest)
-    summary = {"run": run_id, "arms": arms, "comparison": compare(arms)}
+    return _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say)
+
+
+def _finish(out: Path, summary: dict, say) -> int:
+    from .summary import format_table
+
     _write_json(out / "summary.json", summary)
     say(format_table(summary))
     say(f"summary: {out / 'summary.json'}")
     return report([out], "", say)
+
+
+def collect_release(args, say=print) -> int:
+    """`testbed collect RELEASE`: a run directory from a release installed by hand."""
+    from .k8s import Cluster, ClusterError, collect
+    from .summary import compare, summarise_arm
+    from .traces import TraceError
+
+    out = Path(args.out or Path("runs") / args.release)
+    try:
+        cluster = Cluster(namespace=args.namespace, context=args.kube_context)
+        staging = out / "_collecting"
+        found = collect(cluster, args.release, staging)
+        module = found["module"] or "unknown"
+        staging.rename(out / module)
+        manifest = {"run": args.release, "backend": "k8s", "release": args.release, "namespace": args.namespace,
+                    "collected": dt.datetime.now().isoformat(timespec="seconds"),
+                    "spec": {"sources": found["sources"], "cpu": found["cpu_cap"], "modules": [module]},
+                    "cap": {"method": "kubernetes", "detail": "resources.limits.cpu per source pod"}}
+        _write_json(out / "manifest.json", manifest)
+        arms = {module: summarise_arm(out / module, module, found["sources"], found["cpu_cap"], "kubernetes")}
+    except (ClusterError, TraceError, OSError) as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    say(f"collected {found['pods']} pods of release {args.release} -> {out}")
+    return _finish(out, {"run": args.release, "arms": arms, "comparison": compare(arms)}, say)
 
 
 def report(run_dirs, out: str, say=print) -> int:
@@ -161,7 +223,7 @@ def report(run_dirs, out: str, say=print) -> int:
     return 0
 
 
-def _manifest(spec: RunSpec, run_id: str, data: str) -> dict:
+def _manifest(spec: RunSpec, run_id: str, data: str, backend: str) -> dict:
     import numpy
     import torch
     import zmq
@@ -176,7 +238,7 @@ def _manifest(spec: RunSpec, run_id: str, data: str) -> dict:
                      "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "numpy": numpy.__version__},
         "host": {"cores": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
                  "cuda": torch.cuda.is_available()},
-        "backend": "local",
+        "backend": backend,
     }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from workloads import settings
 
 from .cpucap import Cap, SuspendResumeCap, make_cap
+from .errors import BackendError
 from .progress import Progress
 from .spec import RunSpec
 from .traces import read_events
@@ -26,16 +27,27 @@ POLL_S = 0.25
 PR_SET_PDEATHSIG = 1
 
 
-class BackendError(RuntimeError):
-    """A process of the run failed; the message says which and why."""
-
-
 @dataclass
 class ArmResult:
     module: str
     directory: Path
     cap_method: str
     cap_description: str
+
+
+class LocalBackend:
+    """Each arm as processes on this machine."""
+    name = "local"
+
+    def __init__(self, spec: RunSpec, say=print):
+        self.spec, self.say = spec, say
+
+    def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
+        s = self.spec
+        progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
+            if self.say is print else None
+        self.say(f"arm {module}: starting the server and {s.sources} sources")
+        return run_arm(s, module, directory, run_id, progress=progress, warn=lambda m: print(m, file=sys.stderr))
 
 
 def _die_with_parent() -> None:

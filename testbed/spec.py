@@ -12,6 +12,7 @@ from workloads.models import MODELS, block_count
 from .cpucap import METHODS
 
 DEFAULT_ARMS = ("none", "filter")
+BACKENDS = ("local", "k8s")
 
 
 class SpecError(ValueError):
@@ -40,6 +41,7 @@ class RunSpec:
     cap_method: str = "auto"
     device: str = "auto"
     out: str = ""
+    backend: str = "local"
     extra: dict = field(default_factory=dict)  # further workload options, by dest
 
     def as_dict(self) -> dict:
@@ -94,7 +96,7 @@ def validate(spec: RunSpec) -> None:
             parse_schedule(spec.schedule)
         except ValueError as exc:
             raise SpecError(f"--schedule: {exc}") from None
-    if spec.data_dir:
+    if spec.data_dir and spec.backend == "local":
         if not os.path.exists(spec.data_dir) and not spec.download:
             raise SpecError(f"data folder {spec.data_dir} does not exist")
         try:
@@ -103,7 +105,12 @@ def validate(spec: RunSpec) -> None:
             raise SpecError(str(exc)) from None
     if not 1 <= spec.port <= 65535:
         raise SpecError(f"--port must be in 1..65535, got {spec.port}")
-    check_port_free(spec.port)
+    if spec.backend not in BACKENDS:
+        raise SpecError(f"unknown backend {spec.backend!r}; known: {', '.join(BACKENDS)}")
+    if spec.backend == "local":
+        check_port_free(spec.port)
+    elif spec.data_dir:
+        raise SpecError("--data-dir is for the local backend; on Kubernetes give the chart a data.volume")
 
 
 def check_port_free(port: int) -> None:

@@ -93,6 +93,9 @@ class Server:
     def handle(self, identity: bytes, message: Message) -> Message:
         if message.op == "hello":
             return self._hello(identity, message.fields)
+        if message.op == "ping":  # health check: who I am, no state touched
+            return Message("pong", {"module": self.args.module, "model": self.args.model, "split": self.args.split,
+                                    "device": str(self.device), "sources": len(self.peers)})
         peer = self.peers.get(identity)
         if peer is None:
             raise ProtocolError(f"{message.op} before hello")
