@@ -1,0 +1,141 @@
+"""The chart, linted and rendered by the real Helm library, validated against the
+Kubernetes OpenAPI schemas; the rendered containers' commands run for real."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from workloads.compression import available
+
+from conftest import REPO, free_port
+
+CHART = REPO / "charts"
+K8S_VERSION = "1.37.0"
+
+
+def render(values=None, release="splittest", namespace="bench"):
+    rendered = helm_python.Chart.load(str(CHART)).render(values or {}, name=release, namespace=namespace,
+                                                         is_install=True)
+    docs = [d for name, text in rendered.items() if name.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    notes = next((t for n, t in rendered.items() if n.endswith("NOTES.txt")), "")
+    return docs, notes
+
+
+def one(docs, kind, component=None):
+    found = [d for d in docs if d["kind"] == kind and (component is None or d["metadata"]["labels"].get(
+        "app.kubernetes.io/component") == component)]
+    assert len(found) == 1, f"{kind}/{component}: {len(found)} objects"
+    return found[0]
+
+
+def env_of(container, configmap):
+    """The container's environment as Kubernetes would give it (envFrom, then env)."""
+    env = dict(configmap["data"]) if container.get("envFrom") else {}
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", item.get("valueFrom"))
+    return env
+
+
+VALUE_SETS = [
+    {},
+    {"sources": 8, "cpu": 0.4},
+    {"sources": 3, "cpu": "1500m", "server": {"gpus": 0, "port": 6000}, "workload": {"module": "deprune"}},
+    {"source": {"egressBandwidth": "20M", "nodeSelector": {"role": "edge"}},
+     "server": {"gpus": 2, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+     "data": {"volume": {"persistentVolumeClaim": {"claimName": "cifar10"}}}, "imagePullSecrets": [{"name": "reg"}]},
+]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=range(len(VALUE_SETS)))
+def test_lint_is_clean_and_every_object_passes_the_kubernetes_schemas(values):
+    result = helm_python.lint(str(CHART), values, strict=True)
+    assert result["errors"] == [], result
+    docs, _ = render(values)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "splittest" and labels["app.kubernetes.io/instance"] == "splittest"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm" and "app.kubernetes.io/version" in labels
+
+
+def test_eight_sources_at_0_4_cpu_and_a_gpu_server():
+    docs, notes = render({"sources": 8, "cpu": 0.4})
+    job = one(docs, "Job")
+    assert job["spec"]["completions"] == 8 and job["spec"]["parallelism"] == 8
+    assert job["spec"]["completionMode"] == "Indexed"
+    source = job["spec"]["template"]["spec"]["containers"][0]
+    assert source["resources"]["limits"]["cpu"] == "400m"
+    assert source["command"] == ["python", "-m", "workloads.source"]
+    server = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert server["command"] == ["python", "-m", "workloads.server"]
+    assert server["ports"][0]["containerPort"] == 5555
+    service = one(docs, "Service")
+    assert service["spec"]["ports"][0]["port"] == 5555
+    configmap = one(docs, "ConfigMap")
+    env = env_of(source, configmap)
+    assert env["SPLITTEST_MODULE"] == "filter" and env["SPLITTEST_BUDGET"] == "4"
+    assert env["SPLITTEST_BATCH_SIZE"] == "16" and env["SPLITTEST_BATCHES"] == "32" and env["SPLITTEST_EPOCHS"] == "4"
+    assert env["SPLITTEST_SPLIT"] == "2" and env["SPLITTEST_MODEL"] == "vgg11" and env["SPLITTEST_SOURCES"] == "8"
+    assert env["SPLITTEST_SERVER"] == f"tcp://{service['metadata']['name']}:5555"
+    assert env["SPLITTEST_SOURCE_ID"]["fieldRef"]["fieldPath"].endswith("['batch.kubernetes.io/job-completion-index']")
+    assert env_of(server, configmap)["SPLITTEST_DEVICE"] == "cuda"
+    assert "testbed collect splittest --namespace bench" in notes
+
+
+def test_cpu_server_and_bandwidth_and_scheduling_values_reach_the_pods():
+    docs, _ = render(VALUE_SETS[2])
+    server = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in server["resources"]["limits"]
+    assert env_of(server, one(docs, "ConfigMap"))["SPLITTEST_DEVICE"] == "cpu"
+    job = one(docs, "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1500m"
+    docs, _ = render(VALUE_SETS[3])
+    pod = one(docs, "Job")["spec"]["template"]
+    assert pod["metadata"]["annotations"]["kubernetes.io/egress-bandwidth"] == "20M"
+    assert pod["spec"]["nodeSelector"] == {"role": "edge"}
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "cifar10"
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["tolerations"][0]["key"] == "gpu"
+
+
+def test_only_the_sources_reach_the_server_port():
+    docs, _ = render()
+    policy = one(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "server"
+    rule = policy["spec"]["ingress"][0]
+    assert rule["ports"] == [{"port": 5555, "protocol": "TCP"}]
+    allowed = {e["key"]: e["values"] for e in rule["from"][0]["podSelector"]["matchExpressions"]}
+    assert allowed == {"app.kubernetes.io/instance": ["splittest"], "app.kubernetes.io/component": ["source", "probe"]}
+    probe = one(docs, "Pod")
+    assert probe["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert probe["spec"]["containers"][0]["command"][:3] == ["python", "-m", "workloads.probe"]
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"sources": 0}, "at '/sources': minimum: got 0, want 1"),
+    ({"cpu": -1}, "at '/cpu'"),
+    ({"cpu": 0}, "exclusiveMinimum: got 0, want 0"),
+    ({"workload": {"module": "zip"}}, "value must be one of 'deprune', 'filter', 'none', 'prune'"),
+])
+def test_bad_values_are_rejected_by_the_schema(values, problem):
+    with pytest.raises(helm_python.HelmValuesError, match=problem.replace("(", r"\(").replace("'", "'")):
+        render(values)
+
+
+def test_schema_lists_exactly_the_registered_modules():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["workload"]["properties"]["module"]["enum"] == available()
+
+
+def test_dockerfiles_pass_hadolint():
+    for dockerfile in sorted((REPO / "images").glob("*.Dockerfile")):
+        result = subprocess.run(["hadolint", str(dockerfile)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert {p.name for p in (REPO / "images").glob("*.Dockerfile")} == {"source.Dockerfile", "server.Dockerfile"}

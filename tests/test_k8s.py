@@ -1,0 +1,226 @@
+"""The Kubernetes backend without a cluster (none exists on the build machines):
+what the chart's pods run is run here for real, and the backend's calls are played
+against API responses in the shape the Kubernetes API returns them."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from kubernetes import client
+
+from testbed.k8s import Cluster, ClusterError, KubernetesBackend, collect, follow, split_pod_log
+from testbed.spec import RunSpec
+from testbed.summary import summarise_arm
+
+from conftest import free_port
+from test_chart import env_of, one, render
+
+TINY_VALUES = {"sources": 2, "cpu": 0.5, "server": {"gpus": 0},
+               "workload": {"module": "filter", "model": "vgg11-slim", "dataset": "synthetic", "batchSize": 8,
+                            "batches": 2, "epochs": 1, "evalSamples": 8}}
+
+
+def local_command(container, env, service, port):
+    """The container's command for this machine: this Python, the Service at 127.0.0.1."""
+    command = [sys.executable if container["command"][0] == "python" else container["command"][0],
+               *container["command"][1:], *container.get("args", [])]
+    env = {k: v for k, v in env.items() if isinstance(v, str)}
+    env["SPLITTEST_PORT"] = str(port)
+    env["SPLITTEST_SERVER"] = env.get("SPLITTEST_SERVER", "").replace(f"{service}:5555", f"127.0.0.1:{port}")
+    return command, env
+
+
+@pytest.fixture(scope="module")
+def pod_logs(tmp_path_factory):
+    """Run the rendered server and source containers' commands as local processes and
+    keep what they print, exactly as `kubectl logs` would show it."""
+    docs, _ = render(TINY_VALUES)
+    configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
+    port = free_port()
+    server_container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    command, env = local_command(server_container, env_of(server_container, configmap), service, port)
+    base_env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SPLITTEST_")}
+    server = subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    source_container = one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]
+    sources = []
+    for index in range(2):
+        command, env = local_command(source_container, env_of(source_container, configmap), service, port)
+        env["SPLITTEST_SOURCE_ID"] = str(index)  # what the completion-index fieldRef gives pod `index`
+        sources.append(subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True))
+    logs = {}
+    try:
+        for index, proc in enumerate(sources):
+            logs[f"source-{index}"] = proc.communicate(timeout=300)[0]
+            assert proc.returncode == 0, logs[f"source-{index}"][-2000:]
+    finally:
+        server.terminate()  # a Deployment's server keeps serving until uninstalled
+        logs["server"] = server.communicate(timeout=30)[0]
+    return logs
+
+
+def test_the_rendered_containers_run_and_trace_to_stdout(pod_logs):
+    events, other = split_pod_log(pod_logs["source-1"])
+    kinds = [json.loads(e)["event"] for e in events]
+    assert kinds[0] == "start" and kinds.count("batch") == 2 and "eval" in kinds and kinds[-1] == "end"
+    assert json.loads(events[-1])["status"] == "ok" and json.loads(events[0])["source"] == 1
+    assert json.loads(events[0])["run"] == "splittest"  # runId defaults to the release name
+    server_events = [json.loads(e) for e in split_pod_log(pod_logs["server"])[0]]
+    assert sum(e["event"] == "hello" for e in server_events) == 2
+
+
+# -- recorded API responses --------------------------------------------------------------
+def pod(name, component, phase="Running", index=None, waiting=None, created="2026-11-21T10:00:00Z"):
+    item = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "bench", "creationTimestamp": created,
+                         "labels": {"app.kubernetes.io/instance": "rel", "app.kubernetes.io/component": component},
+                         "annotations": {} if index is None else {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "spec": {"containers": [{"name": component, "image": f"splittest-{component}:0.1.0",
+                                     "resources": {"limits": {"cpu": "400m"}}}]},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": component, "image": f"splittest-{component}:0.1.0", "imageID": "", "ready": phase == "Running",
+                "restartCount": 0, "state": {"waiting": {"reason": waiting, "message": "back-off pulling image"}}
+                if waiting else {"running": {"startedAt": created}}}]}}
+    return item
+
+
+def job(succeeded=0, active=0, failed=0, complete=False):
+    status = {"succeeded": succeeded, "active": active, "failed": failed}
+    if complete:
+        status["conditions"] = [{"type": "Complete", "status": "True"}]
+    return {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": [{
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "rel-splittest-sources", "namespace": "bench"},
+        "spec": {"template": {"spec": {"containers": [{"name": "source"}]}}}, "status": status}]}
+
+
+class RecordedApi:
+    """Answers the kubernetes client's HTTP requests from recorded responses."""
+
+    def __init__(self, routes):
+        self.routes, self.calls = routes, []
+
+    def request(self, method, url, headers=None, body=None, post_params=None, _request_timeout=None):
+        parsed = urlparse(url)
+        query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+        self.calls.append((method, parsed.path, query))
+        answer = self.routes(parsed.path, query)
+        if isinstance(answer, Exception):
+            raise answer
+        status, payload = answer
+        text = isinstance(payload, str)  # pod logs come as text/plain
+        data = payload.encode() if text else json.dumps(payload).encode()
+        kind = "text/plain; charset=utf-8" if text else "application/json"
+        return client.rest.RESTResponse(SimpleNamespace(status=status, reason="OK" if status == 200 else "Error",
+                                                        data=data, headers={"content-type": kind}))
+
+
+def cluster_with(routes, helm=None):
+    configuration = client.Configuration()
+    configuration.host = "https://recorded.invalid"
+    api = client.ApiClient(configuration)
+    recorded = RecordedApi(routes)
+    api.rest_client = recorded
+    return Cluster(namespace="bench", api_client=api, helm=helm), recorded
+
+
+def test_a_pod_that_cannot_pull_its_image_is_reported_with_its_events():
+    def routes(path, query):
+        if path == "/apis/batch/v1/namespaces/bench/jobs":
+            assert query["labelSelector"] == "app.kubernetes.io/instance=rel,app.kubernetes.io/component=source"
+            return 200, job(active=2)
+        if path == "/api/v1/namespaces/bench/pods":
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                pod("rel-server", "server"), pod("rel-sources-0", "source", "Pending", 0, waiting="ImagePullBackOff")]}
+        if path == "/api/v1/namespaces/bench/events":
+            assert query["fieldSelector"] == "involvedObject.name=rel-sources-0"
+            return 200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": [
+                {"metadata": {"name": "e1"}, "involvedObject": {}, "reason": "Failed",
+                 "message": 'Failed to pull image "splittest-source:0.1.0": not found'}]}
+        raise AssertionError(path)
+    cluster, _ = cluster_with(routes)
+    with pytest.raises(ClusterError, match=r"pod rel-sources-0 is ImagePullBackOff .*Failed to pull image"):
+        follow(cluster, "rel", 2, timeout_s=60, say=lambda *_: None, sleep=lambda _: None)
+
+
+def test_following_ends_when_the_job_completes_and_times_out_otherwise():
+    states = iter([job(active=2), job(active=1, succeeded=1), job(succeeded=2, complete=True)])
+
+    def routes(path, query):
+        if path.endswith("/jobs"):
+            return 200, next(states)
+        return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod("rel-server", "server")]}
+    cluster, _ = cluster_with(routes)
+    said = []
+    follow(cluster, "rel", 2, timeout_s=60, say=said.append, sleep=lambda _: None)
+    assert said[-1].endswith("sources: 0 running, 2 of 2 done")
+
+    cluster, _ = cluster_with(lambda path, q: (200, job(active=2)) if path.endswith("/jobs") else
+                              (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}))
+    clock = iter(range(0, 10_000, 50))
+    with pytest.raises(ClusterError, match="timed out after 120 s waiting for release rel: 0 of 2 sources done"):
+        follow(cluster, "rel", 2, timeout_s=120, say=lambda *_: None, clock=lambda: next(clock), sleep=lambda _: None)
+
+
+def test_an_unreachable_cluster_is_one_clear_error():
+    import urllib3
+
+    cluster, _ = cluster_with(lambda p, q: urllib3.exceptions.MaxRetryError(None, p, "Connection refused"))
+    with pytest.raises(ClusterError, match="cannot reach the cluster"):
+        cluster.check_reachable()
+
+
+def recorded_release(pod_logs):
+    def routes(path, query):
+        if path == "/api/v1/namespaces/bench/pods":
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                pod("rel-server", "server"), pod("rel-sources-0", "source", "Succeeded", 0),
+                pod("rel-sources-1", "source", "Succeeded", 1), pod("rel-test-server", "probe", "Succeeded")]}
+        if path.startswith("/api/v1/namespaces/bench/pods/") and path.endswith("/log"):
+            name = path.split("/")[-2]
+            return 200, pod_logs["server" if name == "rel-server" else name.replace("rel-sources", "source")]
+        if path.endswith("/jobs"):
+            return 200, job(succeeded=2, complete=True)
+        raise AssertionError(path)
+    return routes
+
+
+def test_collection_writes_the_local_run_layout_from_pod_logs(pod_logs, tmp_path):
+    cluster, _ = cluster_with(recorded_release(pod_logs))
+    found = collect(cluster, "rel", tmp_path / "filter")
+    assert found == {"module": "filter", "sources": 2, "pods": 4, "cpu_cap": 0.4}
+    assert sorted(p.name for p in (tmp_path / "filter").glob("*.jsonl")) == ["server.jsonl", "source-0.jsonl", "source-1.jsonl"]
+    summary = summarise_arm(tmp_path / "filter", "filter", 2, 0.4, "kubernetes")
+    assert summary["bytes_sent_total"] > 0 and len(summary["samples_per_s_per_source"]) == 2
+
+
+def test_a_run_on_the_cluster_installs_follows_collects_and_uninstalls(pod_logs, tmp_path):
+    """helm itself is replaced by a recorder here: there is no cluster to install into."""
+    class HelmRecorder:
+        def __init__(self):
+            self.calls = []
+
+        def install(self, chart, name, values, **kwargs):
+            self.calls.append(("install", name, values))
+
+        def uninstall(self, name, **kwargs):
+            self.calls.append(("uninstall", name))
+    helm = HelmRecorder()
+    cluster, _ = cluster_with(recorded_release(pod_logs), helm=helm)
+    spec = RunSpec(sources=2, cpu=0.4, modules=("filter",), model="vgg11-slim", batches=2, epochs=1,
+                   backend="k8s", out=str(tmp_path / "run"))
+    from testbed.cli import run
+    code = run(spec, lambda *a, **k: None, KubernetesBackend(spec, cluster, gpus=0, say=lambda *a: None))
+    assert code == 0
+    (kind, release, values), uninstall = helm.calls
+    assert kind == "install" and uninstall == ("uninstall", release) and release.endswith("-filter")
+    assert values["sources"] == 2 and values["cpu"] == 0.4 and values["server"]["gpus"] == 0
+    assert values["workload"]["module"] == "filter" and values["workload"]["model"] == "vgg11-slim"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["arms"]["filter"]["cap_method"] == "kubernetes"
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["backend"] == "k8s" and manifest["status"] == "ok"
+    assert (tmp_path / "run" / "report" / "traffic.png").exists()
