@@ -33,6 +33,8 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lr-boost", type=float, default=None, help="gamma: lr factor after a budget change (default 2)")
     p.add_argument("--boost-epochs", type=int, default=None, help="lk: epochs the boost lasts (default 1)")
     p.add_argument("--resolution", type=int, default=None, help="resolution compression factor r of the filter modules (default 1: off)")
+    p.add_argument("--quality", type=int, default=None, help="jpeg / webp quality 1-100 (default 75)")
+    p.add_argument("--channels", type=int, default=None, help="crbq: maps after channel reduction (default: cut/8)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     p.add_argument("--batches", type=int, default=d.batches, help="batches per epoch (default %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
@@ -94,7 +96,7 @@ def spec_from_args(args) -> RunSpec:
                    data_dir=args.data_dir, download=args.download, eval_samples=args.eval_samples, seed=args.seed,
                    lr=args.lr, port=args.port, cap_method=args.cap_method, device=args.device, out=args.out,
                    backend=args.backend,
-                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution")
+                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution", "quality", "channels")
                           if (v := getattr(args, k)) is not None})
 
 

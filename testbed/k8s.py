@@ -38,14 +38,15 @@ def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str =
         "server": {"gpus": gpus, "port": spec.port},
         "workload": {"module": module, "budget": spec.budget, "schedule": spec.schedule,
                      "batchSize": spec.batch_size, "batches": spec.batches, "epochs": spec.epochs,
-                     "split": spec.split, "model": spec.model, "dataset": spec.dataset,
+                     "split": spec.split_for(module), "model": spec.model, "dataset": spec.dataset,
                      "evalSamples": spec.eval_samples, "lr": spec.lr, "seed": spec.seed},
         "runId": run_id,
     }
     if "lr_boost" in spec.extra:
         values["workload"]["lrBoost"] = spec.extra["lr_boost"]
-    if "boost_epochs" in spec.extra:
-        values["workload"]["boostEpochs"] = spec.extra["boost_epochs"]
+    for key, name in (("boost_epochs", "boostEpochs"), ("quality", "quality"), ("channels", "channels")):
+        if key in spec.extra:
+            values["workload"][name] = spec.extra[key]
     images = {}
     for role, image in (("source", source_image), ("server", server_image)):
         if image:

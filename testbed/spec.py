@@ -6,6 +6,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 
 from workloads.compression import available as available_modules
+from workloads.compression import get as get_module
 from workloads.data import NUM_CLASSES, DataError, find_cifar10
 from workloads.models import MODELS, block_count
 
@@ -47,9 +48,13 @@ class RunSpec:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def split_for(self, module: str) -> int:
+        """Input-compression modules offload the input: their arm runs at split 0."""
+        return 0 if get_module(module).input_only else self.split
+
     def workload_options(self, module: str) -> dict:
         """The options both programs take, by dest (see workloads.settings)."""
-        return {"model": self.model, "split": self.split, "module": module, "dataset": self.dataset,
+        return {"model": self.model, "split": self.split_for(module), "module": module, "dataset": self.dataset,
                 "budget": self.budget, "schedule": self.schedule, "batch_size": self.batch_size,
                 "batches": self.batches, "epochs": self.epochs, "data_dir": self.data_dir,
                 "download": self.download, "eval_samples": self.eval_samples, "seed": self.seed,
@@ -84,6 +89,10 @@ def validate(spec: RunSpec) -> None:
         raise SpecError(f"--lr must be positive, got {spec.lr}")
     if spec.extra.get("lr_boost", 1.0) <= 0 or spec.extra.get("boost_epochs", 0) < 0:
         raise SpecError("--lr-boost must be positive and --boost-epochs not negative")
+    if not 1 <= spec.extra.get("quality", 75) <= 100:
+        raise SpecError(f"--quality must be between 1 and 100, got {spec.extra['quality']}")
+    if spec.extra.get("channels", 0) < 0:
+        raise SpecError(f"--channels must not be negative, got {spec.extra['channels']}")
     if spec.extra.get("resolution", 1) < 1:
         raise SpecError(f"--resolution must be at least 1, got {spec.extra['resolution']}")
     if spec.download and not spec.data_dir:

@@ -14,6 +14,7 @@ from .traces import TraceError, read_events
 
 def summarise_arm(directory: Path, module: str, sources: int, cpu_cap: float, cap_method: str) -> dict:
     per_source = [_source_figures(directory / f"source-{i}.jsonl") for i in range(sources)]
+    samples = sum(s["samples"] for s in per_source)
     served = [e for e in read_events(directory / "server.jsonl") if e.get("event") == "end"]
     starts = [s["created"] for s in per_source]
     ends = [s["ended"] for s in per_source]
@@ -24,6 +25,10 @@ def summarise_arm(directory: Path, module: str, sources: int, cpu_cap: float, ca
         "cap_method": cap_method,
         "bytes_sent_total": sum(s["bytes_sent"] for s in per_source),
         "bytes_received_total": sum(s["bytes_received"] for s in per_source),
+        "samples_total": samples,
+        "bytes_per_sample_sent": round(sum(s["bytes_sent"] for s in per_source) / samples, 3),
+        "bytes_per_sample_received": round(sum(s["bytes_received"] for s in per_source) / samples, 3),
+        "split": per_source[0]["split"],
         "payload_sent_total": sum(s["payload_sent"] for s in per_source),
         "payload_received_total": sum(s["payload_received"] for s in per_source),
         "eval_bytes_sent_total": sum(s["eval_sent"] for s in per_source),
@@ -64,6 +69,8 @@ def _source_figures(path: Path) -> dict:
     return {
         "created": start["process_created"],
         "ended": end["t"],
+        "samples": sum(b["samples"] for b in batches),
+        "split": start.get("split"),
         "bytes_sent": sum(b["bytes_sent"] for b in batches),
         "bytes_received": sum(b["bytes_received"] for b in batches),
         "payload_sent": sum(b["payload_sent"] for b in batches),
@@ -115,8 +122,11 @@ def compare(arms: dict[str, dict], baseline: str = "none") -> dict | None:
 
 
 ROWS = (
+    ("split", lambda a: a["split"], "{}"),
     ("bytes sent (MB)", lambda a: a["bytes_sent_total"] / 1e6, "{:.3f}"),
     ("bytes received (MB)", lambda a: a["bytes_received_total"] / 1e6, "{:.3f}"),
+    ("bytes per sample, sent", lambda a: a["bytes_per_sample_sent"], "{:.1f}"),
+    ("bytes per sample, received", lambda a: a["bytes_per_sample_received"], "{:.1f}"),
     ("wire / payload", lambda a: (a["bytes_sent_total"] + a["bytes_received_total"])
      / max(1, a["payload_sent_total"] + a["payload_received_total"]), "{:.4f}"),
     ("eval bytes (MB)", lambda a: (a["eval_bytes_sent_total"] + a["eval_bytes_received_total"]) / 1e6, "{:.3f}"),

@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 def test_registry_lists_the_paper_002_modules_and_rejects_unknown_names():
     assert {"none", "filter", "deprune", "prune"} <= set(available())
-    with pytest.raises(ValueError, match="unknown compression module 'zip'.*known modules: deprune, filter"):
+    with pytest.raises(ValueError, match="unknown compression module 'zip'.*known modules: crbq, deprune, filter"):
         create_source("zip", CUT, CompressionConfig())
 
 
@@ -107,3 +107,93 @@ def test_schedules_follow_paper_002():
     assert schedule_for("deprune", 4, 128, 4, text="4:1,16:3").phases == ((4, 1), (16, 3))
     with pytest.raises(ValueError, match="expected BUDGET:EPOCHS"):
         parse_schedule("4-1")
+
+
+# -- the baselines ------------------------------------------------------------------
+from workloads.compression.crbq import dequantize, quantize  # noqa: E402
+from workloads.compression.input_codecs import from_pixels, to_pixels  # noqa: E402
+from workloads.data import synthetic_dataset, to_tensor_batch  # noqa: E402
+
+IMAGE_CUT = (3, 32, 32)
+
+
+def images(count=4):
+    pixels = synthetic_dataset(seed=5, train_size=count, test_size=0).train.images
+    return pixels, to_tensor_batch(pixels)
+
+
+def round_trip(name, x, **knobs):
+    config = CompressionConfig(**knobs)
+    source, server = create_source(name, x.shape[1:], config), create_server(name, x.shape[1:], config)
+    sent, side = source(x)
+    arrays = source.encode(sent, side)
+    _, restored = server.decode(arrays, CPU)
+    return arrays, restored
+
+
+def test_raw_is_lossless_and_costs_one_byte_per_pixel():
+    pixels, x = images()
+    np.testing.assert_array_equal(to_pixels(x), pixels)
+    arrays, restored = round_trip("raw", x)
+    assert sum(a.nbytes for a in arrays.values()) == 4 * 3 * 32 * 32
+    np.testing.assert_array_equal(to_pixels(restored), pixels)
+
+
+@pytest.mark.parametrize("name", ["jpeg", "webp"])
+def test_image_codecs_send_the_real_files_and_quality_moves_the_rate(name):
+    pixels, x = images()
+    sizes, errors = {}, {}
+    for quality in (10, 50, 95):
+        arrays, restored = round_trip(name, x, quality=quality)
+        assert int(arrays["lengths"].sum()) == arrays["data"].nbytes
+        first = arrays["data"][:arrays["lengths"][0]].tobytes()
+        assert first.startswith(b"\xff\xd8\xff") if name == "jpeg" else first[8:12] == b"WEBP"
+        sizes[quality] = arrays["data"].nbytes
+        errors[quality] = np.abs(to_pixels(restored).astype(int) - pixels.astype(int)).mean()
+    assert sizes[10] < sizes[50] < sizes[95]
+    # lossy, less so at higher quality (4:2:0 chroma subsampling keeps some error even at 95)
+    assert errors[95] < errors[10] and errors[95] < pixels.std()
+    with pytest.raises(ValueError, match="quality must be between 1 and 100"):
+        create_source(name, IMAGE_CUT, CompressionConfig(quality=0))
+
+
+def test_input_modules_need_the_input():
+    with pytest.raises(ValueError, match="module jpeg compresses the input image: it needs --split 0"):
+        create_source("jpeg", CUT, CompressionConfig())
+
+
+def test_a_corrupt_image_is_rejected_by_the_server():
+    pixels, x = images(2)
+    arrays, _ = round_trip("jpeg", x)
+    arrays["data"] = arrays["data"].copy()
+    arrays["data"][:20] = 0
+    with pytest.raises(ValueError, match="image 0 is not a valid JPEG file"):
+        create_server("jpeg", IMAGE_CUT, CompressionConfig()).decode(arrays, CPU)
+
+
+def test_crbq_quantizes_to_one_byte_per_value_within_half_a_step():
+    x = np.random.default_rng(0).normal(size=(2, 16, 8, 8)).astype(np.float32)
+    codes, params = quantize(x)
+    assert codes.dtype == np.uint8 and codes.nbytes == x.size
+    assert np.abs(dequantize(codes, params) - x).max() <= params[0] / 2 + 1e-6
+    torch.manual_seed(0)
+    sizes = {}
+    for channels in (4, 16, 32):
+        arrays, restored = round_trip("crbq", torch.randn(2, *CUT), channels=channels)
+        assert arrays["codes"].shape == (2, channels, 8, 8) and restored.shape == (2, *CUT)
+        sizes[channels] = sum(a.nbytes for a in arrays.values())
+    assert sizes == {4: 2 * 4 * 64 + 8, 16: 2 * 16 * 64 + 8, 32: 2 * 32 * 64 + 8}
+    with pytest.raises(ValueError, match="channels must be between 1 and 128"):
+        create_source("crbq", CUT, CompressionConfig(channels=200))
+
+
+def test_crbq_gradient_reaches_the_source_through_the_quantizer():
+    config = CompressionConfig(channels=8)
+    source, server = create_source("crbq", CUT, config), create_server("crbq", CUT, config)
+    sent, side = source(torch.randn(2, *CUT))
+    leaf, restored = server.decode(source.encode(sent, side), CPU)
+    restored.square().sum().backward()
+    grad = server.encode_grad(leaf)["grad"]
+    assert grad.shape == (2, 8, 8, 8)
+    sent.backward(source.decode_grad({"grad": grad}, sent))
+    assert source.reduce[0].weight.grad is not None and source.reduce[0].weight.grad.abs().sum() > 0

@@ -18,7 +18,7 @@ VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 16
 # Only plain numeric types cross the wire.
-ALLOWED_DTYPES = frozenset({"<f4", "<f2", "|u1", "|i1", "<u2", "<i2", "<i4", "<i8"})
+ALLOWED_DTYPES = frozenset({"<f4", "<f2", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<i8"})
 OPS = frozenset({"hello", "welcome", "train", "grad", "infer", "pred", "bye", "ping", "pong", "error"})
 
 

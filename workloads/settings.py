@@ -54,6 +54,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("prune-lambda", float, 1.0, "lambda: weight of the lower prune barrier"),
     Option("filter-init", float, 4.0, "filter logits start uniform in [0, this)"),
     Option("filter-lr", float, 1.0, "learning rate of the filter logits (SGD on a clipped gradient)"),
+    Option("quality", int, 75, "jpeg / webp quality (1-100)"),
+    Option("channels", int, 0, "crbq: maps after channel reduction (0: an eighth of the cut's)"),
     Option("lr", float, 0.01, "learning rate (SGD)"),
     Option("momentum", float, 0.9, "SGD momentum"),
     Option("weight-decay", float, 5e-4, "SGD weight decay"),
@@ -119,4 +121,4 @@ def compression_config(args: argparse.Namespace):
     return CompressionConfig(budget=getattr(args, "budget", 4), resolution=args.resolution,
                              prune_delta=args.prune_delta, prune_weight=args.prune_weight,
                              prune_lambda=args.prune_lambda, filter_init=args.filter_init,
-                             filter_lr=args.filter_lr)
+                             filter_lr=args.filter_lr, quality=args.quality, channels=args.channels)

@@ -17,6 +17,8 @@ class CompressionConfig:
     prune_lambda: float = 1.0      # lambda: weight of the lower barrier
     filter_init: float = 4.0       # filter logits start uniform in [0, filter_init)
     filter_lr: float = 1.0         # learning rate of the filter logits
+    quality: int = 75              # jpeg / webp quality
+    channels: int = 0              # crbq: maps after channel reduction (0: an eighth of the cut's)
 
 
 @dataclass(frozen=True)
@@ -25,15 +27,16 @@ class ModuleSpec:
     description: str
     source: Callable[..., SourcePart]
     server: Callable[..., ServerPart]
+    input_only: bool = False  # compresses the input image itself: runs at split 0
 
 
 _MODULES: dict[str, ModuleSpec] = {}
 
 
-def register(name: str, description: str, source, server) -> None:
+def register(name: str, description: str, source, server, *, input_only: bool = False) -> None:
     if name in _MODULES:
         raise ValueError(f"compression module {name!r} is registered twice")
-    _MODULES[name] = ModuleSpec(name, description, source, server)
+    _MODULES[name] = ModuleSpec(name, description, source, server, input_only)
 
 
 def available() -> list[str]:

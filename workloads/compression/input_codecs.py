@@ -1,0 +1,130 @@
+"""Input compression baselines: the source sends the input image itself (split 0),
+raw or coded with Pillow, and the server runs the whole model on what it decodes.
+
+``raw``: uint8 pixels, lossless. ``jpeg`` / ``webp``: each image coded at
+``quality``; the bytes on the wire are the real codec output. No gradient crosses:
+the source has no layers to train, the server trains the whole network.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import CIFAR_MEAN, CIFAR_STD
+from .base import Arrays, ServerPart, SourcePart
+from .registry import CompressionConfig, register
+
+_MEAN = torch.from_numpy(CIFAR_MEAN).view(1, 3, 1, 1)
+_STD = torch.from_numpy(CIFAR_STD).view(1, 3, 1, 1)
+FORMATS = {"jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _check_input(cut_shape, name: str) -> None:
+    if tuple(cut_shape)[0] != 3:
+        raise ValueError(f"module {name} compresses the input image: it needs --split 0")
+
+
+def to_pixels(x: torch.Tensor) -> np.ndarray:
+    """Standardised images back to the uint8 pixels they came from (N, 3, H, W)."""
+    pixels = (x.detach().cpu() * _STD + _MEAN) * 255.0
+    return pixels.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def from_pixels(pixels: np.ndarray, device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32) / 255.0
+    return ((x - _MEAN) / _STD).to(device)
+
+
+class _InputSource(SourcePart):
+    name = "raw"
+
+    def __init__(self, cut_shape, config: CompressionConfig):
+        super().__init__()
+        _check_input(cut_shape, self.name)
+        self.config = config
+
+    def forward(self, maps):
+        return maps, {}
+
+
+class RawSource(_InputSource):
+    name = "raw"
+
+    def encode(self, sent, side) -> Arrays:
+        return {"pixels": to_pixels(sent)}
+
+
+class _InputServer(ServerPart):
+    def __init__(self, cut_shape, config: CompressionConfig):
+        super().__init__()
+        self.cut_shape = tuple(cut_shape)
+
+    def _check(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != self.cut_shape:
+            raise ValueError(f"expected uint8 images of shape (N, {self.cut_shape}), got {pixels.dtype} {pixels.shape}")
+        return pixels
+
+
+class RawServer(_InputServer):
+    def decode(self, arrays: Arrays, device):
+        pixels = arrays.get("pixels")
+        if pixels is None:
+            raise ValueError("a raw message needs the array 'pixels'")
+        restored = from_pixels(self._check(pixels), device)
+        return restored, restored
+
+
+class CodecSource(_InputSource):
+    """Each image coded by Pillow; the frames are the concatenated files and their lengths."""
+
+    def __init__(self, cut_shape, config: CompressionConfig, name: str):
+        self.name = name
+        super().__init__(cut_shape, config)
+        if not 1 <= config.quality <= 100:
+            raise ValueError(f"quality must be between 1 and 100, got {config.quality}")
+
+    def encode(self, sent, side) -> Arrays:
+        files = [encode_image(image, FORMATS[self.name], self.config.quality) for image in to_pixels(sent)]
+        return {"data": np.frombuffer(b"".join(files), dtype=np.uint8),
+                "lengths": np.array([len(f) for f in files], dtype=np.uint32)}
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0))).save(buffer, format=fmt, quality=quality)
+    return buffer.getvalue()
+
+
+class CodecServer(_InputServer):
+    def __init__(self, cut_shape, config: CompressionConfig, name: str):
+        super().__init__(cut_shape, config)
+        self.format = FORMATS[name]
+
+    def decode(self, arrays: Arrays, device):
+        data, lengths = arrays.get("data"), arrays.get("lengths")
+        if data is None or lengths is None or lengths.dtype != np.uint32 or lengths.ndim != 1:
+            raise ValueError("a coded-image message needs 'data' (uint8) and 'lengths' (uint32, one per image)")
+        if int(lengths.sum(dtype=np.uint64)) != data.size:
+            raise ValueError(f"lengths add up to {int(lengths.sum(dtype=np.uint64))} bytes, data has {data.size}")
+        images, start = [], 0
+        raw = data.tobytes()
+        for length in lengths.tolist():
+            try:
+                with Image.open(io.BytesIO(raw[start:start + length]), formats=[self.format]) as image:
+                    images.append(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"image {len(images)} is not a valid {self.format} file: {exc}") from None
+            start += length
+        pixels = self._check(np.stack(images) if images else np.zeros((0, *self.cut_shape), np.uint8))
+        restored = from_pixels(pixels, device)
+        return restored, restored
+
+
+register("raw", "the uncompressed input image, uint8 (split 0)", RawSource, RawServer, input_only=True)
+for _name in FORMATS:
+    register(_name, f"the input image coded as {_name.upper()} at --quality (split 0)",
+             lambda cut, config, n=_name: CodecSource(cut, config, n),
+             lambda cut, config, n=_name: CodecServer(cut, config, n), input_only=True)
