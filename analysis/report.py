@@ -58,7 +58,7 @@ def write_report(run_dirs, out: Path) -> Report:
             continue
         figures += draw(runs, out)
         drawn.append((name, title))
-    lines = [f"# splittest report", "", "Runs: " + ", ".join(f"`{Path(p)}`" for p in run_dirs), ""]
+    lines = ["# splittest report", "", "Runs: " + ", ".join(f"`{Path(p)}`" for p in run_dirs), ""]
     for run, manifest in runs.manifests.items():
         spec = manifest.get("spec", {})
         if spec:

@@ -1,8 +1,6 @@
 """analysis on real run directories made by `testbed run`."""
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import nbformat
 import pytest

@@ -1,10 +1,7 @@
 """The chart, linted and rendered by the real Helm library, validated against the
 Kubernetes OpenAPI schemas; the rendered containers' commands run for real."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import helm_python
 import kubernetes_validate
@@ -13,7 +10,7 @@ import yaml
 
 from workloads.compression import available
 
-from conftest import REPO, free_port
+from conftest import REPO
 
 CHART = REPO / "charts"
 K8S_VERSION = "1.37.0"

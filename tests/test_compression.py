@@ -111,7 +111,7 @@ def test_schedules_follow_paper_002():
 
 # -- the baselines ------------------------------------------------------------------
 from workloads.compression.crbq import dequantize, quantize  # noqa: E402
-from workloads.compression.input_codecs import from_pixels, to_pixels  # noqa: E402
+from workloads.compression.input_codecs import to_pixels  # noqa: E402
 from workloads.data import synthetic_dataset, to_tensor_batch  # noqa: E402
 
 IMAGE_CUT = (3, 32, 32)

@@ -2,10 +2,9 @@
 what the chart's pods run is run here for real, and the backend's calls are played
 against API responses in the shape the Kubernetes API returns them."""
 import json
+import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
@@ -43,7 +42,7 @@ def pod_logs(tmp_path_factory):
     port = free_port()
     server_container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     command, env = local_command(server_container, env_of(server_container, configmap), service, port)
-    base_env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SPLITTEST_")}
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
     server = subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     source_container = one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]
     sources = []
