@@ -35,6 +35,8 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None, help="resolution compression factor r of the filter modules (default 1: off)")
     p.add_argument("--quality", type=int, default=None, help="jpeg / webp quality 1-100 (default 75)")
     p.add_argument("--channels", type=int, default=None, help="crbq: maps after channel reduction (default: cut/8)")
+    p.add_argument("--mask-number", type=int, default=None, help="cdc: mask number m in 0..4 (default 2)")
+    p.add_argument("--alpha", type=float, default=None, help="cdc: EC loss attenuation 1/alpha (default 48)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     p.add_argument("--batches", type=int, default=d.batches, help="batches per epoch (default %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
@@ -96,7 +98,7 @@ def spec_from_args(args) -> RunSpec:
                    data_dir=args.data_dir, download=args.download, eval_samples=args.eval_samples, seed=args.seed,
                    lr=args.lr, port=args.port, cap_method=args.cap_method, device=args.device, out=args.out,
                    backend=args.backend,
-                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution", "quality", "channels")
+                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution", "quality", "channels", "mask_number", "alpha")
                           if (v := getattr(args, k)) is not None})
 
 

@@ -91,6 +91,10 @@ def validate(spec: RunSpec) -> None:
         raise SpecError("--lr-boost must be positive and --boost-epochs not negative")
     if not 1 <= spec.extra.get("quality", 75) <= 100:
         raise SpecError(f"--quality must be between 1 and 100, got {spec.extra['quality']}")
+    if not 0 <= spec.extra.get("mask_number", 2) <= 4:
+        raise SpecError(f"--mask-number must be between 0 and 4, got {spec.extra['mask_number']}")
+    if spec.extra.get("alpha", 48.0) <= 0:
+        raise SpecError(f"--alpha must be positive, got {spec.extra['alpha']}")
     if spec.extra.get("channels", 0) < 0:
         raise SpecError(f"--channels must not be negative, got {spec.extra['channels']}")
     if spec.extra.get("resolution", 1) < 1:

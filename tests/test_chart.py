@@ -119,7 +119,7 @@ def test_only_the_sources_reach_the_server_port():
     ({"sources": 0}, "at '/sources': minimum: got 0, want 1"),
     ({"cpu": -1}, "at '/cpu'"),
     ({"cpu": 0}, "exclusiveMinimum: got 0, want 0"),
-    ({"workload": {"module": "zip"}}, "value must be one of 'crbq', 'deprune', 'filter', 'jpeg', 'none'"),
+    ({"workload": {"module": "zip"}}, "value must be one of 'cdc', 'crbq', 'deprune', 'filter', 'jpeg'"),
 ])
 def test_bad_values_are_rejected_by_the_schema(values, problem):
     with pytest.raises(helm_python.HelmValuesError, match=problem.replace("(", r"\(").replace("'", "'")):
@@ -132,9 +132,12 @@ def test_schema_lists_exactly_the_registered_modules():
 
 
 def test_input_modules_run_at_split_0():
-    docs, _ = render({"workload": {"module": "jpeg", "quality": 30}})
-    data = one(docs, "ConfigMap")["data"]
-    assert data["SPLITTEST_SPLIT"] == "0" and data["SPLITTEST_QUALITY"] == "30"
+    from workloads.compression import get
+    for module in available():
+        docs, _ = render({"workload": {"module": module, "quality": 30}})
+        data = one(docs, "ConfigMap")["data"]
+        assert data["SPLITTEST_SPLIT"] == ("0" if get(module).input_only else "2"), module
+        assert data["SPLITTEST_QUALITY"] == "30"
 
 
 def test_dockerfiles_pass_hadolint():

@@ -96,7 +96,7 @@ def test_budget_schedules_show_in_the_trace(tmp_path, port, module, budgets):
 @pytest.mark.parametrize("args, message", [
     (["--sources", "0"], "--sources must be at least 1, got 0"),
     (["--cpu", "-1"], "--cpu must be a positive number of cores, got -1.0"),
-    (["--module", "gzip"], "unknown module 'gzip'; known modules: crbq, deprune, filter, jpeg, none, prune, raw, webp"),
+    (["--module", "gzip"], "unknown module 'gzip'; known modules: cdc, crbq, deprune, filter, jpeg, none, prune, raw, webp"),
     (["--model", "resnet"], "unknown model 'resnet'; known models: vgg11, vgg11-slim"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: cifar10, synthetic"),
     (["--data-dir", "/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
@@ -148,15 +148,19 @@ def _events(path):
 
 def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, port):
     out = tmp_path / "run"
-    result = run_testbed("run", "--sources", 1, "--cpu", 0.5, "--module", "none,raw,jpeg,webp,crbq", "--batches", 2,
+    result = run_testbed("run", "--sources", 1, "--cpu", 0.5, "--module", "none,raw,jpeg,webp,crbq,cdc", "--batches", 2,
                          "--epochs", 1, *TINY, "--out", out, "--port", port, "--quiet")
     assert result.returncode == 0, result.stderr
     arms = json.loads((out / "summary.json").read_text())["arms"]
-    assert {name: arm["split"] for name, arm in arms.items()} == {"none": 2, "raw": 0, "jpeg": 0, "webp": 0, "crbq": 2}
+    assert {name: arm["split"] for name, arm in arms.items()} == {"none": 2, "raw": 0, "jpeg": 0, "webp": 0, "crbq": 2,
+                                                                  "cdc": 0}
     per_sample = {name: arm["bytes_per_sample_sent"] for name, arm in arms.items()}
     assert 3072 < per_sample["raw"] < 3072 + 40  # one byte per pixel, plus the header shared by 8 samples
     assert per_sample["jpeg"] < per_sample["raw"] and per_sample["webp"] < per_sample["raw"]
     assert 4 * 64 < per_sample["crbq"] < 4 * 64 + 40  # 32 maps / 8 = 4 maps of 8x8, one byte each
+    # cdc: 8 x 8 x 8 latent values of 3 bits (m = 2) = 192 bytes a sample; the decoder once, in the first message
+    cdc = [e for e in read_jsonl(out / "cdc" / "source-0.jsonl") if e["event"] == "batch"]
+    assert cdc[0]["bytes_sent"] > 20_000 and 192 < cdc[1]["bytes_sent"] / 8 < 192 + 40
     for name, arm in arms.items():
         assert arm["test_accuracy"] is not None and arm["samples_total"] == 16
-        assert arm["bytes_per_sample_received"] < (10 if name in ("raw", "jpeg", "webp") else 1e9)
+        assert arm["bytes_per_sample_received"] < (10 if name in ("raw", "jpeg", "webp", "cdc") else 1e9)

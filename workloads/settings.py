@@ -56,6 +56,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("filter-lr", float, 1.0, "learning rate of the filter logits (SGD on a clipped gradient)"),
     Option("quality", int, 75, "jpeg / webp quality (1-100)"),
     Option("channels", int, 0, "crbq: maps after channel reduction (0: an eighth of the cut's)"),
+    Option("mask-number", int, 2, "cdc: mask number m in 0..4 (2^(4-m) quantizer steps)"),
+    Option("alpha", float, 48.0, "cdc: the elementary classifier's loss is attenuated by 1/alpha"),
+    Option("pretrain-epochs", int, 3, "cdc: epochs the edge trains its autoencoder before streaming", SRC),
     Option("lr", float, 0.01, "learning rate (SGD)"),
     Option("momentum", float, 0.9, "SGD momentum"),
     Option("weight-decay", float, 5e-4, "SGD weight decay"),
@@ -117,8 +120,10 @@ def to_argv(values: dict[str, Any], role: str) -> list[str]:
 
 def compression_config(args: argparse.Namespace):
     from .compression import CompressionConfig
+    from .data import NUM_CLASSES
 
     return CompressionConfig(budget=getattr(args, "budget", 4), resolution=args.resolution,
                              prune_delta=args.prune_delta, prune_weight=args.prune_weight,
                              prune_lambda=args.prune_lambda, filter_init=args.filter_init,
-                             filter_lr=args.filter_lr, quality=args.quality, channels=args.channels)
+                             filter_lr=args.filter_lr, quality=args.quality, channels=args.channels,
+                             mask_number=args.mask_number, alpha=args.alpha, classes=NUM_CLASSES[args.dataset])

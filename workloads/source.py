@@ -87,8 +87,19 @@ class Source:
         self.trace.event("connected", server=a.server, bytes_sent=exchange.bytes_sent,
                          bytes_received=exchange.bytes_received, **exchange.reply.fields)
 
+    def _pretrain_batches(self):
+        for _ in range(self.args.pretrain_epochs):
+            order = self.rng.permutation(len(self.train.labels))
+            for batch in range(self.args.batches):
+                picked = np.take(order, range(batch * self.args.batch_size, (batch + 1) * self.args.batch_size),
+                                 mode="wrap")
+                yield to_tensor_batch(self.train.images[picked]), torch.from_numpy(self.train.labels[picked])
+
     def run(self) -> None:
         a = self.args
+        started = time.perf_counter()
+        self.module.prepare(self._pretrain_batches(), self.trace)
+        self.trace.event("prepared", duration_s=round(time.perf_counter() - started, 6))
         first = True
         for epoch in range(a.epochs):
             budget, lr_scale = self.schedule.budget(epoch), self.schedule.lr_scale(epoch)

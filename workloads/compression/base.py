@@ -43,6 +43,10 @@ class SourcePart(nn.Module):
             raise ValueError(f"gradient shape {got} does not match the sent tensor {tuple(like.shape)}")
         return torch.from_numpy(grad).to(like.device, like.dtype)
 
+    def prepare(self, batches, trace) -> None:
+        """Train what the module trains on its own before the network is used
+        (``batches`` yields (images, labels) of the source's shard)."""
+
     def extra_loss(self) -> torch.Tensor | None:
         """A loss term that trains parameters living at the source (e.g. a filter)."""
         return None

@@ -19,6 +19,9 @@ class CompressionConfig:
     filter_lr: float = 1.0         # learning rate of the filter logits
     quality: int = 75              # jpeg / webp quality
     channels: int = 0              # crbq: maps after channel reduction (0: an eighth of the cut's)
+    mask_number: int = 2           # cdc: m in 0..4, 2^(4-m) quantizer steps
+    alpha: float = 48.0            # cdc: the EC loss is attenuated by 1/alpha
+    classes: int = 10              # classes of the dataset
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""cdc (paper 000): the quantizer, the bit packing, the decoder shipped once, and the
+autoencoder learning under the elementary classifier's guidance."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.compression import CompressionConfig, create_server, create_source
+from workloads.compression.cdc import bits_per_value, dequantize, levels, pack, quantize, unpack
+from workloads.data import synthetic_dataset, to_tensor_batch
+from workloads.trace import TraceWriter
+
+IMAGE = (3, 32, 32)
+CPU = torch.device("cpu")
+
+
+def test_quantizer_follows_the_paper():
+    z = torch.tensor([0.0, 0.01, 0.26, 0.5, 0.99, 1.0])
+    assert levels(0) == 16 and levels(4) == 1
+    q = quantize(z, 2, noisy=False)  # L = 4: Q(x) = ceil(4x)
+    assert q.tolist() == [0, 1, 2, 2, 4, 4]
+    assert dequantize(q, 2).tolist() == pytest.approx([-0.125, 0.125, 0.375, 0.375, 0.875, 0.875])
+    noisy = quantize(torch.rand(10_000), 0, noisy=True)
+    assert noisy.min() >= 0 and noisy.max() <= 16 and len(noisy.unique()) == 17
+    assert [bits_per_value(m) for m in range(5)] == [5, 4, 3, 2, 1]
+    with pytest.raises(ValueError, match="mask number must be between 0 and 4"):
+        levels(5)
+
+
+@pytest.mark.parametrize("mask", range(5))
+def test_packing_is_lossless_in_the_fewest_bits(mask):
+    codes = np.random.default_rng(mask).integers(0, levels(mask) + 1, size=1001).astype(np.uint8)
+    bits = bits_per_value(mask)
+    packed = pack(codes, bits)
+    assert packed.nbytes == math.ceil(1001 * bits / 8)
+    np.testing.assert_array_equal(unpack(packed, bits, 1001), codes)
+
+
+def batch(count=8):
+    data = synthetic_dataset(seed=1, train_size=count, test_size=0).train
+    return to_tensor_batch(data.images), torch.from_numpy(data.labels)
+
+
+def test_the_decoder_crosses_once_and_the_rate_falls_with_m():
+    x, _ = batch()
+    sizes = {}
+    for mask in range(5):
+        config = CompressionConfig(mask_number=mask)
+        source, server = create_source("cdc", IMAGE, config), create_server("cdc", IMAGE, config)
+        codes_only = {"codes": np.zeros(1, np.uint8), "latent_shape": np.array([1, 8, 8, 8], "<i4"),
+                      "mask_number": np.array([mask], np.uint8)}
+        with pytest.raises(ValueError, match="no decoder received yet"):
+            server.decode(codes_only, CPU)
+        first = source.encode(*source(x))
+        assert any(k.startswith("decoder.") for k in first)
+        second = source.encode(*source(x))
+        assert not any(k.startswith("decoder.") for k in second)
+        server.decode(first, CPU)
+        _, restored = server.decode(second, CPU)
+        expected, _ = source.autoencode(x, noisy=False)
+        torch.testing.assert_close(restored, expected.detach())  # the server restores what the edge would
+        sizes[mask] = sum(a.nbytes for a in second.values())
+        assert second["codes"].nbytes == 8 * 8 * 8 * 8 * bits_per_value(mask) // 8
+    assert sizes[0] > sizes[1] > sizes[2] > sizes[3] > sizes[4]
+
+
+def test_the_autoencoder_learns_under_the_elementary_classifier(tmp_path):
+    torch.manual_seed(0)
+    data = synthetic_dataset(seed=2, train_size=256, test_size=0).train
+    x_all, y_all = to_tensor_batch(data.images), torch.from_numpy(data.labels)
+    source = create_source("cdc", IMAGE, CompressionConfig(mask_number=2))
+    generator = torch.Generator().manual_seed(0)
+    picks = [torch.randint(0, 256, (16,), generator=generator) for _ in range(80)]
+    with TraceWriter(str(tmp_path / "t.jsonl"), run="t", role="source", source=0) as trace:
+        source.prepare(((x_all[i], y_all[i]) for i in picks), trace)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert len(losses) == 80 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    assert not any(p.requires_grad for p in source.parameters())  # frozen before streaming
+    with pytest.raises(ValueError, match="needs --split 0"):
+        create_source("cdc", (128, 8, 8), CompressionConfig())

@@ -1,0 +1,184 @@
+"""``cdc``: classification-driven compression (paper 000).
+
+At the source, a light convolutional autoencoder with the adjustable stochastic
+quantizer of mask number m (L = 2^(4-m) steps):
+
+    Q(x) = clip(ceil(x * L + eps), 0, L),  eps ~ U(-0.5, 0.5) while training, 0 otherwise
+    Q'(q) = (q - 0.5) / L
+
+and an elementary classifier (EC) on the autoencoder's output, whose loss, attenuated
+by 1/alpha, guides the autoencoder: loss = MSE(x, D(Q'(Q(E(x))))) + CE(EC(...), y) / alpha.
+The edge trains the autoencoder and the EC first, on its own data and without the
+network (``prepare``). Then the encoder and decoder are frozen: the decoder's weights
+cross the network once (with the first message), and every message carries the
+quantized latent packed into the fewest bits per value. The server restores the input
+with that decoder and trains the advanced classifier (the whole model, split 0) on it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import Arrays, ServerPart, SourcePart
+from .registry import CompressionConfig, register
+
+LATENT_CHANNELS = 8
+DECODER_PREFIX = "decoder."
+PRETRAIN_LR = 1e-2  # Adam; the autoencoder settles within about a hundred steps
+
+
+def levels(mask: int) -> int:
+    if not 0 <= mask <= 4:
+        raise ValueError(f"mask number must be between 0 and 4, got {mask}")
+    return 2 ** (4 - mask)
+
+
+def bits_per_value(mask: int) -> int:
+    """Values 0..L need ceil(log2(L + 1)) bits."""
+    return math.ceil(math.log2(levels(mask) + 1))
+
+
+def quantize(z: torch.Tensor, mask: int, noisy: bool) -> torch.Tensor:
+    step = levels(mask)
+    noise = torch.rand_like(z) - 0.5 if noisy else torch.zeros_like(z)
+    return torch.clamp(torch.ceil(z * step + noise), 0, step)
+
+
+def dequantize(q: torch.Tensor, mask: int) -> torch.Tensor:
+    return (q - 0.5) / levels(mask)
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Each value's ``bits`` lowest bits, back to back (big-endian within a byte)."""
+    flat = codes.astype(np.uint8).reshape(-1, 1)
+    return np.packbits(np.unpackbits(flat, axis=1)[:, 8 - bits:])
+
+
+def unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    raw = np.unpackbits(packed)[:count * bits].reshape(count, bits)
+    return np.packbits(np.pad(raw, ((0, 0), (8 - bits, 0))), axis=1).reshape(count)
+
+
+def _encoder() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(32, LATENT_CHANNELS, 3, stride=2, padding=1), nn.Sigmoid())
+
+
+def _decoder() -> nn.Module:
+    return nn.Sequential(nn.ConvTranspose2d(LATENT_CHANNELS, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+                         nn.ConvTranspose2d(32, 3, 4, stride=2, padding=1))
+
+
+def _elementary_classifier(classes: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * 16, classes))
+
+
+def _check_input(cut_shape) -> None:
+    if tuple(cut_shape)[0] != 3:
+        raise ValueError("module cdc compresses the input image: it needs --split 0")
+
+
+class CdcSource(SourcePart):
+    def __init__(self, cut_shape, config: CompressionConfig):
+        super().__init__()
+        _check_input(cut_shape)
+        if config.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {config.alpha}")
+        self.mask, self.bits, self.alpha = config.mask_number, bits_per_value(config.mask_number), config.alpha
+        self.encoder, self.decoder = _encoder(), _decoder()
+        self.classifier = _elementary_classifier(config.classes)
+        self.decoder_sent = False
+
+    def autoencode(self, x: torch.Tensor, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(restored image, codes); the gradient passes the quantizer straight through."""
+        z = self.encoder(x)
+        q = quantize(z, self.mask, noisy)
+        z_hat = z + (dequantize(q, self.mask) - z).detach()
+        return self.decoder(z_hat), q
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        restored, _ = self.autoencode(x, noisy=True)
+        reconstruction = F.mse_loss(restored, x)
+        guidance = F.cross_entropy(self.classifier(restored), labels)
+        return reconstruction + guidance / self.alpha, reconstruction.item(), guidance.item()
+
+    def prepare(self, batches, trace) -> None:
+        """Train the autoencoder and the EC at the edge, then freeze the autoencoder."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=PRETRAIN_LR)
+        self.train()
+        for step, (x, labels) in enumerate(batches):
+            loss, reconstruction, guidance = self.loss(x, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            trace.event("pretrain", step=step, loss=round(loss.item(), 6), reconstruction=round(reconstruction, 6),
+                        ec_loss=round(guidance, 6), mask_number=self.mask)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def forward(self, maps):
+        with torch.no_grad():
+            _, q = self.autoencode(maps, noisy=False)
+        return q, {}
+
+    def encode(self, sent, side) -> Arrays:
+        codes = sent.to(torch.uint8).cpu().numpy()
+        arrays = {"codes": pack(codes, self.bits), "latent_shape": np.array(codes.shape, dtype="<i4"),
+                  "mask_number": np.array([self.mask], dtype=np.uint8)}
+        if not self.decoder_sent:  # the decoder crosses once
+            arrays.update({DECODER_PREFIX + name: p.detach().cpu().numpy().astype(np.float32)
+                           for name, p in self.decoder.state_dict().items()})
+            self.decoder_sent = True
+        return arrays
+
+    def describe(self):
+        return {"mask_number": self.mask, "bits_per_value": self.bits}
+
+
+class CdcServer(ServerPart):
+    def __init__(self, cut_shape, config: CompressionConfig):
+        super().__init__()
+        _check_input(cut_shape)
+        self.decoder = _decoder()
+        for p in self.decoder.parameters():
+            p.requires_grad_(False)
+        self.has_decoder = False
+
+    def decode(self, arrays: Arrays, device):
+        weights = {k[len(DECODER_PREFIX):]: v for k, v in arrays.items() if k.startswith(DECODER_PREFIX)}
+        if weights:
+            self._load(weights, device)
+        if not self.has_decoder:
+            raise ValueError("cdc: no decoder received yet (it comes with a source's first message)")
+        codes, shape, mask = arrays.get("codes"), arrays.get("latent_shape"), arrays.get("mask_number")
+        if codes is None or shape is None or mask is None or shape.shape != (4,) or mask.shape != (1,):
+            raise ValueError("a cdc message needs 'codes', 'latent_shape' (4 values) and 'mask_number'")
+        n, c, h, w = (int(v) for v in shape)
+        if c != LATENT_CHANNELS or n < 0 or h < 1 or w < 1:
+            raise ValueError(f"latent shape {tuple(shape)} is not (N, {LATENT_CHANNELS}, H, W)")
+        bits = bits_per_value(int(mask[0]))
+        count = n * c * h * w
+        if codes.dtype != np.uint8 or codes.size != math.ceil(count * bits / 8):
+            raise ValueError(f"{count} values of {bits} bits need {math.ceil(count * bits / 8)} bytes, got {codes.size}")
+        q = torch.from_numpy(unpack(codes, bits, count).astype(np.float32)).view(n, c, h, w).to(device)
+        with torch.no_grad():
+            restored = self.decoder(dequantize(q, int(mask[0])))
+        return restored, restored
+
+    def _load(self, weights: dict, device) -> None:
+        expected = self.decoder.state_dict()
+        if set(weights) != set(expected) or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in expected.items()):
+            raise ValueError("the decoder weights do not match the cdc decoder")
+        self.decoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        self.decoder.to(device)
+        self.has_decoder = True
+
+
+register("cdc", "paper 000: autoencoder + stochastic quantizer guided by an elementary classifier (split 0)",
+         CdcSource, CdcServer, input_only=True)
