@@ -45,7 +45,8 @@ def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str =
     if "lr_boost" in spec.extra:
         values["workload"]["lrBoost"] = spec.extra["lr_boost"]
     for key, name in (("boost_epochs", "boostEpochs"), ("quality", "quality"), ("channels", "channels"),
-                      ("mask_number", "maskNumber"), ("alpha", "alpha")):
+                      ("mask_number", "maskNumber"), ("alpha", "alpha"), ("latent_dim", "latentDim"),
+                      ("keep_neurons", "keepNeurons")):
         if key in spec.extra:
             values["workload"][name] = spec.extra[key]
     images = {}

@@ -95,6 +95,10 @@ def validate(spec: RunSpec) -> None:
         raise SpecError(f"--mask-number must be between 0 and 4, got {spec.extra['mask_number']}")
     if spec.extra.get("alpha", 48.0) <= 0:
         raise SpecError(f"--alpha must be positive, got {spec.extra['alpha']}")
+    if spec.extra.get("latent_dim", 64) < 1:
+        raise SpecError(f"--latent-dim must be at least 1, got {spec.extra['latent_dim']}")
+    if not 0 <= spec.extra.get("keep_neurons", 0) <= spec.extra.get("latent_dim", 64):
+        raise SpecError(f"--keep-neurons must be between 0 (all) and --latent-dim, got {spec.extra['keep_neurons']}")
     if spec.extra.get("channels", 0) < 0:
         raise SpecError(f"--channels must not be negative, got {spec.extra['channels']}")
     if spec.extra.get("resolution", 1) < 1:

@@ -74,7 +74,7 @@ def test_the_autoencoder_learns_under_the_elementary_classifier(tmp_path):
     generator = torch.Generator().manual_seed(0)
     picks = [torch.randint(0, 256, (16,), generator=generator) for _ in range(80)]
     with TraceWriter(str(tmp_path / "t.jsonl"), run="t", role="source", source=0) as trace:
-        source.prepare(((x_all[i], y_all[i]) for i in picks), trace)
+        source.prepare(None, lambda: ((x_all[i], y_all[i]) for i in picks), trace)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert len(losses) == 80 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     assert not any(p.requires_grad for p in source.parameters())  # frozen before streaming

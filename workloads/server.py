@@ -70,10 +70,11 @@ class Server:
                 message = protocol.decode(body)
                 op = message.op
                 reply = self.handle(identity, message)
-            except (ProtocolError, ValueError) as exc:
-                reply = Message("error", {"reason": str(exc)})
-                print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {exc}", file=sys.stderr)
-                self.trace.event("error", peer=self._who(identity), op=op, reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever a message does, the server keeps serving
+                reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                reply = Message("error", {"reason": reason})
+                print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {reason}", file=sys.stderr)
+                self.trace.event("error", peer=self._who(identity), op=op, reason=reason)
             out = protocol.encode(reply)
             sock.send_multipart([identity] + out, copy=False)
             peer = self.peers.get(identity, peer)
@@ -106,9 +107,9 @@ class Server:
         if seq != peer.seq + 1:
             raise ProtocolError(f"out of order: expected seq {peer.seq + 1}, got {seq!r}")
         if message.op == "train":
-            reply = self._train(message)
+            reply = self._train(message, peer.source)
         elif message.op == "infer":
-            reply = self._infer(message)
+            reply = self._infer(message, peer.source)
         else:
             raise ProtocolError(f"a server does not accept {message.op!r}")
         peer.seq = seq  # only a request that was served advances the sequence
@@ -135,16 +136,16 @@ class Server:
             raise ProtocolError(f"labels must lie in 0..{self.classes - 1}")
         return torch.from_numpy(labels.astype(np.int64)).to(self.device)
 
-    def _train(self, message: Message) -> Message:
+    def _train(self, message: Message, source: int) -> Message:
         lr_scale = message.fields.get("lr_scale", 1.0)
         if not isinstance(lr_scale, (int, float)) or not 0 < lr_scale <= 1000:
             raise ProtocolError(f"lr_scale must be a number in (0, 1000], got {lr_scale!r}")
         self.decompress.train()
         self.tail.train()
-        sent, restored = self.decompress.decode(message.arrays, self.device)
+        sent, restored = self.decompress.decode(message.arrays, self.device, source)
         labels = self._labels(message.arrays, restored.shape[0])
         for group in self.optimizer.param_groups:
-            group["lr"] = self.args.lr * lr_scale
+            group["lr"] = self.args.lr * lr_scale * self.decompress.lr_scale
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.tail(restored)
         loss = self.loss(logits, labels)
@@ -155,10 +156,10 @@ class Server:
         return Message("grad", {"loss": round(loss.item(), 6), "correct": correct}, arrays)
 
     @torch.no_grad()
-    def _infer(self, message: Message) -> Message:
+    def _infer(self, message: Message, source: int) -> Message:
         self.decompress.eval()
         self.tail.eval()
-        _, restored = self.decompress.decode(message.arrays, self.device)
+        _, restored = self.decompress.decode(message.arrays, self.device, source)
         pred = self.tail(restored).argmax(1).to("cpu").numpy().astype(np.uint8 if self.classes <= 256 else np.int32)
         return Message("pred", {}, {"pred": pred})
 

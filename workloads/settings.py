@@ -58,7 +58,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("channels", int, 0, "crbq: maps after channel reduction (0: an eighth of the cut's)"),
     Option("mask-number", int, 2, "cdc: mask number m in 0..4 (2^(4-m) quantizer steps)"),
     Option("alpha", float, 48.0, "cdc: the elementary classifier's loss is attenuated by 1/alpha"),
-    Option("pretrain-epochs", int, 3, "cdc: epochs the edge trains its autoencoder before streaming", SRC),
+    Option("latent-dim", int, 64, "mcr2: bottleneck neurons"),
+    Option("keep-neurons", int, 0, "mcr2: neurons sent, the best by Fisher's discriminative power (0: all)", SRC),
+    Option("pretrain-epochs", int, 3, "cdc, mcr2: epochs the source trains on its own before streaming", SRC),
     Option("lr", float, 0.01, "learning rate (SGD)"),
     Option("momentum", float, 0.9, "SGD momentum"),
     Option("weight-decay", float, 5e-4, "SGD weight decay"),
@@ -126,4 +128,5 @@ def compression_config(args: argparse.Namespace):
                              prune_delta=args.prune_delta, prune_weight=args.prune_weight,
                              prune_lambda=args.prune_lambda, filter_init=args.filter_init,
                              filter_lr=args.filter_lr, quality=args.quality, channels=args.channels,
-                             mask_number=args.mask_number, alpha=args.alpha, classes=NUM_CLASSES[args.dataset])
+                             mask_number=args.mask_number, alpha=args.alpha, latent_dim=args.latent_dim,
+                             keep_neurons=getattr(args, "keep_neurons", 0), classes=NUM_CLASSES[args.dataset])

@@ -98,7 +98,7 @@ class Source:
     def run(self) -> None:
         a = self.args
         started = time.perf_counter()
-        self.module.prepare(self._pretrain_batches(), self.trace)
+        self.module.prepare(self.head, self._pretrain_batches, self.trace)
         self.trace.event("prepared", duration_s=round(time.perf_counter() - started, 6))
         first = True
         for epoch in range(a.epochs):

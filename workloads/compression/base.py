@@ -43,9 +43,9 @@ class SourcePart(nn.Module):
             raise ValueError(f"gradient shape {got} does not match the sent tensor {tuple(like.shape)}")
         return torch.from_numpy(grad).to(like.device, like.dtype)
 
-    def prepare(self, batches, trace) -> None:
-        """Train what the module trains on its own before the network is used
-        (``batches`` yields (images, labels) of the source's shard)."""
+    def prepare(self, head, batches, trace) -> None:
+        """Train what the module trains at the source on its own, before the network is
+        used; ``batches()`` yields (images, labels) of the source's shard, anew per call."""
 
     def extra_loss(self) -> torch.Tensor | None:
         """A loss term that trains parameters living at the source (e.g. a filter)."""
@@ -73,8 +73,13 @@ class SourcePart(nn.Module):
 class ServerPart(nn.Module):
     """Runs at the offload server, before the tail."""
 
-    def decode(self, arrays: Arrays, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (sent, restored): ``sent`` is a leaf whose grad goes back to the source."""
+    # factor on the server's learning rate, for modules whose server side needs a gentler one
+    lr_scale = 1.0
+
+    def decode(self, arrays: Arrays, device: torch.device, source: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (sent, restored): ``sent`` is a leaf whose grad goes back to the source.
+        ``source`` names the sender, for modules that keep per-source state (a decoder
+        or an entropy model each source sent once)."""
         raise NotImplementedError
 
     def encode_grad(self, sent: torch.Tensor) -> Arrays:

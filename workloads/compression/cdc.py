@@ -107,11 +107,11 @@ class CdcSource(SourcePart):
         guidance = F.cross_entropy(self.classifier(restored), labels)
         return reconstruction + guidance / self.alpha, reconstruction.item(), guidance.item()
 
-    def prepare(self, batches, trace) -> None:
+    def prepare(self, head, batches, trace) -> None:
         """Train the autoencoder and the EC at the edge, then freeze the autoencoder."""
         optimizer = torch.optim.Adam(self.parameters(), lr=PRETRAIN_LR)
         self.train()
-        for step, (x, labels) in enumerate(batches):
+        for step, (x, labels) in enumerate(batches()):
             loss, reconstruction, guidance = self.loss(x, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -145,17 +145,15 @@ class CdcServer(ServerPart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         _check_input(cut_shape)
-        self.decoder = _decoder()
-        for p in self.decoder.parameters():
-            p.requires_grad_(False)
-        self.has_decoder = False
+        self.decoders = nn.ModuleDict()  # each source's edge trained its own autoencoder
 
-    def decode(self, arrays: Arrays, device):
+    def decode(self, arrays: Arrays, device, source: int = 0):
         weights = {k[len(DECODER_PREFIX):]: v for k, v in arrays.items() if k.startswith(DECODER_PREFIX)}
         if weights:
-            self._load(weights, device)
-        if not self.has_decoder:
-            raise ValueError("cdc: no decoder received yet (it comes with a source's first message)")
+            self._load(str(source), weights, device)
+        decoder = self.decoders[str(source)] if str(source) in self.decoders else None
+        if decoder is None:
+            raise ValueError(f"cdc: no decoder received from source {source} yet (it comes with its first message)")
         codes, shape, mask = arrays.get("codes"), arrays.get("latent_shape"), arrays.get("mask_number")
         if codes is None or shape is None or mask is None or shape.shape != (4,) or mask.shape != (1,):
             raise ValueError("a cdc message needs 'codes', 'latent_shape' (4 values) and 'mask_number'")
@@ -168,16 +166,18 @@ class CdcServer(ServerPart):
             raise ValueError(f"{count} values of {bits} bits need {math.ceil(count * bits / 8)} bytes, got {codes.size}")
         q = torch.from_numpy(unpack(codes, bits, count).astype(np.float32)).view(n, c, h, w).to(device)
         with torch.no_grad():
-            restored = self.decoder(dequantize(q, int(mask[0])))
+            restored = decoder(dequantize(q, int(mask[0])))
         return restored, restored
 
-    def _load(self, weights: dict, device) -> None:
-        expected = self.decoder.state_dict()
+    def _load(self, key: str, weights: dict, device) -> None:
+        decoder = _decoder()
+        expected = decoder.state_dict()
         if set(weights) != set(expected) or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in expected.items()):
             raise ValueError("the decoder weights do not match the cdc decoder")
-        self.decoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-        self.decoder.to(device)
-        self.has_decoder = True
+        decoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        for p in decoder.parameters():
+            p.requires_grad_(False)  # the edge's decoder, used as it was sent
+        self.decoders[key] = decoder.to(device)
 
 
 register("cdc", "paper 000: autoencoder + stochastic quantizer guided by an elementary classifier (split 0)",

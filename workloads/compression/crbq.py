@@ -60,7 +60,7 @@ class CrbqServer(ServerPart):
         self.restore = nn.Sequential(nn.Conv2d(self.channels, cut_shape[0], 1), nn.BatchNorm2d(cut_shape[0]),
                                      nn.ReLU(inplace=True))
 
-    def decode(self, arrays: Arrays, device):
+    def decode(self, arrays: Arrays, device, source: int = 0):
         codes, params = arrays.get("codes"), arrays.get("qparams")
         if codes is None or params is None or codes.dtype != np.uint8 or params.dtype != np.float32 \
                 or params.shape != (2,):

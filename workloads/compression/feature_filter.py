@@ -132,7 +132,7 @@ class FeatureFilterServer(ServerPart):
             self.decompress = nn.ConvTranspose2d(channels, channels, 2 + r, stride=r, padding=r,
                                                  output_padding=output_padding)
 
-    def decode(self, arrays: Arrays, device):
+    def decode(self, arrays: Arrays, device, source: int = 0):
         maps, index = arrays.get("maps"), arrays.get("index")
         channels, height, width = self.sent_shape
         if maps is None or index is None:

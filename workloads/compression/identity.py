@@ -22,7 +22,7 @@ class IdentityServer(ServerPart):
         super().__init__()
         self.cut_shape = tuple(cut_shape)
 
-    def decode(self, arrays: Arrays, device):
+    def decode(self, arrays: Arrays, device, source: int = 0):
         maps = arrays.get("maps")
         if maps is None or maps.dtype != np.float32 or tuple(maps.shape[1:]) != self.cut_shape:
             got = None if maps is None else (str(maps.dtype), tuple(maps.shape))

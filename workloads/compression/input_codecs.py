@@ -69,7 +69,7 @@ class _InputServer(ServerPart):
 
 
 class RawServer(_InputServer):
-    def decode(self, arrays: Arrays, device):
+    def decode(self, arrays: Arrays, device, source: int = 0):
         pixels = arrays.get("pixels")
         if pixels is None:
             raise ValueError("a raw message needs the array 'pixels'")
@@ -103,7 +103,7 @@ class CodecServer(_InputServer):
         super().__init__(cut_shape, config)
         self.format = FORMATS[name]
 
-    def decode(self, arrays: Arrays, device):
+    def decode(self, arrays: Arrays, device, source: int = 0):
         data, lengths = arrays.get("data"), arrays.get("lengths")
         if data is None or lengths is None or lengths.dtype != np.uint32 or lengths.ndim != 1:
             raise ValueError("a coded-image message needs 'data' (uint8) and 'lengths' (uint32, one per image)")

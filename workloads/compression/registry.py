@@ -21,6 +21,9 @@ class CompressionConfig:
     channels: int = 0              # crbq: maps after channel reduction (0: an eighth of the cut's)
     mask_number: int = 2           # cdc: m in 0..4, 2^(4-m) quantizer steps
     alpha: float = 48.0            # cdc: the EC loss is attenuated by 1/alpha
+    latent_dim: int = 64           # mcr2: bottleneck neurons
+    keep_neurons: int = 0          # mcr2: neurons sent, best by Fisher's discriminative power (0: all)
+    mcr2_eps2: float = 0.5         # mcr2: epsilon squared of the coding rates
     classes: int = 10              # classes of the dataset
 
 
