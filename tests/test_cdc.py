@@ -51,7 +51,7 @@ def test_the_decoder_crosses_once_and_the_rate_falls_with_m():
         source, server = create_source("cdc", IMAGE, config), create_server("cdc", IMAGE, config)
         codes_only = {"codes": np.zeros(1, np.uint8), "latent_shape": np.array([1, 8, 8, 8], "<i4"),
                       "mask_number": np.array([mask], np.uint8)}
-        with pytest.raises(ValueError, match="no decoder received yet"):
+        with pytest.raises(ValueError, match="no decoder received from source 0 yet"):
             server.decode(codes_only, CPU)
         first = source.encode(*source(x))
         assert any(k.startswith("decoder.") for k in first)
