@@ -80,3 +80,18 @@ def test_the_autoencoder_learns_under_the_elementary_classifier(tmp_path):
     assert not any(p.requires_grad for p in source.parameters())  # frozen before streaming
     with pytest.raises(ValueError, match="needs --split 0"):
         create_source("cdc", (128, 8, 8), CompressionConfig())
+
+
+def test_each_source_is_decoded_with_its_own_decoder():
+    x, _ = batch()
+    server = create_server("cdc", IMAGE, CompressionConfig())
+    sources = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        sources.append(create_source("cdc", IMAGE, CompressionConfig()))
+    firsts = [s.encode(*s(x)) for s in sources]
+    for index, (source, first) in enumerate(zip(sources, firsts)):
+        server.decode(first, CPU, source=index)
+    for index, source in enumerate(sources):
+        _, restored = server.decode(source.encode(*source(x)), CPU, source=index)
+        torch.testing.assert_close(restored, source.autoencode(x, noisy=False)[0].detach())
