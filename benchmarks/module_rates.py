@@ -5,11 +5,14 @@
 Each module at its default knob on the default model (VGG11, split after block 2;
 split 0 for the input-compression modules) and CIFAR-shaped synthetic data. Bytes
 are those of the real training request on the wire (header, arrays, labels, ZMTP
-framing); encode is the source part's forward + encode, decode the server part's.
+framing), after anything a module sends once (cdc's decoder, mcr2's entropy model);
+encode is the source part's forward + encode, decode the server part's. cdc and mcr2
+first train on 16 batches of their own (as a source does before it streams).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -21,13 +24,17 @@ from workloads.compression import CompressionConfig, available, create_server, c
 from workloads.data import synthetic_dataset, to_tensor_batch
 from workloads.models import build_split_model
 from workloads.protocol import Message
+from workloads.trace import TraceWriter
 
 
-def measure(module: str, x: torch.Tensor, labels: np.ndarray, repeats: int) -> dict:
+def measure(module: str, x: torch.Tensor, labels: np.ndarray, repeats: int, shard) -> dict:
     split = 0 if get(module).input_only else 2
     model = build_split_model("vgg11", split, 10)
     config = CompressionConfig()
     source, server = create_source(module, model.cut_shape, config), create_server(module, model.cut_shape, config)
+    with TraceWriter(os.devnull, run="bench", role="source", source=0) as trace:  # cdc, mcr2 train here first
+        source.prepare(model.head, shard, trace)
+    model.head.eval()
     source.eval()
     server.eval()
     with torch.no_grad():
@@ -53,12 +60,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = synthetic_dataset(train_size=args.batch_size, test_size=0).train
-    x, labels = to_tensor_batch(data.images), data.labels.astype(np.uint8)
+    data = synthetic_dataset(train_size=16 * args.batch_size, test_size=0).train
+    x, labels = to_tensor_batch(data.images[:args.batch_size]), data.labels[:args.batch_size].astype(np.uint8)
+
+    def shard():  # what a source trains on before it streams (cdc's autoencoder, mcr2's phase 1)
+        for i in range(0, len(data.labels), args.batch_size):
+            yield to_tensor_batch(data.images[i:i + args.batch_size]), torch.from_numpy(data.labels[i:i + args.batch_size])
     print(f"batch {args.batch_size}, default knobs, median of {args.repeats}; bytes per sample of the training request")
     print(f"{'module':<9}{'split':>6}{'wire B/sample':>15}{'payload B/sample':>18}{'encode ms/batch':>17}{'decode ms/batch':>17}")
     for module in available():
-        m = measure(module, x, labels, args.repeats)
+        m = measure(module, x, labels, args.repeats, shard)
         print(f"{module:<9}{m['split']:>6}{m['wire']:>15.1f}{m['payload']:>18.1f}{m['encode_ms']:>17.2f}{m['decode_ms']:>17.2f}")
 
 
