@@ -36,9 +36,12 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=None, help="jpeg / webp quality 1-100 (default 75)")
     p.add_argument("--channels", type=int, default=None, help="crbq: maps after channel reduction (default: cut/8)")
     p.add_argument("--mask-number", type=int, default=None, help="cdc: mask number m in 0..4 (default 2)")
+    p.add_argument("--mask-schedule", default=None, help="cdc: M:EPOCHS,... mask numbers over the epochs")
     p.add_argument("--alpha", type=float, default=None, help="cdc: EC loss attenuation 1/alpha (default 48)")
     p.add_argument("--latent-dim", type=int, default=None, help="mcr2: bottleneck neurons (default 64)")
     p.add_argument("--keep-neurons", type=int, default=None, help="mcr2: neurons sent, best by Fisher power (default all)")
+    p.add_argument("--beta", type=float, default=None, help="entropic: weight of the rate (default 1)")
+    p.add_argument("--latent-channels", type=int, default=None, help="entropic: latent maps (default 16)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     p.add_argument("--batches", type=int, default=d.batches, help="batches per epoch (default %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
@@ -100,8 +103,8 @@ def spec_from_args(args) -> RunSpec:
                    data_dir=args.data_dir, download=args.download, eval_samples=args.eval_samples, seed=args.seed,
                    lr=args.lr, port=args.port, cap_method=args.cap_method, device=args.device, out=args.out,
                    backend=args.backend,
-                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution", "quality", "channels", "mask_number", "alpha",
-                                    "latent_dim", "keep_neurons")
+                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution", "quality", "channels", "mask_number", "mask_schedule", "alpha",
+                                    "latent_dim", "keep_neurons", "beta", "latent_channels")
                           if (v := getattr(args, k)) is not None})
 
 

@@ -45,8 +45,8 @@ def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str =
     if "lr_boost" in spec.extra:
         values["workload"]["lrBoost"] = spec.extra["lr_boost"]
     for key, name in (("boost_epochs", "boostEpochs"), ("quality", "quality"), ("channels", "channels"),
-                      ("mask_number", "maskNumber"), ("alpha", "alpha"), ("latent_dim", "latentDim"),
-                      ("keep_neurons", "keepNeurons")):
+                      ("mask_number", "maskNumber"), ("mask_schedule", "maskSchedule"), ("alpha", "alpha"), ("latent_dim", "latentDim"),
+                      ("keep_neurons", "keepNeurons"), ("beta", "beta"), ("latent_channels", "latentChannels")):
         if key in spec.extra:
             values["workload"][name] = spec.extra[key]
     images = {}

@@ -93,8 +93,16 @@ def validate(spec: RunSpec) -> None:
         raise SpecError(f"--quality must be between 1 and 100, got {spec.extra['quality']}")
     if not 0 <= spec.extra.get("mask_number", 2) <= 4:
         raise SpecError(f"--mask-number must be between 0 and 4, got {spec.extra['mask_number']}")
+    if spec.extra.get("mask_schedule"):
+        from workloads.compression.cdc import parse_mask_schedule
+        try:
+            parse_mask_schedule(spec.extra["mask_schedule"])
+        except ValueError as exc:
+            raise SpecError(f"--mask-schedule: {exc}") from None
     if spec.extra.get("alpha", 48.0) <= 0:
         raise SpecError(f"--alpha must be positive, got {spec.extra['alpha']}")
+    if spec.extra.get("beta", 1.0) <= 0 or spec.extra.get("latent_channels", 16) < 1:
+        raise SpecError("--beta must be positive and --latent-channels at least 1")
     if spec.extra.get("latent_dim", 64) < 1:
         raise SpecError(f"--latent-dim must be at least 1, got {spec.extra['latent_dim']}")
     if not 0 <= spec.extra.get("keep_neurons", 0) <= spec.extra.get("latent_dim", 64):

@@ -95,3 +95,31 @@ def test_each_source_is_decoded_with_its_own_decoder():
     for index, source in enumerate(sources):
         _, restored = server.decode(source.encode(*source(x)), CPU, source=index)
         torch.testing.assert_close(restored, source.autoencode(x, noisy=False)[0].detach())
+
+
+def test_a_new_mask_number_fine_tunes_and_resends_the_decoder(tmp_path):
+    from workloads.compression.cdc import parse_mask_schedule
+    x, labels = batch(16)
+    source = create_source("cdc", IMAGE, CompressionConfig(mask_schedule="0:1,4:1"))
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(str(path), run="t", role="source", source=0) as trace:
+        source.prepare(None, lambda: iter([(x, labels)] * 5), trace)
+        source.start_epoch(0)
+        first = source.encode(*source(x))
+        weights_before = source.decoder[0].weight.clone()
+        source.start_epoch(1)  # m: 0 -> 4
+        assert source.mask == 4 and source.bits == 1
+        assert not torch.equal(source.decoder[0].weight, weights_before)  # fine-tuned, not redrawn
+        again = source.encode(*source(x))
+    stages = [json.loads(line)["stage"] for line in path.read_text().splitlines()]
+    assert stages == ["train"] * 5 + ["finetune"] * 5
+    assert any(k.startswith("decoder.") for k in again)  # the new decoder crosses once more
+    assert again["codes"].nbytes * 5 == first["codes"].nbytes
+    server = create_server("cdc", IMAGE, CompressionConfig())
+    server.decode(first, CPU)
+    _, restored = server.decode(again, CPU)
+    torch.testing.assert_close(restored, source.autoencode(x, noisy=False)[0].detach())
+    with pytest.raises(ValueError, match="bad mask schedule entry"):
+        parse_mask_schedule("2-1")
+    with pytest.raises(ValueError, match="mask number must be between 0 and 4"):
+        parse_mask_schedule("7:1")

@@ -119,7 +119,7 @@ def test_only_the_sources_reach_the_server_port():
     ({"sources": 0}, "at '/sources': minimum: got 0, want 1"),
     ({"cpu": -1}, "at '/cpu'"),
     ({"cpu": 0}, "exclusiveMinimum: got 0, want 0"),
-    ({"workload": {"module": "zip"}}, "value must be one of 'cdc', 'crbq', 'deprune', 'filter', 'jpeg', 'mcr2'"),
+    ({"workload": {"module": "zip"}}, "value must be one of 'cdc', 'crbq', 'deprune', 'entropic', 'filter', 'jpeg'"),
 ])
 def test_bad_values_are_rejected_by_the_schema(values, problem):
     with pytest.raises(helm_python.HelmValuesError, match=problem.replace("(", r"\(").replace("'", "'")):

@@ -96,7 +96,7 @@ def test_budget_schedules_show_in_the_trace(tmp_path, port, module, budgets):
 @pytest.mark.parametrize("args, message", [
     (["--sources", "0"], "--sources must be at least 1, got 0"),
     (["--cpu", "-1"], "--cpu must be a positive number of cores, got -1.0"),
-    (["--module", "gzip"], "unknown module 'gzip'; known modules: cdc, crbq, deprune, filter, jpeg, mcr2, none, prune, raw, webp"),
+    (["--module", "gzip"], "unknown module 'gzip'; known modules: cdc, crbq, deprune, entropic, filter, jpeg, mcr2, none, prune, raw, webp"),
     (["--model", "resnet"], "unknown model 'resnet'; known models: vgg11, vgg11-slim"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: cifar10, synthetic"),
     (["--data-dir", "/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
@@ -148,12 +148,13 @@ def _events(path):
 
 def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, port):
     out = tmp_path / "run"
-    result = run_testbed("run", "--sources", 1, "--cpu", 0.5, "--module", "none,raw,jpeg,webp,crbq,cdc,mcr2", "--batches", 2,
+    result = run_testbed("run", "--sources", 1, "--cpu", 0.5, "--module", "none,raw,jpeg,webp,crbq,cdc,mcr2,entropic",
+                         "--batches", 2,
                          "--epochs", 1, *TINY, "--out", out, "--port", port, "--quiet")
     assert result.returncode == 0, result.stderr
     arms = json.loads((out / "summary.json").read_text())["arms"]
     assert {name: arm["split"] for name, arm in arms.items()} == {"none": 2, "raw": 0, "jpeg": 0, "webp": 0, "crbq": 2,
-                                                                  "cdc": 0, "mcr2": 2}
+                                                                  "cdc": 0, "mcr2": 2, "entropic": 2}
     per_sample = {name: arm["bytes_per_sample_sent"] for name, arm in arms.items()}
     assert 3072 < per_sample["raw"] < 3072 + 40  # one byte per pixel, plus the header shared by 8 samples
     assert per_sample["jpeg"] < per_sample["raw"] and per_sample["webp"] < per_sample["raw"]
@@ -163,7 +164,11 @@ def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, port):
     assert cdc[0]["bytes_sent"] > 20_000 and 192 < cdc[1]["bytes_sent"] / 8 < 192 + 40
     for name, arm in arms.items():
         assert arm["test_accuracy"] is not None and arm["samples_total"] == 16
-        assert arm["bytes_per_sample_received"] < (10 if name in ("raw", "jpeg", "webp", "cdc", "mcr2") else 1e9)
+        assert arm["bytes_per_sample_received"] < (10 if name in ("raw", "jpeg", "webp", "cdc", "mcr2", "entropic")
+                                                   else 1e9)
+    # entropic: the decoder and prior cross once, then a range-coded latent of 16 x 4 x 4 values
+    entropic = [e for e in read_jsonl(out / "entropic" / "source-0.jsonl") if e["event"] == "batch"]
+    assert entropic[0]["bytes_sent"] > 10 * entropic[1]["bytes_sent"] and entropic[1]["bytes_sent"] / 8 < 16 * 16
     # mcr2: a range-coded latent of 64 rounded values, a few bytes a sample after the model crossed once
     mcr2 = [e for e in read_jsonl(out / "mcr2" / "source-0.jsonl") if e["event"] == "batch"]
     assert mcr2[0]["bytes_sent"] > mcr2[1]["bytes_sent"] and mcr2[1]["bytes_sent"] / 8 < 64

@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 def test_registry_lists_the_paper_002_modules_and_rejects_unknown_names():
     assert {"none", "filter", "deprune", "prune"} <= set(available())
-    with pytest.raises(ValueError, match="unknown compression module 'zip'.*known modules: cdc, crbq, deprune, filter, jpeg, mcr2"):
+    with pytest.raises(ValueError, match="unknown compression module 'zip'.*known modules: cdc, crbq, deprune, entropic, filter, jpeg"):
         create_source("zip", CUT, CompressionConfig())
 
 

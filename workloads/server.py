@@ -143,6 +143,7 @@ class Server:
         self.decompress.train()
         self.tail.train()
         sent, restored = self.decompress.decode(message.arrays, self.device, source)
+        self._train_new_parameters()
         labels = self._labels(message.arrays, restored.shape[0])
         for group in self.optimizer.param_groups:
             group["lr"] = self.args.lr * lr_scale * self.decompress.lr_scale
@@ -154,6 +155,14 @@ class Server:
         correct = int((logits.argmax(1) == labels).sum())
         arrays = self.decompress.encode_grad(sent) if message.fields.get("want_grad", True) else {}
         return Message("grad", {"loss": round(loss.item(), 6), "correct": correct}, arrays)
+
+    def _train_new_parameters(self) -> None:
+        """Modules may add layers when a source first sends them (a decoder per source):
+        the optimizer takes them on from then."""
+        known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        new = [p for p in self.decompress.parameters() if p.requires_grad and id(p) not in known]
+        if new:
+            self.optimizer.add_param_group({"params": new})
 
     @torch.no_grad()
     def _infer(self, message: Message, source: int) -> Message:

@@ -104,6 +104,7 @@ class Source:
         for epoch in range(a.epochs):
             budget, lr_scale = self.schedule.budget(epoch), self.schedule.lr_scale(epoch)
             self.module.set_budget(budget)
+            self.module.start_epoch(epoch)
             if self.sgd is not None:
                 for group in self.sgd.param_groups:
                     group["lr"] = self.args.lr * lr_scale

@@ -4,7 +4,7 @@ Importing this package registers every built-in module.
 """
 from .base import Arrays, ServerPart, SourcePart
 from .registry import CompressionConfig, available, create_server, create_source, get
-from . import cdc, crbq, feature_filter, identity, input_codecs, mcr2  # noqa: F401  (registration)
+from . import cdc, crbq, entropic, feature_filter, identity, input_codecs, mcr2  # noqa: F401  (registration)
 from .schedules import BudgetSchedule, schedule_for
 
 __all__ = [

@@ -47,6 +47,9 @@ class SourcePart(nn.Module):
         """Train what the module trains at the source on its own, before the network is
         used; ``batches()`` yields (images, labels) of the source's shard, anew per call."""
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called as each epoch begins (after ``set_budget``)."""
+
     def extra_loss(self) -> torch.Tensor | None:
         """A loss term that trains parameters living at the source (e.g. a filter)."""
         return None

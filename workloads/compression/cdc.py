@@ -37,6 +37,30 @@ def levels(mask: int) -> int:
     return 2 ** (4 - mask)
 
 
+def parse_mask_schedule(text: str) -> tuple[tuple[int, int], ...]:
+    """``"0:2,2:1,4:1"``: mask number 0 for two epochs, then 2, then 4 (the last one stays)."""
+    phases = []
+    for part in filter(None, text.split(",")):
+        try:
+            mask, epochs = (int(v) for v in part.split(":"))
+        except ValueError:
+            raise ValueError(f"bad mask schedule entry {part!r}: expected M:EPOCHS, e.g. 0:2,4:1") from None
+        levels(mask)
+        if epochs < 1:
+            raise ValueError(f"bad mask schedule entry {part!r}: epochs must be >= 1")
+        phases.append((mask, epochs))
+    return tuple(phases)
+
+
+def mask_for_epoch(schedule, epoch: int, default: int) -> int:
+    start = 0
+    for mask, epochs in schedule:
+        if epoch < start + epochs:
+            return mask
+        start += epochs
+    return schedule[-1][0] if schedule else default
+
+
 def bits_per_value(mask: int) -> int:
     """Values 0..L need ceil(log2(L + 1)) bits."""
     return math.ceil(math.log2(levels(mask) + 1))
@@ -89,7 +113,9 @@ class CdcSource(SourcePart):
         _check_input(cut_shape)
         if config.alpha <= 0:
             raise ValueError(f"alpha must be positive, got {config.alpha}")
-        self.mask, self.bits, self.alpha = config.mask_number, bits_per_value(config.mask_number), config.alpha
+        self.mask_schedule = parse_mask_schedule(config.mask_schedule)
+        first = self.mask_schedule[0][0] if self.mask_schedule else config.mask_number
+        self.mask, self.bits, self.alpha = first, bits_per_value(first), config.alpha
         self.encoder, self.decoder = _encoder(), _decoder()
         self.classifier = _elementary_classifier(config.classes)
         self.decoder_sent = False
@@ -109,15 +135,31 @@ class CdcSource(SourcePart):
 
     def prepare(self, head, batches, trace) -> None:
         """Train the autoencoder and the EC at the edge, then freeze the autoencoder."""
+        self._batches, self._trace = batches, trace  # for fine-tuning when m changes
+        self._fit("train")
+
+    def start_epoch(self, epoch: int) -> None:
+        """A new mask number fine-tunes the autoencoder from where it is (not from scratch);
+        its decoder then crosses the network again, once."""
+        mask = mask_for_epoch(self.mask_schedule, epoch, self.mask)
+        if mask != self.mask:
+            self.mask, self.bits = mask, bits_per_value(mask)
+            self._fit("finetune")
+            self.decoder_sent = False
+
+    def _fit(self, stage: str) -> None:
+        for p in self.parameters():
+            p.requires_grad_(True)
         optimizer = torch.optim.Adam(self.parameters(), lr=PRETRAIN_LR)
         self.train()
-        for step, (x, labels) in enumerate(batches()):
+        for step, (x, labels) in enumerate(self._batches()):
             loss, reconstruction, guidance = self.loss(x, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            trace.event("pretrain", step=step, loss=round(loss.item(), 6), reconstruction=round(reconstruction, 6),
-                        ec_loss=round(guidance, 6), mask_number=self.mask)
+            self._trace.event("pretrain", stage=stage, step=step, loss=round(loss.item(), 6),
+                              reconstruction=round(reconstruction, 6), ec_loss=round(guidance, 6),
+                              mask_number=self.mask)
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()

@@ -20,11 +20,15 @@ class CompressionConfig:
     quality: int = 75              # jpeg / webp quality
     channels: int = 0              # crbq: maps after channel reduction (0: an eighth of the cut's)
     mask_number: int = 2           # cdc: m in 0..4, 2^(4-m) quantizer steps
+    mask_schedule: str = ""        # cdc: M:EPOCHS,... (a change of m fine-tunes the autoencoder)
     alpha: float = 48.0            # cdc: the EC loss is attenuated by 1/alpha
     latent_dim: int = 64           # mcr2: bottleneck neurons
     keep_neurons: int = 0          # mcr2: neurons sent, best by Fisher's discriminative power (0: all)
     mcr2_eps2: float = 0.5         # mcr2: epsilon squared of the coding rates
+    beta: float = 1.0              # entropic: weight of the rate (bits per cut value) in the distillation loss
+    latent_channels: int = 16      # entropic: latent maps at half the cut's resolution
     classes: int = 10              # classes of the dataset
+    model: str = "vgg11"           # the split model (entropic trains its teacher)
 
 
 @dataclass(frozen=True)

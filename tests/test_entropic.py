@@ -1,0 +1,88 @@
+"""entropic (paper 004): GDN, the learned factorized prior and its real range-coded
+bytes, the decoder and prior sent once per source, and the rate moving with beta."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.compression import CompressionConfig, create_server, create_source
+from workloads.compression.entropic import GDN, LaplacePrior, range_code, range_decode
+from workloads.data import synthetic_dataset, to_tensor_batch
+from workloads.models import build_split_model
+from workloads.trace import TraceWriter
+
+CPU = torch.device("cpu")
+
+
+def test_gdn_follows_its_formula_and_the_inverse_multiplies():
+    torch.manual_seed(0)
+    gdn, igdn = GDN(3), GDN(3, inverse=True)
+    with torch.no_grad():
+        gdn.beta.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        gdn.gamma.copy_(torch.rand(3, 3))
+    igdn.load_state_dict(gdn.state_dict())
+    x = torch.randn(2, 3, 4, 4)
+    beta2, gamma2 = gdn.beta ** 2 + 1e-6, gdn.gamma ** 2
+    norm = torch.sqrt(beta2.view(1, 3, 1, 1) + torch.einsum("ij,bjhw->bihw", gamma2, x ** 2))
+    torch.testing.assert_close(gdn(x), x / norm)
+    torch.testing.assert_close(igdn(x), x * norm)
+
+
+def test_real_bitstream_is_lossless_and_matches_the_prior_rate():
+    prior = LaplacePrior(4)
+    with torch.no_grad():
+        prior.log_scale.copy_(torch.log(torch.tensor([0.5, 1.0, 2.0, 4.0])))
+    values = torch.distributions.Laplace(0.0, torch.tensor([0.5, 1.0, 2.0, 4.0]).view(1, 4, 1, 1)) \
+        .sample((64,)).squeeze(1).round().expand(64, 4, 4, 4).contiguous()
+    loc, scale = (t.detach().numpy() for t in prior.params(values))
+    data = range_code(values.numpy(), loc, scale)
+    np.testing.assert_array_equal(range_decode(data, loc, scale).reshape(values.shape), values.numpy())
+    ideal = prior.bits(values).item() / 8
+    assert ideal * 0.98 <= data.nbytes <= ideal * 1.02 + 8
+
+
+def distilled(beta, tmp_path):
+    torch.manual_seed(0)
+    data = synthetic_dataset(seed=4, train_size=128, test_size=0).train
+    x, y = to_tensor_batch(data.images), torch.from_numpy(data.labels)
+    model = build_split_model("vgg11-slim", 2, 10)
+    config = CompressionConfig(beta=beta, model="vgg11-slim")
+    source = create_source("entropic", model.cut_shape, config)
+
+    def batches():
+        for _ in range(3):
+            for i in range(0, 128, 16):
+                yield x[i:i + 16], y[i:i + 16]
+    path = tmp_path / f"{beta}.jsonl"
+    with TraceWriter(str(path), run="t", role="source", source=0) as trace:
+        source.prepare(model.head, batches, trace)
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return source, model, x, events
+
+
+def test_teacher_first_then_distillation_and_rate_falls_with_beta(tmp_path):
+    sizes = {}
+    for beta in (0.1, 30.0):
+        source, model, x, events = distilled(beta, tmp_path)
+        teacher = [e for e in events if e["stage"] == "teacher"]
+        distill = [e for e in events if e["stage"] == "distill"]
+        assert teacher and distill and events.index(teacher[-1]) < events.index(distill[0])
+        assert teacher[-1]["loss"] < teacher[0]["loss"] and distill[-1]["distortion"] < distill[0]["distortion"]
+        sent, side = source(model.head(x[:32]))
+        first = source.encode(sent, side)
+        assert any(k.startswith("decoder.") for k in first) and any(k.startswith("prior.") for k in first)
+        second = source.encode(sent, side)
+        assert set(second) == {"bits", "latent_shape"}  # decoder and prior cross once
+        server = create_server("entropic", model.cut_shape, CompressionConfig())
+        server.decode(first, CPU, source=3)
+        _, restored = server.decode(second, CPU, source=3)
+        assert restored.shape == (32, *model.cut_shape)
+        sizes[beta] = second["bits"].nbytes
+    assert sizes[30.0] < sizes[0.1]
+
+
+def test_the_server_refuses_latents_before_the_decoder():
+    server = create_server("entropic", (32, 8, 8), CompressionConfig())
+    with pytest.raises(ValueError, match="no decoder received from source 0"):
+        server.decode({"bits": np.zeros(4, np.uint8), "latent_shape": np.array([1, 16, 4, 4], "<i4")}, CPU)
