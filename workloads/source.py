@@ -89,11 +89,16 @@ class Source:
 
     def _pretrain_batches(self):
         for _ in range(self.args.pretrain_epochs):
-            order = self.rng.permutation(len(self.train.labels))
-            for batch in range(self.args.batches):
-                picked = np.take(order, range(batch * self.args.batch_size, (batch + 1) * self.args.batch_size),
-                                 mode="wrap")
+            for _, picked in self._epoch_batches():
                 yield to_tensor_batch(self.train.images[picked]), torch.from_numpy(self.train.labels[picked])
+
+    def _epoch_batches(self):
+        """(batch number, sample indices) of one epoch in a fresh order; wraps around a
+        shard smaller than batches x batch size."""
+        order = self.rng.permutation(len(self.train.labels))
+        size = self.args.batch_size
+        for batch in range(self.args.batches):
+            yield batch, np.take(order, range(batch * size, (batch + 1) * size), mode="wrap")
 
     def run(self) -> None:
         a = self.args
@@ -108,9 +113,7 @@ class Source:
             if self.sgd is not None:
                 for group in self.sgd.param_groups:
                     group["lr"] = self.args.lr * lr_scale
-            order = self.rng.permutation(len(self.train.labels))
-            for batch in range(a.batches):
-                picked = np.take(order, range(batch * a.batch_size, (batch + 1) * a.batch_size), mode="wrap")
+            for batch, picked in self._epoch_batches():
                 self._train_step(epoch, batch, picked, budget, lr_scale, warmup=first)
                 first = False
             self._evaluate(epoch, budget)

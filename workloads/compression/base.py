@@ -21,6 +21,12 @@ def to_wire(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
 
 
+def require_input(cut_shape, name: str) -> None:
+    """Modules that compress the input image itself need split 0."""
+    if tuple(cut_shape)[0] != 3:
+        raise ValueError(f"module {name} compresses the input image: it needs --split 0")
+
+
 def index_dtype(count: int) -> np.dtype:
     """The smallest unsigned integer type that can index ``count`` items."""
     return np.dtype(np.uint8) if count <= 256 else np.dtype(np.uint16)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Arrays, ServerPart, SourcePart
+from .base import Arrays, ServerPart, SourcePart, require_input
+from .shipping import has_state, load_state_arrays, state_arrays
 from .registry import CompressionConfig, register
 
 LATENT_CHANNELS = 8
@@ -102,15 +103,10 @@ def _elementary_classifier(classes: int) -> nn.Module:
                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * 16, classes))
 
 
-def _check_input(cut_shape) -> None:
-    if tuple(cut_shape)[0] != 3:
-        raise ValueError("module cdc compresses the input image: it needs --split 0")
-
-
 class CdcSource(SourcePart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
-        _check_input(cut_shape)
+        require_input(cut_shape, "cdc")
         if config.alpha <= 0:
             raise ValueError(f"alpha must be positive, got {config.alpha}")
         self.mask_schedule = parse_mask_schedule(config.mask_schedule)
@@ -174,8 +170,7 @@ class CdcSource(SourcePart):
         arrays = {"codes": pack(codes, self.bits), "latent_shape": np.array(codes.shape, dtype="<i4"),
                   "mask_number": np.array([self.mask], dtype=np.uint8)}
         if not self.decoder_sent:  # the decoder crosses once
-            arrays.update({DECODER_PREFIX + name: p.detach().cpu().numpy().astype(np.float32)
-                           for name, p in self.decoder.state_dict().items()})
+            arrays.update(state_arrays(self.decoder, DECODER_PREFIX))
             self.decoder_sent = True
         return arrays
 
@@ -186,13 +181,15 @@ class CdcSource(SourcePart):
 class CdcServer(ServerPart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
-        _check_input(cut_shape)
+        require_input(cut_shape, "cdc")
         self.decoders = nn.ModuleDict()  # each source's edge trained its own autoencoder
 
     def decode(self, arrays: Arrays, device, source: int = 0):
-        weights = {k[len(DECODER_PREFIX):]: v for k, v in arrays.items() if k.startswith(DECODER_PREFIX)}
-        if weights:
-            self._load(str(source), weights, device)
+        if has_state(arrays, DECODER_PREFIX):
+            decoder = load_state_arrays(_decoder(), arrays, DECODER_PREFIX, "cdc decoder")
+            for p in decoder.parameters():
+                p.requires_grad_(False)  # the edge's decoder, used as it was sent
+            self.decoders[str(source)] = decoder.to(device)
         decoder = self.decoders[str(source)] if str(source) in self.decoders else None
         if decoder is None:
             raise ValueError(f"cdc: no decoder received from source {source} yet (it comes with its first message)")
@@ -210,16 +207,6 @@ class CdcServer(ServerPart):
         with torch.no_grad():
             restored = decoder(dequantize(q, int(mask[0])))
         return restored, restored
-
-    def _load(self, key: str, weights: dict, device) -> None:
-        decoder = _decoder()
-        expected = decoder.state_dict()
-        if set(weights) != set(expected) or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in expected.items()):
-            raise ValueError("the decoder weights do not match the cdc decoder")
-        decoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-        for p in decoder.parameters():
-            p.requires_grad_(False)  # the edge's decoder, used as it was sent
-        self.decoders[key] = decoder.to(device)
 
 
 register("cdc", "paper 000: autoencoder + stochastic quantizer guided by an elementary classifier (split 0)",

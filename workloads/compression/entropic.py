@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import Arrays, ServerPart, SourcePart
+from .shipping import has_state, load_state_arrays, range_encode, state_arrays
+from .shipping import range_decode as decode_symbols
 from .registry import CompressionConfig, register
 
 HIDDEN = 64
@@ -86,17 +88,12 @@ def _decoder(channels: int, latent: int) -> nn.Module:
 
 
 def range_code(values: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    symbols = np.clip(values, -SUPPORT, SUPPORT).astype(np.int32).reshape(-1)
-    encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(symbols, _FAMILY, loc.reshape(-1).astype(np.float64), scale.reshape(-1).astype(np.float64))
-    return encoder.get_compressed().view(np.uint8)
+    """Rounded values (clipped to the coder's support) -> bytes under the Laplace prior."""
+    return range_encode(np.clip(values, -SUPPORT, SUPPORT), _FAMILY, loc.reshape(-1), scale.reshape(-1))
 
 
 def range_decode(data: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    if data.size % 4:
-        raise ValueError(f"a range-coded stream is whole 32-bit words, got {data.size} bytes")
-    decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(data).view(np.uint32))
-    return decoder.decode(_FAMILY, loc.reshape(-1).astype(np.float64), scale.reshape(-1).astype(np.float64))
+    return decode_symbols(data, _FAMILY, loc.reshape(-1), scale.reshape(-1))
 
 
 def _check_cut(cut_shape) -> None:
@@ -170,10 +167,8 @@ class EntropicSource(SourcePart):
         loc, scale = (t.detach().cpu().numpy() for t in self.prior.params(sent))
         arrays = {"bits": range_code(values, loc, scale), "latent_shape": np.array(values.shape, dtype="<i4")}
         if not self.shipped:  # the decoder and the prior cross once
-            arrays.update({SHIPPED + k: v.detach().cpu().numpy().astype(np.float32)
-                           for k, v in self.decoder.state_dict().items()})
-            arrays.update({PRIOR + k: v.detach().cpu().numpy().astype(np.float32)
-                           for k, v in self.prior.state_dict().items()})
+            arrays.update(state_arrays(self.decoder, SHIPPED))
+            arrays.update(state_arrays(self.prior, PRIOR))
             self.shipped = True
         return arrays
 
@@ -193,7 +188,7 @@ class EntropicServer(ServerPart):
 
     def decode(self, arrays: Arrays, device, source: int = 0):
         key = str(source)
-        if any(k.startswith(SHIPPED) for k in arrays):
+        if has_state(arrays, SHIPPED):
             self._load(key, arrays, device)
         if key not in self.decoders:
             raise ValueError(f"entropic: no decoder received from source {source} yet (it comes with its first message)")
@@ -205,23 +200,14 @@ class EntropicServer(ServerPart):
             raise ValueError(f"latent shape {tuple(shape)} does not fit this cut")
         latent = torch.zeros(n, c, h, w)
         loc, scale = (t.detach().cpu().numpy() for t in self.priors[key].params(latent))
-        try:
-            values = range_decode(bits, loc, scale)
-        except (ValueError, RuntimeError, AssertionError) as exc:  # constriction asserts on a bad stream
-            raise ValueError(f"entropic: the bitstream does not decode: {exc}") from None
+        values = range_decode(bits, loc, scale)
         latent = torch.from_numpy(values.astype(np.float32)).view(n, c, h, w).to(device)
         restored = self.decoders[key](latent)
         return restored, restored
 
     def _load(self, key: str, arrays: Arrays, device) -> None:
-        decoder, prior = copy.deepcopy(self.template), LaplacePrior(self.latent_channels)
-        for module, prefix in ((decoder, SHIPPED), (prior, PRIOR)):
-            weights = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            expected = module.state_dict()
-            if set(weights) != set(expected) or any(tuple(weights[k].shape) != tuple(v.shape)
-                                                    for k, v in expected.items()):
-                raise ValueError(f"the shipped {prefix.rstrip('.')} does not match the entropic {prefix.rstrip('.')}")
-            module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        decoder = load_state_arrays(copy.deepcopy(self.template), arrays, SHIPPED, "entropic decoder")
+        prior = load_state_arrays(LaplacePrior(self.latent_channels), arrays, PRIOR, "entropic prior")
         for p in prior.parameters():
             p.requires_grad_(False)  # the coder's model must stay the source's
         self.decoders[key] = decoder.to(device)

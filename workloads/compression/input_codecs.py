@@ -14,17 +14,12 @@ import torch
 from PIL import Image
 
 from ..data import CIFAR_MEAN, CIFAR_STD
-from .base import Arrays, ServerPart, SourcePart
+from .base import Arrays, ServerPart, SourcePart, require_input
 from .registry import CompressionConfig, register
 
 _MEAN = torch.from_numpy(CIFAR_MEAN).view(1, 3, 1, 1)
 _STD = torch.from_numpy(CIFAR_STD).view(1, 3, 1, 1)
 FORMATS = {"jpeg": "JPEG", "webp": "WEBP"}
-
-
-def _check_input(cut_shape, name: str) -> None:
-    if tuple(cut_shape)[0] != 3:
-        raise ValueError(f"module {name} compresses the input image: it needs --split 0")
 
 
 def to_pixels(x: torch.Tensor) -> np.ndarray:
@@ -43,7 +38,7 @@ class _InputSource(SourcePart):
 
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
-        _check_input(cut_shape, self.name)
+        require_input(cut_shape, self.name)
         self.config = config
 
     def forward(self, maps):
