@@ -7,14 +7,22 @@ one or many of them into a :class:`Runs`:
 ``batches`` — one row per training step of a source:
     run, arm, label, module, source, t (s since the arm started), epoch, batch, samples,
     warmup, duration_s, bytes_sent, bytes_received, payload_sent, payload_received,
-    loss, budget, phase, lr_scale, filter_sum, filter_topb_share
+    loss, budget, phase, lr_scale, filter_sum, filter_topb_share, wait_s (s of the step spent
+    waiting for the server's reply), cpu_s (the source's process CPU seconds at the end of the
+    step); wait_s and cpu_s are NA in traces written before they existed
 ``evals`` — one row per end-of-epoch evaluation of a source:
     run, arm, label, module, source, t, epoch, budget, samples, accuracy,
     bytes_sent, bytes_received
 ``sources`` — one row per source process:
     run, arm, label, module, source, status, start_s (process start, s since the arm
-    started), end_s, cpu_share, peak_rss_mb
+    started), end_s (its ``end`` event, else its last event), cpu_share (CPU over wall time of
+    the whole process, from its ``end`` event), peak_rss_mb, pretrain_s (its ``prepared``
+    event's duration_s: the module's training at the source before the first batch)
 ``events`` — every event of every process, as read (run, arm, role, source, event, t, ...).
+
+Times ``t`` are seconds since the arm started: the first process start of its sources
+(``process_created`` of their ``start`` events), or its first event when none is traced.
+``load_arm`` reads one arm folder alone (as ``testbed`` does to write ``summary.json``).
 
 ``label`` names an arm in plots: the module, or "module (run)" when several loaded
 runs have an arm of the same module. Problems (a missing or truncated trace, a process
@@ -31,11 +39,11 @@ import pandas as pd
 
 BATCH_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "batch", "samples", "warmup",
                  "duration_s", "bytes_sent", "bytes_received", "payload_sent", "payload_received", "loss",
-                 "budget", "phase", "lr_scale", "filter_sum", "filter_topb_share"]
+                 "budget", "phase", "lr_scale", "filter_sum", "filter_topb_share", "wait_s", "cpu_s"]
 EVAL_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "budget", "samples", "accuracy",
                 "bytes_sent", "bytes_received"]
 SOURCE_COLUMNS = ["run", "arm", "label", "module", "source", "status", "start_s", "end_s", "cpu_share",
-                  "peak_rss_mb"]
+                  "peak_rss_mb", "pretrain_s"]
 
 
 class RunDirError(ValueError):
@@ -122,12 +130,28 @@ def load_runs(paths) -> Runs:
             problems.append(f"{path / 'summary.json'} is missing (the run did not finish); drawing from the traces")
         for arm in arms:
             events += _arm_events(run, arm, manifests[run], problems)
+    return _runs(events, manifests, summaries, problems, "no events in any trace of " + ", ".join(map(str, paths)))
+
+
+def load_arm(arm_dir, sources: int | None = None) -> Runs:
+    """Read one arm folder (``server.jsonl``, ``source-N.jsonl``) alone; ``sources`` is how
+    many source traces it should hold. Problems are listed as with ``load_runs``; raises
+    RunDirError only when nothing at all can be read."""
+    arm = Path(arm_dir)
+    if not arm.is_dir():
+        raise RunDirError(f"{arm} is not an arm folder (no such folder)")
+    problems: list[str] = []
+    manifest = {"spec": {"sources": sources}} if sources else {}
+    events = _arm_events(arm.parent.name, arm, manifest, problems)
+    return _runs(events, {}, {}, problems, f"no events in any trace of {arm}")
+
+
+def _runs(events: list[dict], manifests: dict, summaries: dict, problems: list[str], empty: str) -> Runs:
     frame = pd.DataFrame(events)
     if frame.empty:
-        raise RunDirError("no events in any trace of " + ", ".join(map(str, paths)))
+        raise RunDirError(empty)
     _add_labels(frame)
-    runs = Runs(_batches(frame), _evals(frame), _sources(frame, problems), frame, manifests, summaries, problems)
-    return runs
+    return Runs(_batches(frame), _evals(frame), _sources(frame, problems), frame, manifests, summaries, problems)
 
 
 def _arm_events(run: str, arm: Path, manifest: dict, problems: list[str]) -> list[dict]:
@@ -158,11 +182,11 @@ def _add_labels(frame: pd.DataFrame) -> None:
     pairs = frame[["run", "module"]].drop_duplicates()
     repeated = set(pairs["module"][pairs["module"].duplicated()])
     frame["label"] = [f"{m} ({r})" if m in repeated else m for r, m in zip(frame["run"], frame["module"])]
-    # time since the arm started: its first source process start (or first event)
-    created = frame.get("process_created")
+    # time since the arm started: its first source process start (or its first event)
     first = frame.groupby(["run", "arm"])["t"].transform("min")
-    if created is not None:
-        first = pd.concat([first, frame.groupby(["run", "arm"])["process_created"].transform("min")], axis=1).min(axis=1)
+    if "process_created" in frame:
+        created = frame["process_created"].where((frame["role"] == "source") & (frame["event"] == "start"))
+        first = created.groupby([frame["run"], frame["arm"]]).transform("min").fillna(first)
     frame["t0"] = first
     frame["t_rel"] = frame["t"] - frame["t0"]
 
@@ -201,9 +225,18 @@ def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
                             + (f" ({end['error'].iloc[-1]})" if len(end) and "error" in end and isinstance(end['error'].iloc[-1], str) else "")
                             + "; its traced batches are still drawn")
         created = start["process_created"].iloc[0] - group["t0"].iloc[0] if len(start) and "process_created" in start else None
+        prepared = group[group["event"] == "prepared"]
         rows.append({"run": run, "arm": arm, "label": group["label"].iloc[0], "module": group["module"].iloc[0],
                      "source": int(source), "status": status, "start_s": created,
-                     "end_s": group["t_rel"].max(),
-                     "cpu_share": end["cpu_share"].iloc[-1] if len(end) and "cpu_share" in end else None,
-                     "peak_rss_mb": end["peak_rss_mb"].iloc[-1] if len(end) and "peak_rss_mb" in end else None})
+                     "end_s": end["t_rel"].iloc[-1] if len(end) else group["t_rel"].max(),
+                     "cpu_share": _last(end, "cpu_share"), "peak_rss_mb": _last(end, "peak_rss_mb"),
+                     "pretrain_s": _last(prepared, "duration_s")})
     return pd.DataFrame(rows, columns=SOURCE_COLUMNS)
+
+
+def _last(rows: pd.DataFrame, column: str):
+    """The last traced value of a column in these rows, None when absent."""
+    if not len(rows) or column not in rows:
+        return None
+    value = rows[column].iloc[-1]
+    return None if pd.isna(value) else value

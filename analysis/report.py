@@ -9,6 +9,8 @@ import pandas as pd
 from . import metrics, plots
 from .load import load_runs
 
+# column of metrics.arm_table, title, format: every number comes from analysis.metrics, the
+# same figures summary.json holds (tests/test_analysis.py checks that they agree)
 TABLE_COLUMNS = [
     ("label", "arm", "{}"), ("sources", "sources", "{}"), ("mb_sent", "MB sent", "{:.3f}"),
     ("mb_received", "MB received", "{:.3f}"), ("traffic_ratio", "traffic ratio (x)", "{:.2f}"),
@@ -16,6 +18,12 @@ TABLE_COLUMNS = [
     ("throughput_ratio", "throughput ratio (x)", "{:.3f}"), ("time_to_finish_s", "time to finish (s)", "{:.1f}"),
     ("final_loss", "final loss", "{:.4f}"), ("final_accuracy", "final test accuracy", "{:.3f}"),
     ("max_cpu_share", "max CPU share", "{:.3f}"),
+    ("cpu_over_cap_median", "CPU share / cap computing (median)", "{:.0%}"),
+    ("cpu_over_cap_min", "CPU share / cap computing (min)", "{:.0%}"),
+    ("reply_wait_median", "waiting for replies (median)", "{:.0%}"),
+    ("server_busy_fraction", "server busy", "{:.0%}"), ("server_lr_scale", "server lr scale", "{:g}"),
+    ("pretrain_s_max", "pre-training (s, max)", "{:.1f}"), ("pretrain_share", "pre-training / duration", "{:.0%}"),
+    ("bound_by", "bound by", "{}"),
 ]
 
 
@@ -67,8 +75,15 @@ def write_report(run_dirs, out: Path) -> Report:
                          f"{spec.get('epochs')} epochs, data: {manifest.get('data')}, cap: "
                          f"{manifest.get('cap', {}).get('method', 'unknown')}")
     lines += ["", "Ratios compare each arm with `none`: traffic ratio = its bytes / the arm's bytes (both "
-              "directions); throughput ratio = the arm's samples/s / its samples/s (warm-up batch excluded).", "",
+              "directions); throughput ratio = the arm's samples/s / its samples/s (warm-up batch excluded). "
+              "CPU share / cap computing: the CPU a source got while computing in its training window over its "
+              "cap; waiting for replies: the share of each step spent waiting for the server; server busy: the "
+              "server's time in requests over its serving time (definitions: `analysis/metrics.py`).", "",
               markdown_table(table), ""]
+    if len(table) and "bound_reason" in table:
+        lines += ["What bound the throughput:", ""]
+        lines += [f"- {row.label}: {row.bound_by or 'not known'}: {row.bound_reason}" for row in table.itertuples()]
+        lines += [""]
     for name, title in drawn:
         lines += [f"## {title}", "", f"![{title}]({name}.png)", ""]
     if runs.problems:

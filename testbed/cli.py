@@ -12,72 +12,53 @@ import uuid
 from pathlib import Path
 
 from . import __version__
-from .spec import DEFAULT_ARMS, RunSpec, SpecError, data_in_use, validate
+from .spec import RunSpec, SpecError, data_in_use, validate
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
+GROUPS = {"run": "the run", "workload": "the workload", "data": "data", "knob": "compression module knobs",
+          "k8s": "Kubernetes backend (--backend k8s)"}
+
+
 def _run_parser(sub) -> argparse.ArgumentParser:
+    """``testbed run``'s options: every declared option that is a choice of the run."""
+    from workloads.compression.registry import readers
+    from workloads.settings import add_argument
+
+    from .options import run_options
+
     p = sub.add_parser("run", help="run the split-training benchmark (local processes by default)",
                        description="Run the same split-training workload for each arm (module), one after "
-                                   "the other, and compare traffic and throughput.")
-    d = RunSpec()
-    p.add_argument("--sources", type=int, default=d.sources, help="data sources (default %(default)s)")
-    p.add_argument("--cpu", type=float, default=d.cpu, help="CPU cap per source, in cores (default %(default)s)")
-    p.add_argument("--module", default=",".join(DEFAULT_ARMS),
-                   help="arm(s), comma-separated (default: none,filter)")
-    p.add_argument("--budget", type=int, default=d.budget, help="feature maps across the cut (default %(default)s)")
-    p.add_argument("--schedule", default="", help="budget schedule BUDGET:EPOCHS,... (default: the module's)")
-    p.add_argument("--lr-boost", type=float, default=None, help="gamma: lr factor after a budget change (default 2)")
-    p.add_argument("--boost-epochs", type=int, default=None, help="lk: epochs the boost lasts (default 1)")
-    p.add_argument("--resolution", type=int, default=None, help="resolution compression factor r of the filter modules (default 1: off)")
-    p.add_argument("--quality", type=int, default=None, help="jpeg / webp quality 1-100 (default 75)")
-    p.add_argument("--channels", type=int, default=None, help="crbq: maps after channel reduction (default: cut/8)")
-    p.add_argument("--mask-number", type=int, default=None, help="cdc: mask number m in 0..4 (default 2)")
-    p.add_argument("--mask-schedule", default=None, help="cdc: M:EPOCHS,... mask numbers over the epochs")
-    p.add_argument("--alpha", type=float, default=None, help="cdc: EC loss attenuation 1/alpha (default 48)")
-    p.add_argument("--latent-dim", type=int, default=None, help="mcr2: bottleneck neurons (default 64)")
-    p.add_argument("--keep-neurons", type=int, default=None, help="mcr2: neurons sent, best by Fisher power (default all)")
-    p.add_argument("--beta", type=float, default=None, help="entropic: weight of the rate (default 1)")
-    p.add_argument("--latent-channels", type=int, default=None, help="entropic: latent maps (default 16)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
-    p.add_argument("--batches", type=int, default=d.batches, help="batches per epoch (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
-    p.add_argument("--split", type=int, default=d.split, help="split after this conv block (default %(default)s)")
-    p.add_argument("--model", default=d.model, help="default %(default)s")
-    p.add_argument("--dataset", default=d.dataset, help="cifar10 or synthetic (default %(default)s)")
-    p.add_argument("--data-dir", default="", help="folder with CIFAR-10 in torchvision's layout")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if missing")
-    p.add_argument("--eval-samples", type=int, default=d.eval_samples, help="test samples per epoch (default %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
-    p.add_argument("--port", type=int, default=d.port, help="server port (default %(default)s)")
-    p.add_argument("--cap-method", default=d.cap_method, help="auto, cgroup, psutil or none (default %(default)s)")
-    p.add_argument("--device", default=d.device, help="server device: auto, cpu or cuda (default %(default)s)")
-    p.add_argument("--out", default="", help="run directory (default: a new folder under ./runs/)")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    k8s = p.add_argument_group("Kubernetes backend (--backend k8s)")
-    p.add_argument("--backend", default="local", help="local (processes on this machine) or k8s (default %(default)s)")
-    _cluster_options(k8s)
-    k8s.add_argument("--keep", action="store_true", help="leave each arm's release installed")
-    k8s.add_argument("--source-image", default="", help="source image REPO:TAG (default: the chart's)")
-    k8s.add_argument("--server-image", default="", help="server image REPO:TAG (default: the chart's)")
-    k8s.add_argument("--gpus", type=int, default=1, help="GPUs for the server (0: CPU) (default %(default)s)")
-    k8s.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for an arm's sources (default %(default)s)")
+                                   "the other, and compare traffic and throughput. `testbed modules` lists the "
+                                   "modules and their knobs.")
+    groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
+    for option in run_options():
+        default = option.run_default if option.run_default is not None else option.default
+        valid = option.describe_range()
+        who = f"{', '.join(readers(option))}: " if option.group == "knob" else ""
+        add_argument(groups[option.group], option, default,
+                     f"{who}{option.help} (default {default!r}{'; ' + valid if valid else ''})".replace("%", "%%"),
+                     convert_only=True)  # validate() checks the whole spec, one line per problem
     return p
 
 
-def _cluster_options(group) -> None:
-    group.add_argument("--namespace", default="default", help="namespace (default %(default)s)")
-    group.add_argument("--kube-context", default=None, help="kubeconfig context (default: the current one)")
+def _cluster_options(parser) -> None:
+    from workloads.settings import add_argument, option
+
+    for name in ("namespace", "kube-context"):
+        declared = option(name)
+        add_argument(parser, declared, declared.default, f"{declared.help} (default {declared.default!r})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="testbed", description="splittest: compression-aware split learning testbed")
+    from workloads.settings import OneLineParser
+
+    parser = OneLineParser(prog="testbed", description="splittest: compression-aware split learning testbed")
     parser.add_argument("--version", action="version", version=f"splittest {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _run_parser(sub)
     report = sub.add_parser("report", help="draw the comparison figures and report.md of run directories",
                             description="Write the traffic, throughput, summary and accuracy figures (PNG and SVG) "
@@ -86,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="", help="output folder (default: RUN_DIR/report for one run, "
                                                  "./runs/report-<time> for several)")
     report.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    sub.add_parser("modules", help="list the compression modules: paper, knobs, what runs where",
+                   description="The compression modules of the registry, with their knobs and defaults.")
     collect = sub.add_parser("collect", help="gather the traces of a release installed with helm install",
                              description="Collect every pod's trace lines of a splittest release into a run "
                                          "directory, then write its summary and report.")
@@ -97,21 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def spec_from_args(args) -> RunSpec:
-    return RunSpec(sources=args.sources, cpu=args.cpu, modules=tuple(m.strip() for m in args.module.split(",") if m.strip()),
-                   budget=args.budget, schedule=args.schedule, batch_size=args.batch_size, batches=args.batches,
-                   epochs=args.epochs, split=args.split, model=args.model, dataset=args.dataset,
-                   data_dir=args.data_dir, download=args.download, eval_samples=args.eval_samples, seed=args.seed,
-                   lr=args.lr, port=args.port, cap_method=args.cap_method, device=args.device, out=args.out,
-                   backend=args.backend,
-                   extra={k: v for k in ("lr_boost", "boost_epochs", "resolution", "quality", "channels", "mask_number", "mask_schedule", "alpha",
-                                    "latent_dim", "keep_neurons", "beta", "latent_channels")
-                          if (v := getattr(args, k)) is not None})
+    from .options import run_options
+    return RunSpec(**{o.dest: getattr(args, o.dest) for o in run_options()})
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     say = (lambda *a, **k: None) if getattr(args, "quiet", False) else print
+    if args.command == "modules":
+        print(modules_table())
+        return 0
     if args.command == "report":
         return report(args.runs, args.out, say)
     if args.command == "collect":
@@ -126,15 +105,38 @@ def main(argv=None) -> int:
     if spec.backend == "k8s":
         from .k8s import Cluster, ClusterError, KubernetesBackend
         try:
-            cluster = Cluster(namespace=args.namespace, context=args.kube_context)
+            cluster = Cluster(namespace=args.namespace, context=args.kube_context or None)
             say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {args.namespace}")
         except ClusterError as exc:
             print(f"testbed: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         return run(spec, say, KubernetesBackend(spec, cluster, keep=args.keep, source_image=args.source_image,
-                                                server_image=args.server_image, gpus=args.gpus,
-                                                wait_s=args.wait, say=say))
+                                                server_image=args.server_image, wait_s=args.wait, say=say))
     return run(spec, say)
+
+
+def modules_table() -> str:
+    """The registry as a table for the terminal: what a user needs to choose an arm."""
+    from workloads.compression import modules
+
+    rows = [("module", "paper", "knobs (default)", "at the source", "at the server", "split", "server lr")]
+    for m in modules():
+        knobs = ", ".join(f"{k.flag} {k.default!r}" for k in m.knobs) or "-"
+        rows.append((m.name, m.paper, knobs, m.at_source or "-", m.at_server or "-",
+                     "0 (input)" if m.input_only else "--split", f"x{m.server_lr_scale:g}"))
+    limits = (8, 22, 60, 40, 36, 9, 9)
+    cells = [[_fold(text, width) for text, width in zip(row, limits)] for row in rows]
+    widths = [max(len(line) for row in cells for line in row[i]) for i in range(len(limits))]
+    lines = []
+    for row in cells:
+        for k in range(max(len(c) for c in row)):
+            lines.append("  ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _fold(text: str, width: int) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width) or [""]
 
 
 def _raise_interrupt(signum, frame):
@@ -143,8 +145,9 @@ def _raise_interrupt(signum, frame):
 
 def run(spec: RunSpec, say=print, backend=None) -> int:
     from .errors import BackendError
+    from analysis.summary import SummaryError, compare, summarise_arm
+
     from .local import LocalBackend
-    from .summary import compare, summarise_arm
     from .traces import TraceError
 
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -172,7 +175,7 @@ def run(spec: RunSpec, say=print, backend=None) -> int:
         status = "interrupted"
         print("testbed: interrupted; every process was stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (BackendError, TraceError) as exc:
+    except (BackendError, TraceError, SummaryError) as exc:
         print(f"testbed: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
@@ -183,7 +186,7 @@ def run(spec: RunSpec, say=print, backend=None) -> int:
 
 
 def _finish(out: Path, summary: dict, say) -> int:
-    from .summary import format_table
+    from analysis.summary import format_table
 
     _write_json(out / "summary.json", summary)
     say(format_table(summary))
@@ -193,13 +196,14 @@ def _finish(out: Path, summary: dict, say) -> int:
 
 def collect_release(args, say=print) -> int:
     """`testbed collect RELEASE`: a run directory from a release installed by hand."""
+    from analysis.summary import SummaryError, compare, summarise_arm
+
     from .k8s import Cluster, ClusterError, collect
-    from .summary import compare, summarise_arm
     from .traces import TraceError
 
     out = Path(args.out or Path("runs") / args.release)
     try:
-        cluster = Cluster(namespace=args.namespace, context=args.kube_context)
+        cluster = Cluster(namespace=args.namespace, context=args.kube_context or None)
         staging = out / "_collecting"
         found = collect(cluster, args.release, staging)
         module = found["module"] or "unknown"
@@ -210,7 +214,7 @@ def collect_release(args, say=print) -> int:
                     "cap": {"method": "kubernetes", "detail": "resources.limits.cpu per source pod"}}
         _write_json(out / "manifest.json", manifest)
         arms = {module: summarise_arm(out / module, module, found["sources"], found["cpu_cap"], "kubernetes")}
-    except (ClusterError, TraceError, OSError) as exc:
+    except (ClusterError, TraceError, SummaryError, OSError) as exc:
         print(f"testbed: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     say(f"collected {found['pods']} pods of release {args.release} -> {out}")

@@ -78,7 +78,7 @@ def test_eight_sources_at_0_4_cpu_and_a_gpu_server():
     assert service["spec"]["ports"][0]["port"] == 5555
     configmap = one(docs, "ConfigMap")
     env = env_of(source, configmap)
-    assert env["SPLITTEST_MODULE"] == "filter" and env["SPLITTEST_BUDGET"] == "4"
+    assert env["SPLITTEST_MODULE"] == "none" and env["SPLITTEST_BUDGET"] == "4"  # the programs' default
     assert env["SPLITTEST_BATCH_SIZE"] == "16" and env["SPLITTEST_BATCHES"] == "32" and env["SPLITTEST_EPOCHS"] == "4"
     assert env["SPLITTEST_SPLIT"] == "2" and env["SPLITTEST_MODEL"] == "vgg11" and env["SPLITTEST_SOURCES"] == "8"
     assert env["SPLITTEST_SERVER"] == f"tcp://{service['metadata']['name']}:5555"

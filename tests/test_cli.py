@@ -97,12 +97,15 @@ def test_budget_schedules_show_in_the_trace(tmp_path, port, module, budgets):
 
 @pytest.mark.parametrize("args, message", [
     (["--sources", "0"], "--sources must be at least 1, got 0"),
-    (["--cpu", "-1"], "--cpu must be a positive number of cores, got -1.0"),
-    (["--module", "gzip"], "unknown module 'gzip'; known modules: cdc, crbq, deprune, entropic, filter, jpeg, mcr2, none, prune, raw, webp"),
-    (["--model", "resnet"], "unknown model 'resnet'; known models: vgg11, vgg11-slim"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: cifar10, synthetic"),
+    (["--cpu", "-1"], "--cpu must be positive, got -1.0"),
+    (["--module", "gzip"], "unknown module 'gzip'; known: cdc, crbq, deprune, entropic, filter, jpeg, mcr2, none, prune, raw, webp"),
+    (["--model", "resnet"], "unknown model 'resnet'; known: vgg11, vgg11-slim"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; known: cifar10, synthetic"),
     (["--data-dir", "/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
     (["--schedule", "4-2"], "--schedule: bad schedule entry '4-2'"),
+    (["--quality", "101"], "--quality must be between 1 and 100, got 101"),
+    (["--batches", "many"], "--batches must be an integer, got 'many'"),
+    (["--module", "mcr2", "--keep-neurons", "65"], "--keep-neurons must be between 0 (all) and --latent-dim (64), got 65"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = run_testbed("run", *args, "--out", tmp_path / "run")

@@ -5,15 +5,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
+import helm_python
 import pytest
 from kubernetes import client
 
+from testbed.backend import ArmResult, Backend
 from testbed.k8s import Cluster, ClusterError, KubernetesBackend, collect, follow, split_pod_log
-from testbed.spec import RunSpec
-from testbed.summary import summarise_arm
+from testbed.spec import RunSpec, SpecError, validate
+from analysis.summary import summarise_arm
 
 from conftest import free_port
 from test_chart import env_of, one, render
@@ -107,7 +110,7 @@ class RecordedApi:
         query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
         self.calls.append((method, parsed.path, query))
         answer = self.routes(parsed.path, query)
-        if isinstance(answer, Exception):
+        if isinstance(answer, BaseException):  # a refused connection, or Ctrl-C while waiting on one
             raise answer
         status, payload = answer
         text = isinstance(payload, str)  # pod logs come as text/plain
@@ -196,26 +199,40 @@ def test_collection_writes_the_local_run_layout_from_pod_logs(pod_logs, tmp_path
     assert summary["bytes_sent_total"] > 0 and len(summary["samples_per_s_per_source"]) == 2
 
 
+class HelmRecorder:
+    """Stands in for helm_python.Config: there is no cluster to install into here, so
+    installs and uninstalls are recorded, and fail where a test says they do (with the
+    error type helm_python raises)."""
+
+    def __init__(self, install_fails="", uninstall_fails=""):
+        self.calls, self.chart = [], None
+        self.install_fails, self.uninstall_fails = install_fails, uninstall_fails
+
+    def install(self, chart, name, values, **kwargs):
+        self.chart = chart
+        self.calls.append(("install", name, values))
+        if self.install_fails:
+            raise helm_python.HelmReleaseError(self.install_fails)
+
+    def uninstall(self, name, **kwargs):
+        assert kwargs.get("ignore_not_found"), "a release whose install failed early may not exist"
+        self.calls.append(("uninstall", name))
+        if self.uninstall_fails:
+            raise helm_python.HelmKubeError(self.uninstall_fails)
+
+
 def test_a_run_on_the_cluster_installs_follows_collects_and_uninstalls(pod_logs, tmp_path):
     """helm itself is replaced by a recorder here: there is no cluster to install into."""
-    class HelmRecorder:
-        def __init__(self):
-            self.calls = []
-
-        def install(self, chart, name, values, **kwargs):
-            self.calls.append(("install", name, values))
-
-        def uninstall(self, name, **kwargs):
-            self.calls.append(("uninstall", name))
     helm = HelmRecorder()
     cluster, _ = cluster_with(recorded_release(pod_logs), helm=helm)
     spec = RunSpec(sources=2, cpu=0.4, modules=("filter",), model="vgg11-slim", batches=2, epochs=1,
-                   backend="k8s", out=str(tmp_path / "run"))
+                   backend="k8s", gpus=0, out=str(tmp_path / "run"))
     from testbed.cli import run
-    code = run(spec, lambda *a, **k: None, KubernetesBackend(spec, cluster, gpus=0, say=lambda *a: None))
+    code = run(spec, lambda *a, **k: None, KubernetesBackend(spec, cluster, say=lambda *a: None))
     assert code == 0
     (kind, release, values), uninstall = helm.calls
     assert kind == "install" and uninstall == ("uninstall", release) and release.endswith("-filter")
+    assert (Path(helm.chart) / "Chart.yaml").is_file()  # the chart Helm is given is the repository's
     assert values["sources"] == 2 and values["cpu"] == 0.4 and values["server"]["gpus"] == 0
     assert values["workload"]["module"] == "filter" and values["workload"]["model"] == "vgg11-slim"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -223,3 +240,122 @@ def test_a_run_on_the_cluster_installs_follows_collects_and_uninstalls(pod_logs,
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["backend"] == "k8s" and manifest["status"] == "ok"
     assert (tmp_path / "run" / "report" / "traffic.png").exists()
+
+
+# -- the release never outlives its arm (unless --keep) -------------------------------------
+def tiny_spec(tmp_path, **kwargs):
+    return RunSpec(sources=2, cpu=0.4, modules=("filter",), model="vgg11-slim", batches=2, epochs=1,
+                   backend="k8s", gpus=0, out=str(tmp_path / "run"), **kwargs)
+
+
+def no_pods(path, query):
+    if path.endswith("/jobs"):
+        return 200, job(succeeded=2, complete=True)
+    return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}
+
+
+def test_a_failed_install_is_uninstalled_and_named(tmp_path, capsys):
+    """An install that timed out waiting leaves a half-made release: it is removed too."""
+    helm = HelmRecorder(install_fails="context deadline exceeded")
+    cluster, api = cluster_with(lambda p, q: AssertionError(f"nothing follows a failed install: {p}"), helm=helm)
+    spec = tiny_spec(tmp_path)
+    backend = KubernetesBackend(spec, cluster, say=lambda *a: None)
+    with pytest.raises(ClusterError, match=r"^helm install splittest-abc123-filter failed: context deadline exceeded$"):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    release = "splittest-abc123-filter"
+    assert [c[:2] for c in helm.calls] == [("install", release), ("uninstall", release)]
+    assert api.calls == []
+
+    from testbed.cli import EXIT_FAILED, run
+    helm.calls.clear()
+    assert run(spec, lambda *a, **k: None, backend) == EXIT_FAILED
+    assert "helm install" in capsys.readouterr().err and [c[0] for c in helm.calls] == ["install", "uninstall"]
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_when_the_uninstall_fails_too_both_failures_are_in_one_line(tmp_path):
+    helm = HelmRecorder(install_fails="context deadline exceeded", uninstall_fails="connection refused")
+    cluster, _ = cluster_with(no_pods, helm=helm)
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, say=lambda *a: None)
+    with pytest.raises(ClusterError) as caught:
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("helm install splittest-abc123-filter failed: context deadline exceeded; then "
+                              "helm uninstall splittest-abc123-filter failed: connection refused")
+    assert message.endswith("remove it with: helm uninstall splittest-abc123-filter --namespace bench")
+
+    helm = HelmRecorder(uninstall_fails="connection refused")  # a failed collection, then a failed uninstall
+    cluster, _ = cluster_with(no_pods, helm=helm)
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, say=lambda *a: None)
+    with pytest.raises(ClusterError, match=r"^release splittest-abc123-filter has no pods .*; then helm uninstall"):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+
+
+def test_an_arm_that_went_well_but_cannot_be_uninstalled_says_so(pod_logs, tmp_path):
+    helm = HelmRecorder(uninstall_fails="connection refused")
+    cluster, _ = cluster_with(recorded_release(pod_logs), helm=helm)
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, say=lambda *a: None)
+    with pytest.raises(ClusterError, match=r"^helm uninstall splittest-abc123-filter failed: connection refused; "
+                                           r"the release is left installed"):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    assert (tmp_path / "filter" / "source-1.jsonl").stat().st_size > 0  # what was collected stays
+
+
+def test_a_failed_collection_is_uninstalled_and_keep_keeps_it(tmp_path):
+    helm = HelmRecorder()
+    cluster, _ = cluster_with(no_pods, helm=helm)
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, say=lambda *a: None)
+    with pytest.raises(ClusterError, match="has no pods in namespace bench"):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    assert [c[0] for c in helm.calls] == ["install", "uninstall"]
+
+    helm = HelmRecorder(install_fails="context deadline exceeded")
+    cluster, _ = cluster_with(no_pods, helm=helm)
+    said = []
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, keep=True, say=said.append)
+    with pytest.raises(ClusterError, match="helm install"):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    assert [c[0] for c in helm.calls] == ["install"]
+    assert said[-1].endswith("kept (--keep); remove it with: helm uninstall splittest-abc123-filter --namespace bench")
+
+
+def test_ctrl_c_while_following_uninstalls_and_stays_an_interrupt(tmp_path):
+    def interrupted(path, query):
+        return KeyboardInterrupt()  # Ctrl-C (or SIGTERM, which the CLI raises as it) mid-request
+    helm = HelmRecorder()
+    cluster, _ = cluster_with(interrupted, helm=helm)
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, say=lambda *a: None)
+    with pytest.raises(KeyboardInterrupt):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    assert [c[0] for c in helm.calls] == ["install", "uninstall"]
+
+    helm, warned = HelmRecorder(uninstall_fails="connection refused"), []
+    cluster, _ = cluster_with(interrupted, helm=helm)
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, say=lambda *a: None, warn=warned.append)
+    with pytest.raises(KeyboardInterrupt):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    assert warned == ["testbed: warning: interrupted; then helm uninstall splittest-abc123-filter failed: connection "
+                      "refused; the release is left installed, remove it with: helm uninstall splittest-abc123-filter "
+                      "--namespace bench"]
+
+
+def test_both_backends_offer_the_one_backend_interface(tmp_path):
+    from dataclasses import fields
+
+    from testbed import local
+    cluster, _ = cluster_with(no_pods, helm=HelmRecorder())
+    spec = tiny_spec(tmp_path)
+    assert isinstance(KubernetesBackend(spec, cluster), Backend) and KubernetesBackend.name == "k8s"
+    assert isinstance(local.LocalBackend(spec), Backend) and local.LocalBackend.name == "local"
+    assert [(f.name, f.type) for f in fields(ArmResult)] == [(f.name, f.type) for f in fields(local.ArmResult)]
+
+
+# -- checking a spec for the cluster ---------------------------------------------------------
+def test_cpu_per_source_pod_is_not_bounded_by_this_hosts_cores(monkeypatch):
+    """--cpu on Kubernetes is each source pod's limit on a cluster node, not a share of this
+    machine: asking 4 cores from a 2-core laptop that drives the cluster is fine."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(SpecError, match="more than this host's 2 cores"):
+        validate(RunSpec(cpu=4.0, backend="local", modules=("filter",)))
+    validate(RunSpec(cpu=4.0, backend="k8s", modules=("filter",)))

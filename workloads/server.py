@@ -8,6 +8,7 @@ error reply and a log line; the server keeps serving.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -20,7 +21,7 @@ import zmq
 from torch import nn
 
 from . import protocol, settings
-from .compression import create_server
+from .compression import create_server, get
 from .data import NUM_CLASSES, INPUT_SHAPE, check_dataset
 from .models import build_split_model
 from .protocol import Message, ProtocolError
@@ -48,6 +49,7 @@ class Server:
         split = build_split_model(args.model, args.split, self.classes, INPUT_SHAPE)
         self.cut_shape = split.cut_shape
         self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args)).to(self.device)
+        self.lr_scale = get(args.module).server_lr_scale
         self.tail = split.tail.to(self.device)
         params = list(self.decompress.parameters()) + list(self.tail.parameters())
         self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -146,7 +148,7 @@ class Server:
         self._train_new_parameters()
         labels = self._labels(message.arrays, restored.shape[0])
         for group in self.optimizer.param_groups:
-            group["lr"] = self.args.lr * lr_scale * self.decompress.lr_scale
+            group["lr"] = self.args.lr * lr_scale * self.lr_scale
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.tail(restored)
         loss = self.loss(logits, labels)
@@ -186,6 +188,7 @@ def pick_device(name: str) -> torch.device:
 def main(argv=None) -> int:
     args = settings.parse("server", "splittest offload server", argv)
     trace = TraceWriter(args.trace or None, run=args.run_id, role="server")
+    trace.event("start", pid=os.getpid(), module=args.module, settings=settings.effective(args, "server"))
     context = zmq.Context.instance()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
             raise ValueError(f"cannot listen on port {args.port}: {zmq.strerror(exc.errno)}") from None
         trace.event("listening", port=args.port, device=str(server.device), module=args.module,
                     model=args.model, split=args.split, cut=list(server.cut_shape), torch=torch.__version__,
-                    threads=torch.get_num_threads())
+                    threads=torch.get_num_threads(), lr_scale=server.lr_scale)
         server.serve(sock)
         trace.event("end", status="ok", served={str(k): v for k, v in sorted(server.served.items())})
         return 0

@@ -29,9 +29,7 @@ class SourceError(RuntimeError):
 
 
 def check(args) -> None:
-    for name in ("batch_size", "batches", "epochs", "sources", "budget", "eval_samples"):
-        if getattr(args, name) < (0 if name == "eval_samples" else 1):
-            raise SourceError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    """What the option declarations cannot check alone (each value's range they do)."""
     if not 0 <= args.source_id < args.sources:
         raise SourceError(f"--source-id must be in 0..{args.sources - 1}, got {args.source_id}")
 
@@ -120,8 +118,8 @@ class Source:
 
     def _train_step(self, epoch, batch, picked, budget, lr_scale, warmup) -> None:
         started = time.perf_counter()
-        self.head.train()
-        self.module.train()
+        train_mode(self.head)
+        train_mode(self.module)
         x = to_tensor_batch(self.train.images[picked])
         labels = self.train.labels[picked].astype(np.uint8)
         sent, side = self.module(self.head(x))
@@ -148,6 +146,7 @@ class Source:
         self.trace.event(
             "batch", epoch=epoch, batch=batch, samples=len(picked), warmup=warmup,
             duration_s=round(time.perf_counter() - started, 6),
+            wait_s=round(exchange.wait_s, 6), cpu_s=round(time.process_time(), 6),
             bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received,
             payload_sent=exchange.payload_sent, payload_received=exchange.payload_received,
             loss=exchange.reply.fields.get("loss"), correct=exchange.reply.fields.get("correct"),
@@ -173,15 +172,24 @@ class Source:
             correct += int((pred.astype(np.int64) == labels).sum())
             sent_bytes += exchange.bytes_sent
             received_bytes += exchange.bytes_received
-        f = self.module.filter().tolist() if hasattr(self.module, "filter") else None
         self.trace.event("eval", epoch=epoch, budget=budget, samples=len(self.test.labels),
                          accuracy=round(correct / len(self.test.labels), 6),
-                         bytes_sent=sent_bytes, bytes_received=received_bytes,
-                         filter=None if f is None else [round(v, 5) for v in f])
+                         bytes_sent=sent_bytes, bytes_received=received_bytes, **self.module.eval_state())
 
     def bye(self) -> None:
         exchange = self.connection.request(Message("bye", {"source": self.args.source_id}))
         self.trace.event("bye", bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
+
+
+def train_mode(part: torch.nn.Module) -> None:
+    """Training mode, except for the parts whose parameters are all frozen (a module
+    may freeze the head or its encoder after pre-training): their BatchNorm statistics
+    must stay those the frozen weights were fitted with."""
+    part.train()
+    for child in part.modules():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
 
 
 def _resources(created: float) -> dict:
@@ -201,7 +209,8 @@ def main(argv=None) -> int:
     try:
         check(args)
         trace.event("start", pid=psutil.Process().pid, module=args.module, model=args.model, split=args.split,
-                    process_created=created, torch=torch.__version__, threads=torch.get_num_threads())
+                    process_created=created, torch=torch.__version__, threads=torch.get_num_threads(),
+                    settings=settings.effective(args, "source"))
         source = Source(args, trace)
         trace.event("data", origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
                     train_samples=len(source.train.labels), test_samples=len(source.test.labels))

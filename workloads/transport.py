@@ -2,6 +2,7 @@
 with the exact stream bytes of every message in both directions."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import zmq
@@ -29,6 +30,7 @@ class Exchange:
     bytes_received: int
     payload_sent: int
     payload_received: int
+    wait_s: float = 0.0  # from handing the request to the socket to having the reply (time.perf_counter)
 
 
 class Connection:
@@ -43,15 +45,17 @@ class Connection:
 
     def request(self, message: Message) -> Exchange:
         frames = protocol.encode(message)
+        sent = time.perf_counter()
         self._sock.send_multipart(frames, copy=False)
         if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
             raise ServerTimeout(f"no reply from {self.address} within {self.timeout_ms / 1000:.0f} s")
         reply_frames = self._sock.recv_multipart(copy=False)
+        wait_s = time.perf_counter() - sent
         reply = protocol.decode(reply_frames)
         if reply.op == "error":
             raise ServerError(f"server refused {message.op}: {reply.fields.get('reason', 'no reason given')}")
         return Exchange(reply, protocol.stream_bytes(frames), protocol.stream_bytes(reply_frames),
-                        protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames))
+                        protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames), wait_s)
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -75,15 +75,16 @@ class SourcePart(nn.Module):
         """Change the communication budget (modules without one ignore it)."""
 
     def describe(self) -> dict:
-        """Small, JSON-able state for the trace (e.g. the filter values)."""
+        """Small, JSON-able state for every batch's trace event (e.g. the filter's sum)."""
+        return {}
+
+    def eval_state(self) -> dict:
+        """JSON-able state for the end-of-epoch trace event (e.g. every filter value)."""
         return {}
 
 
 class ServerPart(nn.Module):
     """Runs at the offload server, before the tail."""
-
-    # factor on the server's learning rate, for modules whose server side needs a gentler one
-    lr_scale = 1.0
 
     def decode(self, arrays: Arrays, device: torch.device, source: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (sent, restored): ``sent`` is a leaf whose grad goes back to the source.

@@ -25,7 +25,8 @@ from torch.nn import functional as F
 
 from .base import Arrays, ServerPart, SourcePart, require_input
 from .shipping import has_state, load_state_arrays, state_arrays
-from .registry import CompressionConfig, register
+from ..settings import knob
+from .registry import CompressionConfig, ModuleSpec, register
 
 LATENT_CHANNELS = 8
 DECODER_PREFIX = "decoder."
@@ -107,8 +108,6 @@ class CdcSource(SourcePart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         require_input(cut_shape, "cdc")
-        if config.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {config.alpha}")
         self.mask_schedule = parse_mask_schedule(config.mask_schedule)
         first = self.mask_schedule[0][0] if self.mask_schedule else config.mask_number
         self.mask, self.bits, self.alpha = first, bits_per_value(first), config.alpha
@@ -209,5 +208,15 @@ class CdcServer(ServerPart):
         return restored, restored
 
 
-register("cdc", "paper 000: autoencoder + stochastic quantizer guided by an elementary classifier (split 0)",
-         CdcSource, CdcServer, input_only=True)
+KNOBS = (
+    knob("mask-number", int, 2, "mask number m (2^(4-m) quantizer steps)", min=0, max=4),
+    knob("mask-schedule", str, "", "mask numbers over epochs, M:EPOCHS,... (a change fine-tunes the autoencoder)",
+         ("source",), validate=parse_mask_schedule),
+    knob("alpha", float, 48.0, "the elementary classifier's loss is attenuated by 1/alpha", positive=True),
+)
+
+register(ModuleSpec(
+    "cdc", "000 (CDC)", "conv autoencoder with the stochastic quantizer of mask number m, guided by an elementary "
+    "classifier; trained at the edge first, then frozen; the latent crosses packed in the fewest bits, the decoder "
+    "once (again after a change of m)", CdcSource, CdcServer, KNOBS,
+    at_source="encoder, quantizer, elementary classifier", at_server="decoder + the whole model", input_only=True))

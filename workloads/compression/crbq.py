@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .base import Arrays, ServerPart, SourcePart
-from .registry import CompressionConfig, register
+from ..settings import knob
+from .registry import CompressionConfig, ModuleSpec, register
 
 LEVELS = 255
 
@@ -72,4 +73,8 @@ class CrbqServer(ServerPart):
         return sent, self.restore(sent)
 
 
-register("crbq", "channel reduction to --channels maps + 8-bit quantization", CrbqSource, CrbqServer)
+CHANNELS = knob("channels", int, 0, "maps after channel reduction (0: an eighth of the cut's)", min=0)
+
+register(ModuleSpec("crbq", "004's CR+BQ baseline", "channel reduction (1x1 conv) + 8-bit quantization, one scale "
+                    "and offset per tensor; gradient straight through the quantizer", CrbqSource, CrbqServer,
+                    (CHANNELS,), at_source="1x1 conv reduction + quantizer", at_server="1x1 conv back to the cut's maps"))

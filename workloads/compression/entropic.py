@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart
 from .shipping import has_state, load_state_arrays, range_encode, state_arrays
 from .shipping import range_decode as decode_symbols
-from .registry import CompressionConfig, register
+from ..settings import knob
+from .registry import CompressionConfig, ModuleSpec, register
 
 HIDDEN = 64
 SUPPORT = 31            # symbols are coded in [-SUPPORT, SUPPORT]; larger values are clipped
@@ -105,8 +106,6 @@ class EntropicSource(SourcePart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         _check_cut(cut_shape)
-        if config.beta <= 0:
-            raise ValueError(f"beta must be positive, got {config.beta}")
         self.cut_shape, self.beta, self.classes, self.model = tuple(cut_shape), config.beta, config.classes, config.model
         self.latent_channels = config.latent_channels
         self.encoder = _encoder(cut_shape[0], config.latent_channels)
@@ -174,10 +173,6 @@ class EntropicSource(SourcePart):
 
 
 class EntropicServer(ServerPart):
-    # Fine-tuning a distilled decoder (the paper's second stage) at a tenth of the
-    # testbed's lr: at 0.01 with momentum the loss rose in our runs.
-    lr_scale = 0.1
-
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         _check_cut(cut_shape)
@@ -214,5 +209,13 @@ class EntropicServer(ServerPart):
         self.priors[key] = prior
 
 
-register("entropic", "paper 004 Entropic Student: GDN encoder, learned factorized prior, range-coded latent",
-         EntropicSource, EntropicServer)
+register(ModuleSpec(
+    "entropic", "004 (Entropic Student)", "GDN encoder to a latent at half the cut's resolution, learned factorized "
+    "Laplace prior, the real range-coded bitstream; teacher then distillation at the source, the decoder crosses "
+    "once and is fine-tuned at the server", EntropicSource, EntropicServer,
+    (knob("beta", float, 1.0, "weight of the rate in the distillation loss (higher: fewer bytes)", positive=True),
+     knob("latent-channels", int, 16, "latent maps at half the cut's resolution", min=1)),
+    at_source="encoder, prior, range coder", at_server="decoder + the rest",
+    # Fine-tuning a distilled decoder (the paper's second stage) at a tenth of the
+    # testbed's lr: at 0.01 with momentum the loss rose in our runs.
+    server_lr_scale=0.1))

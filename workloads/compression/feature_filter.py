@@ -9,7 +9,7 @@ Server: the sent maps are placed back at their indices (zeros elsewhere) and, wi
 resolution compression, a transposed convolution restores the full resolution.
 
 ``filter``, ``deprune`` and ``prune`` are the same module; they differ only in the
-budget schedule (see ``schedules.py``).
+budget schedule (see ``schedules.py``), which their registry entries name.
 """
 from __future__ import annotations
 
@@ -18,16 +18,13 @@ import torch
 from torch import nn
 
 from .base import Arrays, ServerPart, SourcePart, index_dtype
-from .registry import CompressionConfig, register
+from ..settings import knob
+from .registry import CompressionConfig, ModuleSpec, register
+from .schedules import BUDGET_KNOBS, all_maps_first, budget_first, fixed
 
 FILTER_GRAD_CLIP = 1.0  # max norm of the logits' gradient per step
 FILTER_MOMENTUM = 0.9
 LOGIT_BOUND = 15.0      # sigmoid(15) = 1 - 3e-7: fully on or off, still movable
-
-
-def _check_resolution(r: int) -> None:
-    if r < 1:
-        raise ValueError(f"resolution compression factor must be >= 1, got {r}")
 
 
 def _compressed_shape(cut_shape, r: int) -> tuple[int, int, int]:
@@ -40,7 +37,6 @@ def _compressed_shape(cut_shape, r: int) -> tuple[int, int, int]:
 class FeatureFilterSource(SourcePart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
-        _check_resolution(config.resolution)
         self.config = config
         channels = cut_shape[0]
         r = config.resolution
@@ -113,11 +109,13 @@ class FeatureFilterSource(SourcePart):
         return {"filter_sum": round(float(f.sum()), 4),
                 "filter_topb_share": round(float(top / f.sum().clamp_min(1e-12)), 4)}
 
+    def eval_state(self):
+        return {"filter": [round(v, 5) for v in self.filter().tolist()]}
+
 
 class FeatureFilterServer(ServerPart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
-        _check_resolution(config.resolution)
         self.cut_shape = tuple(cut_shape)
         self.sent_shape = _compressed_shape(cut_shape, config.resolution)
         channels, height, _ = cut_shape
@@ -150,9 +148,23 @@ class FeatureFilterServer(ServerPart):
         return sent, self.decompress(full)
 
 
-for _name, _what in (
-    ("filter", "paper 002 filter at a fixed budget of B maps"),
-    ("deprune", "paper 002 deprune: budget B first, then all maps"),
-    ("prune", "paper 002 prune: all maps first, then smaller budgets, filter reset"),
+KNOBS = BUDGET_KNOBS + (
+    knob("resolution", int, 1, "resolution compression factor r (1: off)", min=1),
+    knob("prune-delta", float, 0.1, "delta of the prune loss", positive=True),
+    knob("prune-weight", float, 1000.0, "epsilon: weight of the prune loss", min=0),
+    knob("prune-lambda", float, 1.0, "lambda: weight of the lower prune barrier", min=0),
+    knob("filter-init", float, 4.0, "filter logits start uniform in [0, this)", positive=True),
+    knob("filter-lr", float, 1.0, "learning rate of the filter logits (SGD on a clipped gradient)", positive=True),
+)
+AT_SOURCE = "filter f = sigmoid(f_hat), top-B maps and their indices; prune loss"
+AT_SERVER = "maps placed back at their indices (transposed conv with --resolution)"
+
+for _name, _paper, _what, _schedule in (
+    ("filter", "002 (with module)", "learnable per-map filter; only the top-B maps (and their indices) cross", fixed),
+    ("deprune", "002 §3.2", "the filter at budget B for most epochs, then all maps; lr boost after the change",
+     budget_first),
+    ("prune", "002 §3.3", "the filter on all maps first, then smaller budgets with the filter reset",
+     all_maps_first),
 ):
-    register(_name, _what, FeatureFilterSource, FeatureFilterServer)
+    register(ModuleSpec(_name, _paper, _what, FeatureFilterSource, FeatureFilterServer, KNOBS, AT_SOURCE, AT_SERVER,
+                        schedule=_schedule))

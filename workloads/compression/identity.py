@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .base import Arrays, ServerPart, SourcePart
-from .registry import register
+from .registry import ModuleSpec, register
 
 
 class IdentitySource(SourcePart):
@@ -31,4 +31,5 @@ class IdentityServer(ServerPart):
         return sent, sent
 
 
-register("none", "plain split learning: all cut activations, float32", IdentitySource, IdentityServer)
+register(ModuleSpec("none", "002 (without module)", "plain split learning: the cut activations as float32",
+                    IdentitySource, IdentityServer, at_source="nothing", at_server="nothing"))

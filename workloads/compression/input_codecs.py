@@ -15,7 +15,8 @@ from PIL import Image
 
 from ..data import CIFAR_MEAN, CIFAR_STD
 from .base import Arrays, ServerPart, SourcePart, require_input
-from .registry import CompressionConfig, register
+from ..settings import knob
+from .registry import CompressionConfig, ModuleSpec, register
 
 _MEAN = torch.from_numpy(CIFAR_MEAN).view(1, 3, 1, 1)
 _STD = torch.from_numpy(CIFAR_STD).view(1, 3, 1, 1)
@@ -78,8 +79,6 @@ class CodecSource(_InputSource):
     def __init__(self, cut_shape, config: CompressionConfig, name: str):
         self.name = name
         super().__init__(cut_shape, config)
-        if not 1 <= config.quality <= 100:
-            raise ValueError(f"quality must be between 1 and 100, got {config.quality}")
 
     def encode(self, sent, side) -> Arrays:
         files = [encode_image(image, FORMATS[self.name], self.config.quality) for image in to_pixels(sent)]
@@ -118,8 +117,13 @@ class CodecServer(_InputServer):
         return restored, restored
 
 
-register("raw", "the uncompressed input image, uint8 (split 0)", RawSource, RawServer, input_only=True)
+QUALITY = knob("quality", int, 75, "jpeg / webp quality", min=1, max=100)
+
+register(ModuleSpec("raw", "baseline (split 0)", "the uncompressed input image, uint8", RawSource, RawServer,
+                    at_source="nothing (the image as uint8)", at_server="the whole model", input_only=True))
 for _name in FORMATS:
-    register(_name, f"the input image coded as {_name.upper()} at --quality (split 0)",
-             lambda cut, config, n=_name: CodecSource(cut, config, n),
-             lambda cut, config, n=_name: CodecServer(cut, config, n), input_only=True)
+    register(ModuleSpec(_name, "004's baseline (split 0)", f"each input image as a {_name.upper()} file (Pillow)",
+                        lambda cut, config, n=_name: CodecSource(cut, config, n),
+                        lambda cut, config, n=_name: CodecServer(cut, config, n), (QUALITY,),
+                        at_source=f"{_name.upper()} encoder", at_server="decoder + the whole model",
+                        input_only=True))

@@ -25,7 +25,8 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart
 from .shipping import range_decode as decode_symbols
 from .shipping import range_encode as encode_symbols
-from .registry import CompressionConfig, register
+from ..settings import knob
+from .registry import CompressionConfig, ModuleSpec, register
 
 SIDE_DIM = 128
 # Each sample's bottleneck is standardised across its neurons (a layer norm without
@@ -39,6 +40,7 @@ PHASE1_LR = 1e-3
 PHASE1_GROUP = 8
 PHASE1_MIN_STEPS = 40  # passes over the shard repeat until phase 1 has taken this many steps
 MODEL_PREFIX = "model."
+EPS2 = 0.5  # epsilon squared of the coding rates
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
@@ -125,9 +127,7 @@ class Mcr2Source(SourcePart):
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         channels = cut_shape[0]
-        self.dim, self.classes, self.eps2 = config.latent_dim, config.classes, config.mcr2_eps2
-        if not 0 <= config.keep_neurons <= self.dim:
-            raise ValueError(f"keep-neurons must be between 0 (all) and {self.dim}, got {config.keep_neurons}")
+        self.dim, self.classes, self.eps2 = config.latent_dim, config.classes, EPS2
         self.keep = config.keep_neurons or self.dim
         self.encoder = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(channels * 4, HIDDEN),
                                      nn.ReLU(inplace=True), nn.Linear(HIDDEN, self.dim),
@@ -190,10 +190,6 @@ class Mcr2Source(SourcePart):
 
 
 class Mcr2Server(ServerPart):
-    # Phase 2 trains the latent decoder and the layers after it from scratch on a coarse,
-    # rounded latent: at the testbed's SGD lr of 0.01 that diverged, at a tenth it learns.
-    lr_scale = 0.1
-
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         channels, height, width = cut_shape
@@ -239,5 +235,20 @@ def latent_bits(codes: np.ndarray, low: np.ndarray, pmf: np.ndarray) -> float:
     return float(-np.log2(p).sum())
 
 
-register("mcr2", "paper 003 DuPHiL: MCR^2-trained encoder, range-coded rounded latent, Fisher-pruned neurons",
-         Mcr2Source, Mcr2Server)
+def _check(config) -> None:
+    if config.keep_neurons > config.latent_dim:
+        raise ValueError(f"--keep-neurons must be between 0 (all) and --latent-dim ({config.latent_dim}), "
+                         f"got {config.keep_neurons}")
+
+
+register(ModuleSpec(
+    "mcr2", "003 (DuPHiL)", "head and a latent encoder trained at the source on the MCR^2 loss (phase 1), then "
+    "frozen; the rounded latent crosses range-coded under a per-dimension model sent once; the server's decoder "
+    "and layers train with cross-entropy (phase 2)", Mcr2Source, Mcr2Server,
+    (knob("latent-dim", int, 64, "bottleneck neurons", min=1),
+     knob("keep-neurons", int, 0, "neurons sent, the best by Fisher's discriminative power (0: all)", ("source",),
+          min=0)),
+    at_source="encoder, side branch, range coder", at_server="latent decoder + the rest",
+    # Phase 2 trains the latent decoder and the layers after it from scratch on a coarse,
+    # rounded latent: at the testbed's SGD lr of 0.01 that diverged, at a tenth it learns.
+    server_lr_scale=0.1, check=_check))

@@ -1,56 +1,63 @@
-"""The registry of compression modules: one name -> a (source part, server part) pair."""
+"""The registry of compression modules: a name -> everything known about the module.
+
+A module's file declares its knobs (``settings.knob``) and registers one
+:class:`ModuleSpec` per name: the source and server parts, the paper, whether it
+compresses the input itself, its budget schedule, its server's learning-rate scale,
+and what runs where. Nothing outside a module's file branches on its name.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
+from ..settings import Option
 from .base import ServerPart, SourcePart
-
-
-@dataclass(frozen=True)
-class CompressionConfig:
-    """Knobs of the compression modules; each module reads the ones it needs."""
-    budget: int = 4                # feature maps allowed across the cut (filter modules)
-    resolution: int = 1            # resolution compression factor r (1 = off)
-    prune_delta: float = 0.1       # delta of the prune loss barrier
-    prune_weight: float = 1000.0   # epsilon: weight of the prune loss in the total loss
-    prune_lambda: float = 1.0      # lambda: weight of the lower barrier
-    filter_init: float = 4.0       # filter logits start uniform in [0, filter_init)
-    filter_lr: float = 1.0         # learning rate of the filter logits
-    quality: int = 75              # jpeg / webp quality
-    channels: int = 0              # crbq: maps after channel reduction (0: an eighth of the cut's)
-    mask_number: int = 2           # cdc: m in 0..4, 2^(4-m) quantizer steps
-    mask_schedule: str = ""        # cdc: M:EPOCHS,... (a change of m fine-tunes the autoencoder)
-    alpha: float = 48.0            # cdc: the EC loss is attenuated by 1/alpha
-    latent_dim: int = 64           # mcr2: bottleneck neurons
-    keep_neurons: int = 0          # mcr2: neurons sent, best by Fisher's discriminative power (0: all)
-    mcr2_eps2: float = 0.5         # mcr2: epsilon squared of the coding rates
-    beta: float = 1.0              # entropic: weight of the rate (bits per cut value) in the distillation loss
-    latent_channels: int = 16      # entropic: latent maps at half the cut's resolution
-    classes: int = 10              # classes of the dataset
-    model: str = "vgg11"           # the split model (entropic trains its teacher)
+from .schedules import Phases
 
 
 @dataclass(frozen=True)
 class ModuleSpec:
     name: str
-    description: str
+    paper: str                      # which paper it comes from ("002", "004 baseline", ...)
+    description: str                # one line: what crosses the cut
     source: Callable[..., SourcePart]
     server: Callable[..., ServerPart]
-    input_only: bool = False  # compresses the input image itself: runs at split 0
+    knobs: tuple[Option, ...] = ()  # the options it reads
+    at_source: str = ""             # what runs at the source (after the head)
+    at_server: str = ""             # what runs at the server (before the tail)
+    input_only: bool = False        # compresses the input image itself: its arm runs at split 0
+    # budget schedule: (budget B, maps at the cut, epochs) -> phases; None: all maps throughout
+    schedule: Callable[[int, int, int], Phases] | None = None
+    server_lr_scale: float = 1.0    # factor on the server's learning rate
+    check: Callable[["CompressionConfig"], None] | None = None  # constraints between knobs
+
+    def check_config(self, config: "CompressionConfig") -> None:
+        """Raise ValueError when the knobs do not go together (each knob's own range is
+        checked by its declaration)."""
+        if self.check is not None:
+            self.check(config)
+
+    def split_for(self, split: int) -> int:
+        return 0 if self.input_only else split
 
 
 _MODULES: dict[str, ModuleSpec] = {}
 
 
-def register(name: str, description: str, source, server, *, input_only: bool = False) -> None:
-    if name in _MODULES:
-        raise ValueError(f"compression module {name!r} is registered twice")
-    _MODULES[name] = ModuleSpec(name, description, source, server, input_only)
+def register(spec: ModuleSpec) -> ModuleSpec:
+    if spec.name in _MODULES:
+        raise ValueError(f"compression module {spec.name!r} is registered twice")
+    _MODULES[spec.name] = spec
+    return spec
 
 
 def available() -> list[str]:
     return sorted(_MODULES)
+
+
+def modules() -> list[ModuleSpec]:
+    return [_MODULES[name] for name in available()]
 
 
 def get(name: str) -> ModuleSpec:
@@ -60,9 +67,42 @@ def get(name: str) -> ModuleSpec:
         raise ValueError(f"unknown compression module {name!r}; known modules: {', '.join(available())}") from None
 
 
+def knobs() -> list[Option]:
+    """Every module's knobs, each once, in registration order."""
+    seen: dict[int, Option] = {}
+    for spec in _MODULES.values():
+        for option in spec.knobs:
+            seen.setdefault(id(option), option)
+    return list(seen.values())
+
+
+def readers(option: Option) -> list[str]:
+    """The modules that read the knob ``option``."""
+    return [spec.name for spec in modules() if any(k is option for k in spec.knobs)]
+
+
+class CompressionConfig(SimpleNamespace):
+    """The knob values a module's parts are built with: every declared knob at its
+    default unless given (each given value checked by its declaration), plus the
+    dataset's ``classes`` and the split ``model``."""
+
+    def __init__(self, *, classes: int = 10, model: str = "vgg11", **values):
+        declared = {k.dest: k for k in knobs()}
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            raise ValueError(f"unknown knob(s) {', '.join(unknown)}; known: {', '.join(sorted(declared))}")
+        resolved = {dest: (option.check(values[dest]) if dest in values else option.default)
+                    for dest, option in declared.items()}
+        super().__init__(classes=classes, model=model, **resolved)
+
+
 def create_source(name: str, cut_shape, config: CompressionConfig) -> SourcePart:
-    return get(name).source(cut_shape, config)
+    spec = get(name)
+    spec.check_config(config)
+    return spec.source(cut_shape, config)
 
 
 def create_server(name: str, cut_shape, config: CompressionConfig) -> ServerPart:
-    return get(name).server(cut_shape, config)
+    spec = get(name)
+    spec.check_config(config)
+    return spec.server(cut_shape, config)

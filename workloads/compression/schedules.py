@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..settings import knob
+
+Phases = tuple[tuple[int, int], ...]
+
 
 @dataclass(frozen=True)
 class BudgetSchedule:
-    phases: tuple[tuple[int, int], ...]  # (budget, epochs), in order
+    phases: Phases                       # (budget, epochs), in order
     boost: float = 1.0                   # gamma
     boost_epochs: int = 0                # lk
 
@@ -48,29 +52,51 @@ def parse_schedule(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(phases)
 
 
+def fixed(budget: int, maps: int, epochs: int) -> Phases:
+    """B maps throughout."""
+    return ((budget, epochs),)
+
+
+def budget_first(budget: int, maps: int, epochs: int) -> Phases:
+    """Paper 002's deprune: most epochs at budget B, the last quarter (at least one) at all maps."""
+    late = max(1, round(epochs / 4)) if epochs > 1 else 0
+    return ((budget, epochs - late), (maps, late)) if late else ((budget, epochs),)
+
+
+def all_maps_first(budget: int, maps: int, epochs: int) -> Phases:
+    """Paper 002's prune: half the epochs at all maps (the base model), the rest
+    transferred to smaller budgets: a quarter of the maps, then B, when there are
+    epochs for both."""
+    first = math.ceil(epochs / 2)
+    rest = epochs - first
+    steps = sorted({b for b in (maps // 4, budget) if b < maps}, reverse=True)[-rest:] if rest else []
+    phases = [(maps, first)]
+    for i, b in enumerate(steps):
+        phases.append((b, rest // len(steps) + (1 if i < rest % len(steps) else 0)))
+    return tuple(phases)
+
+
 def schedule_for(module: str, budget: int, maps: int, epochs: int, *, text: str | None = None,
                  boost: float = 1.0, boost_epochs: int = 0) -> BudgetSchedule:
-    """The default schedule of ``module`` over ``epochs``, or the one given as text."""
-    if text:
+    """The budget schedule of ``module`` over ``epochs`` (its registry entry's), or the
+    one given as text; modules without a budget send all maps throughout."""
+    from .registry import get
+
+    default = get(module).schedule
+    if text and default is not None:
         phases = parse_schedule(text)
-    elif module == "deprune":
-        # Most epochs at the small budget, the last quarter (at least one) at all maps.
-        late = max(1, round(epochs / 4)) if epochs > 1 else 0
-        phases = ((budget, epochs - late), (maps, late)) if late else ((budget, epochs),)
-    elif module == "prune":
-        # Half the epochs at all maps (the base model), the rest transferred to smaller
-        # budgets: a quarter of the maps, then B, when there are epochs for both.
-        first = math.ceil(epochs / 2)
-        rest = epochs - first
-        steps = [b for b in (maps // 4, budget) if b < maps]
-        steps = sorted(set(steps), reverse=True)[-rest:] if rest else []
-        phases = [(maps, first)]
-        for i, b in enumerate(steps):
-            share = rest // len(steps) + (1 if i < rest % len(steps) else 0)
-            phases.append((b, share))
-        phases = tuple(phases)
-    elif module == "none":
-        phases = ((maps, epochs),)
+    elif default is not None:
+        phases = default(budget, maps, epochs)
     else:
-        phases = ((budget, epochs),)
+        phases = ((maps, epochs),)
     return BudgetSchedule(tuple((min(b, maps), e) for b, e in phases), boost, boost_epochs)
+
+
+# The knobs of the modules with a budget (the filter family).
+BUDGET = knob("budget", int, 4, "feature maps allowed across the cut", ("source",), min=1)
+SCHEDULE = knob("schedule", str, "", "budget schedule BUDGET:EPOCHS,... (default: the module's)", ("source",),
+                validate=parse_schedule)
+LR_BOOST = knob("lr-boost", float, 2.0, "gamma: learning-rate factor after a budget change", ("source",),
+                positive=True)
+BOOST_EPOCHS = knob("boost-epochs", int, 1, "lk: epochs the boost lasts after a budget change", ("source",), min=0)
+BUDGET_KNOBS = (BUDGET, SCHEDULE, LR_BOOST, BOOST_EPOCHS)

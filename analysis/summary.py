@@ -1,0 +1,155 @@
+"""``summary.json`` and the table ``testbed run`` prints at the end, from an arm's traces.
+
+The figures and their definitions live in :mod:`analysis.metrics` (its docstring is the
+schema); this module only reads one arm folder, checks that every source ended well,
+and lays the figures out. ``report.md`` takes the same figures from the same functions,
+so the two always agree.
+
+An arm of ``summary.json`` holds: module, sources, cpu_cap, cap_method, then every
+per-arm figure of :mod:`analysis.metrics` (bytes_*_total, samples_total,
+bytes_per_sample_*, split, payload_*_total, eval_bytes_*_total, control_bytes_total,
+samples_per_s_per_source, cpu_share_per_source (lifetime), cpu_share_lifetime_per_source,
+cpu_share_computing_per_source, cpu_share_over_cap_per_source,
+reply_wait_share_per_source, startup_s_per_source, peak_rss_mb_per_source,
+pretrain_s_per_source, pretrain_share, duration_s, final_loss, test_accuracy, budgets,
+requests_served, server_busy_fraction, server_lr_scale, bound_by, bound_reason,
+status_per_source, data). ``comparison`` (from :func:`compare`) holds baseline, module
+(the first other arm) and its traffic_ratio, traffic_ratio_sent, traffic_ratio_received,
+throughput_ratio, and by_module with those ratios for every other arm.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import metrics
+from .load import RunDirError, load_arm
+
+
+class SummaryError(ValueError):
+    """An arm cannot be summarised: a source did not end well, or a trace is missing or
+    damaged. The message is one line and names the trace."""
+
+
+def summarise_arm(arm_dir, module: str, sources: int, cpu_cap: float, cap_method: str, *,
+                  strict: bool = True) -> dict:
+    """The figures of one arm folder (``server.jsonl``, ``source-0..N-1.jsonl``).
+
+    Strict (the default, as ``testbed`` runs it) raises SummaryError when a trace is
+    missing or damaged, a source has no ``end`` event or ended with a status other than
+    ok, or traced no batch; otherwise ``status_per_source`` names each source's end."""
+    arm_dir = Path(arm_dir)
+    try:
+        runs = load_arm(arm_dir, sources)
+    except RunDirError as exc:
+        raise SummaryError(str(exc)) from None
+    if strict:
+        _check(arm_dir, runs, sources)
+    labels = runs.labels
+    if not labels:
+        raise SummaryError(f"{arm_dir}: no source trace holds any event")
+    figures = metrics.arm_figures(runs, caps={labels[0]: cpu_cap})[labels[0]]
+    for key in ("run", "arm", "label", "module", "sources", "cpu_cap"):
+        figures.pop(key, None)
+    return {"module": module, "sources": sources, "cpu_cap": cpu_cap, "cap_method": cap_method, **figures}
+
+
+def _check(arm_dir: Path, runs, sources: int) -> None:
+    missing = [f"source-{i}.jsonl" for i in range(sources) if not (arm_dir / f"source-{i}.jsonl").exists()]
+    if missing:
+        raise SummaryError(f"{arm_dir}: no trace {', '.join(missing)} (did the source start?)")
+    if not (arm_dir / "server.jsonl").exists():
+        raise SummaryError(f"{arm_dir}: no trace server.jsonl (did the server start?)")
+    for source in runs.sources.itertuples():
+        path = arm_dir / f"source-{source.source}.jsonl"
+        if source.status == "no end event":
+            raise SummaryError(f"{path}: no 'end' event (did the source die?)")
+        if source.status != "ok":
+            end = runs.events[(runs.events["role"] == "source") & (runs.events["source"] == source.source)
+                              & (runs.events["event"] == "end")]
+            error = end["error"].iloc[-1] if "error" in end and isinstance(end["error"].iloc[-1], str) else ""
+            raise SummaryError(f"{path}: the source ended with status {source.status}: {error}".rstrip(": "))
+    if runs.problems:
+        raise SummaryError(runs.problems[0])
+    counted = runs.batches.groupby("source").size()
+    for i in range(sources):
+        if counted.get(i, 0) == 0:
+            raise SummaryError(f"{arm_dir / f'source-{i}.jsonl'}: no batch was traced")
+
+
+def compare(arms: dict[str, dict], baseline: str = "none") -> dict | None:
+    """Traffic and throughput of every module arm against the baseline arm."""
+    if baseline not in arms or len(arms) < 2:
+        return None
+    by_module = {name: metrics.comparison(arms[baseline], arm) for name, arm in arms.items() if name != baseline}
+    first = next(iter(by_module))
+    return {"baseline": baseline, "module": first, **by_module[first], "by_module": by_module}
+
+
+def _share(value) -> str:
+    return f"{value:.0%}"
+
+
+# label, figure of an arm (its summary.json entry and its headline figures), format
+ROWS = (
+    ("split", lambda a, h: a["split"], "{}"),
+    ("bytes sent (MB)", lambda a, h: a["bytes_sent_total"] / 1e6, "{:.3f}"),
+    ("bytes received (MB)", lambda a, h: a["bytes_received_total"] / 1e6, "{:.3f}"),
+    ("bytes per sample, sent", lambda a, h: a["bytes_per_sample_sent"], "{:.1f}"),
+    ("bytes per sample, received", lambda a, h: a["bytes_per_sample_received"], "{:.1f}"),
+    ("wire / payload", lambda a, h: (a["bytes_sent_total"] + a["bytes_received_total"])
+     / max(1, a["payload_sent_total"] + a["payload_received_total"]), "{:.4f}"),
+    ("eval bytes (MB)", lambda a, h: (a["eval_bytes_sent_total"] + a["eval_bytes_received_total"]) / 1e6, "{:.3f}"),
+    ("samples/s per source", lambda a, h: h["samples_per_s"], "{:.2f}"),
+    ("CPU share, lifetime (max)", lambda a, h: h["cpu_share_lifetime_max"], "{:.3f}"),
+    ("CPU share / cap computing (median)", lambda a, h: h["cpu_over_cap_median"], "{:.0%}"),
+    ("CPU share / cap computing (min)", lambda a, h: h["cpu_over_cap_min"], "{:.0%}"),
+    ("waiting for replies (median)", lambda a, h: h["reply_wait_median"], "{:.0%}"),
+    ("server busy", lambda a, h: a["server_busy_fraction"], "{:.0%}"),
+    ("server lr scale", lambda a, h: a["server_lr_scale"], "{:g}"),
+    ("pre-training (s, max)", lambda a, h: h["pretrain_s_max"], "{:.1f}"),
+    ("pre-training / duration", lambda a, h: a["pretrain_share"], "{:.0%}"),
+    ("start-up to 1st batch (s)", lambda a, h: h["startup_s_mean"], "{:.1f}"),
+    ("peak memory per source (MB)", lambda a, h: h["peak_rss_mb_max"], "{:.0f}"),
+    ("duration (s)", lambda a, h: a["duration_s"], "{:.1f}"),
+    ("final loss", lambda a, h: a["final_loss"], "{:.4f}"),
+    ("test accuracy", lambda a, h: a["test_accuracy"], "{:.3f}"),
+    ("bound by", lambda a, h: a["bound_by"], "{}"),
+)
+
+
+def table_cells(arm: dict) -> list[str]:
+    """The printed table's cells of one arm, in ROWS order ("-" where a figure is unknown)."""
+    top = metrics.headline(arm)
+    cells = []
+    for _, get, fmt in ROWS:
+        try:
+            value = get(arm, top)
+            cells.append(fmt.format(value) if value is not None else "-")
+        except (TypeError, ValueError, KeyError):
+            cells.append("-")
+    return cells
+
+
+def format_table(summary: dict) -> str:
+    arms = summary["arms"]
+    names = list(arms)
+    columns = {name: table_cells(arms[name]) for name in names}
+    widths = {name: max(14, len(name) + 2, *(len(c) + 2 for c in columns[name])) for name in names}
+    width = max(len(r[0]) for r in ROWS) + 2
+    lines = [" " * width + "".join(f"{n:>{widths[n]}}" for n in names)]
+    for row, (label, _, _) in enumerate(ROWS):
+        lines.append(f"{label:<{width}}" + "".join(f"{columns[n][row]:>{widths[n]}}" for n in names))
+    for name in names:
+        if arms[name].get("bound_reason"):
+            lines.append(f"{name}: bound by {arms[name].get('bound_by') or 'unknown'}: {arms[name]['bound_reason']}")
+    comparison = summary.get("comparison")
+    if comparison:
+        for name, c in comparison["by_module"].items():
+            lines.append(f"{name} vs {comparison['baseline']}: traffic ratio {_x(c['traffic_ratio'])} "
+                         f"(sent {_x(c['traffic_ratio_sent'])}, received {_x(c['traffic_ratio_received'])}), "
+                         f"throughput ratio {c['throughput_ratio'] if c['throughput_ratio'] is not None else '-'}")
+    return "\n".join(lines)
+
+
+def _x(ratio) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"

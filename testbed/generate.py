@@ -1,0 +1,177 @@
+"""The files that repeat the declarations, generated from them.
+
+``python -m testbed.generate`` rewrites them; ``python -m testbed.generate --check``
+exits 1 naming each one that has drifted (the test suite runs it):
+
+- ``charts/values.yaml``: the ``workload`` block (every option whose chart value lives
+  under ``workload``, with its default and help);
+- ``charts/values.schema.json``: the schema of every option's chart value (type, range,
+  choices; unknown ``workload`` keys are rejected);
+- ``charts/templates/configmap.yaml``: every chart value the programs read, as their
+  ``SPLITTEST_*`` environment variables;
+- ``README.md``: the tables of ``testbed run``'s options and of the modules.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workloads import settings
+from workloads.compression import modules
+from workloads.compression.registry import readers
+from workloads.settings import Option
+
+from .options import run_options
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts"
+BEGIN, END = "generated from the option declarations by python -m testbed.generate", "end of generated"
+JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def chart_options() -> list[Option]:
+    return [o for o in settings.options() if o.chart]
+
+
+def yaml_scalar(value) -> str:
+    return json.dumps(value)  # JSON scalars are YAML scalars
+
+
+def values_block() -> str:
+    """The ``workload:`` section of values.yaml."""
+    lines = ["workload:"]
+    for option in chart_options():
+        if option.chart.startswith("workload."):
+            who = f"{', '.join(readers(option))}: " if option.group == "knob" else ""
+            valid = option.describe_range()
+            comment = f"{who}{option.help}" + (f" ({valid})" if valid else "")
+            lines.append(f"  {option.chart.split('.', 1)[1]}: {yaml_scalar(option.default)}  # {comment}")
+    return "\n".join(lines) + "\n"
+
+
+def json_schema(option: Option) -> dict:
+    if option.chart_schema is not None:
+        return dict(option.chart_schema)
+    schema: dict = {"type": JSON_TYPES[option.type], "description": option.help}
+    allowed = option.allowed()
+    if allowed is not None:
+        schema["enum"] = allowed
+    if option.positive:
+        schema["exclusiveMinimum"] = 0
+    if option.min is not None:
+        schema["minimum"] = option.min
+    if option.max is not None:
+        schema["maximum"] = option.max
+    return schema
+
+
+def schema_with_options(schema: dict) -> dict:
+    """``schema`` with every option's chart value (the ``workload`` object wholly)."""
+    schema = json.loads(json.dumps(schema))
+    props = schema.setdefault("properties", {})
+    props["workload"] = {"type": "object", "additionalProperties": False,
+                         "description": "the workload: the same settings as testbed run", "properties": {}}
+    for option in chart_options():
+        *parents, leaf = option.chart.split(".")
+        node = schema
+        for key in parents:
+            node = node.setdefault("properties", {}).setdefault(key, {"type": "object", "properties": {}})
+        node.setdefault("properties", {})[leaf] = json_schema(option)
+    return schema
+
+
+def configmap() -> str:
+    """The ConfigMap: the chart values the programs read, as their environment."""
+    input_only = " ".join(json.dumps(m.name) for m in modules() if m.input_only)
+    lines = ["# Generated from the option declarations (workloads/settings.py and the modules' knobs) by",
+             "# python -m testbed.generate: do not edit. The run spec, as the programs' environment.",
+             "apiVersion: v1", "kind: ConfigMap", "metadata:",
+             '  name: {{ include "splittest.fullname" . }}-spec', "  labels:",
+             '    {{- include "splittest.labels" . | nindent 4 }}', "data:"]
+    for option in chart_options():
+        if not set(option.roles) & set(settings.PROGRAMS):
+            continue
+        ref = f".Values.{option.chart}"
+        if option.dest == "run_id":  # a run's traces are named after the release unless told
+            value = f"{ref} | default .Release.Name | quote"
+        elif option.type is int:
+            value = f"{ref} | int64 | quote"  # never 1.2345678e+07
+        else:
+            value = f"{ref} | quote"
+        if option.dest == "split":  # ModuleSpec.input_only: those modules offload the input itself
+            lines.append(f'  {option.env}: {{{{ if has .Values.workload.module (list {input_only}) }}}}"0"'
+                         f"{{{{ else }}}}{{{{ {value} }}}}{{{{ end }}}}")
+        else:
+            lines.append(f"  {option.env}: {{{{ {value} }}}}")
+    return "\n".join(lines) + "\n"
+
+
+def options_table() -> str:
+    rows = ["| option | default | valid | meaning |", "| --- | --- | --- | --- |"]
+    for option in run_options():
+        default = option.run_default if option.run_default is not None else option.default
+        who = f"{', '.join(readers(option))}: " if option.group == "knob" else ""
+        rows.append(f"| `{option.flag}` | `{default}` | {option.describe_range()} | {who}{option.help} |".replace(
+            "``", "(empty)"))
+    return "\n".join(rows) + "\n"
+
+
+def modules_table() -> str:
+    rows = ["| module | paper | what crosses the cut | knobs | at the source | at the server | split 0 | "
+            "server lr scale |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m in modules():
+        knobs = ", ".join(f"`{k.flag}` ({k.default!r})" for k in m.knobs) or "–"
+        rows.append(f"| `{m.name}` | {m.paper} | {m.description} | {knobs} | {m.at_source or '–'} | "
+                    f"{m.at_server or '–'} | {'yes' if m.input_only else ''} | {m.server_lr_scale:g} |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_between(text: str, name: str, body: str, comment: str) -> str:
+    """``text`` with what lies between the markers named ``name`` replaced by ``body``."""
+    begin, end = comment.format(f"{BEGIN} ({name})"), comment.format(f"{END} ({name})")
+    head, found, rest = text.partition(begin + "\n")
+    middle, found_end, tail = rest.partition(end)
+    if not found or not found_end:
+        raise SystemExit(f"generate: markers for {name} are missing")
+    return head + begin + "\n" + body + end + tail
+
+
+def outputs() -> dict[Path, str]:
+    """Every generated file's path and its text as the declarations give it."""
+    values = (CHART / "values.yaml").read_text()
+    readme = (REPO / "README.md").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    readme = replace_between(readme, "options", options_table(), "<!-- {} -->")
+    readme = replace_between(readme, "modules", modules_table(), "<!-- {} -->")
+    return {
+        CHART / "values.yaml": replace_between(values, "workload", values_block(), "# -- {} --"),
+        CHART / "values.schema.json": json.dumps(schema_with_options(schema), indent=2) + "\n",
+        CHART / "templates" / "configmap.yaml": configmap(),
+        REPO / "README.md": readme,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated file differs, write nothing")
+    args = parser.parse_args(argv)
+    drifted = []
+    for path, text in outputs().items():
+        current = path.read_text() if path.exists() else ""
+        if current != text:
+            drifted.append(path.relative_to(REPO))
+            if not args.check:
+                path.write_text(text)
+    if args.check and drifted:
+        print(f"generate: out of date with the declarations: {', '.join(map(str, drifted))} "
+              f"(run python -m testbed.generate)", file=sys.stderr)
+        return 1
+    for path in drifted:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

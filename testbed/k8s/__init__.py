@@ -1,0 +1,18 @@
+"""The Kubernetes backend: each arm is a release of the chart (``charts/``), whose pods
+run the same two programs as the local backend and trace to stdout; the traces are
+collected from the pod logs into the local run-directory layout.
+
+- ``values``: the chart values for one arm of a run spec, and the release's name;
+- ``cluster``: the release (Helm) and the objects (kubernetes client) of one namespace;
+- ``follow``: waiting for the sources' Job, reporting pods that cannot start;
+- ``collect``: pod logs into server.jsonl, source-N.jsonl and logs/;
+- ``backend``: the four steps as a ``testbed.backend.Backend``.
+"""
+from .backend import KubernetesBackend
+from .cluster import Cluster, ClusterError
+from .collect import collect, split_pod_log
+from .follow import follow
+from .values import chart_values, release_name
+
+__all__ = ["Cluster", "ClusterError", "KubernetesBackend", "chart_values", "collect", "follow", "release_name",
+           "split_pod_log"]

@@ -1,0 +1,39 @@
+"""What one arm of a run spec becomes on the cluster: the chart's values and the
+release's name."""
+from __future__ import annotations
+
+from workloads import settings
+
+from ..options import TESTBED_OPTIONS  # noqa: F401  (declares the testbed's chart values)
+from ..spec import RunSpec
+
+
+def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str = "", server_image: str = "") -> dict:
+    """The chart's values for one arm of ``spec``: every declared option that has a
+    chart value path, at the spec's value (the arm's module and split, the run id)."""
+    arm = {**spec.values, **spec.workload_options(module), "run_id": run_id}
+    values: dict = {}
+    for option in settings.options():
+        if option.chart and option.dest in arm:
+            put(values, option.chart, arm[option.dest])
+    images = {}
+    for role, image in (("source", source_image), ("server", server_image)):
+        if image:
+            repository, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+            images[role] = {"repository": repository, "tag": tag}
+    if images:
+        values["images"] = images
+    return values
+
+
+def put(values: dict, path: str, value) -> None:
+    """``put(v, "workload.batchSize", 16)``: v["workload"]["batchSize"] = 16."""
+    *parents, leaf = path.split(".")
+    for key in parents:
+        values = values.setdefault(key, {})
+    values[leaf] = value
+
+
+def release_name(run_id: str, module: str) -> str:
+    """A DNS-1123 release name, unique per run and arm."""
+    return f"splittest-{run_id.rsplit('-', 1)[-1]}-{module}".lower()[:53]

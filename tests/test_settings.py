@@ -1,0 +1,155 @@
+"""One declaration per fact: an option declared once reaches the three parsers, the
+validation, the chart (values, schema, ConfigMap, rendered by the real Helm library)
+and the values the Kubernetes backend sets; module facts live in the registry."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import helm_python
+import pytest
+import yaml
+
+from testbed import generate
+from testbed.cli import build_parser
+from testbed.k8s import chart_values
+from testbed.spec import RunSpec, SpecError, validate
+from workloads import settings
+from workloads.compression import available, get, modules
+from workloads.settings import Option
+
+from conftest import REPO
+
+THROWAWAY = Option("throwaway-knob", int, 7, "a knob that exists only in this test", min=1,
+                   chart="workload.throwawayKnob", group="knob")
+
+
+def test_a_new_option_is_one_declaration_and_reaches_every_place(tmp_path):
+    with settings.declared(THROWAWAY):
+        for role in ("source", "server"):
+            args = settings.parse(role, "test", ["--throwaway-knob", "3"])
+            assert args.throwaway_knob == 3
+            assert settings.effective(args, role)["throwaway_knob"] == 3
+        run = build_parser().parse_args(["run", "--throwaway-knob", "5"])
+        assert run.throwaway_knob == 5
+        spec = RunSpec(throwaway_knob=5, backend="k8s")
+        assert spec.as_dict()["throwaway_knob"] == 5  # the manifest's spec
+        assert "--throwaway-knob" in settings.to_argv(spec.workload_options("none"), "source")
+        assert chart_values(spec, "none", "r1")["workload"]["throwawayKnob"] == 5
+        with pytest.raises(SpecError, match="--throwaway-knob must be at least 1, got 0"):
+            validate(RunSpec(throwaway_knob=0, backend="k8s"))
+        outputs = generate.outputs()
+        # the files on disk no longer match: the drift check would fail
+        assert outputs[generate.CHART / "values.yaml"] != (generate.CHART / "values.yaml").read_text()
+        chart = tmp_path / "charts"
+        shutil.copytree(generate.CHART, chart)
+        for path, text in outputs.items():
+            if path.is_relative_to(generate.CHART):
+                (chart / path.relative_to(generate.CHART)).write_text(text)
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert values["workload"]["throwawayKnob"] == 7
+    schema = json.loads((chart / "values.schema.json").read_text())
+    assert schema["properties"]["workload"]["properties"]["throwawayKnob"] == {
+        "type": "integer", "description": THROWAWAY.help, "minimum": 1}
+    rendered = helm_python.Chart.load(str(chart)).render({"workload": {"throwawayKnob": 12345678}},
+                                                         name="t", namespace="n", is_install=True)
+    configmap = next(yaml.safe_load(text) for name, text in rendered.items() if name.endswith("configmap.yaml"))
+    assert configmap["data"]["SPLITTEST_THROWAWAY_KNOB"] == "12345678"  # never 1.2345678e+07
+    with pytest.raises(helm_python.HelmValuesError, match="minimum"):
+        helm_python.Chart.load(str(chart)).render({"workload": {"throwawayKnob": 0}}, name="t", namespace="n",
+                                                  is_install=True)
+    assert "throwaway_knob" not in settings.defaults()  # gone with the declaration
+
+
+def test_the_generated_files_match_the_declarations():
+    result = subprocess.run([sys.executable, "-m", "testbed.generate", "--check"], capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_chart_rejects_an_unknown_workload_key():
+    with pytest.raises(helm_python.HelmValuesError, match="batch_size"):
+        helm_python.Chart.load(str(generate.CHART)).render({"workload": {"batch_size": 8}}, name="t",
+                                                           namespace="n", is_install=True)
+
+
+def test_chart_values_outside_the_workload_block_have_the_declared_defaults():
+    values = yaml.safe_load((generate.CHART / "values.yaml").read_text())
+    for option in generate.chart_options():
+        node = values
+        for key in option.chart.split("."):
+            node = node[key]
+        expected = "" if option.dest == "run_id" else option.default  # the release name stands in for it
+        assert node == expected, option.chart
+
+
+def test_every_option_reaches_kubernetes_with_the_specs_value():
+    spec = RunSpec(backend="k8s", resolution=2, momentum=0.5, download=True, timeout=60.0, seed=3)
+    values = chart_values(spec, "filter", "run/filter")
+    assert values["workload"]["resolution"] == 2 and values["workload"]["momentum"] == 0.5
+    assert values["data"]["download"] is True and values["source"]["replyTimeout"] == 60.0
+    assert values["runId"] == "run/filter" and values["workload"]["module"] == "filter"
+    assert chart_values(spec, "jpeg", "r")["workload"]["split"] == 0  # an input module's arm runs at split 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--quality", "0"], "--quality must be between 1 and 100, got 0"),
+    (["--module", "zip"], "unknown module 'zip'"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--batches", "x"], "--batches must be an integer"),
+])
+def test_the_programs_check_each_value_by_its_declaration(argv, message):
+    result = subprocess.run([sys.executable, "-m", "workloads.source", *argv], capture_output=True, text=True,
+                            cwd=REPO, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_bad_environment_value_names_the_variable():
+    result = subprocess.run([sys.executable, "-m", "workloads.server", "--help"], capture_output=True, text=True,
+                            cwd=REPO, env={"PATH": "/usr/bin:/bin", "SPLITTEST_MOMENTUM": "2"})
+    assert result.returncode == 2
+    assert "SPLITTEST_MOMENTUM='2': --momentum must be between 0 and 1, got 2.0" in result.stderr
+
+
+def test_modules_lists_every_module_with_its_knobs():
+    result = subprocess.run([sys.executable, "-m", "testbed.cli", "modules"], capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()[1:] if line and not line.startswith(" ")]
+    assert names == available()
+    assert "--mask-number 2" in result.stdout and "--quality 75" in result.stdout and "x0.1" in result.stdout
+
+
+def test_the_registry_holds_the_module_facts():
+    assert {m.name for m in modules() if m.input_only} == {"cdc", "raw", "jpeg", "webp"}
+    assert get("mcr2").server_lr_scale == get("entropic").server_lr_scale == 0.1
+    assert get("filter").schedule(4, 128, 4) == ((4, 4),)
+    assert get("deprune").schedule(4, 128, 4) == ((4, 3), (128, 1))
+    assert get("prune").schedule(4, 128, 4) == ((128, 2), (32, 1), (4, 1))
+    assert get("none").schedule is None
+    for m in modules():
+        assert m.paper and m.description and m.at_source and m.at_server, m.name
+    with pytest.raises(ValueError, match="--keep-neurons must be between 0 \\(all\\) and --latent-dim \\(8\\)"):
+        get("mcr2").check_config(RunSpec(latent_dim=8, keep_neurons=9).compression_config())
+
+
+def test_no_code_branches_on_a_module_name_outside_the_modules_files():
+    names = "|".join(available())
+    quoted = re.compile(rf"[\"']({names})[\"']")
+    own = {f"workloads/compression/{p.name}" for p in (REPO / "workloads" / "compression").glob("*.py")
+           if p.stem not in ("registry", "base", "schedules", "shipping", "__init__")}
+    allowed = {
+        "workloads/settings.py": {"none"},     # the programs' default module
+        "analysis/metrics.py": {"none"},       # the baseline arm ratios compare with
+        "analysis/summary.py": {"none"},
+        "analysis/plots.py": set(available()),  # one colour per module in every figure (data, not branches)
+        "testbed/cpucap.py": {"none"},         # the cap method "none", not a module
+        "testbed/options.py": {"none"},
+    }
+    for path in sorted(REPO.glob("*/**/*.py")):
+        relative = str(path.relative_to(REPO))
+        if relative.startswith(("tests/", "benchmarks/")) or relative in own:
+            continue
+        found = set(quoted.findall(path.read_text()))
+        assert found <= allowed.get(relative, set()), f"{relative} names modules {sorted(found)}"
