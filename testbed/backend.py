@@ -16,6 +16,7 @@ class ArmResult:
     directory: Path
     cap_method: str
     cap_description: str
+    pinning: dict | None = None  # cores of the server and the sources (--server-cpus), by which method
 
 
 @runtime_checkable

@@ -2,21 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import signal
 import sys
-import uuid
-from pathlib import Path
 
 from . import __version__
-from .spec import RunSpec, SpecError, data_in_use, validate
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
+from .runner import EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run
+from .spec import RunSpec, SpecError, validate
 
 
 GROUPS = {"run": "the run", "workload": "the workload", "data": "data", "knob": "compression module knobs",
@@ -94,7 +85,8 @@ def main(argv=None) -> int:
     if args.command == "report":
         return report(args.runs, args.out, say)
     if args.command == "collect":
-        return collect_release(args, say)
+        return collect_release(args.release, namespace=args.namespace, context=args.kube_context or None,
+                               out=args.out, say=say)
     try:
         spec = spec_from_args(args)
         validate(spec)
@@ -141,125 +133,6 @@ def _fold(text: str, width: int) -> list[str]:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def run(spec: RunSpec, say=print, backend=None) -> int:
-    from .errors import BackendError
-    from analysis.summary import SummaryError, compare, summarise_arm
-
-    from .local import LocalBackend
-    from .traces import TraceError
-
-    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    out = Path(spec.out or Path("runs") / run_id)
-    try:
-        out.mkdir(parents=True, exist_ok=False)
-    except OSError as exc:
-        print(f"testbed: error: cannot create run directory {out}: {exc.strerror}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    backend = backend or LocalBackend(spec, say)
-    data = data_in_use(spec)
-    if data.startswith("synthetic") and spec.dataset == "cifar10":
-        say(f"note: {data}; training on the deterministic synthetic CIFAR-shaped dataset")
-    manifest = _manifest(spec, run_id, data, backend.name)
-    _write_json(out / "manifest.json", manifest)
-    say(f"run {run_id}: {spec.sources} sources at {spec.cpu} CPU, arms {', '.join(spec.modules)} -> {out}")
-    arms, status = {}, "failed"
-    try:
-        for module in spec.modules:
-            result = backend.run_arm(module, out / module, run_id)
-            manifest["cap"] = {"method": result.cap_method, "detail": result.cap_description}
-            arms[module] = summarise_arm(out / module, module, spec.sources, spec.cpu, result.cap_method)
-        status = "ok"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        print("testbed: interrupted; every process was stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (BackendError, TraceError, SummaryError) as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        manifest["status"] = status
-        manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-        _write_json(out / "manifest.json", manifest)
-    return _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say)
-
-
-def _finish(out: Path, summary: dict, say) -> int:
-    from analysis.summary import format_table
-
-    _write_json(out / "summary.json", summary)
-    say(format_table(summary))
-    say(f"summary: {out / 'summary.json'}")
-    return report([out], "", say)
-
-
-def collect_release(args, say=print) -> int:
-    """`testbed collect RELEASE`: a run directory from a release installed by hand."""
-    from analysis.summary import SummaryError, compare, summarise_arm
-
-    from .k8s import Cluster, ClusterError, collect
-    from .traces import TraceError
-
-    out = Path(args.out or Path("runs") / args.release)
-    try:
-        cluster = Cluster(namespace=args.namespace, context=args.kube_context or None)
-        staging = out / "_collecting"
-        found = collect(cluster, args.release, staging)
-        module = found["module"] or "unknown"
-        staging.rename(out / module)
-        manifest = {"run": args.release, "backend": "k8s", "release": args.release, "namespace": args.namespace,
-                    "collected": dt.datetime.now().isoformat(timespec="seconds"),
-                    "spec": {"sources": found["sources"], "cpu": found["cpu_cap"], "modules": [module]},
-                    "cap": {"method": "kubernetes", "detail": "resources.limits.cpu per source pod"}}
-        _write_json(out / "manifest.json", manifest)
-        arms = {module: summarise_arm(out / module, module, found["sources"], found["cpu_cap"], "kubernetes")}
-    except (ClusterError, TraceError, SummaryError, OSError) as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    say(f"collected {found['pods']} pods of release {args.release} -> {out}")
-    return _finish(out, {"run": args.release, "arms": arms, "comparison": compare(arms)}, say)
-
-
-def report(run_dirs, out: str, say=print) -> int:
-    from analysis import RunDirError, write_report
-
-    target = Path(out) if out else (Path(run_dirs[0]) / "report" if len(run_dirs) == 1
-                                    else Path("runs") / ("report-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
-    try:
-        result = write_report(run_dirs, target)
-    except RunDirError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for problem in result.problems:
-        print(f"testbed: warning: {problem}", file=sys.stderr)
-    say(f"report: {result.markdown} ({len(result.figures) // 2} figures)")
-    return 0
-
-
-def _manifest(spec: RunSpec, run_id: str, data: str, backend: str) -> dict:
-    import numpy
-    import torch
-    import zmq
-
-    return {
-        "run": run_id,
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": sys.argv,
-        "spec": spec.as_dict(),
-        "data": data,
-        "versions": {"splittest": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "numpy": numpy.__version__},
-        "host": {"cores": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
-                 "cuda": torch.cuda.is_available()},
-        "backend": backend,
-    }
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

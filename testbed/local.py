@@ -1,20 +1,23 @@
 """The local backend: one offload server and N data sources as processes on this
-machine, each source under a real CPU cap. Everything started here is stopped here,
-on success, on failure and on Ctrl-C."""
+machine, each source under a real CPU cap, the server optionally on cores of its own
+(``--server-cpus``). Everything started here is stopped here, on success, on failure
+and on Ctrl-C, and a second Ctrl-C or a SIGTERM during that cleanup waits for it."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from workloads import settings
 
-from .cpucap import Cap, SuspendResumeCap, make_cap
+from .backend import ArmResult
+from .cpucap import Cap, CapError, SuspendResumeCap, available_cpus, make_cap, oversubscription
 from .errors import BackendError
 from .progress import Progress
 from .spec import RunSpec
@@ -25,14 +28,8 @@ SERVER_EXIT_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 POLL_S = 0.25
 PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class ArmResult:
-    module: str
-    directory: Path
-    cap_method: str
-    cap_description: str
+PREEXEC_MARK = "testbed: before exec: "  # how a child's preexec failure reaches its log
+ENV_PREFIX = "SPLITTEST_"
 
 
 class LocalBackend:
@@ -41,13 +38,65 @@ class LocalBackend:
 
     def __init__(self, spec: RunSpec, say=print):
         self.spec, self.say = spec, say
+        self._checked = False
 
     def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
         s = self.spec
+        warn = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        if not self._checked:  # once per run, before anything starts
+            self._checked = True
+            cores = len(available_cpus())
+            warning = oversubscription(s.sources, s.cpu, cores, server_cpus(s))
+            if warning and server_cpus(s) < cores:  # else run_arm refuses the run, which says enough
+                warn(warning)
         progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
             if self.say is print else None
         self.say(f"arm {module}: starting the server and {s.sources} sources")
-        return run_arm(s, module, directory, run_id, progress=progress, warn=lambda m: print(m, file=sys.stderr))
+        return run_arm(s, module, directory, run_id, progress=progress, warn=warn)
+
+
+def server_cpus(spec) -> int:
+    """``--server-cpus`` (0: the server is not pinned)."""
+    return int(getattr(spec, "server_cpus", 0) or 0)
+
+
+def child_environment(extra: dict | None = None) -> dict:
+    """This environment without any SPLITTEST_* variable: every option the programs
+    get is on their command line, none comes silently from the user's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(extra or {})
+    return env
+
+
+@contextlib.contextmanager
+def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Hold SIGINT and SIGTERM off while the block runs, then deliver the first one
+    that came (to the handler that was there: Ctrl-C raises KeyboardInterrupt).
+
+    The handlers are swapped rather than the signals blocked: ``pthread_sigmask`` only
+    masks the calling thread, and the kernel would hand the signal to another thread,
+    whose Python handler still runs in the main thread. Outside the main thread
+    (where handlers cannot be set) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, _frame):
+        pending.append(signum)
+
+    previous = {}
+    for signum in signums:
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: set outside Python, cannot be put back
+            previous[signum] = signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def _die_with_parent() -> None:
@@ -65,30 +114,63 @@ class Fleet:
         self.directory = directory
         (directory / "logs").mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
+        self.traces: dict[str, Path] = {}
         self._logs = []
 
-    def start(self, name: str, module: str, argv: list[str], *, join_cap=None, env=None) -> subprocess.Popen:
-        log = open(self.directory / "logs" / f"{name}.log", "wb")
+    def log_path(self, name: str) -> Path:
+        return self.directory / "logs" / f"{name}.log"
+
+    def start(self, name: str, module: str, argv: list[str], *, join_cap=None, env=None,
+              trace: Path | None = None) -> subprocess.Popen:
+        """Start ``python -m module argv`` with a log of its own, in a session of its own,
+        joined to its cgroups (``join_cap``) before exec, with an environment free of
+        SPLITTEST_* variables. A failure is a BackendError that says what failed."""
+        log = open(self.log_path(name), "wb")
         self._logs.append(log)
 
-        def preexec() -> None:
+        def preexec() -> None:  # in the child, between fork and exec
             _die_with_parent()
             if join_cap is not None:
-                join_cap()
+                try:
+                    join_cap()
+                except BaseException as exc:
+                    # subprocess only says "Exception occurred in preexec_fn": fd 2 is the log already
+                    os.write(2, f"{PREEXEC_MARK}{exc}\n".encode(errors="replace"))
+                    raise
 
-        proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-        self.procs[name] = proc
+        with signals_deferred():  # a process started is a process recorded, for stop()
+            try:
+                proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec,
+                                        start_new_session=True, env=child_environment(env))
+            except subprocess.SubprocessError as exc:  # the preexec failed; the child has been reaped
+                raise BackendError(f"cannot start {name}: {self._preexec_failure(name) or exc}") from None
+            except OSError as exc:
+                raise BackendError(f"cannot start {name}: {exc.strerror or exc}") from None
+            self.procs[name] = proc
+            if trace is not None:
+                self.traces[name] = trace
         return proc
 
-    def log_tail(self, name: str, lines: int = 5) -> str:
-        path = self.directory / "logs" / f"{name}.log"
+    def _preexec_failure(self, name: str) -> str:
         try:
-            text = path.read_text(errors="replace").strip().splitlines()
+            lines = self.log_path(name).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        found = [line[len(PREEXEC_MARK):] for line in lines if line.startswith(PREEXEC_MARK)]
+        return found[-1].strip() if found else ""
+
+    def log_tail(self, name: str, lines: int = 5) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return " | ".join(line.strip() for line in text[-lines:])
+
+    def exit_cause(self, name: str) -> str:
+        """Why ``name`` ended: see ``exit_cause``."""
+        proc = self.procs[name]
+        return exit_cause(proc.returncode, self.traces.get(name), self.log_path(name))
 
     def stop(self, cap: Cap | None = None) -> None:
         if isinstance(cap, SuspendResumeCap):
@@ -107,6 +189,41 @@ class Fleet:
             log.close()
 
 
+def exit_cause(returncode: int, trace: Path | None, log: Path) -> str:
+    """The cause of a process's end, best first: the signal that killed it, the error
+    of its trace's ``end`` event, the last line of a Python traceback in its log, and
+    only then the log's last lines."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    if trace is not None:
+        for event in reversed(read_events(trace, strict=False)):
+            if event.get("event") == "end" and event.get("status") == "error" and event.get("error"):
+                return str(event["error"])
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    raised = _traceback_line(lines)
+    if raised:
+        return raised
+    tail = " | ".join(line.strip() for line in lines[-5:] if line.strip())
+    return f"no error recorded; its log ends: {tail}" if tail else "no error recorded and no output"
+
+
+def _traceback_line(lines: list[str]) -> str:
+    """The exception line of the last Python traceback in ``lines`` ('' if none)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return ""
+    for line in lines[starts[-1] + 1:]:
+        if line.strip() and not line[0].isspace():
+            return line.strip()
+    return ""
+
+
 def _signal(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)  # the child leads its own session
@@ -114,27 +231,44 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _describe_exit(who: str, fleet: Fleet, name: str, when: str = "") -> str:
+    proc = fleet.procs[name]
+    cause = fleet.exit_cause(name)
+    if proc.returncode < 0:
+        return f"{who} was {cause}{when}"
+    return f"{who} exited with status {proc.returncode}{when}: {cause}"
+
+
 def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progress: Progress | None,
             warn=print) -> ArmResult:
     directory.mkdir(parents=True, exist_ok=True)
+    pinned = server_cpus(spec)
     options = spec.workload_options(module)
-    options.update(run_id=f"{run_id}/{module}", port=spec.port, device=spec.device,
-                   server=f"tcp://127.0.0.1:{spec.port}", expect_sources=spec.sources)
+    options.update(run_id=f"{run_id}/{module}", server=f"tcp://127.0.0.1:{spec.port}", expect_sources=spec.sources)
     fleet = Fleet(directory)
     cap = None
     try:
+        with signals_deferred():  # cgroups made are cgroups recorded, for release()
+            try:
+                cap = make_cap(spec.cap_method, spec.cpu, spec.sources, warn=warn, server_cpus=pinned)
+            except CapError as exc:
+                raise BackendError(str(exc)) from None
         server_trace = directory / "server.jsonl"
-        server = fleet.start("server", "workloads.server",
-                             settings.to_argv({**options, "trace": str(server_trace)}, "server"))
+        server_options = {**options, "trace": str(server_trace)}
+        server_env = None
+        if pinned:  # as many torch threads as it has cores, no more
+            server_options["threads"] = pinned
+            server_env = {"OMP_NUM_THREADS": str(pinned)}
+        server = fleet.start("server", "workloads.server", settings.to_argv(server_options, "server"),
+                             join_cap=cap.server_preexec(), env=server_env, trace=server_trace)
         _wait_for_server(fleet, server, server_trace)
-        cap = make_cap(spec.cap_method, spec.cpu, spec.sources, warn=warn)
         threads = max(1, int(spec.cpu + 0.999))  # a capped source gains nothing from more threads
         sources = []
         for i in range(spec.sources):
-            argv = settings.to_argv({**options, "source_id": i, "threads": threads,
-                                     "trace": str(directory / f"source-{i}.jsonl")}, "source")
+            trace = directory / f"source-{i}.jsonl"
+            argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace)}, "source")
             proc = fleet.start(f"source-{i}", "workloads.source", argv, join_cap=cap.preexec(i),
-                               env={"OMP_NUM_THREADS": str(threads)})
+                               env={"OMP_NUM_THREADS": str(threads)}, trace=trace)
             cap.started(i, proc.pid)
             sources.append(proc)
         _wait_for_sources(fleet, server, sources, directory, progress)
@@ -143,20 +277,23 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         except subprocess.TimeoutExpired:
             raise BackendError("the server did not exit after every source said bye") from None
         if server.returncode != 0:
-            raise BackendError(f"the server exited with status {server.returncode}: {fleet.log_tail('server')}")
-        return ArmResult(module, directory, cap.method, cap.describe())
+            raise BackendError(_describe_exit("the server", fleet, "server"))
+        result = ArmResult(module, directory, cap.method, cap.describe(), cap.pinning.as_dict())
+        return result
     finally:
-        fleet.stop(cap)
-        if cap is not None:
-            cap.release()
+        with signals_deferred():  # a second Ctrl-C or a SIGTERM waits for the cleanup
+            try:
+                fleet.stop(cap)
+            finally:
+                if cap is not None:
+                    cap.release()
 
 
 def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> None:
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise BackendError(f"the server exited with status {server.returncode} before listening: "
-                               f"{fleet.log_tail('server')}")
+            raise BackendError(_describe_exit("the server", fleet, "server", " before listening"))
         if any(e.get("event") == "listening" for e in read_events(trace, strict=False)):
             return
         time.sleep(POLL_S)
@@ -171,11 +308,10 @@ def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: 
             if code is None:
                 continue
             if code != 0:
-                raise BackendError(f"source {i} exited with status {code}: {fleet.log_tail(f'source-{i}')}")
+                raise BackendError(_describe_exit(f"source {i}", fleet, f"source-{i}"))
             pending.discard(i)
         if pending and server.poll() not in (None, 0):  # 0: it left after the last bye
-            raise BackendError(f"the server exited with status {server.returncode} while sources were running: "
-                               f"{fleet.log_tail('server')}")
+            raise BackendError(_describe_exit("the server", fleet, "server", " while sources were running"))
         if progress is not None:
             progress.update()
         if pending:

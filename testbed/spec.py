@@ -100,6 +100,8 @@ def _validate_local(spec: RunSpec) -> None:
     cores = os.cpu_count() or 1
     if spec.cpu > cores:
         raise SpecError(f"--cpu {spec.cpu} is more than this host's {cores} cores")
+    if spec.server_cpus >= cores:
+        raise SpecError(f"--server-cpus {spec.server_cpus} leaves no core for the sources: this host has {cores}")
     if spec.data_dir:
         if not os.path.exists(spec.data_dir) and not spec.download:
             raise SpecError(f"data folder {spec.data_dir} does not exist")

@@ -374,9 +374,8 @@ def test_a_source_that_did_not_end_well_fails_the_summary(tmp_path, status, mess
 
 def test_testbed_fails_in_one_line_when_a_source_did_not_end_ok(tmp_path, capsys):
     """`testbed run`'s summary step, behind a backend that leaves a failed source's trace."""
-    from types import SimpleNamespace
-
-    from testbed.cli import EXIT_FAILED, run
+    from testbed.backend import ArmResult
+    from testbed.runner import EXIT_FAILED, run
     from testbed.spec import RunSpec
 
     class FailedSourceBackend:
@@ -384,7 +383,7 @@ def test_testbed_fails_in_one_line_when_a_source_did_not_end_ok(tmp_path, capsys
 
         def run_arm(self, module, folder, run_id):
             write_arm(folder, status=("ok", "error"))
-            return SimpleNamespace(cap_method="test", cap_description="none")
+            return ArmResult(module, folder, "test", "none")
 
     spec = RunSpec(sources=2, cpu=0.4, modules=("none",), model="vgg11-slim", batches=3, epochs=2,
                    out=str(tmp_path / "run"))

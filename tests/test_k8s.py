@@ -227,7 +227,7 @@ def test_a_run_on_the_cluster_installs_follows_collects_and_uninstalls(pod_logs,
     cluster, _ = cluster_with(recorded_release(pod_logs), helm=helm)
     spec = RunSpec(sources=2, cpu=0.4, modules=("filter",), model="vgg11-slim", batches=2, epochs=1,
                    backend="k8s", gpus=0, out=str(tmp_path / "run"))
-    from testbed.cli import run
+    from testbed.runner import run
     code = run(spec, lambda *a, **k: None, KubernetesBackend(spec, cluster, say=lambda *a: None))
     assert code == 0
     (kind, release, values), uninstall = helm.calls
@@ -266,7 +266,7 @@ def test_a_failed_install_is_uninstalled_and_named(tmp_path, capsys):
     assert [c[:2] for c in helm.calls] == [("install", release), ("uninstall", release)]
     assert api.calls == []
 
-    from testbed.cli import EXIT_FAILED, run
+    from testbed.runner import EXIT_FAILED, run
     helm.calls.clear()
     assert run(spec, lambda *a, **k: None, backend) == EXIT_FAILED
     assert "helm install" in capsys.readouterr().err and [c[0] for c in helm.calls] == ["install", "uninstall"]

@@ -1,0 +1,149 @@
+"""A run: its arms one after the other on one backend, then the manifest, the summary
+(``summary.json`` and the table) and the report. The backend is the only part that
+knows where the processes run (testbed/backend.py)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import uuid
+from pathlib import Path
+
+from . import __version__
+from .backend import Backend
+from .spec import RunSpec, data_in_use
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def new_run_id() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
+    """Every arm of ``spec`` on ``backend`` (default: local processes); the exit status."""
+    from analysis.summary import SummaryError, compare, summarise_arm
+
+    from .errors import BackendError
+    from .local import LocalBackend
+    from .traces import TraceError
+
+    run_id = new_run_id()
+    out = Path(spec.out or Path("runs") / run_id)
+    try:
+        out.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        print(f"testbed: error: cannot create run directory {out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    backend = backend or LocalBackend(spec, say)
+    data = data_in_use(spec)
+    if data.startswith("synthetic") and spec.dataset == "cifar10":
+        say(f"note: {data}; training on the deterministic synthetic CIFAR-shaped dataset")
+    manifest = _manifest(spec, run_id, data, backend.name)
+    _write_json(out / "manifest.json", manifest)
+    say(f"run {run_id}: {spec.sources} sources at {spec.cpu} CPU, arms {', '.join(spec.modules)} -> {out}")
+    arms, status = {}, "failed"
+    try:
+        for module in spec.modules:
+            result = backend.run_arm(module, out / module, run_id)
+            manifest["cap"] = {"method": result.cap_method, "detail": result.cap_description}
+            manifest.setdefault("arms", {})[module] = {"cap": manifest["cap"], "pinning": result.pinning}
+            arms[module] = summarise_arm(out / module, module, spec.sources, spec.cpu, result.cap_method)
+        status = "ok"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print("testbed: interrupted; every process was stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (BackendError, TraceError, SummaryError) as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        manifest["status"] = status
+        manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+        _write_json(out / "manifest.json", manifest)
+    return _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say)
+
+
+def _finish(out: Path, summary: dict, say) -> int:
+    from analysis.summary import format_table
+
+    _write_json(out / "summary.json", summary)
+    say(format_table(summary))
+    say(f"summary: {out / 'summary.json'}")
+    return report([out], "", say)
+
+
+def collect_release(release: str, *, namespace: str = "default", context: str | None = None, out: str = "",
+                    say=print) -> int:
+    """`testbed collect RELEASE`: a run directory from a release installed by hand."""
+    from analysis.summary import SummaryError, compare, summarise_arm
+
+    from .k8s import Cluster, ClusterError, collect
+    from .traces import TraceError
+
+    out = Path(out or Path("runs") / release)
+    try:
+        cluster = Cluster(namespace=namespace, context=context)
+        staging = out / "_collecting"
+        found = collect(cluster, release, staging)
+        module = found["module"] or "unknown"
+        staging.rename(out / module)
+        manifest = {"run": release, "backend": "k8s", "release": release, "namespace": namespace,
+                    "collected": dt.datetime.now().isoformat(timespec="seconds"),
+                    "spec": {"sources": found["sources"], "cpu": found["cpu_cap"], "modules": [module]},
+                    "cap": {"method": "kubernetes", "detail": "resources.limits.cpu per source pod"}}
+        _write_json(out / "manifest.json", manifest)
+        arms = {module: summarise_arm(out / module, module, found["sources"], found["cpu_cap"], "kubernetes")}
+    except (ClusterError, TraceError, SummaryError, OSError) as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    say(f"collected {found['pods']} pods of release {release} -> {out}")
+    return _finish(out, {"run": release, "arms": arms, "comparison": compare(arms)}, say)
+
+
+def report(run_dirs, out: str, say=print) -> int:
+    from analysis import RunDirError, write_report
+
+    target = Path(out) if out else (Path(run_dirs[0]) / "report" if len(run_dirs) == 1
+                                    else Path("runs") / ("report-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    try:
+        result = write_report(run_dirs, target)
+    except RunDirError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for problem in result.problems:
+        print(f"testbed: warning: {problem}", file=sys.stderr)
+    say(f"report: {result.markdown} ({len(result.figures) // 2} figures)")
+    return 0
+
+
+def _manifest(spec: RunSpec, run_id: str, data: str, backend: str) -> dict:
+    import numpy
+    import torch
+    import zmq
+
+    return {
+        "run": run_id,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "spec": spec.as_dict(),
+        "data": data,
+        "versions": {"splittest": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "numpy": numpy.__version__},
+        "host": {"cores": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
+                 "cuda": torch.cuda.is_available()},
+        "backend": backend,
+    }
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+

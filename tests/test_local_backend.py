@@ -1,0 +1,310 @@
+"""The local backend's fidelity and failure paths: real processes, real cgroups.
+
+Tests that start processes check that none of them, and none of the cgroups they
+made, are left behind. A few run ``run_arm`` in this process to watch the children
+while they run (a progress stand-in is called while the sources train)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import REPO, TINY, read_jsonl
+from testbed import local
+from testbed.cpucap import join_cgroup
+from testbed.errors import BackendError
+from testbed.local import Fleet, LocalBackend, exit_cause, run_arm
+from testbed.spec import RunSpec, SpecError
+
+CGROUP = Path("/sys/fs/cgroup")
+CORES = sorted(os.sched_getaffinity(0))
+two_cores = pytest.mark.skipif(len(CORES) < 2, reason="needs two cores")
+v1_rights = pytest.mark.skipif(not (os.access(CGROUP / "cpu", os.W_OK) and os.access(CGROUP / "cpuset", os.W_OK)),
+                               reason="needs rights on the cgroup v1 cpu and cpuset controllers")
+
+
+class _Pinned:
+    """A spec with ``server_cpus`` where the spec does not declare it yet."""
+
+    def __init__(self, spec, server_cpus):
+        self._spec, self.server_cpus = spec, server_cpus
+
+    def __getattr__(self, name):
+        return getattr(self._spec, name)
+
+
+def make_spec(port, **values):
+    tiny = dict(sources=2, cpu=0.4, batches=3, epochs=1, model="vgg11-slim", batch_size=8, eval_samples=16,
+                dataset="synthetic", module="none", port=port)
+    tiny.update(values)
+    try:
+        return RunSpec(**tiny)
+    except SpecError:
+        server_cpus = tiny.pop("server_cpus")
+        return _Pinned(RunSpec(**tiny), server_cpus)
+
+
+class Watch:
+    """Stands in for the progress display: run_arm calls ``update`` while sources run."""
+
+    def __init__(self, look):
+        self.look, self.calls = look, 0
+
+    def update(self):
+        self.calls += 1
+        self.look(self.calls)
+
+
+def programs():
+    """This process's children that are the workload programs: (role, process)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "workloads.server" in cmd:
+            found.append(("server", child))
+        elif "workloads.source" in cmd:
+            found.append(("source", child))
+    return found
+
+
+def cgroups_of(pid):
+    """The splittest cgroups (cpu, cpuset; v1 or v2) that testbed process ``pid`` made."""
+    return sorted(str(p) for root in (CGROUP / "cpu", CGROUP / "cpuset", CGROUP) if root.is_dir()
+                  for p in root.glob(f"splittest-{pid}-*"))
+
+
+@pytest.fixture
+def leaves_nothing():
+    """Fails the test if it leaves a workload process or a splittest cgroup behind
+    (others may be running testbeds beside this one: only ours count)."""
+    yield
+    assert programs() == []
+    assert cgroups_of(os.getpid()) == []
+
+
+# -- --server-cpus ---------------------------------------------------------------------
+
+@two_cores
+def test_server_cpus_gives_the_server_cores_of_its_own(tmp_path, port, leaves_nothing):
+    seen = {}
+
+    def look(call):
+        if call == 1:  # every program started and still running
+            for role, proc in programs():
+                seen.setdefault(role, set()).add(tuple(proc.cpu_affinity()))
+
+    warnings = []
+    result = run_arm(make_spec(port, server_cpus=1), "none", tmp_path / "arm", "t", progress=Watch(look),
+                     warn=warnings.append)
+    server, sources = CORES[-1:], CORES[:-1]
+    assert seen == {"server": {tuple(server)}, "source": {tuple(sources)}}
+    assert result.pinning["server_cpus"] == server and result.pinning["source_cpus"] == sources
+    assert result.cap_description.startswith(f"server on CPU {server[0]}, sources on CPU ")
+    if os.access(CGROUP / "cpuset", os.W_OK) and not (CGROUP / "cgroup.controllers").exists():
+        assert result.pinning["method"] == "cgroup-v1 cpuset" and warnings == []
+    listening = [e for e in read_jsonl(tmp_path / "arm" / "server.jsonl") if e["event"] == "listening"]
+    assert listening[0]["threads"] == 1  # torch threads: its one core, no more
+
+
+def test_server_cpus_must_leave_a_core_for_the_sources(tmp_path, port, leaves_nothing):
+    with pytest.raises(BackendError, match=f"--server-cpus {len(CORES)} leaves no core for the sources"):
+        run_arm(make_spec(port, server_cpus=len(CORES)), "none", tmp_path / "arm", "t", progress=None)
+    assert list((tmp_path / "arm" / "logs").iterdir()) == []  # nothing was started
+
+
+def test_oversubscription_is_one_warning_per_run_and_a_dead_server_names_its_error(tmp_path, capsys,
+                                                                                    leaves_nothing):
+    with socket.socket() as taken:  # the server cannot listen: its trace's end event says so
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        backend = LocalBackend(make_spec(port, sources=len(CORES) * 3), say=lambda *a, **k: None)
+        for arm in ("none", "filter"):
+            with pytest.raises(BackendError) as failed:
+                backend.run_arm(arm, tmp_path / arm, "t")
+            assert str(failed.value) == (f"the server exited with status 2 before listening: cannot listen on "
+                                         f"port {port}: Address already in use")
+    err = capsys.readouterr().err
+    assert err.count("testbed: warning: ") == 1
+    assert f"{len(CORES) * 3} sources × 0.4 CPU + the server need ≥ " in err
+
+
+# -- failures are one-line errors, and leave nothing behind ------------------------------
+
+def _read_only_cgroups():
+    """The cgroup folder to make read-only for a run: v1's cpu controller, or v2's root."""
+    return CGROUP / "cpu" if (CGROUP / "cpu" / "cpu.cfs_quota_us").exists() else CGROUP
+
+
+def _unshare_works():
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            f"mount -o bind,remount,ro {_read_only_cgroups()}"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and mount namespaces (unshare)")
+def test_cgroups_the_run_may_not_make_are_a_one_line_error(tmp_path, port, leaves_nothing):
+    """`--cap-method cgroup` where the cgroup tree is read-only (a real refusal by the
+    kernel, in a mount namespace of the run's own): an error, not a traceback."""
+    out, folder = tmp_path / "run", _read_only_cgroups()
+    testbed = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -o bind,remount,ro {folder} && exec "$@"',
+         "sh", sys.executable, "-m", "testbed.cli", "run", "--sources", "2", "--batches", "2", "--epochs", "1", *TINY,
+         "--cap-method", "cgroup", "--out", str(out), "--port", str(port), "--quiet"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # unshare and sh exec: one pid
+    stdout, stderr = testbed.communicate(timeout=300)
+    result = subprocess.CompletedProcess(testbed.args, testbed.returncode, stdout, stderr)
+    assert cgroups_of(testbed.pid) == []
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("testbed: error: cannot set up cgroup v")
+    assert "Read-only file system" in result.stderr
+    assert list((out / "none" / "logs").iterdir()) == []  # the cap comes first: nothing was started
+
+
+@v1_rights
+def test_a_cgroup_the_kernel_refuses_to_join_is_named(tmp_path, leaves_nothing):
+    """A v1 cpuset takes no process before its cpus and mems are set: the child's join
+    fails with ENOSPC, which subprocess alone reports as 'Exception occurred in preexec_fn'."""
+    group = CGROUP / "cpuset" / f"splittest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    group.mkdir()
+    fleet = Fleet(tmp_path)
+    try:
+        with pytest.raises(BackendError) as failed:
+            fleet.start("source-0", "workloads.source", [], join_cap=join_cgroup(group))
+    finally:
+        fleet.stop()
+        group.rmdir()
+    assert str(failed.value) == f"cannot start source-0: cannot join cgroup {group}: No space left on device"
+    assert fleet.procs == {}
+
+
+@v1_rights
+def test_a_failed_join_mid_run_stops_everything_and_removes_the_cgroups(tmp_path, port, monkeypatch,
+                                                                         leaves_nothing):
+    made = []
+
+    def make_cap_then_lose_a_group(*args, **kwargs):
+        cap = real_make_cap(*args, **kwargs)
+        made.append(cap)
+        (cap.groups[1]).rmdir()  # source-1's cgroup is gone before it joins
+        return cap
+    real_make_cap = local.make_cap
+    monkeypatch.setattr(local, "make_cap", make_cap_then_lose_a_group)
+    with pytest.raises(BackendError) as failed:
+        run_arm(make_spec(port, cap_method="cgroup"), "none", tmp_path / "arm", "t", progress=None)
+    group = made[0].parent / "source-1"
+    assert str(failed.value) == f"cannot start source-1: cannot join cgroup {group}: No such file or directory"
+    assert not made[0].parent.exists()
+
+
+def test_a_second_ctrl_c_or_sigterm_during_the_cleanup_waits_for_it(tmp_path, port, monkeypatch, leaves_nothing):
+    """Ctrl-C and SIGTERM (which the CLI turns into KeyboardInterrupt) arrive while the
+    processes are being stopped and while the cgroups are being removed: both finish,
+    then the run is interrupted."""
+    signals = []
+    real_stop = Fleet.stop
+
+    def stop_interrupted(self, cap=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        signals.append("SIGTERM")
+        real_stop(self, cap)
+
+    def make_cap_interrupted_at_release(*args, **kwargs):
+        cap = real_make_cap(*args, **kwargs)
+        made.append(cap)
+        real_release = cap.release
+
+        def release():
+            os.kill(os.getpid(), signal.SIGINT)
+            signals.append("SIGINT")
+            real_release()
+            signals.append("released")
+        cap.release = release
+        return cap
+    made, real_make_cap = [], local.make_cap
+    monkeypatch.setattr(local, "make_cap", make_cap_interrupted_at_release)
+    monkeypatch.setattr(Fleet, "stop", stop_interrupted)
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_arm(make_spec(port), "none", tmp_path / "arm", "t", progress=None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signals == ["SIGTERM", "SIGINT", "released"]
+    if made[0].method.startswith("cgroup"):
+        assert not made[0].parent.exists()
+
+
+# -- the cause of a process's end --------------------------------------------------------
+
+def test_a_killed_source_is_named_by_its_signal(tmp_path, port, leaves_nothing):
+    def kill_source_1(call):
+        trace = tmp_path / "arm" / "source-1.jsonl"
+        events = read_jsonl(trace) if trace.exists() else []
+        if any(e["event"] == "batch" for e in events):
+            os.kill(next(e["pid"] for e in events if e["event"] == "start"), signal.SIGKILL)
+
+    with pytest.raises(BackendError) as failed:
+        run_arm(make_spec(port, batches=200), "none", tmp_path / "arm", "t", progress=Watch(kill_source_1))
+    assert str(failed.value) == "source 1 was killed by SIGKILL"
+
+
+def test_exit_cause_prefers_the_traced_error_then_the_traceback_then_the_log(tmp_path, port):
+    fleet = Fleet(tmp_path)
+    trace = tmp_path / "source-0.jsonl"
+    argv = ["--server", f"tcp://127.0.0.1:{port}", "--timeout", "1", "--trace", str(trace), *TINY,
+            "--batches", "1", "--epochs", "1"]
+    try:
+        proc = fleet.start("source-0", "workloads.source", argv, trace=trace)  # nobody listens
+        proc.wait(timeout=120)
+    finally:
+        fleet.stop()
+    end = [e for e in read_jsonl(trace) if e["event"] == "end"][-1]
+    assert proc.returncode == 2 and end["status"] == "error"
+    assert fleet.exit_cause("source-0") == end["error"]
+
+    log = tmp_path / "crash.log"
+    with open(log, "wb") as out:  # a real Python crash after an unrelated note
+        code = subprocess.call([sys.executable, "-c", "import sys; print('note: using the synthetic dataset', "
+                                "file=sys.stderr); raise RuntimeError('boom')"], stdout=out, stderr=out)
+    assert exit_cause(code, None, log) == "RuntimeError: boom"
+    assert exit_cause(-signal.SIGKILL, trace, log) == "killed by SIGKILL"
+    quiet = tmp_path / "quiet.log"
+    quiet.write_text("first\nlast words\n")
+    assert exit_cause(3, tmp_path / "missing.jsonl", quiet) == "no error recorded; its log ends: first | last words"
+
+
+# -- the children's environment -----------------------------------------------------------
+
+def test_children_do_not_inherit_splittest_variables(tmp_path, port, monkeypatch, leaves_nothing):
+    monkeypatch.setenv("SPLITTEST_MOMENTUM", "0.123")
+    monkeypatch.setenv("SPLITTEST_EPOCHS", "7")
+    environments = {}
+
+    def look(call):
+        if call == 1:
+            for role, proc in programs():
+                environments[proc.pid] = (role, proc.environ())
+
+    run_arm(make_spec(port), "none", tmp_path / "arm", "t", progress=Watch(look))
+    assert sorted(role for role, _ in environments.values()) == ["server", "source", "source"]
+    for role, env in environments.values():
+        assert not [k for k in env if k.startswith("SPLITTEST_")], (role, env)
+        assert env.get("PATH") == os.environ.get("PATH")  # the rest of the environment is kept
+    start = [e for e in read_jsonl(tmp_path / "arm" / "source-0.jsonl") if e["event"] == "start"][0]
+    if "settings" in start:
+        assert start["settings"]["momentum"] == 0.9 and start["settings"]["epochs"] == 1
