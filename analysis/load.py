@@ -18,7 +18,11 @@ one or many of them into a :class:`Runs`:
     started), end_s (its ``end`` event, else its last event), cpu_share (CPU over wall time of
     the whole process, from its ``end`` event), peak_rss_mb, pretrain_s (its ``prepared``
     event's duration_s: the module's training at the source before the first batch)
-``events`` — every event of every process, as read (run, arm, role, source, event, t, ...).
+``events`` — every event of every process, as read (run, arm, role, source, event, t, ...),
+    and the testbed's own (``testbed.jsonl``, role "testbed": a ``lost`` event per source that
+    died, with its cause, signal, exit_status and whether it was injected by ``--drop``).
+
+A lost source's status is "lost" (``sources``), whatever its trace says.
 
 Times ``t`` are seconds since the arm started: the first process start of its sources
 (``process_created`` of their ``start`` events), or its first event when none is traced.
@@ -172,6 +176,10 @@ def _arm_events(run: str, arm: Path, manifest: dict, problems: list[str]) -> lis
             if role == "source":
                 event["source"] = int(path.stem.split("-")[1])
             events.append(event)
+    if (arm / "testbed.jsonl").exists():  # what the testbed saw: sources lost
+        for event in read_jsonl(arm / "testbed.jsonl", problems):
+            event.update(run=run, arm=arm.name, role="testbed")
+            events.append(event)
     return events
 
 
@@ -213,14 +221,29 @@ def _evals(frame: pd.DataFrame) -> pd.DataFrame:
     return _select(frame, "eval", EVAL_COLUMNS)
 
 
+def lost_events(frame: pd.DataFrame) -> dict[tuple, dict]:
+    """(run, arm, source) -> the testbed's ``lost`` event of that source."""
+    if "role" not in frame or "source" not in frame:
+        return {}
+    lost = frame[(frame["role"] == "testbed") & (frame["event"] == "lost")]
+    return {(r["run"], r["arm"], int(r["source"])): r.to_dict() for _, r in lost.iterrows()}
+
+
 def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     rows = []
+    lost = lost_events(frame)
     sources = frame[frame["role"] == "source"]
     for (run, arm, source), group in sources.groupby(["run", "arm", "source"], sort=False):
         end = group[group["event"] == "end"]
         start = group[group["event"] == "start"]
         status = end["status"].iloc[-1] if len(end) else "no end event"
-        if status != "ok":
+        if (run, arm, int(source)) in lost:
+            event = lost[(run, arm, int(source))]
+            status = "lost"
+            problems.append(f"run {run}, arm {arm}, source {int(source)}: lost ({event.get('cause')}"
+                            f"{', injected' if event.get('injected') is True else ''}); its traced batches "
+                            f"are still drawn")
+        elif status != "ok":
             problems.append(f"run {run}, arm {arm}, source {int(source)}: {status}"
                             + (f" ({end['error'].iloc[-1]})" if len(end) and "error" in end and isinstance(end['error'].iloc[-1], str) else "")
                             + "; its traced batches are still drawn")
@@ -231,6 +254,17 @@ def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
                      "end_s": end["t_rel"].iloc[-1] if len(end) else group["t_rel"].max(),
                      "cpu_share": _last(end, "cpu_share"), "peak_rss_mb": _last(end, "peak_rss_mb"),
                      "pretrain_s": _last(prepared, "duration_s")})
+    seen = {(r["run"], r["arm"], r["source"]) for r in rows}
+    for (run, arm, source), event in lost.items():  # lost before it traced anything
+        if (run, arm, source) not in seen:
+            mine = frame[(frame["run"] == run) & (frame["arm"] == arm)]
+            problems.append(f"run {run}, arm {arm}, source {source}: lost ({event.get('cause')}) before it "
+                            f"traced anything")
+            rows.append({"run": run, "arm": arm, "label": mine["label"].iloc[0], "module": mine["module"].iloc[0],
+                         "source": source, "status": "lost", "start_s": None, "end_s": event.get("t_rel"),
+                         "cpu_share": None, "peak_rss_mb": None, "pretrain_s": None})
+    order = {key: i for i, key in enumerate(dict.fromkeys((r["run"], r["arm"]) for r in rows))}
+    rows.sort(key=lambda r: (order[(r["run"], r["arm"])], r["source"]))  # arms in the order they ran
     return pd.DataFrame(rows, columns=SOURCE_COLUMNS)
 
 

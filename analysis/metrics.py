@@ -25,7 +25,8 @@ Hidden costs and fidelity
     pretrain_s_per_source — ``duration_s`` of each source's ``prepared`` event (cdc, mcr2,
     entropic train at the source before the first batch; ~0 for the others);
     pretrain_share = max(pretrain_s_per_source) / duration_s.
-    server_lr_scale — ``lr_scale`` of the server's ``listening`` event (1.0 when absent).
+    server_lr_scale — ``lr_scale`` of the server's ``listening`` event (None when the trace
+    does not say: traces written before it was recorded).
     cpu_share_lifetime_per_source — CPU seconds / wall seconds of the whole process (its
     ``end`` event); cpu_share_per_source is the same list, under its old name.
     cpu_share_computing_per_source — the CPU the source got while computing in the
@@ -38,11 +39,20 @@ Hidden costs and fidelity
     cpu_share_over_cap_per_source = cpu_share_computing / cpu_cap.
     reply_wait_share_per_source — sum(wait_s) / sum(duration_s) over the measured
     (non-warm-up) batches.
-    server_busy_fraction — the sum of the server's ``request`` events' ``duration_s`` over
-    the wall time from the start of its first request (t - duration_s) to the end of its
-    last one.
+    server_busy_fraction — the server's time handling requests (``request`` events'
+    ``duration_s``) over its training window: from the start of the first training step
+    it answered (op ``grad``; t - duration_s) to the end of the last one. Hello, the
+    sources' edge pre-training and the last evaluation lie outside the window.
     bound_by, bound_reason — what bound the throughput, by :func:`bound_by`'s rule.
-    status_per_source — each source's ``end`` status ("no end event" when it has none).
+    status_per_source — each source's ``end`` status ("no end event" when it has none;
+    "lost" for a source the testbed saw die, its ``testbed.jsonl``).
+Lost sources (the testbed's ``lost`` events)
+    lost_sources — one entry per lost source: source, cause, injected (by ``--drop``),
+    last_epoch, last_batch (of its last traced step; None before its first), batches_done,
+    t (s since the arm started, when the testbed saw it die).
+    partial — true when a source was lost: every figure above is then computed over what
+    was done (the lost sources' traced steps count, their missing ones do not);
+    partial_note — that in one line, naming the lost sources (None when not partial).
 All per-source figures are None (JSON null) where the traces do not hold what they need
 (e.g. ``cpu_s``/``wait_s`` in traces written before they existed).
 
@@ -71,6 +81,7 @@ HOST = "host CPU (oversubscribed)"
 CAP = "sources' CPU cap"
 SERVER = "the server"
 ROUND_TRIP = "the round trip"
+UNCAPPED = "the sources' CPU (uncapped)"
 
 
 def cumulative_bytes(batches: pd.DataFrame, *, per_source: bool = False) -> pd.DataFrame:
@@ -185,6 +196,46 @@ def source_figures(runs: Runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def lost_sources(runs: Runs) -> pd.DataFrame:
+    """One row per lost source (the testbed's ``lost`` events). Columns: run, arm, label,
+    source, cause, injected, last_epoch, last_batch, batches_done, t (when it was seen
+    dead, s since the arm started), last_t and samples_done (its last traced step's end
+    and the samples it had done then: where the throughput figure marks it)."""
+    columns = ["run", "arm", "label", "source", "cause", "injected", "last_epoch", "last_batch", "batches_done",
+               "t", "last_t", "samples_done"]
+    ev = runs.events
+    if "role" not in ev or not (ev["role"] == "testbed").any():
+        return pd.DataFrame(columns=columns)
+    lost = ev[(ev["role"] == "testbed") & (ev["event"] == "lost")]
+    rows = []
+    for _, event in lost.iterrows():
+        source = int(event["source"])
+        steps = runs.batches[(runs.batches["run"] == event["run"]) & (runs.batches["arm"] == event["arm"])
+                             & (runs.batches["source"] == source)].sort_values("t")
+        last = steps.iloc[-1] if len(steps) else None
+        rows.append({"run": event["run"], "arm": event["arm"], "label": event["label"], "source": source,
+                     "cause": None if _missing(event.get("cause")) else str(event["cause"]),
+                     "injected": bool(event.get("injected")) if not _missing(event.get("injected")) else False,
+                     "last_epoch": None if last is None else _whole(_clean(last["epoch"])),
+                     "last_batch": None if last is None else _whole(_clean(last["batch"])),
+                     "batches_done": len(steps), "t": round(float(event["t_rel"]), 3),
+                     "last_t": None if last is None else float(last["t"]),
+                     "samples_done": _int_sum(steps["samples"])})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def partial_note(lost: list[dict], sources: int) -> str | None:
+    """The one line a partial arm carries (None when no source was lost)."""
+    if not lost:
+        return None
+    named = "; ".join(
+        f"source {e['source']} ({e['cause']}{', injected' if e['injected'] else ''}) after {e['batches_done']} "
+        f"batches" + (f", the last epoch {e['last_epoch']} batch {e['last_batch']}" if e["last_epoch"] is not None
+                      else "") for e in lost)
+    return (f"partial: {len(lost)} of {sources} sources lost: {named}; figures cover what was done "
+            f"(the lost sources' traced steps count, their missing ones do not)")
+
+
 def server_figures(runs: Runs) -> dict[tuple[str, str], dict]:
     """Per (run, arm): requests_served (the server's ``end`` event), server_busy_fraction,
     server_lr_scale (see the module docstring)."""
@@ -194,15 +245,21 @@ def server_figures(runs: Runs) -> dict[tuple[str, str], dict]:
         kinds = events.groupby("event")
         requests = _rows(kinds, "request").sort_values("t")
         busy = None
-        if len(requests):
+        training = requests[requests["op"] == "grad"] if "op" in requests else requests.iloc[:0]
+        if len(training):
+            # the training window: from the start of the first training step the server
+            # answered to the end of the last one (hello, edge pre-training and the final
+            # evaluation lie outside it); every request handled inside it counts as busy
             durations = _num(requests["duration_s"]).fillna(0.0)
-            began = float(requests["t"].iloc[0] - durations.iloc[0])
-            window = float(requests["t"].iloc[-1]) - began
-            busy = round(float(durations.sum()) / window, 4) if window > 0 else None
+            began = float(training["t"].iloc[0] - _num(training["duration_s"]).fillna(0.0).iloc[0])
+            ended = float(training["t"].iloc[-1])
+            inside = (requests["t"] > began) & (requests["t"] <= ended)
+            window = ended - began
+            busy = round(float(durations[inside].sum()) / window, 4) if window > 0 else None
         lr_scale = _value(_rows(kinds, "listening"), "lr_scale")
         out[(run, arm)] = {"requests_served": _value(_rows(kinds, "end"), "served"),
                            "server_busy_fraction": busy,
-                           "server_lr_scale": 1.0 if lr_scale is None else float(lr_scale)}
+                           "server_lr_scale": None if lr_scale is None else float(lr_scale)}
     return out
 
 
@@ -223,24 +280,30 @@ def bound_by(cpu_over_cap, reply_wait, server_busy) -> tuple[str | None, str]:
     4. otherwise "the round trip" — they waited most of each step, the server was often
        idle (or its busy time is not traced): the time went between them (link, queueing,
        message handling). A "network" case will split this one once link figures exist.
-    None when C or W is not known (traces without cpu_s / wait_s).
+    Without a cap (C unknown, --cap-method none), rules 1 and 2 become: W < 50%: "the
+    sources' CPU (uncapped)". None when W is not known (traces without wait_s).
     """
     over = [v for v in cpu_over_cap if v is not None]
     wait = [v for v in reply_wait if v is not None]
-    if not over or not wait:
+    if not wait:
         return None, "not known: the traces hold no CPU time or reply wait per batch (cpu_s, wait_s)"
-    c, w = statistics.median(over), statistics.median(wait)
+    w = statistics.median(wait)
     busy = "not traced" if server_busy is None else f"{server_busy:.0%}"
-    if c < CAP_REACHED:
+    if not over:  # no cap to judge against (--cap-method none): only the waits tell
+        if w < WAIT_MOST:
+            return UNCAPPED, f"the sources ran uncapped and waited for replies only {w:.0%} of each step"
+    else:
+        c = statistics.median(over)
+    if over and c < CAP_REACHED:
         return HOST, (f"while computing the sources got {c:.0%} of their CPU cap (median; min {min(over):.0%}), "
                       f"below {CAP_REACHED:.0%}, so the host had too few free cores; they waited for replies "
                       f"{w:.0%} of each step and the server was busy {busy}")
-    if w < WAIT_MOST:
+    if over and w < WAIT_MOST:
         return CAP, (f"the sources got {c:.0%} of their CPU cap while computing (median; min {min(over):.0%}) "
                      f"and waited for replies only {w:.0%} of each step")
     if server_busy is not None and server_busy >= SERVER_BUSY:
         return SERVER, (f"the sources waited for replies {w:.0%} of each step (median) and the server was busy "
-                        f"{busy} of the time from its first request to its last")
+                        f"{busy} of its training window")
     return ROUND_TRIP, (f"the sources waited for replies {w:.0%} of each step (median) while the server was busy "
                         f"{busy} of the time: the time went between them (link, queueing, message handling)")
 
@@ -254,6 +317,7 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
         return {}
     servers = server_figures(runs)
     losses = pooled_final_loss(runs.batches)
+    lost_all = lost_sources(runs)
     out = {}
     for label, s in per_source.groupby("label", sort=False):
         run, arm = s["run"].iloc[0], s["arm"].iloc[0]
@@ -269,10 +333,13 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
         pretrain = [_clean(v) for v in s["pretrain_s"]]
         known_pretrain = [v for v in pretrain if v is not None]
         server = servers.get((run, arm), {"requests_served": None, "server_busy_fraction": None,
-                                          "server_lr_scale": 1.0})
+                                          "server_lr_scale": None})
         accuracies = [v for v in s["test_accuracy"] if not _missing(v)]
         lifetime = [_clean(v) for v in s["cpu_share_lifetime"]]
         bound, reason = bound_by(over_cap, waits, server["server_busy_fraction"])
+        lost = [{k: _clean(r[k]) for k in ("source", "cause", "injected", "last_epoch", "last_batch",
+                                             "batches_done", "t")}
+                for _, r in lost_all[(lost_all["run"] == run) & (lost_all["arm"] == arm)].iterrows()]
         out[label] = _clean({
             "run": run, "arm": arm, "label": label, "module": s["module"].iloc[0], "sources": len(s),
             "cpu_cap": cap,
@@ -302,6 +369,9 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
             **server,
             "bound_by": bound, "bound_reason": reason,
             "status_per_source": [str(v) for v in s["status"]],
+            "lost_sources": lost,
+            "partial": bool(lost),
+            "partial_note": partial_note(lost, len(s)),
             "data": s["data"].iloc[0],
         })
     return out
@@ -324,6 +394,12 @@ def headline(arm: Mapping) -> dict:
     }
 
 
+def lost_cell(arm: Mapping) -> str:
+    """The lost sources of an arm for a table cell: "3, 5" or "none"."""
+    lost = arm.get("lost_sources") or []
+    return ", ".join(str(e["source"]) for e in lost) or "none"
+
+
 def comparison(base: Mapping, arm: Mapping) -> dict:
     """Ratios of an arm against the baseline arm (module docstring), from their figures."""
     base_rate = _mean(base["samples_per_s_per_source"])
@@ -342,7 +418,8 @@ def arm_table(runs: Runs, baseline: str = "none", caps: Mapping[str, float] | No
     mb_received, samples_per_s_per_source (mean over sources), time_to_finish_s
     (= duration_s), final_loss, final_accuracy (= test_accuracy), max_cpu_share (lifetime),
     the ``headline`` figures, server_busy_fraction, pretrain_share, server_lr_scale,
-    bound_by, bound_reason, traffic_ratio, throughput_ratio — all from ``arm_figures``."""
+    bound_by, bound_reason, lost_sources (the lost sources' ids, "none" when none),
+    partial_note, traffic_ratio, throughput_ratio — all from ``arm_figures``."""
     figures = arm_figures(runs, caps)
     rows = []
     for label, fig in figures.items():
@@ -355,7 +432,8 @@ def arm_table(runs: Runs, baseline: str = "none", caps: Mapping[str, float] | No
             "max_cpu_share": top["cpu_share_lifetime_max"], **top,
             "server_busy_fraction": fig["server_busy_fraction"], "pretrain_share": fig["pretrain_share"],
             "server_lr_scale": fig["server_lr_scale"], "bound_by": fig["bound_by"],
-            "bound_reason": fig["bound_reason"],
+            "bound_reason": fig["bound_reason"], "lost_sources": lost_cell(fig),
+            "partial_note": fig.get("partial_note"),
         })
     table = pd.DataFrame(rows)
     if table.empty:

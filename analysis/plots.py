@@ -82,6 +82,13 @@ def throughput(runs: Runs, out: Path) -> list[Path]:
             began = source["t"].iloc[0] - source["duration_s"].iloc[0]  # the first batch's start: 0 samples
             ax.plot([began, *source["t"]], [0, *source["samples_done"]], color=palette.colour(label),
                     linestyle=palette.style[label], alpha=0.7, linewidth=1.2, marker=".", markersize=3, label=label if i == 0 else None)
+    lost = metrics.lost_sources(runs)
+    for row in lost.itertuples():  # where a lost source stopped: an x at its last traced step
+        x, y = (0.0, 0) if pd.isna(row.last_t) else (row.last_t, row.samples_done)
+        ax.plot([x], [y], marker="x", markersize=9, markeredgewidth=2, color=palette.colour(row.label),
+                linestyle="none", label="lost source" if row.Index == 0 else None)
+        ax.annotate(f"source {row.source} lost", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8,
+                    color=palette.colour(row.label))
     _over_time(ax, "samples processed per source", "Throughput: every data source", "arm (one line per source)")
     return _save(fig, out, "throughput")
 

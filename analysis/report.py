@@ -23,7 +23,7 @@ TABLE_COLUMNS = [
     ("reply_wait_median", "waiting for replies (median)", "{:.0%}"),
     ("server_busy_fraction", "server busy", "{:.0%}"), ("server_lr_scale", "server lr scale", "{:g}"),
     ("pretrain_s_max", "pre-training (s, max)", "{:.1f}"), ("pretrain_share", "pre-training / duration", "{:.0%}"),
-    ("bound_by", "bound by", "{}"),
+    ("bound_by", "bound by", "{}"), ("lost_sources", "lost sources", "{}"),
 ]
 
 
@@ -83,6 +83,11 @@ def write_report(run_dirs, out: Path) -> Report:
     if len(table) and "bound_reason" in table:
         lines += ["What bound the throughput:", ""]
         lines += [f"- {row.label}: {row.bound_by or 'not known'}: {row.bound_reason}" for row in table.itertuples()]
+        lines += [""]
+    partial = [row for row in table.itertuples() if isinstance(getattr(row, "partial_note", None), str)]
+    if partial:
+        lines += ["Lost sources (the throughput figure marks where each stopped with an x):", ""]
+        lines += [f"- {row.label}: {row.partial_note}" for row in partial]
         lines += [""]
     for name, title in drawn:
         lines += [f"## {title}", "", f"![{title}]({name}.png)", ""]

@@ -13,7 +13,7 @@ cpu_share_computing_per_source, cpu_share_over_cap_per_source,
 reply_wait_share_per_source, startup_s_per_source, peak_rss_mb_per_source,
 pretrain_s_per_source, pretrain_share, duration_s, final_loss, test_accuracy, budgets,
 requests_served, server_busy_fraction, server_lr_scale, bound_by, bound_reason,
-status_per_source, data). ``comparison`` (from :func:`compare`) holds baseline, module
+status_per_source, lost_sources, partial, partial_note, data). ``comparison`` (from :func:`compare`) holds baseline, module
 (the first other arm) and its traffic_ratio, traffic_ratio_sent, traffic_ratio_received,
 throughput_ratio, and by_module with those ratios for every other arm.
 """
@@ -36,7 +36,9 @@ def summarise_arm(arm_dir, module: str, sources: int, cpu_cap: float, cap_method
 
     Strict (the default, as ``testbed`` runs it) raises SummaryError when a trace is
     missing or damaged, a source has no ``end`` event or ended with a status other than
-    ok, or traced no batch; otherwise ``status_per_source`` names each source's end."""
+    ok, or traced no batch; otherwise ``status_per_source`` names each source's end. A
+    source the testbed saw die (``testbed.jsonl``) is not an error: it is "lost", listed
+    in ``lost_sources``, and the arm is ``partial``."""
     arm_dir = Path(arm_dir)
     try:
         runs = load_arm(arm_dir, sources)
@@ -54,13 +56,17 @@ def summarise_arm(arm_dir, module: str, sources: int, cpu_cap: float, cap_method
 
 
 def _check(arm_dir: Path, runs, sources: int) -> None:
-    missing = [f"source-{i}.jsonl" for i in range(sources) if not (arm_dir / f"source-{i}.jsonl").exists()]
+    lost = set(runs.sources.loc[runs.sources["status"] == "lost", "source"].astype(int))
+    missing = [f"source-{i}.jsonl" for i in range(sources)
+               if not (arm_dir / f"source-{i}.jsonl").exists() and i not in lost]
     if missing:
         raise SummaryError(f"{arm_dir}: no trace {', '.join(missing)} (did the source start?)")
     if not (arm_dir / "server.jsonl").exists():
         raise SummaryError(f"{arm_dir}: no trace server.jsonl (did the server start?)")
     for source in runs.sources.itertuples():
         path = arm_dir / f"source-{source.source}.jsonl"
+        if source.status == "lost":
+            continue
         if source.status == "no end event":
             raise SummaryError(f"{path}: no 'end' event (did the source die?)")
         if source.status != "ok":
@@ -68,11 +74,12 @@ def _check(arm_dir: Path, runs, sources: int) -> None:
                               & (runs.events["event"] == "end")]
             error = end["error"].iloc[-1] if "error" in end and isinstance(end["error"].iloc[-1], str) else ""
             raise SummaryError(f"{path}: the source ended with status {source.status}: {error}".rstrip(": "))
-    if runs.problems:
-        raise SummaryError(runs.problems[0])
+    problems = [p for p in runs.problems if not any(f"source {i}:" in p or f"source-{i}.jsonl" in p for i in lost)]
+    if problems:
+        raise SummaryError(problems[0])
     counted = runs.batches.groupby("source").size()
     for i in range(sources):
-        if counted.get(i, 0) == 0:
+        if counted.get(i, 0) == 0 and i not in lost:
             raise SummaryError(f"{arm_dir / f'source-{i}.jsonl'}: no batch was traced")
 
 
@@ -114,6 +121,7 @@ ROWS = (
     ("final loss", lambda a, h: a["final_loss"], "{:.4f}"),
     ("test accuracy", lambda a, h: a["test_accuracy"], "{:.3f}"),
     ("bound by", lambda a, h: a["bound_by"], "{}"),
+    ("lost sources", lambda a, h: metrics.lost_cell(a), "{}"),
 )
 
 
@@ -142,6 +150,9 @@ def format_table(summary: dict) -> str:
     for name in names:
         if arms[name].get("bound_reason"):
             lines.append(f"{name}: bound by {arms[name].get('bound_by') or 'unknown'}: {arms[name]['bound_reason']}")
+    for name in names:
+        if arms[name].get("partial_note"):
+            lines.append(f"{name}: {arms[name]['partial_note']}")
     comparison = summary.get("comparison")
     if comparison:
         for name, c in comparison["by_module"].items():

@@ -3,7 +3,7 @@
     python benchmarks/protocol_overhead.py [--batch-size 16] [--budget 4] [--repeats 2000]
 
 For each module and direction it builds the real message of one training step
-(VGG11 split after block 2, CIFAR-sized input), then prints the wire bytes (frames
+(VGG11 split after block 2, CIFAR-sized input), then prints the wire bytes (the frame
 plus ZMTP framing) over the tensor payload, the time to encode and decode it, and
 the round-trip time of the step's two messages over a real loopback ZeroMQ link.
 """
@@ -32,7 +32,7 @@ def step_messages(module: str, batch_size: int, budget: int) -> tuple[Message, M
     request = Message("train", {"seq": 12345, "epoch": 3, "batch": 31, "lr_scale": 1.0, "want_grad": True}, arrays)
     leaf, restored = server.decode(arrays, torch.device("cpu"))
     restored.sum().backward()
-    reply = Message("grad", {"loss": 2.302585, "correct": 16}, server.encode_grad(leaf))
+    reply = Message("grad", {"loss": 2.302585, "correct": 16, "seq": 12345}, server.encode_grad(leaf))  # echoes seq
     return request, reply
 
 

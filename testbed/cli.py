@@ -108,27 +108,18 @@ def main(argv=None) -> int:
 
 
 def modules_table() -> str:
-    """The registry as a table for the terminal: what a user needs to choose an arm."""
-    from workloads.compression import modules
-
-    rows = [("module", "paper", "knobs (default)", "at the source", "at the server", "split", "server lr")]
-    for m in modules():
-        knobs = ", ".join(f"{k.flag} {k.default!r}" for k in m.knobs) or "-"
-        rows.append((m.name, m.paper, knobs, m.at_source or "-", m.at_server or "-",
-                     "0 (input)" if m.input_only else "--split", f"x{m.server_lr_scale:g}"))
-    limits = (8, 22, 60, 40, 36, 9, 9)
-    cells = [[_fold(text, width) for text, width in zip(row, limits)] for row in rows]
-    widths = [max(len(line) for row in cells for line in row[i]) for i in range(len(limits))]
-    lines = []
-    for row in cells:
-        for k in range(max(len(c) for c in row)):
-            lines.append("  ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(row, widths)).rstrip())
-    return "\n".join(lines)
-
-
-def _fold(text: str, width: int) -> list[str]:
+    """The registry on the terminal, a block per module: what a user needs to choose an arm."""
     import textwrap
-    return textwrap.wrap(text, width) or [""]
+
+    from .generate import module_facts
+
+    blocks = []
+    for facts in module_facts():
+        lines = [f"{facts['module']}  (paper {facts['paper']})"]
+        for key in ("what crosses the cut", "knobs", "at the source", "at the server", "split", "server lr scale"):
+            lines += textwrap.wrap(f"{key}: {facts[key]}", 96, initial_indent="  ", subsequent_indent="      ")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _raise_interrupt(signum, frame):

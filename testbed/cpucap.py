@@ -97,12 +97,12 @@ def oversubscription(sources: int, cores: float, host_cores: int, server_cpus: i
             return None
         return (f"testbed: warning: {sources} sources × {cores:g} CPU need {need_sources:.3g} cores, the sources "
                 f"have {room} (this host has {host_cores}, {server_cpus} pinned to the server): sources will get "
-                f"less than their cap (see cpu share/cap in the summary)")
+                f"less than their cap (the summary's bound_by says what bound the throughput)")
     need = need_sources + 1
     if need <= host_cores + 1e-9:
         return None
     return (f"testbed: warning: {sources} sources × {cores:g} CPU + the server need ≥ {need:.3g} cores, this host "
-            f"has {host_cores}: sources will get less than their cap (see cpu share/cap in the summary)")
+            f"has {host_cores}: sources will get less than their cap (the summary's bound_by says what bound the throughput)")
 
 
 # -- joining a cgroup from the child ---------------------------------------------------

@@ -118,13 +118,22 @@ def options_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def module_facts() -> list[dict[str, str]]:
+    """Each registered module's facts as text: the README table and ``testbed modules``."""
+    return [{"module": m.name, "paper": m.paper, "what crosses the cut": m.description,
+             "knobs": ", ".join(f"{k.flag} {k.default!r}" for k in m.knobs) or "-",
+             "at the source": m.at_source or "-", "at the server": m.at_server or "-",
+             "split": "0 (it compresses the input)" if m.input_only else "--split",
+             "server lr scale": f"{m.server_lr_scale:g}"} for m in modules()]
+
+
 def modules_table() -> str:
-    rows = ["| module | paper | what crosses the cut | knobs | at the source | at the server | split 0 | "
-            "server lr scale |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for m in modules():
-        knobs = ", ".join(f"`{k.flag}` ({k.default!r})" for k in m.knobs) or "–"
-        rows.append(f"| `{m.name}` | {m.paper} | {m.description} | {knobs} | {m.at_source or '–'} | "
-                    f"{m.at_server or '–'} | {'yes' if m.input_only else ''} | {m.server_lr_scale:g} |")
+    facts = module_facts()
+    columns = list(facts[0])
+    rows = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in facts:
+        cells = [f"`{row['module']}`"] + [row[c].replace("|", "\\|") for c in columns[1:]]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 

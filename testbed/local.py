@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from workloads import settings
 from .backend import ArmResult
 from .cpucap import Cap, CapError, SuspendResumeCap, available_cpus, make_cap, oversubscription
 from .errors import BackendError
+from .signals import signals_deferred
+from .keys import make_run_keys
 from .progress import Progress
 from .spec import RunSpec
 from .traces import read_events
@@ -39,12 +41,15 @@ class LocalBackend:
     def __init__(self, spec: RunSpec, say=print):
         self.spec, self.say = spec, say
         self._checked = False
+        self.keys = ""  # the run's CURVE key folder, made with the first arm ("" with --insecure)
 
     def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
         s = self.spec
         warn = lambda m: print(m, file=sys.stderr)  # noqa: E731
         if not self._checked:  # once per run, before anything starts
             self._checked = True
+            if not s.insecure:
+                self.keys = str(make_run_keys(directory.parent))
             cores = len(available_cpus())
             warning = oversubscription(s.sources, s.cpu, cores, server_cpus(s))
             if warning and server_cpus(s) < cores:  # else run_arm refuses the run, which says enough
@@ -52,7 +57,7 @@ class LocalBackend:
         progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
             if self.say is print else None
         self.say(f"arm {module}: starting the server and {s.sources} sources")
-        return run_arm(s, module, directory, run_id, progress=progress, warn=warn)
+        return run_arm(s, module, directory, run_id, progress=progress, warn=warn, keys=self.keys)
 
 
 def server_cpus(spec) -> int:
@@ -66,37 +71,6 @@ def child_environment(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(extra or {})
     return env
-
-
-@contextlib.contextmanager
-def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
-    """Hold SIGINT and SIGTERM off while the block runs, then deliver the first one
-    that came (to the handler that was there: Ctrl-C raises KeyboardInterrupt).
-
-    The handlers are swapped rather than the signals blocked: ``pthread_sigmask`` only
-    masks the calling thread, and the kernel would hand the signal to another thread,
-    whose Python handler still runs in the main thread. Outside the main thread
-    (where handlers cannot be set) the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-
-    def hold(signum, _frame):
-        pending.append(signum)
-
-    previous = {}
-    for signum in signums:
-        handler = signal.getsignal(signum)
-        if handler is not None:  # None: set outside Python, cannot be put back
-            previous[signum] = signal.signal(signum, hold)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if pending:
-            signal.raise_signal(pending[0])
 
 
 def _die_with_parent() -> None:
@@ -240,11 +214,14 @@ def _describe_exit(who: str, fleet: Fleet, name: str, when: str = "") -> str:
 
 
 def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progress: Progress | None,
-            warn=print) -> ArmResult:
+            warn=print, keys: str = "") -> ArmResult:
+    """One arm: the server, then the sources; ``keys``: the run's CURVE key folder ("": plaintext)."""
     directory.mkdir(parents=True, exist_ok=True)
     pinned = server_cpus(spec)
     options = spec.workload_options(module)
-    options.update(run_id=f"{run_id}/{module}", server=f"tcp://127.0.0.1:{spec.port}", expect_sources=spec.sources)
+    # the server listens on loopback only; with keys, only the run's sources get an answer
+    options.update(run_id=f"{run_id}/{module}", server=f"tcp://127.0.0.1:{spec.port}", expect_sources=spec.sources,
+                   bind="127.0.0.1", keys=keys)
     fleet = Fleet(directory)
     cap = None
     try:
@@ -271,11 +248,14 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                                env={"OMP_NUM_THREADS": str(threads)}, trace=trace)
             cap.started(i, proc.pid)
             sources.append(proc)
-        _wait_for_sources(fleet, server, sources, directory, progress)
+        lost = _wait_for_sources(fleet, server, sources, directory, progress, cap=cap, run=options["run_id"])
+        if lost:  # the server waits for byes that will never come: finish it
+            _signal(server, signal.SIGTERM)
         try:
             server.wait(timeout=SERVER_EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise BackendError("the server did not exit after every source said bye") from None
+            raise BackendError("the server did not exit after every source said bye"
+                               + (" and it was told to finish" if lost else "")) from None
         if server.returncode != 0:
             raise BackendError(_describe_exit("the server", fleet, "server"))
         result = ArmResult(module, directory, cap.method, cap.describe(), cap.pinning.as_dict())
@@ -300,21 +280,89 @@ def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> Non
     raise BackendError(f"the server was not listening after {SERVER_READY_TIMEOUT_S:.0f} s")
 
 
-def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: Progress | None) -> None:
-    pending = set(range(len(sources)))
+SERVER_GONE_STATUS = 3  # workloads.source's exit status when it lost the server
+SOURCES_NOTICE_S = 8.0  # a source notices a dead server within the 5 s heartbeat timeout (+ its probe)
+
+
+def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: Progress | None, *,
+                      cap: Cap | None = None, run: str = "") -> list[dict]:
+    """Until every source has ended. A source that dies (a signal, a non-zero exit) is
+    lost: it is traced in ``testbed.jsonl`` and the others go on. A server that dies, or
+    a source that says the server is gone, fails the arm. The lost sources' events."""
+    pending, lost = set(range(len(sources))), []
     while pending:
+        if server.poll() not in (None, 0):  # 0: it left after the last bye
+            _let_sources_notice([sources[i] for i in pending])
+            raise BackendError(_describe_exit("the server", fleet, "server", " while sources were running"))
         for i in sorted(pending):
             code = sources[i].poll()
             if code is None:
                 continue
-            if code != 0:
-                raise BackendError(_describe_exit(f"source {i}", fleet, f"source-{i}"))
             pending.discard(i)
-        if pending and server.poll() not in (None, 0):  # 0: it left after the last bye
-            raise BackendError(_describe_exit("the server", fleet, "server", " while sources were running"))
+            if code == 0:
+                continue
+            if code == SERVER_GONE_STATUS:  # the server died (name it), or it runs but does not answer
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.wait(timeout=STOP_GRACE_S)
+                if server.returncode not in (None, 0):
+                    raise BackendError(_describe_exit("the server", fleet, "server", " while sources were running"))
+                raise BackendError(f"the server stopped answering: source {i} exited with status {code}: "
+                                   f"{fleet.exit_cause(f'source-{i}')}")
+            lost.append(_record_lost(fleet, i, directory, cap, run))
         if progress is not None:
             progress.update()
         if pending:
             time.sleep(POLL_S)
     if progress is not None:
         progress.update()
+    if lost and len(lost) == len(sources):
+        raise BackendError("every source was lost: " + "; ".join(f"source {e['source']} {e['cause']}" for e in lost))
+    return lost
+
+
+def _let_sources_notice(running, grace_s: float = SOURCES_NOTICE_S) -> None:
+    """The server died: its sources notice within seconds (heartbeats, the closed
+    connection) and end with a ``server-gone`` event; give them that long before they
+    are stopped, so that every trace says how it ended."""
+    deadline = time.monotonic() + grace_s
+    for proc in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _record_lost(fleet: Fleet, i: int, directory: Path, cap: Cap | None, run: str) -> dict:
+    """Source ``i`` died: its ``lost`` event, appended to the arm's testbed.jsonl."""
+    name = f"source-{i}"
+    code = fleet.procs[name].returncode
+    cause = fleet.exit_cause(name)
+    signame = None
+    if code < 0:
+        try:
+            signame = signal.Signals(-code).name
+        except ValueError:
+            signame = f"signal {-code}"
+        if code == -signal.SIGKILL and oom_killed(cap, i):
+            cause = "killed by SIGKILL: out of memory (the cgroup's memory.events counts an oom_kill)"
+    else:
+        cause = f"exit status {code}: {cause}"
+    trace = fleet.traces.get(name)
+    injected = trace is not None and any(e.get("event") == "drop" for e in read_events(trace, strict=False))
+    event = {"t": round(time.time(), 6), "run": run, "role": "testbed", "source": i, "event": "lost",
+             "cause": cause, "signal": signame, "exit_status": code if code >= 0 else None, "injected": injected}
+    with open(directory / "testbed.jsonl", "a", encoding="utf-8") as out:
+        out.write(json.dumps(event, separators=(",", ":")) + "\n")
+    return event
+
+
+def oom_killed(cap: Cap | None, i: int) -> bool:
+    """Whether the kernel's OOM killer ended a process of source ``i``'s cgroup (cgroup
+    v2 ``memory.events``, where the source's group has the memory controller)."""
+    groups = getattr(cap, "groups", None) or []
+    if i >= len(groups):
+        return False
+    try:
+        text = (Path(groups[i]) / "memory.events").read_text()
+    except OSError:
+        return False
+    counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+    return int(counts.get("oom_kill", "0")) > 0

@@ -22,6 +22,8 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
            "warning), cgroup, psutil or none", TB, choices=METHODS, group="run"),
     Option("backend", str, "local", "local (processes on this machine) or k8s (the Helm chart on a cluster)", TB,
            choices=BACKENDS, group="run"),
+    Option("insecure", bool, False, "no CURVE: plaintext between sources and server, any peer that reaches the port "
+           "may talk to the server (for overhead comparisons)", TB, group="run"),
     Option("out", str, "", "run directory (default: a new folder under ./runs/)", TB, group="run"),
     Option("quiet", bool, False, "print nothing but errors", TB, group="run"),
     Option("namespace", str, "default", "Kubernetes namespace", TB, group="k8s"),

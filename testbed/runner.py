@@ -18,6 +18,7 @@ from .spec import RunSpec, data_in_use
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_LOST_SOURCES = 3  # every arm finished and its summary and report are written, but sources were lost
 EXIT_INTERRUPTED = 130
 
 
@@ -47,14 +48,16 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     manifest = _manifest(spec, run_id, data, backend.name)
     _write_json(out / "manifest.json", manifest)
     say(f"run {run_id}: {spec.sources} sources at {spec.cpu} CPU, arms {', '.join(spec.modules)} -> {out}")
-    arms, status = {}, "failed"
+    arms, status, lost = {}, "failed", []
     try:
         for module in spec.modules:
             result = backend.run_arm(module, out / module, run_id)
             manifest["cap"] = {"method": result.cap_method, "detail": result.cap_description}
             manifest.setdefault("arms", {})[module] = {"cap": manifest["cap"], "pinning": result.pinning}
-            arms[module] = summarise_arm(out / module, module, spec.sources, spec.cpu, result.cap_method)
-        status = "ok"
+            cap = None if result.cap_method == "none" else spec.cpu  # --cap-method none: nothing to judge against
+            arms[module] = summarise_arm(out / module, module, spec.sources, cap, result.cap_method)
+            lost += [(module, e) for e in arms[module].get("lost_sources") or []]
+        status = "lost-sources" if lost else "ok"
     except KeyboardInterrupt:
         status = "interrupted"
         print("testbed: interrupted; every process was stopped", file=sys.stderr)
@@ -66,7 +69,27 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
         manifest["status"] = status
         manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         _write_json(out / "manifest.json", manifest)
-    return _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say)
+    code = _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say)
+    if lost:
+        print(f"testbed: error: {lost_message(lost, spec)}; summary and report written", file=sys.stderr)
+        return EXIT_LOST_SOURCES
+    return code
+
+
+def lost_message(lost: list[tuple[str, dict]], spec=None) -> str:
+    """One line naming every lost source of every arm and its cause:
+    ``arm filter lost source 3 (killed by SIGKILL, injected by --drop 3@8)``."""
+    from workloads.settings import drops
+
+    planned = drops(getattr(spec, "drop", "") or "") if spec is not None else {}
+    parts = []
+    for module, event in lost:
+        source = event["source"]
+        why = event.get("cause") or "cause unknown"
+        if event.get("injected"):
+            why += f", injected by --drop {source}@{planned[source]:g}" if source in planned else ", injected by --drop"
+        parts.append(f"arm {module} lost source {source} ({why})")
+    return "; ".join(parts)
 
 
 def _finish(out: Path, summary: dict, say) -> int:
@@ -103,7 +126,12 @@ def collect_release(release: str, *, namespace: str = "default", context: str | 
         print(f"testbed: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     say(f"collected {found['pods']} pods of release {release} -> {out}")
-    return _finish(out, {"run": release, "arms": arms, "comparison": compare(arms)}, say)
+    code = _finish(out, {"run": release, "arms": arms, "comparison": compare(arms)}, say)
+    lost = [(module, e) for e in arms[module].get("lost_sources") or []]
+    if lost:
+        print(f"testbed: error: {lost_message(lost)}; summary and report written", file=sys.stderr)
+        return EXIT_LOST_SOURCES
+    return code
 
 
 def report(run_dirs, out: str, say=print) -> int:

@@ -87,17 +87,22 @@ def validate(spec: RunSpec) -> None:
             get_module(module).check_config(config)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
+    beyond = sorted(s for s in settings.drops(spec.drop) if s >= spec.sources)
+    if beyond:
+        raise SpecError(f"--drop names source {beyond[0]}, but sources are 0..{spec.sources - 1} (--sources {spec.sources})")
     if spec.download and not spec.data_dir:
         raise SpecError("--download needs --data-dir: the folder to download CIFAR-10 into")
     if spec.backend == "local":
         _validate_local(spec)
-    elif spec.data_dir:
-        raise SpecError("--data-dir is for the local backend; on Kubernetes give the chart a data.volume")
+    else:
+        for option in run_options():
+            if option.local_only and spec.values[option.dest] != option.default:
+                raise SpecError(f"{option.flag} is for the local backend only: {option.help}")
 
 
 def _validate_local(spec: RunSpec) -> None:
     """What only this host can check."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if spec.cpu > cores:
         raise SpecError(f"--cpu {spec.cpu} is more than this host's {cores} cores")
     if spec.server_cpus >= cores:

@@ -148,6 +148,7 @@ def _expected_report_cells(summary: dict, name: str) -> dict[str, object]:
         "reply_wait_median": top["reply_wait_median"], "server_busy_fraction": arm["server_busy_fraction"],
         "server_lr_scale": arm["server_lr_scale"], "pretrain_s_max": max(arm["pretrain_s_per_source"]),
         "pretrain_share": arm["pretrain_share"], "bound_by": arm["bound_by"],
+        "lost_sources": metrics.lost_cell(arm),
     }
 
 
@@ -321,9 +322,20 @@ def test_pooled_final_loss_weights_by_samples():
     assert metrics.pooled_final_loss(batches)["a"] == pytest.approx((2 + 2 + 48) / 16)  # not the mean of 1, 1, 4
 
 
-def test_server_lr_scale_defaults_to_one_and_old_traces_leave_new_figures_empty(tmp_path):
+def test_the_servers_busy_window_is_its_training_window(tmp_path):
+    """Hello (before the sources' edge pre-training) and the last evaluation lie outside it."""
+    folder = write_arm(tmp_path / "none")
+    with open(folder / "server.jsonl", "a") as f:
+        for event in ({"t": 96.0, "role": "server", "event": "request", "op": "welcome", "duration_s": 0.01},
+                      {"t": 120.0, "role": "server", "event": "request", "op": "pred", "duration_s": 0.2}):
+            f.write(json.dumps(event) + "\n")
+    arm = summarise_arm(folder, "none", 2, 0.4, "test")
+    assert arm["server_busy_fraction"] == pytest.approx(2.0 / 3.5, abs=1e-4)  # as without them
+
+
+def test_server_lr_scale_is_unknown_and_old_traces_leave_new_figures_empty(tmp_path):
     arm = summarise_arm(write_arm(tmp_path / "none", cap_fields=False), "none", 2, 0.4, "test")
-    assert arm["server_lr_scale"] == 1.0
+    assert arm["server_lr_scale"] is None  # traces written before it was recorded do not say
     assert arm["cpu_share_computing_per_source"] == [None, None] and arm["reply_wait_share_per_source"] == [None, None]
     assert arm["bound_by"] is None and "not known" in arm["bound_reason"]
     assert arm["samples_per_s_per_source"] == [9.0, 9.0]
@@ -351,7 +363,9 @@ def test_bound_by_on_hand_made_traces(tmp_path, cap, wait, request_s, expected):
     ([0.95, 1.4], [0.6, 0.9], 0.85, metrics.SERVER),
     ([0.95, 1.4], [0.6, 0.9], 0.5, metrics.ROUND_TRIP),
     ([0.95, 1.4], [0.6, 0.9], None, metrics.ROUND_TRIP),
-    ([None, None], [0.6, 0.9], 0.9, None),
+    ([None, None], [0.6, 0.9], 0.9, metrics.SERVER),      # uncapped (--cap-method none): the waits tell
+    ([None, None], [0.2, 0.3], 0.9, metrics.UNCAPPED),
+    ([0.95, 1.4], [None, None], 0.9, None),                # no reply waits traced: not known
 ])
 def test_bound_by_rule(over_cap, wait, busy, expected):
     name, reason = metrics.bound_by(over_cap, wait, busy)
@@ -392,3 +406,49 @@ def test_testbed_fails_in_one_line_when_a_source_did_not_end_ok(tmp_path, capsys
     assert err.count("\n") == 0 and err.startswith("testbed: error: ") and "source-1.jsonl" in err
     assert "ended with status error" in err
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
+
+
+# -- a lost source -------------------------------------------------------------------------
+
+def write_arm_with_a_lost_source(folder):
+    """``write_arm`` whose source 1 was killed (by --drop) after its third batch (epoch 0,
+    batch 2, at t=113): its trace stops there, without an end event, and the testbed traced
+    its loss at t=114 in testbed.jsonl."""
+    write_arm(folder, status=("ok", "no end event"))
+    kept = [e for e in read_jsonl(folder / "source-1.jsonl") if e["t"] <= 113.0]
+    _write(folder / "source-1.jsonl", kept + [{"t": 113.5, "role": "source", "event": "drop", "after_s": 12.5}])
+    _write(folder / "testbed.jsonl", [{"t": 114.0, "run": "r/none", "role": "testbed", "source": 1, "event": "lost",
+                                       "cause": "killed by SIGKILL", "signal": "SIGKILL", "exit_status": None,
+                                       "injected": True}])
+    return folder
+
+
+def test_an_arm_with_a_lost_source_is_summarised_over_what_was_done(tmp_path):
+    arm = write_arm_with_a_lost_source(tmp_path / "run" / "none")
+    summary = summarise_arm(arm, "none", 2, 0.5, "cgroup-v1")  # strict, as testbed runs it
+    assert summary["status_per_source"] == ["ok", "lost"]
+    assert summary["lost_sources"] == [{"source": 1, "cause": "killed by SIGKILL", "injected": True, "last_epoch": 0,
+                                        "last_batch": 2, "batches_done": 3, "t": 14.0}]
+    assert summary["partial"] is True
+    assert "1 of 2 sources lost: source 1 (killed by SIGKILL, injected) after 3 batches" in summary["partial_note"]
+    assert summary["samples_total"] == 44 + 24  # source 0's six batches, source 1's three
+    assert summary["duration_s"] == 27.0  # to the last end event (source 0's)
+    table = format_table({"arms": {"none": summary}, "comparison": None})
+    assert [line for line in table.splitlines() if line.startswith("lost sources")][0].split()[-1] == "1"
+    assert f"none: {summary['partial_note']}" in table
+
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"arms": {"none": summary}}))
+    report = write_report([tmp_path / "run"], tmp_path / "report")
+    text = report.markdown.read_text()
+    assert text.splitlines()[[l.startswith("| arm |") for l in text.splitlines()].index(True)].endswith(
+        "| lost sources |")
+    assert [l for l in text.splitlines() if l.startswith("| none |")][0].endswith("| 1 |")
+    assert f"- none: {summary['partial_note']}" in text
+    assert (tmp_path / "report" / "throughput.png").exists()
+    lost = metrics.lost_sources(load_runs([tmp_path / "run"]))
+    assert lost[["source", "last_t", "samples_done"]].values.tolist() == [[1, 13.0, 24]]  # where the x goes
+
+
+def test_an_arm_without_lost_sources_is_not_partial(tmp_path):
+    summary = summarise_arm(write_arm(tmp_path / "none"), "none", 2, 0.5, "cgroup-v1")
+    assert summary["lost_sources"] == [] and summary["partial"] is False and summary["partial_note"] is None

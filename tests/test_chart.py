@@ -54,7 +54,8 @@ def test_lint_is_clean_and_every_object_passes_the_kubernetes_schemas(values):
     result = helm_python.lint(str(CHART), values, strict=True)
     assert result["errors"] == [], result
     docs, _ = render(values)
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Secret",
+                                               "Service"]
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         labels = doc["metadata"]["labels"]
@@ -145,3 +146,108 @@ def test_dockerfiles_pass_hadolint():
         result = subprocess.run(["hadolint", str(dockerfile)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
     assert {p.name for p in (REPO / "images").glob("*.Dockerfile")} == {"source.Dockerfile", "server.Dockerfile"}
+
+
+def test_one_failed_source_pod_does_not_end_the_others():
+    """Each index gets one try (a retry would train its shard twice) and any number of
+    indexes may fail without the Job controller stopping the rest."""
+    docs, _ = render({"sources": 5})
+    spec = one(docs, "Job")["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["backoffLimitPerIndex"] == 0
+    assert spec["maxFailedIndexes"] == 5 and spec["backoffLimit"] == 5
+    env = env_of(one(docs, "Job")["spec"]["template"]["spec"]["containers"][0], one(docs, "ConfigMap"))
+    assert env["SPLITTEST_DROP"] == ""
+    docs, _ = render({"faults": {"drop": "3@25"}})
+    assert one(docs, "ConfigMap")["data"]["SPLITTEST_DROP"] == "3@25"
+
+
+# -- CURVE: the chart makes the release's keys -----------------------------------------------
+KEYS_DIR = "/etc/splittest/keys"
+
+
+def pod_specs(docs):
+    """The server's, the sources' and the `helm test` probe's pod specs."""
+    return {"server": one(docs, "Deployment")["spec"]["template"]["spec"],
+            "source": one(docs, "Job")["spec"]["template"]["spec"],
+            "probe": one(docs, "Pod", "probe")["spec"]}
+
+
+def secret_keys(secret):
+    """The Secret's files as the pods see them (``data`` is base64, ``stringData`` plain)."""
+    import base64
+
+    files = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    files.update(secret.get("stringData") or {})
+    return files
+
+
+def test_the_z85_claim_behind_randalphanum_40():
+    """Every alphanumeric character is a Z85 digit (at most 61), and no 5 of them can
+    overflow a 32-bit group: so any 40 of them are a valid CURVE secret key."""
+    import string
+
+    import zmq
+    from zmq.utils import z85
+
+    alphabet = z85.Z85CHARS.decode()
+    assert max(alphabet.index(c) for c in string.ascii_letters + string.digits) == 61
+    assert sum(61 * 85 ** i for i in range(5)) == 3222145721 < 2 ** 32
+    assert len(zmq.curve_public(b"Z" * 40)) == 40 and len(z85.decode(b"Z" * 40)) == 32  # the largest groups
+
+
+def test_the_release_has_its_own_curve_keys_mounted_read_only_into_its_pods():
+    import zmq
+
+    docs, notes = render()
+    secret = one(docs, "Secret")
+    assert secret["metadata"]["name"] == "splittest-keys" and secret["type"] == "Opaque"
+    files = secret_keys(secret)
+    assert sorted(files) == ["server-secret", "source-secret"]
+    for key in files.values():
+        assert len(key) == 40 and key.isalnum() and key.isascii()
+        assert len(zmq.curve_public(key.encode())) == 40
+    assert files["server-secret"] != files["source-secret"]
+    again = secret_keys(one(render()[0], "Secret"))
+    assert not set(again.values()) & set(files.values())  # random per install
+    for role, spec in pod_specs(docs).items():
+        [volume] = [v for v in spec["volumes"] if v["name"] == "keys"]
+        assert volume["secret"] == {"secretName": "splittest-keys", "defaultMode": 0o400}, role
+        assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"] == 10001, role
+        [container] = spec["containers"]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "keys"]
+        assert mount == {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}, role
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env["SPLITTEST_KEYS"] == KEYS_DIR, role
+    assert "SPLITTEST_KEYS" not in one(docs, "ConfigMap")["data"]
+    assert "CURVE" in notes and "splittest-keys" in notes
+    for value in files.values():  # the keys are in the Secret only
+        assert not any(value in json.dumps(d) for d in docs if d["kind"] != "Secret")
+        assert value not in notes
+
+
+def test_with_a_data_volume_the_sources_mount_both():
+    docs, _ = render(VALUE_SETS[3])
+    spec = pod_specs(docs)["source"]
+    assert [v["name"] for v in spec["volumes"]] == ["data", "keys"]
+    assert [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]] == ["/data", KEYS_DIR]
+
+
+def test_curve_disabled_is_plaintext_with_no_secret_and_no_mount():
+    values = {"curve": {"enabled": False}}
+    assert helm_python.lint(str(CHART), values, strict=True)["errors"] == []
+    docs, notes = render(values)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for role, spec in pod_specs(docs).items():
+        assert "volumes" not in spec and "fsGroup" not in spec["securityContext"], role
+        [container] = spec["containers"]
+        assert "volumeMounts" not in container, role
+        assert "SPLITTEST_KEYS" not in {e["name"] for e in container.get("env", [])}, role
+    assert "plaintext" in notes
+    docs, _ = render({**VALUE_SETS[3], **values})
+    spec = pod_specs(docs)["source"]
+    assert [v["name"] for v in spec["volumes"]] == ["data"]
+    with pytest.raises(helm_python.HelmValuesError, match="curve"):
+        render({"curve": {"enabled": "yes"}})
+

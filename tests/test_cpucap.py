@@ -106,7 +106,7 @@ def test_core_split_and_its_refusals():
 def test_oversubscription_arithmetic():
     line = oversubscription(8, 0.4, 2)
     assert line == ("testbed: warning: 8 sources × 0.4 CPU + the server need ≥ 4.2 cores, this host has 2: "
-                    "sources will get less than their cap (see cpu share/cap in the summary)")
+                    "sources will get less than their cap (the summary's bound_by says what bound the throughput)")
     assert oversubscription(2, 0.4, 2) is None            # 0.8 + 1 <= 2
     assert oversubscription(5, 0.2, 2) is None            # exactly 2: no warning
     assert oversubscription(2, 0.4, 2, server_cpus=1) is None  # 0.8 on the one core left

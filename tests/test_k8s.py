@@ -19,38 +19,64 @@ from testbed.spec import RunSpec, SpecError, validate
 from analysis.summary import summarise_arm
 
 from conftest import free_port
-from test_chart import env_of, one, render
+from test_chart import KEYS_DIR, env_of, one, render, secret_keys
 
 TINY_VALUES = {"sources": 2, "cpu": 0.5, "server": {"gpus": 0},
                "workload": {"module": "filter", "model": "vgg11-slim", "dataset": "synthetic", "batchSize": 8,
                             "batches": 2, "epochs": 1, "evalSamples": 8}}
 
 
-def local_command(container, env, service, port):
-    """The container's command for this machine: this Python, the Service at 127.0.0.1."""
+def local_command(container, env, service, port, keys=None):
+    """The container's command for this machine: this Python, the Service at 127.0.0.1,
+    the Secret's mount at ``keys`` (a local folder holding what the pod would see)."""
+    address = f"127.0.0.1:{port}"
     command = [sys.executable if container["command"][0] == "python" else container["command"][0],
-               *container["command"][1:], *container.get("args", [])]
+               *(a.replace(f"{service}:5555", address) for a in container["command"][1:]), *container.get("args", [])]
     env = {k: v for k, v in env.items() if isinstance(v, str)}
     env["SPLITTEST_PORT"] = str(port)
-    env["SPLITTEST_SERVER"] = env.get("SPLITTEST_SERVER", "").replace(f"{service}:5555", f"127.0.0.1:{port}")
+    env["SPLITTEST_SERVER"] = env.get("SPLITTEST_SERVER", "").replace(f"{service}:5555", address)
+    if "SPLITTEST_KEYS" in env:
+        assert env["SPLITTEST_KEYS"] == KEYS_DIR and keys is not None, "the pod reads keys the test did not write"
+        env["SPLITTEST_KEYS"] = str(keys)
     return command, env
+
+
+def mount_secret(docs, folder):
+    """What the pods see at the Secret's mount: one file per key of the rendered Secret
+    (``data`` base64-decoded, ``stringData`` as it is), read-only, like defaultMode 0400."""
+    folder.mkdir(mode=0o700)
+    for name, value in secret_keys(one(docs, "Secret")).items():
+        (folder / name).write_text(value)
+        (folder / name).chmod(0o400)
+    return folder
+
+
+def start_rendered_server(docs, port, keys):
+    """The rendered server container's command as a local process; returns it once it listens."""
+    configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    command, env = local_command(container, env_of(container, configmap), service, port, keys)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
+    return subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 @pytest.fixture(scope="module")
 def pod_logs(tmp_path_factory):
     """Run the rendered server and source containers' commands as local processes and
-    keep what they print, exactly as `kubectl logs` would show it."""
+    keep what they print, exactly as `kubectl logs` would show it. The chart's default is
+    CURVE: the rendered Secret is written where SPLITTEST_KEYS points, so they talk
+    encrypted, with the release's keys, as the pods do."""
     docs, _ = render(TINY_VALUES)
+    keys = mount_secret(docs, tmp_path_factory.mktemp("pods") / "keys")
     configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
     port = free_port()
-    server_container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    command, env = local_command(server_container, env_of(server_container, configmap), service, port)
+    server = start_rendered_server(docs, port, keys)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
-    server = subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     source_container = one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]
     sources = []
     for index in range(2):
-        command, env = local_command(source_container, env_of(source_container, configmap), service, port)
+        command, env = local_command(source_container, env_of(source_container, configmap), service, port, keys)
         env["SPLITTEST_SOURCE_ID"] = str(index)  # what the completion-index fieldRef gives pod `index`
         sources.append(subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True))
@@ -62,6 +88,7 @@ def pod_logs(tmp_path_factory):
     finally:
         server.terminate()  # a Deployment's server keeps serving until uninstalled
         logs["server"] = server.communicate(timeout=30)[0]
+    logs["secret keys"] = sorted(p.read_text() for p in keys.iterdir())  # to check no log shows them
     return logs
 
 
@@ -73,6 +100,69 @@ def test_the_rendered_containers_run_and_trace_to_stdout(pod_logs):
     assert json.loads(events[0])["run"] == "splittest"  # runId defaults to the release name
     server_events = [json.loads(e) for e in split_pod_log(pod_logs["server"])[0]]
     assert sum(e["event"] == "hello" for e in server_events) == 2
+
+
+def test_the_rendered_pods_talk_over_curve_and_never_log_the_keys(pod_logs):
+    server_events = [json.loads(e) for e in split_pod_log(pod_logs["server"])[0]]
+    [listening] = [e for e in server_events if e["event"] == "listening"]
+    assert listening["curve"] is True
+    requests = [e for e in server_events if e["event"] == "request"]
+    assert requests and all(e["bytes_in"] > 0 for e in requests)
+    for name, log in pod_logs.items():
+        if name != "secret keys":
+            assert not any(key in log for key in pod_logs["secret keys"]), name
+
+
+def test_the_rendered_server_answers_no_one_without_the_releases_keys(tmp_path):
+    """Another pod that reaches the port (no CURVE, or another release's keys) gets no
+    answer at all; the `helm test` probe, with the release's keys, gets one."""
+    import zmq
+
+    from testbed.keys import make_run_keys
+    from workloads.protocol import Message, encode
+    from workloads.transport import Connection, ServerGone, ServerTimeout
+
+    docs, _ = render(TINY_VALUES)
+    keys = mount_secret(docs, tmp_path / "keys")
+    other_release = mount_secret(render(TINY_VALUES)[0], tmp_path / "other-release")
+    port = free_port()
+    server = start_rendered_server(docs, port, keys)
+    try:
+        for line in server.stdout:  # ready when it listens (the readinessProbe's moment)
+            if '"event":"listening"' in line.replace(" ", ""):
+                break
+        else:
+            raise AssertionError("the rendered server did not start")
+        address = f"tcp://127.0.0.1:{port}"
+        plain = zmq.Context.instance().socket(zmq.DEALER)
+        plain.setsockopt(zmq.LINGER, 0)
+        plain.connect(address)
+        plain.send_multipart(encode(Message("ping", {})))
+        for stranger in (other_release, make_run_keys(tmp_path / "local-run")):
+            outsider = Connection(address, 2, keys=str(stranger))
+            with pytest.raises((ServerTimeout, ServerGone)):
+                outsider.request(Message("ping", {}))
+            outsider.close()
+        assert not plain.poll(500)
+        plain.close()
+        service = one(docs, "Service")["metadata"]["name"]
+        probe = one(docs, "Pod", "probe")["spec"]["containers"][0]
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
+        command, env = local_command(probe, env_of(probe, one(docs, "ConfigMap")), service, port, keys)
+        assert env["SPLITTEST_KEYS"] == str(keys)
+        answered = subprocess.run(command, env={**base_env, **env}, capture_output=True, text=True, timeout=60)
+        assert answered.returncode == 0 and "answers: " in answered.stdout, answered.stderr
+        del env["SPLITTEST_KEYS"]  # the same probe without the Secret's mount
+        refused = subprocess.run([*command, "--timeout", "2"], env={**base_env, **env}, capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 1
+    finally:
+        server.terminate()
+        logged = server.communicate(timeout=30)[0]
+    events = [json.loads(e) for e in split_pod_log(logged)[0]]
+    assert [(e["event"], e.get("op")) for e in events if e["event"] in ("request", "hello", "error")] == \
+        [("request", "pong")]  # the probe's ping, and nothing from the others
+    assert not any(key in logged for key in secret_keys(one(docs, "Secret")).values())
 
 
 # -- recorded API responses --------------------------------------------------------------
@@ -193,7 +283,7 @@ def recorded_release(pod_logs):
 def test_collection_writes_the_local_run_layout_from_pod_logs(pod_logs, tmp_path):
     cluster, _ = cluster_with(recorded_release(pod_logs))
     found = collect(cluster, "rel", tmp_path / "filter")
-    assert found == {"module": "filter", "sources": 2, "pods": 4, "cpu_cap": 0.4}
+    assert found == {"module": "filter", "sources": 2, "pods": 4, "cpu_cap": 0.4, "lost": []}
     assert sorted(p.name for p in (tmp_path / "filter").glob("*.jsonl")) == ["server.jsonl", "source-0.jsonl", "source-1.jsonl"]
     summary = summarise_arm(tmp_path / "filter", "filter", 2, 0.4, "kubernetes")
     assert summary["bytes_sent_total"] > 0 and len(summary["samples_per_s_per_source"]) == 2
@@ -235,6 +325,7 @@ def test_a_run_on_the_cluster_installs_follows_collects_and_uninstalls(pod_logs,
     assert (Path(helm.chart) / "Chart.yaml").is_file()  # the chart Helm is given is the repository's
     assert values["sources"] == 2 and values["cpu"] == 0.4 and values["server"]["gpus"] == 0
     assert values["workload"]["module"] == "filter" and values["workload"]["model"] == "vgg11-slim"
+    assert values["curve"] == {"enabled": True}  # the chart makes the release's keys
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["arms"]["filter"]["cap_method"] == "kubernetes"
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -351,6 +442,22 @@ def test_both_backends_offer_the_one_backend_interface(tmp_path):
     assert [(f.name, f.type) for f in fields(ArmResult)] == [(f.name, f.type) for f in fields(local.ArmResult)]
 
 
+def test_insecure_installs_the_chart_without_curve(tmp_path):
+    from testbed.k8s.values import chart_values
+
+    assert chart_values(tiny_spec(tmp_path), "filter", "r")["curve"] == {"enabled": True}
+    values = chart_values(tiny_spec(tmp_path, insecure=True), "filter", "r")
+    assert values["curve"] == {"enabled": False}
+    docs, _ = render(values)
+    assert "Secret" not in {d["kind"] for d in docs}
+    helm = HelmRecorder()
+    cluster, _ = cluster_with(no_pods, helm=helm)
+    backend = KubernetesBackend(tiny_spec(tmp_path, insecure=True), cluster, say=lambda *a: None)
+    with pytest.raises(ClusterError):  # no pods to collect: only the install's values matter here
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    assert helm.calls[0][0] == "install" and helm.calls[0][2]["curve"] == {"enabled": False}
+
+
 # -- checking a spec for the cluster ---------------------------------------------------------
 def test_cpu_per_source_pod_is_not_bounded_by_this_hosts_cores(monkeypatch):
     """--cpu on Kubernetes is each source pod's limit on a cluster node, not a share of this
@@ -359,3 +466,57 @@ def test_cpu_per_source_pod_is_not_bounded_by_this_hosts_cores(monkeypatch):
     with pytest.raises(SpecError, match="more than this host's 2 cores"):
         validate(RunSpec(cpu=4.0, backend="local", modules=("filter",)))
     validate(RunSpec(cpu=4.0, backend="k8s", modules=("filter",)))
+
+
+# -- a failed source pod is a lost source --------------------------------------------------
+
+def failed_pod(name, index, reason, exit_code):
+    item = pod(name, "source", "Failed", index)
+    item["status"]["containerStatuses"][0]["state"] = {"terminated": {
+        "exitCode": exit_code, "reason": reason, "startedAt": "2026-11-21T10:00:00Z",
+        "finishedAt": "2026-11-21T10:01:00Z"}}
+    return item
+
+
+def test_a_failed_source_pod_does_not_end_the_arm_and_is_collected_as_lost(pod_logs, tmp_path):
+    states = iter([job(active=2), job(active=1, failed=1), job(succeeded=1, failed=1)])
+    killed = "".join(line + "\n" for line in pod_logs["source-1"].splitlines()
+                     if '"event":"end"' not in line and '"event":"eval"' not in line)  # died after training
+
+    def routes(path, query):
+        if path.endswith("/jobs"):
+            return 200, next(states)
+        if path == "/api/v1/namespaces/bench/pods":
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                pod("rel-server", "server"), pod("rel-sources-0", "source", "Succeeded", 0),
+                failed_pod("rel-sources-1", 1, "OOMKilled", 137)]}
+        if path.endswith("/log"):
+            name = path.split("/")[-2]
+            return 200, {"rel-server": pod_logs["server"], "rel-sources-0": pod_logs["source-0"],
+                         "rel-sources-1": killed}[name]
+        raise AssertionError(path)
+    cluster, _ = cluster_with(routes)
+    said = []
+    state = follow(cluster, "rel", 2, timeout_s=60, say=said.append, sleep=lambda _: None)
+    assert (state.succeeded, state.failed) == (1, 1) and said[-1].startswith("  [rel] sources: 0 running, 1 of 2 done, 1 failed")
+    found = collect(cluster, "rel", tmp_path / "filter")
+    [lost] = found["lost"]
+    assert (lost["source"], lost["cause"], lost["signal"], lost["reason"], lost["injected"]) == \
+        (1, "out of memory (OOMKilled, exit code 137)", "SIGKILL", "OOMKilled", False)
+    assert [json.loads(line) for line in (tmp_path / "filter" / "testbed.jsonl").read_text().splitlines()] == [lost]
+    summary = summarise_arm(tmp_path / "filter", "filter", 2, 0.4, "kubernetes")
+    assert summary["status_per_source"] == ["ok", "lost"] and summary["partial"] is True
+    assert summary["lost_sources"][0]["cause"] == lost["cause"] and summary["lost_sources"][0]["batches_done"] == 2
+
+
+def test_a_source_pod_that_lost_the_server_fails_the_arm(pod_logs, tmp_path):
+    gone = pod_logs["source-1"].replace('"status":"ok"', '"status":"server-gone","error":"the server is gone: x"')
+
+    def routes(path, query):
+        if path == "/api/v1/namespaces/bench/pods":
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                pod("rel-server", "server"), failed_pod("rel-sources-1", 1, "Error", 3)]}
+        return 200, gone if "sources" in path else pod_logs["server"]
+    cluster, _ = cluster_with(routes)
+    with pytest.raises(ClusterError, match="the server is gone: source pod rel-sources-1 .*the server is gone: x"):
+        collect(cluster, "rel", tmp_path / "filter")

@@ -15,19 +15,30 @@ from conftest import read_jsonl
 HELLO = {"module": "filter", "model": "vgg11-slim", "split": 2, "classes": 10, "cut": [32, 8, 8]}
 
 
-@pytest.fixture
-def server(tmp_path, port):
-    trace = tmp_path / "server.jsonl"
+def start_server(tmp_path, port, *extra, name="server"):
+    trace = tmp_path / f"{name}.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "workloads.server", "--module", "filter", "--model", "vgg11-slim",
-                             "--dataset", "synthetic", "--port", str(port), "--trace", str(trace)],
-                            stderr=subprocess.PIPE, text=True)
+                             "--dataset", "synthetic", "--port", str(port), "--trace", str(trace), "--sources", "2",
+                             "--batch-size", "4", *map(str, extra)], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (trace.exists() and "listening" in trace.read_text()):
-        assert proc.poll() is None and time.time() < deadline, "server did not start"
+        assert proc.poll() is None and time.time() < deadline, "server did not start: " + (
+            proc.stderr.read() if proc.poll() is not None else "")
         time.sleep(0.1)
-    yield proc, port, trace
-    proc.terminate()
+    return proc, trace
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path, port):
+    proc, trace = start_server(tmp_path, port)
+    yield proc, port, trace
+    stop(proc)
 
 
 def connect(port):
@@ -37,10 +48,14 @@ def connect(port):
     return sock
 
 
-def ask(sock, frames):
+def ask(sock, frames, wait_ms=20000):
     sock.send_multipart(frames)
-    assert sock.poll(20000), "no reply"
+    assert sock.poll(wait_ms), "no reply"
     return protocol.decode(sock.recv_multipart())
+
+
+def hello(source, **changes):
+    return protocol.encode(Message("hello", {"source": source, **HELLO, **changes}))
 
 
 def train_message(seq, batch=4):
@@ -63,7 +78,7 @@ def test_bad_messages_get_an_error_reply_and_the_server_keeps_serving(server):
     proc, port, trace = server
     sock = connect(port)
     assert "before hello" in ask(sock, protocol.encode(train_message(1))).fields["reason"]
-    assert "not JSON" in ask(sock, [b"\x80garbage"]).fields["reason"]
+    assert "not JSON" in ask(sock, [b"\x08\0\0\0\x80garbage"]).fields["reason"]
     wrong = ask(sock, protocol.encode(Message("hello", {"source": 0, **HELLO, "split": 3})))
     assert wrong.op == "error" and "split=3" in wrong.fields["reason"]
     assert ask(sock, protocol.encode(Message("hello", {"source": 0, **HELLO}))).op == "welcome"
@@ -97,3 +112,311 @@ def test_the_port_in_use_is_a_one_line_error(server, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"server: cannot listen on port {port}: Address already in use"]
+
+
+# -- only the run's own sources take part ------------------------------------------------
+def test_source_ids_are_0_to_sources_minus_1(server):
+    _, port, _ = server
+    sock = connect(port)
+    for bad in (2, -1, 99, True, "0"):
+        reply = ask(sock, hello(bad))
+        assert reply.op == "error" and "source id in 0..1 (--sources 2)" in reply.fields["reason"]
+    assert ask(sock, hello(1)).op == "welcome"
+    sock.close()
+
+
+def test_a_second_hello_for_an_id_in_use_is_refused(server):
+    _, port, _ = server
+    first, other = connect(port), connect(port)
+    assert ask(first, hello(0)).op == "welcome"
+    taken = ask(other, hello(0))
+    assert taken.op == "error" and "source 0 has already said hello" in taken.fields["reason"]
+    again = ask(first, hello(1))  # the same connection, another id: still one source per connection
+    assert again.op == "error" and "already said hello as source 0" in again.fields["reason"]
+    again = ask(first, hello(0))
+    assert again.op == "error"
+    assert ask(first, protocol.encode(train_message(1))).op == "grad"  # the first one's state is intact
+    first.close()
+    other.close()
+
+
+def test_bye_counts_only_from_the_connection_that_said_hello(tmp_path, port):
+    proc, trace = start_server(tmp_path, port, "--expect-sources", "1")
+    try:
+        real, intruder = connect(port), connect(port)
+        assert ask(real, hello(0)).op == "welcome"
+        refused = ask(intruder, protocol.encode(Message("bye", {"source": 0})))
+        assert refused.op == "error" and "bye before hello" in refused.fields["reason"]
+        assert ask(intruder, hello(1)).op == "welcome"
+        wrong = ask(intruder, protocol.encode(Message("bye", {"source": 0})))
+        assert wrong.op == "error" and "bye for source 0" in wrong.fields["reason"]
+        time.sleep(0.5)
+        assert proc.poll() is None  # nobody finished yet
+        assert ask(real, protocol.encode(Message("bye", {"source": 0}))).op == "bye"
+        assert proc.wait(20) == 0
+        real.close()
+        intruder.close()
+    finally:
+        stop(proc)
+
+
+def test_replies_echo_the_seq_and_the_source_checks_it(server):
+    from workloads.transport import Connection
+
+    _, port, _ = server
+    sock = connect(port)
+    assert ask(sock, hello(0)).op == "welcome"
+    assert ask(sock, protocol.encode(train_message(1))).fields["seq"] == 1
+    error = ask(sock, protocol.encode(train_message(7)))
+    assert error.op == "error" and error.fields["seq"] == 7
+    sock.close()
+    # a reply carrying another seq than the request's is a ProtocolError at the source
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    fake = router.bind_to_random_port("tcp://127.0.0.1")
+    connection = Connection(f"tcp://127.0.0.1:{fake}", 10)
+    try:
+        done = []
+
+        def answer(seq):
+            assert router.poll(10000)
+            identity, _ = router.recv_multipart()
+            router.send_multipart([identity] + protocol.encode(Message("grad", {"seq": seq})))
+
+        import threading
+        for seq, expect_error in ((5, False), (4, True)):
+            thread = threading.Thread(target=answer, args=(seq,))
+            thread.start()
+            if expect_error:
+                with pytest.raises(protocol.ProtocolError, match="seq 5 carries seq 4"):
+                    connection.request(Message("train", {"seq": 5}))
+            else:
+                done.append(connection.request(Message("train", {"seq": 5})).reply.fields["seq"])
+            thread.join()
+        assert done == [5]
+    finally:
+        connection.close()
+        router.close(0)
+
+
+def test_a_frame_beyond_the_largest_legitimate_request_is_never_taken_in(server):
+    proc, port, trace = server
+    listening = next(e for e in read_jsonl(trace) if e["event"] == "listening")
+    largest = listening["max_request"]
+    # filter, vgg11-slim at 4 samples: 4 x 32 x 8 x 8 float32 and the index, with room for headers
+    assert 32 * 1024 < largest < 200 * 1024
+    hostile, real = connect(port), connect(port)
+    hostile.send(b"\0" * (largest + 64))
+    assert not hostile.poll(2000), "an oversized frame got an answer"
+    assert ask(real, hello(0)).op == "welcome"
+    assert ask(real, protocol.encode(train_message(1))).op == "grad"
+    assert proc.poll() is None
+    assert not [e for e in read_jsonl(trace) if e["event"] == "error"]  # the loop never saw it
+    hostile.close()
+    real.close()
+
+
+def test_the_largest_request_of_every_module_fits_a_real_first_message():
+    """Each module's server part says how large a request can be; its real first message
+    (one-time shipments included) fits, at a cut and batch size like the benchmark's."""
+    import torch
+
+    from workloads.compression import CompressionConfig, available, create_server, create_source, get
+    from workloads.models import build_split_model
+    from workloads.server import largest_request
+
+    for module in available():
+        model = build_split_model("vgg11-slim", get(module).split_for(2), 10)
+        config = CompressionConfig()
+        source, part = create_source(module, model.cut_shape, config), create_server(module, model.cut_shape, config)
+        batch = 8
+        head_out = model.head(torch.randn(batch, 3, 32, 32))
+        if module == "mcr2":
+            source.low, source.pmf = np.zeros(source.dim, np.int32), np.full((source.dim, 2), 0.5, np.float32)
+        arrays = source.encode(*source(head_out))
+        payload = sum(a.nbytes for a in arrays.values())
+        assert payload <= part.largest_request(batch), module
+        assert largest_request(part, batch) < 64 * 1024 * 1024, module
+
+
+def test_bind_chooses_the_interface(tmp_path, port):
+    proc, _ = start_server(tmp_path, port, "--bind", "127.0.0.1")
+    try:
+        listening = [line.split()[1] for line in open("/proc/net/tcp").read().splitlines()[1:] if line.split()[3] == "0A"]
+        assert f"0100007F:{port:04X}" in listening and f"00000000:{port:04X}" not in listening
+    finally:
+        stop(proc)
+
+
+def test_the_server_socket_has_the_size_limit_and_heartbeats():
+    from argparse import Namespace
+
+    from workloads.server import listen
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    try:
+        auth = listen(sock, Namespace(keys="", bind="127.0.0.1", port=0), 123456)
+        assert auth is None
+        assert sock.getsockopt(zmq.MAXMSGSIZE) == protocol.frame_bytes(123456)
+        assert (sock.getsockopt(zmq.HEARTBEAT_IVL), sock.getsockopt(zmq.HEARTBEAT_TIMEOUT),
+                sock.getsockopt(zmq.HEARTBEAT_TTL)) == (1000, 5000, 5000)
+    finally:
+        sock.close(0)
+
+
+def test_ping_says_nothing_about_the_run(server):
+    _, port, _ = server
+    sock = connect(port)
+    pong = ask(sock, protocol.encode(Message("ping", {})))
+    assert pong.op == "pong" and not {"module", "model", "split", "cut"} & set(pong.fields)
+    sock.close()
+
+
+# -- CURVE -----------------------------------------------------------------------------------
+def test_with_keys_only_the_runs_sources_get_an_answer_and_keys_never_reach_traces_or_logs(tmp_path, port):
+    from testbed.keys import make_run_keys
+    from workloads.transport import Connection, ServerGone, ServerTimeout
+
+    keys = make_run_keys(tmp_path / "run")
+    assert oct(keys.stat().st_mode)[-3:] == "700" and all(oct(p.stat().st_mode)[-3:] == "600" for p in keys.iterdir())
+    other = make_run_keys(tmp_path / "other")
+    proc, trace = start_server(tmp_path, port, "--keys", keys)
+    try:
+        plain = connect(port)  # no CURVE at all
+        plain.send_multipart(hello(0))
+        intruder = zmq.Context.instance().socket(zmq.DEALER)  # CURVE, but another run's key pair
+        intruder.setsockopt(zmq.LINGER, 0)
+        from workloads import security
+        security.connect_securely(intruder, security.load(other, "source"))
+        intruder.connect(f"tcp://127.0.0.1:{port}")
+        intruder.send_multipart(hello(0))
+        outsider = Connection(f"tcp://127.0.0.1:{port}", 2, keys=str(other))
+        with pytest.raises((ServerTimeout, ServerGone)):
+            outsider.request(Message("ping", {}))
+        outsider.close()
+        assert not plain.poll(1000) and not intruder.poll(100)
+        assert [e for e in read_jsonl(trace) if e["event"] in ("error", "request", "hello")] == []
+        mine = Connection(f"tcp://127.0.0.1:{port}", 20, keys=str(keys))
+        exchange = mine.request(Message("hello", {"source": 0, **HELLO}))
+        assert exchange.reply.op == "welcome" and mine.curve
+        assert exchange.bytes_sent == protocol.stream_bytes(protocol.encode(Message("hello", {"source": 0, **HELLO})),
+                                                            curve=True)
+        assert mine.request(train_message(1)).reply.op == "grad"
+        mine.close()
+        plain.close()
+        intruder.close()
+    finally:
+        stop(proc)
+    logged = trace.read_text() + proc.stderr.read()
+    requests = [e for e in read_jsonl(trace) if e["event"] == "request"]
+    assert [e["op"] for e in requests] == ["welcome", "grad"]
+    for folder in (keys, other):
+        for path in folder.iterdir():
+            for line in path.read_text().splitlines():
+                if "key" in line and "=" in line:
+                    secret = line.split("=", 1)[1].strip().strip('"')
+                    assert secret not in logged
+
+
+def test_bad_key_folders_are_one_line_errors_that_show_no_key(tmp_path, port):
+    from testbed.keys import make_run_keys
+
+    keys = make_run_keys(tmp_path / "run")
+    (keys / "source.key").unlink()
+    result = subprocess.run([sys.executable, "-m", "workloads.server", "--dataset", "synthetic", "--port", str(port),
+                             "--keys", str(keys)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"server: --keys {keys}: no source.key there"]
+
+
+# -- CURVE: the chart's layout (two files holding only the Z85 secret keys) -------------------
+def chart_keys(folder, newline="\n"):
+    """A key folder as the chart's Secret mounts it: ``randAlphaNum 40`` per role."""
+    import secrets
+    import string
+
+    folder.mkdir(mode=0o700)
+    alphanumeric = string.ascii_letters + string.digits
+    for name in ("server", "source"):
+        (folder / f"{name}-secret").write_text("".join(secrets.choice(alphanumeric) for _ in range(40)) + newline)
+        (folder / f"{name}-secret").chmod(0o400)
+    return folder
+
+
+def test_security_load_reads_the_charts_layout_and_derives_the_public_keys(tmp_path):
+    from workloads import security
+
+    for newline in ("", "\n"):
+        folder = chart_keys(tmp_path / f"keys{len(newline)}", newline)
+        server_secret, source_secret = ((folder / f"{n}-secret").read_text().strip().encode()
+                                        for n in ("server", "source"))
+        server, source = security.load(folder, "server"), security.load(folder, "source")
+        assert (server.secret, server.public, server.peer_public) == (
+            server_secret, zmq.curve_public(server_secret), zmq.curve_public(source_secret))
+        assert (source.secret, source.public, source.peer_public) == (
+            source_secret, zmq.curve_public(source_secret), zmq.curve_public(server_secret))
+        assert repr(server) == "Keys(<redacted>)" and server_secret.decode() not in repr(server)
+
+
+def test_the_charts_layout_runs_encrypted_and_only_its_sources_get_an_answer(tmp_path, port):
+    from testbed.keys import make_run_keys
+    from workloads.transport import Connection, ServerGone, ServerTimeout
+
+    keys = chart_keys(tmp_path / "keys")
+    proc, trace = start_server(tmp_path, port, "--keys", keys)
+    try:
+        for stranger in (chart_keys(tmp_path / "other-release"), make_run_keys(tmp_path / "local-run")):
+            outsider = Connection(f"tcp://127.0.0.1:{port}", 2, keys=str(stranger))
+            with pytest.raises((ServerTimeout, ServerGone)):
+                outsider.request(Message("ping", {}))
+            outsider.close()
+        mine = Connection(f"tcp://127.0.0.1:{port}", 20, keys=str(keys))
+        assert mine.request(Message("hello", {"source": 0, **HELLO})).reply.op == "welcome" and mine.curve
+        mine.close()
+    finally:
+        stop(proc)
+    events = read_jsonl(trace)
+    assert [e for e in events if e["event"] == "listening"][0]["curve"] is True
+    assert [e["op"] for e in events if e["event"] == "request"] == ["welcome"]
+    logged = trace.read_text() + proc.stderr.read()
+    for path in keys.iterdir():
+        assert path.read_text().strip() not in logged
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "no source-secret there"),
+    ("", "source-secret is not a Z85 secret key (40 characters)"),
+    ("short", "source-secret is not a Z85 secret key (40 characters)"),
+    ("abc def " * 5, "source-secret is not a Z85 secret key (40 characters)"),  # a space is no Z85 digit
+    ("é" * 40, "source-secret is not a Z85 secret key (40 characters)"),
+    ("#" * 40, "source-secret is not a Z85 secret key (40 characters)"),  # Z85 digits, but every group > 2^32
+])
+def test_bad_chart_key_files_are_errors_that_name_the_file_never_its_content(tmp_path, content, problem):
+    from workloads import security
+
+    folder = chart_keys(tmp_path / "keys")
+    (folder / "source-secret").chmod(0o600)
+    if content is None:
+        (folder / "source-secret").unlink()
+    else:
+        (folder / "source-secret").write_text(content)
+    for role in ("server", "source"):
+        with pytest.raises(security.KeysError) as caught:
+            security.load(folder, role)
+        assert str(caught.value) == f"--keys {folder}: {problem}"
+        error = caught.value  # nothing chained that could carry the content into a traceback
+        assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+        if content and content != "short":
+            assert content[:5] not in str(caught.value)
+
+
+def test_a_bad_chart_key_file_is_a_one_line_server_error(tmp_path, port):
+    folder = chart_keys(tmp_path / "keys")
+    (folder / "server-secret").chmod(0o600)
+    secret = "#" * 35 + "Z" * 5
+    (folder / "server-secret").write_text(secret)
+    result = subprocess.run([sys.executable, "-m", "workloads.server", "--dataset", "synthetic", "--port", str(port),
+                             "--keys", str(folder)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"server: --keys {folder}: server-secret is not a Z85 secret key (40 characters)"]
+    assert secret not in result.stdout + result.stderr

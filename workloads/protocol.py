@@ -1,25 +1,46 @@
-"""The wire protocol: one JSON header frame, then one raw frame per array.
+"""The wire protocol: every message is ONE ZeroMQ frame.
 
-Header: ``{"v": 1, "op": ..., <fields>, "arrays": [[name, dtype, shape], ...]}``.
-Array frames carry the array's bytes in C order, nothing else, and are sent without a
-copy. No pickle: the receiver only ever builds numpy arrays of an allowed dtype whose
-size it checked against the header. Every message's exact size on the TCP stream is
-``stream_bytes(frames)``: ZMTP 3 adds a flags byte and a 1-byte (short frame) or
-8-byte (long frame) length to every frame.
+Frame layout::
+
+    u32 little-endian header length | header (JSON) | arrays, back to back
+
+Header: ``{"v": 2, "op": ..., <fields>, "arrays": "name dtype d0,d1,...;..."}`` (the
+``arrays`` entry is left out when there are none). The arrays follow the header in that
+order, each in C order, each starting at the next offset (from the frame's start) that is
+a multiple of its item size; the padding bytes are zero. Offsets are not sent: both
+sides compute them from the header, and the receiver checks that the frame ends exactly
+where the last array does. No pickle: the receiver only ever builds numpy views (no
+copy) of an allowed dtype on the bytes it received, after checking that every count in
+the header fits in them.
+
+One frame per message because CURVE seals every frame separately (33 bytes each, see
+:func:`stream_bytes`). Every message's exact size on the TCP stream is
+``stream_bytes(frames, curve)``.
 """
 from __future__ import annotations
 
 import json
+import re
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 16
+MAX_DIMS = 8
 # Only plain numeric types cross the wire.
 ALLOWED_DTYPES = frozenset({"<f4", "<f2", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<i8"})
 OPS = frozenset({"hello", "welcome", "train", "grad", "infer", "pred", "bye", "ping", "pong", "error"})
+NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")
+_PREFIX = struct.Struct("<I")
+
+# What ZMTP 3 adds per frame: a flags byte and a 1-byte (body <= 255) or 8-byte length.
+# What CURVE adds per frame (libzmq's curve_encoding_t::encode): the frame becomes a
+# MESSAGE command, "\x07MESSAGE" (8 bytes), the short nonce (8), then the box: a 16-byte
+# MAC over one flags byte and the frame. ZMTP's framing then applies to that body.
+CURVE_FRAME_BYTES = 8 + 8 + 16 + 1
 
 
 class ProtocolError(ValueError):
@@ -33,32 +54,78 @@ class Message:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _align(offset: int, itemsize: int) -> int:
+    return -(-offset // itemsize) * itemsize
+
+
 def encode(message: Message) -> list:
-    """Frames for ``message``: the header, then each array's buffer (no copy)."""
+    """The message's frames (one): header and arrays, checked against the same limits
+    the receiver enforces, so a message that would be refused is never sent."""
     if message.op not in OPS:
         raise ProtocolError(f"unknown op {message.op!r}")
-    specs, buffers = [], []
+    if len(message.arrays) > MAX_ARRAYS:
+        raise ProtocolError(f"{len(message.arrays)} arrays, at most {MAX_ARRAYS} may cross")
+    reserved = {"v", "op", "arrays"} & set(message.fields)
+    if reserved:
+        raise ProtocolError(f"fields {sorted(reserved)} are the protocol's own")
+    specs, arrays = [], []
     for name, array in message.arrays.items():
         array = np.ascontiguousarray(array)
         dtype = array.dtype.str
         if dtype not in ALLOWED_DTYPES:
             raise ProtocolError(f"array {name!r} has dtype {dtype}, not one of {sorted(ALLOWED_DTYPES)}")
-        specs.append([name, dtype, list(array.shape)])
-        buffers.append(memoryview(array).cast("B") if array.size else b"")
-    header = {"v": VERSION, "op": message.op, **message.fields, "arrays": specs}
-    return [json.dumps(header, separators=(",", ":")).encode()] + buffers
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ProtocolError(f"array name {name!r} is not 1-64 of A-Z a-z 0-9 _ .")
+        if array.ndim > MAX_DIMS:
+            raise ProtocolError(f"array {name!r} has {array.ndim} dimensions, at most {MAX_DIMS}")
+        specs.append(f"{name} {dtype} {','.join(map(str, array.shape))}")
+        arrays.append(array)
+    header = {"v": VERSION, "op": message.op, **message.fields}
+    if specs:
+        header["arrays"] = ";".join(specs)
+    try:
+        text = json.dumps(header, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"fields are not plain JSON: {exc}") from None
+    if len(text) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(text)} bytes exceeds {MAX_HEADER_BYTES}")
+    offsets, end = [], _PREFIX.size + len(text)
+    for array in arrays:
+        start = _align(end, array.itemsize)
+        offsets.append(start)
+        end = start + array.nbytes
+    frame = bytearray(end)  # zeroed: the padding is zeros
+    _PREFIX.pack_into(frame, 0, len(text))
+    frame[_PREFIX.size:_PREFIX.size + len(text)] = text
+    view = memoryview(frame)
+    for array, start in zip(arrays, offsets):
+        if array.nbytes:
+            view[start:start + array.nbytes] = memoryview(array).cast("B")
+    return [frame]
+
+
+def _buffer(frame) -> memoryview:
+    return memoryview(frame.buffer if hasattr(frame, "buffer") else frame).cast("B")
 
 
 def decode(frames) -> Message:
-    """Parse and check frames (bytes or zmq.Frame); raise ProtocolError naming the problem."""
+    """Parse and check frames (bytes or zmq.Frame); raise ProtocolError naming the problem.
+    The arrays are read-only views on the received frame (no copy)."""
     if not frames:
         raise ProtocolError("empty message")
-    raw = [memoryview(f.buffer if hasattr(f, "buffer") else f) for f in frames]
-    if raw[0].nbytes > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {raw[0].nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    if len(frames) != 1:
+        raise ProtocolError(f"a message is one frame, got {len(frames)}")
+    raw = _buffer(frames[0])
+    if raw.nbytes < _PREFIX.size:
+        raise ProtocolError(f"a frame of {raw.nbytes} bytes has no header length")
+    (length,) = _PREFIX.unpack_from(raw, 0)
+    if length > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {length} bytes exceeds {MAX_HEADER_BYTES}")
+    if _PREFIX.size + length > raw.nbytes:
+        raise ProtocolError(f"header of {length} bytes, but the frame has {raw.nbytes - _PREFIX.size} after its length")
     try:
-        header = json.loads(bytes(raw[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(bytes(raw[_PREFIX.size:_PREFIX.size + length]))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ProtocolError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
@@ -68,41 +135,92 @@ def decode(frames) -> Message:
     if op not in OPS:
         raise ProtocolError(f"unknown op {op!r}")
     header.pop("v")
-    specs = header.pop("arrays", [])
-    if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
-        raise ProtocolError("'arrays' must be a list of at most %d [name, dtype, shape]" % MAX_ARRAYS)
-    if len(specs) != len(raw) - 1:
-        raise ProtocolError(f"header lists {len(specs)} arrays but {len(raw) - 1} frames follow")
-    arrays = {}
-    for spec, buf in zip(specs, raw[1:]):
-        name, dtype, shape = _check_spec(spec)
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        if buf.nbytes != expected:
-            raise ProtocolError(f"array {name!r} {dtype}{tuple(shape)} needs {expected} bytes, frame has {buf.nbytes}")
-        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    specs = _parse_specs(header.pop("arrays", ""))
+    arrays, end = {}, _PREFIX.size + length
+    for name, dtype, shape in specs:
+        itemsize = np.dtype(dtype).itemsize
+        start = _align(end, itemsize)
+        count = 1
+        for d in shape:
+            count *= d
+        size = count * itemsize  # Python ints: no overflow, and nothing allocated yet
+        if start + size > raw.nbytes:
+            raise ProtocolError(f"array {name!r} {dtype}{tuple(shape)} needs {size} bytes at offset {start}, "
+                                f"the frame has {raw.nbytes}")
+        if any(raw[end:start]):
+            raise ProtocolError(f"padding before array {name!r} is not zero")
+        array = np.frombuffer(raw[start:start + size], dtype=dtype).reshape(shape)
+        if not array.flags.aligned:  # the frame's own buffer was not aligned: one small copy
+            array = array.copy()
+        arrays[name] = array
+        end = start + size
+    if end != raw.nbytes:
+        raise ProtocolError(f"the frame has {raw.nbytes - end} bytes after its last array")
     return Message(op, header, arrays)
 
 
-def _check_spec(spec) -> tuple[str, str, list[int]]:
-    if not (isinstance(spec, list) and len(spec) == 3):
-        raise ProtocolError(f"array spec {spec!r} is not [name, dtype, shape]")
-    name, dtype, shape = spec
-    if not isinstance(name, str) or dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(f"array spec {spec!r}: bad name or dtype not in {sorted(ALLOWED_DTYPES)}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise ProtocolError(f"array spec {spec!r}: shape must be a list of non-negative integers")
-    return name, dtype, shape
+def _parse_specs(text) -> list[tuple[str, str, list[int]]]:
+    if not isinstance(text, str):
+        raise ProtocolError("'arrays' must be text: name dtype d0,d1,...;...")
+    if not text:
+        return []
+    entries = text.split(";")
+    if len(entries) > MAX_ARRAYS:
+        raise ProtocolError(f"{len(entries)} arrays, at most {MAX_ARRAYS} may cross")
+    specs, names = [], set()
+    for entry in entries:
+        parts = entry.split(" ")
+        if len(parts) != 3:
+            raise ProtocolError(f"array spec {entry[:80]!r} is not 'name dtype shape'")
+        name, dtype, dims = parts
+        if not NAME.fullmatch(name) or name in names:
+            raise ProtocolError(f"array spec {entry[:80]!r}: bad or repeated name")
+        if dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"array spec {entry[:80]!r}: dtype not in {sorted(ALLOWED_DTYPES)}")
+        shape = dims.split(",") if dims else []
+        if len(shape) > MAX_DIMS or not all(d.isdigit() and len(d) <= 12 and d.isascii() for d in shape):
+            raise ProtocolError(f"array spec {entry[:80]!r}: shape must be at most {MAX_DIMS} non-negative integers")
+        names.add(name)
+        specs.append((name, dtype, [int(d) for d in shape]))
+    return specs
 
 
 def frame_sizes(frames) -> list[int]:
-    return [memoryview(f.buffer if hasattr(f, "buffer") else f).nbytes for f in frames]
+    return [_buffer(f).nbytes for f in frames]
 
 
-def stream_bytes(frames) -> int:
-    """Exact bytes these frames occupy on the ZMTP 3 stream (framing included)."""
-    return sum(n + (2 if n <= 255 else 9) for n in frame_sizes(frames))
+def frame_bytes(size: int, curve: bool = False) -> int:
+    """Bytes one frame of ``size`` bytes occupies on the stream (ZMTP 3, CURVE or not)."""
+    body = size + (CURVE_FRAME_BYTES if curve else 0)
+    return body + (2 if body <= 255 else 9)
+
+
+def stream_bytes(frames, curve: bool = False) -> int:
+    """Exact bytes these frames occupy on the ZMTP 3 stream (framing, and with ``curve``
+    the encryption's command name, nonce, MAC and flags, included)."""
+    return sum(frame_bytes(n, curve) for n in frame_sizes(frames))
 
 
 def payload_bytes(frames) -> int:
-    """Bytes of the array frames alone (the tensors, labels and indices)."""
-    return sum(frame_sizes(frames)[1:])
+    """Bytes of the arrays alone (the tensors, labels and indices): no header, no padding."""
+    if len(frames) != 1:
+        return 0
+    raw = _buffer(frames[0])
+    try:
+        (length,) = _PREFIX.unpack_from(raw, 0)
+        specs = _parse_specs(json.loads(bytes(raw[_PREFIX.size:_PREFIX.size + length])).get("arrays", ""))
+    except (struct.error, ValueError, AttributeError):
+        return 0
+    total = 0
+    for _, dtype, shape in specs:
+        size = np.dtype(dtype).itemsize
+        for d in shape:
+            size *= d
+        total += size
+    return total
+
+
+def message_bytes(payload: int, header: int = MAX_HEADER_BYTES, arrays: int = MAX_ARRAYS) -> int:
+    """The largest frame a message of ``payload`` array bytes can be: length, header and
+    the padding before each array (at most 7 bytes)."""
+    return _PREFIX.size + header + 7 * arrays + payload

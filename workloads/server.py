@@ -5,10 +5,18 @@ paper 002's testbed. One ROUTER socket serves all sources: requests are handled 
 arrival order and the server never waits on any particular source, so a slow or
 silent source does not stall the others. A malformed or out-of-order message gets an
 error reply and a log line; the server keeps serving.
+
+Only the run's own sources take part: source ids are 0..--sources-1, each taken by one
+connection's ``hello`` and never again; ``bye`` counts only from the connection that said
+``hello``; every reply echoes its request's ``seq``; no frame larger than the run's
+largest legitimate request (``--batch-size``, the module's shipments) is taken in
+(ZMQ_MAXMSGSIZE); with ``--keys`` only holders of the run's source key get through the
+CURVE handshake, and the loop never sees anyone else.
 """
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import time
@@ -20,7 +28,7 @@ import torch
 import zmq
 from torch import nn
 
-from . import protocol, settings
+from . import protocol, security, settings
 from .compression import create_server, get
 from .data import NUM_CLASSES, INPUT_SHAPE, check_dataset
 from .models import build_split_model
@@ -28,6 +36,13 @@ from .protocol import Message, ProtocolError
 from .trace import TraceWriter
 
 POLL_MS = 200
+# the largest request is sized from the run's settings, then given this much room
+MESSAGE_MARGIN = 1.25
+# ZMTP heartbeats on every connection (the sources rely on them to notice a lost server)
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000
+HEARTBEAT_TTL_MS = 5000
+MAX_REASON = 300  # characters of an error reason (it may quote what a peer sent)
 
 
 @dataclass
@@ -49,12 +64,16 @@ class Server:
         split = build_split_model(args.model, args.split, self.classes, INPUT_SHAPE)
         self.cut_shape = split.cut_shape
         self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args)).to(self.device)
+        self.decompress.max_batch = args.batch_size
+        self.curve = bool(getattr(args, "keys", ""))
+        self.max_request = largest_request(self.decompress, args.batch_size)
         self.lr_scale = get(args.module).server_lr_scale
         self.tail = split.tail.to(self.device)
         params = list(self.decompress.parameters()) + list(self.tail.parameters())
         self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         self.loss = nn.CrossEntropyLoss()
-        self.peers: dict[bytes, Peer] = {}
+        self.peers: dict[bytes, Peer] = {}   # by connection (the ROUTER's identity)
+        self.taken: dict[int, bytes] = {}    # source id -> the connection that said hello with it
         self.served: Counter = Counter()
         self.stopping = False
 
@@ -65,28 +84,40 @@ class Server:
                 continue
             frames = sock.recv_multipart(copy=False)
             identity, body = frames[0].bytes, frames[1:]
-            started = time.perf_counter()
-            peer = self.peers.get(identity)
-            op = None
-            try:
-                message = protocol.decode(body)
-                op = message.op
-                reply = self.handle(identity, message)
-            except Exception as exc:  # noqa: BLE001 - whatever a message does, the server keeps serving
-                reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-                reply = Message("error", {"reason": reason})
-                print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {reason}", file=sys.stderr)
-                self.trace.event("error", peer=self._who(identity), op=op, reason=reason)
-            out = protocol.encode(reply)
+            out = self.respond(identity, body)
             sock.send_multipart([identity] + out, copy=False)
-            peer = self.peers.get(identity, peer)
-            self.served[peer.source if peer else -1] += 1
-            self.trace.event("request", peer=peer.source if peer else None, op=reply.op,
-                             bytes_in=protocol.stream_bytes(body), bytes_out=protocol.stream_bytes(out),
-                             duration_s=round(time.perf_counter() - started, 6))
             expected = self.args.expect_sources
             if expected and sum(p.done for p in self.peers.values()) >= expected:
                 break
+
+    def respond(self, identity: bytes, body) -> list:
+        """The reply frames to one request (never raises: a bad request gets an error reply)."""
+        started = time.perf_counter()
+        peer = self.peers.get(identity)
+        op = seq = None
+        try:
+            message = protocol.decode(body)
+            op, seq = message.op, message.fields.get("seq")
+            reply = self.handle(identity, message)
+        except Exception as exc:  # noqa: BLE001 - whatever a message does, the server keeps serving
+            reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
+            reply = Message("error", {"reason": reason})
+            print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {reason}", file=sys.stderr)
+            self.trace.event("error", peer=self._who(identity), op=op, reason=reason)
+        if isinstance(seq, int) and not isinstance(seq, bool) and abs(seq) < 2 ** 53:
+            reply.fields["seq"] = seq  # the source checks that the reply is to this request
+        try:
+            out = protocol.encode(reply)
+        except ProtocolError as exc:  # a reply the protocol refuses (it never should): say so instead
+            out = protocol.encode(Message("error", {"reason": f"the reply could not be sent: {exc}"[:MAX_REASON]}))
+        peer = self.peers.get(identity, peer)
+        self.served[peer.source if peer else -1] += 1
+        self.trace.event("request", peer=peer.source if peer else None, op=reply.op,
+                         bytes_in=protocol.stream_bytes(body, self.curve),
+                         bytes_out=protocol.stream_bytes(out, self.curve),
+                         duration_s=round(time.perf_counter() - started, 6))
+        return out
 
     def _who(self, identity: bytes) -> str:
         peer = self.peers.get(identity)
@@ -96,14 +127,17 @@ class Server:
     def handle(self, identity: bytes, message: Message) -> Message:
         if message.op == "hello":
             return self._hello(identity, message.fields)
-        if message.op == "ping":  # health check: who I am, no state touched
-            return Message("pong", {"module": self.args.module, "model": self.args.model, "split": self.args.split,
-                                    "device": str(self.device), "sources": len(self.peers)})
+        if message.op == "ping":  # health check: it answers; no settings (they would let anyone say hello)
+            return Message("pong", {"device": str(self.device)})
         peer = self.peers.get(identity)
         if peer is None:
             raise ProtocolError(f"{message.op} before hello")
         if message.op == "bye":
+            said = message.fields.get("source", peer.source)
+            if said != peer.source:
+                raise ProtocolError(f"bye for source {said!r} from the connection of source {peer.source}")
             peer.done = True
+            self.trace.event("bye", peer=peer.source)
             return Message("bye", {})
         seq = message.fields.get("seq")
         if seq != peer.seq + 1:
@@ -124,9 +158,15 @@ class Server:
         if wrong:
             raise ProtocolError("settings differ from the server's: " + ", ".join(wrong))
         source = fields.get("source")
-        if not isinstance(source, int) or source < 0:
-            raise ProtocolError(f"hello needs a non-negative integer source id, got {source!r}")
+        sources = self.args.sources
+        if not isinstance(source, int) or isinstance(source, bool) or not 0 <= source < sources:
+            raise ProtocolError(f"hello needs a source id in 0..{sources - 1} (--sources {sources}), got {source!r}")
+        if identity in self.peers:
+            raise ProtocolError(f"this connection already said hello as source {self.peers[identity].source}")
+        if source in self.taken:
+            raise ProtocolError(f"source {source} has already said hello")
         self.peers[identity] = Peer(source)
+        self.taken[source] = identity
         self.trace.event("hello", peer=source)
         return Message("welcome", {"device": str(self.device), **mine})
 
@@ -175,6 +215,30 @@ class Server:
         return Message("pred", {}, {"pred": pred})
 
 
+def largest_request(part, batch_size: int) -> int:
+    """The largest request frame of a run (the module's largest arrays at its batch size,
+    the labels as 64-bit integers at most, the longest header), with a margin."""
+    return protocol.message_bytes(int(MESSAGE_MARGIN * (part.largest_request(batch_size) + 8 * batch_size)))
+
+
+def listen(sock: zmq.Socket, args, max_request: int):
+    """Socket options, CURVE when ``--keys`` is given, and the bind. Returns the ZAP
+    authenticator (or None), to be stopped when the server ends."""
+    curve = bool(args.keys)
+    sock.setsockopt(zmq.MAXMSGSIZE, protocol.frame_bytes(max_request, curve))
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+    auth = security.serve_securely(sock, security.load(args.keys, security.SERVER)) if curve else None
+    try:
+        sock.bind(f"tcp://{args.bind}:{args.port}")
+    except zmq.ZMQError as exc:
+        if auth is not None:
+            auth.stop()
+        raise ValueError(f"cannot listen on port {args.port}: {zmq.strerror(exc.errno)}") from None
+    return auth
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,7 +256,7 @@ def main(argv=None) -> int:
     context = zmq.Context.instance()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
-    server = None
+    server = auth = None
 
     def stop(signum, _frame):
         if server is None:  # still starting: nothing to finish
@@ -202,15 +266,14 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         server = Server(args, trace)
-        try:
-            sock.bind(f"tcp://*:{args.port}")
-        except zmq.ZMQError as exc:
-            raise ValueError(f"cannot listen on port {args.port}: {zmq.strerror(exc.errno)}") from None
-        trace.event("listening", port=args.port, device=str(server.device), module=args.module,
+        auth = listen(sock, args, server.max_request)
+        trace.event("listening", port=args.port, bind=args.bind, curve=server.curve, max_request=server.max_request,
+                    device=str(server.device), module=args.module,
                     model=args.model, split=args.split, cut=list(server.cut_shape), torch=torch.__version__,
                     threads=torch.get_num_threads(), lr_scale=server.lr_scale)
         server.serve(sock)
-        trace.event("end", status="ok", served={str(k): v for k, v in sorted(server.served.items())})
+        trace.event("end", status="ok", served={str(k): v for k, v in sorted(server.served.items())},
+                    peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
         return 0
     except ValueError as exc:
         print(f"server: {exc}", file=sys.stderr)
@@ -221,6 +284,8 @@ def main(argv=None) -> int:
         return 130
     finally:
         sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
         trace.close()
 
 

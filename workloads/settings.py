@@ -42,9 +42,11 @@ def flag(text: str) -> bool:
 @dataclass(frozen=True)
 class Option:
     """One setting. ``roles``: the programs that read it ("source", "server") and/or
-    "testbed". ``chart``: its path in the chart's values (None: not a chart value; the
-    chart's templates set it per pod, or it has no meaning on Kubernetes).
-    ``per_process``: the backend sets it for each process, it is not a choice of a run."""
+    "testbed" (the testbed itself reads it; ``testbed run`` offers every option that is
+    not ``per_process``, since it passes them to the programs). ``chart``: its path in
+    the chart's values (None: the chart's templates set it per pod, or it is
+    ``local_only``). ``per_process``: the backend sets it for each process, it is not a
+    choice of a run."""
     name: str
     type: type
     default: Any
@@ -58,6 +60,7 @@ class Option:
     chart: str | None = None
     chart_schema: dict | None = None            # the JSON schema of the chart value, when not derived
     per_process: bool = False
+    local_only: bool = False                    # no meaning on Kubernetes: refused there unless at its default
     many: bool = False                          # testbed run takes a comma-separated list (one arm each)
     run_default: Any = None                     # testbed run's default, when it differs from the programs'
     group: str = "workload"                     # the heading it is listed under
@@ -150,6 +153,25 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def drops(text: str) -> dict[int, float]:
+    """``--drop SOURCE@SECONDS[,...]`` -> {source id: seconds after its process started}."""
+    found: dict[int, float] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        source, at, seconds = part.partition("@")
+        try:
+            sid, after = int(source), float(seconds)
+        except ValueError:
+            raise ValueError(f"expected SOURCE@SECONDS[,...], got {part!r}") from None
+        if not at or sid < 0 or not after >= 0 or after == float("inf"):
+            raise ValueError(f"expected SOURCE@SECONDS with SOURCE >= 0 and SECONDS >= 0, got {part!r}")
+        if sid in found:
+            raise ValueError(f"source {sid} is listed twice")
+        found[sid] = after
+    return found
+
+
 def _modules() -> list[str]:
     from .compression import available
     return available()
@@ -166,14 +188,14 @@ def _datasets() -> list[str]:
 
 
 SRC, SRV, BOTH = ("source",), ("server",), PROGRAMS
-WITH_TESTBED = PROGRAMS + ("testbed",)
 
 # The core: what both programs, or one of them, read whatever the module.
 CORE: tuple[Option, ...] = (
     Option("run-id", str, "local", "run identifier written into every trace event", per_process=True,
            chart="runId", group="process"),
     Option("trace", str, "", "trace file (JSON lines); empty: events go to stdout", per_process=True, group="process"),
-    Option("sources", int, 8, "data sources (each trains on its own shard)", SRC + ("testbed",), min=1,
+    Option("sources", int, 8, "data sources (each trains on its own shard; the server accepts ids 0..N-1)",
+           BOTH + ("testbed",), min=1,
            chart="sources", group="run"),
     Option("module", str, "none", "compression module at the cut (testbed run: one arm per module)",
            choices=_modules, chart="workload.module", many=True, run_default="none,filter", group="run"),
@@ -183,7 +205,8 @@ CORE: tuple[Option, ...] = (
            min=0, chart="workload.split"),
     Option("dataset", str, "cifar10", "cifar10 (from --data-dir, else synthetic) or synthetic", choices=_datasets,
            chart="workload.dataset"),
-    Option("batch-size", int, 16, "samples per batch", SRC, min=1, chart="workload.batchSize"),
+    Option("batch-size", int, 16, "samples per batch (the server sizes its largest accepted message by it)", BOTH,
+           min=1, chart="workload.batchSize"),
     Option("batches", int, 32, "batches per epoch", SRC, min=1, chart="workload.batches"),
     Option("epochs", int, 4, "epochs", SRC, min=1, chart="workload.epochs"),
     Option("eval-samples", int, 256, "held-out samples evaluated at the end of each epoch", SRC, min=0,
@@ -195,20 +218,29 @@ CORE: tuple[Option, ...] = (
     Option("weight-decay", float, 5e-4, "SGD weight decay", min=0, chart="workload.weightDecay"),
     Option("seed", int, 0, "random seed (model initialisation, data order, synthetic data)", min=0,
            chart="workload.seed"),
-    Option("data-dir", str, "", "folder holding CIFAR-10 in torchvision's layout", SRC, group="data"),
+    Option("data-dir", str, "", "folder holding CIFAR-10 in torchvision's layout (on Kubernetes give the chart "
+           "a data.volume)", SRC, group="data",
+           local_only=True),
     Option("download", bool, False, "download CIFAR-10 into --data-dir if missing", SRC, chart="data.download",
            group="data"),
     Option("port", int, 5555, "server port", SRV + ("testbed",), min=1, max=65535, chart="server.port", group="run"),
-    Option("device", str, "auto", "server device: auto (CUDA when available), cpu or cuda", SRV + ("testbed",),
+    Option("device", str, "auto", "server device: auto (CUDA when available), cpu or cuda (on Kubernetes: "
+           "--gpus decides)", SRV + ("testbed",), local_only=True,
            choices=("auto", "cpu", "cuda"), group="run"),
     Option("timeout", float, 300.0, "seconds a source waits for a server reply before giving up", SRC,
            positive=True, chart="source.replyTimeout", group="run"),
+    Option("drop", str, "", "inject faults: source SOURCE kills itself with SIGKILL SECONDS after its process "
+           "started, SOURCE@SECONDS[,...] (empty: none)", SRC, validate=drops, chart="faults.drop", group="run"),
     Option("threads", int, 0, "torch threads (0: torch's default)", min=0, per_process=True, group="process"),
     Option("expect-sources", int, 0, "exit after this many sources said bye (0: serve until stopped)", SRV,
            min=0, per_process=True, group="process"),
     Option("server", str, "tcp://127.0.0.1:5555", "address of the offload server", SRC, per_process=True,
            group="process"),
     Option("source-id", int, 0, "this data source's number, 0-based", SRC, min=0, per_process=True, group="process"),
+    Option("bind", str, "*", "address the server listens on (*: every interface; the local backend: 127.0.0.1)",
+           SRV, per_process=True, group="process"),
+    Option("keys", str, "", "folder of the run's CURVE keys (pyzmq format); empty: plaintext, anyone who reaches "
+           "the port may take part", BOTH, per_process=True, group="process"),
 )
 
 _extra: list[Option] = []  # declared at run time (tests), see ``declared``

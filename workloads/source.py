@@ -7,8 +7,11 @@ evaluates test accuracy by split inference over the same connection.
 """
 from __future__ import annotations
 
+import os
 import resource
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -21,7 +24,10 @@ from .data import NUM_CLASSES, DataError, load_dataset, to_tensor_batch
 from .models import build_split_model
 from .protocol import Message, ProtocolError
 from .trace import TraceWriter
-from .transport import Connection, Exchange, ServerError, ServerTimeout
+from .transport import Connection, Exchange, ServerError, ServerGone, ServerTimeout, largest_reply
+
+EXIT_ERROR = 2        # a bad setting, bad data, a refused request, no reply within --timeout
+EXIT_SERVER_GONE = 3  # the connection to the server was lost (heartbeat timeout or closed)
 
 
 class SourceError(RuntimeError):
@@ -60,7 +66,8 @@ class Source:
         self.sgd, own = self._optimizers()
         self.optimizers = ([self.sgd] if self.sgd else []) + own
         self.rng = np.random.default_rng([args.seed, args.source_id])
-        self.connection = Connection(args.server, args.timeout)
+        self.connection = Connection(args.server, args.timeout, keys=args.keys,
+                                     max_reply_bytes=largest_reply(args.batch_size, self.cut_shape))
         self.seq = 0
 
     def _optimizers(self) -> tuple[torch.optim.Optimizer | None, list[torch.optim.Optimizer]]:
@@ -201,6 +208,24 @@ def _resources(created: float) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # ru_maxrss is in KiB on Linux
 
 
+def arm_drop(args, created: float, trace: TraceWriter) -> threading.Thread | None:
+    """``--drop``: when this source is listed, a thread kills the process with SIGKILL
+    that many seconds after it started (a real abrupt death: no bye, no end event),
+    tracing a ``drop`` event just before so that the analysis knows it was injected."""
+    after = settings.drops(args.drop).get(args.source_id)
+    if after is None:
+        return None
+
+    def drop() -> None:
+        time.sleep(max(0.0, created + after - time.time()))
+        trace.event("drop", after_s=after)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=drop, name="drop", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv=None) -> int:
     args = settings.parse("source", "splittest data source", argv)
     created = psutil.Process().create_time()
@@ -208,6 +233,7 @@ def main(argv=None) -> int:
     source = None
     try:
         check(args)
+        arm_drop(args, created, trace)
         trace.event("start", pid=psutil.Process().pid, module=args.module, model=args.model, split=args.split,
                     process_created=created, torch=torch.__version__, threads=torch.get_num_threads(),
                     settings=settings.effective(args, "source"))
@@ -219,10 +245,14 @@ def main(argv=None) -> int:
         source.bye()
         trace.event("end", status="ok", **_resources(created))
         return 0
+    except ServerGone as exc:
+        print(f"source {args.source_id}: {exc}", file=sys.stderr)
+        trace.event("end", status="server-gone", error=str(exc), **_resources(created))
+        return EXIT_SERVER_GONE
     except (SourceError, DataError, ServerError, ServerTimeout, ProtocolError, ValueError) as exc:
         print(f"source {args.source_id}: {exc}", file=sys.stderr)
         trace.event("end", status="error", error=str(exc), **_resources(created))
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         trace.event("end", status="interrupted", **_resources(created))
         return 130

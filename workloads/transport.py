@@ -6,13 +6,25 @@ import time
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from . import protocol
-from .protocol import Message
+from . import protocol, security
+from .protocol import Message, ProtocolError
 
 # A source has one request in flight; a high-water mark of a few messages keeps
 # pyzmq from queueing (and hiding) traffic that a shaped link has not carried yet.
 SEND_HWM = 4
+# a source that does not say how large a reply may be: no frame beyond this is taken in
+DEFAULT_MAX_REPLY = 64 * 1024 * 1024
+# ZMTP heartbeats: a ping every second; a connection that brings nothing back for 5 s
+# is closed (and the server drops a source it has not heard from for 5 s: the TTL).
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000
+HEARTBEAT_TTL_MS = 5000
+# what the source watches on its socket monitor; after a disconnect, the DEALER's own
+# reconnect (within ~0.1 s) tells a closed port (refused) from a silent peer (accepted)
+WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+PROBE_S = 1.0
 
 
 class ServerError(RuntimeError):
@@ -21,6 +33,11 @@ class ServerError(RuntimeError):
 
 class ServerTimeout(RuntimeError):
     """No reply within the timeout."""
+
+
+class ServerGone(RuntimeError):
+    """The connection to the server was lost while a reply was awaited (no heartbeat
+    within HEARTBEAT_TIMEOUT_MS, or the server closed it): it is not coming back."""
 
 
 @dataclass
@@ -33,29 +50,90 @@ class Exchange:
     wait_s: float = 0.0  # from handing the request to the socket to having the reply (time.perf_counter)
 
 
+def largest_reply(batch_size: int, cut_shape) -> int:
+    """The largest frame a server can legitimately answer a source with: the gradient
+    of a float32 tensor no larger than the cut (or the predictions), plus the header."""
+    size = 4 * batch_size
+    for d in cut_shape:
+        size *= int(d)
+    return protocol.message_bytes(size + 8 * batch_size, arrays=2)
+
+
 class Connection:
-    def __init__(self, address: str, timeout_s: float):
+    def __init__(self, address: str, timeout_s: float, keys: str = "", max_reply_bytes: int = DEFAULT_MAX_REPLY):
+        """``keys``: the run's key folder (CURVE), empty for plaintext. ``max_reply_bytes``:
+        a larger frame from the server closes the connection (ZMQ_MAXMSGSIZE)."""
         self.address, self.timeout_ms = address, int(timeout_s * 1000)
+        self.curve = bool(keys)
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, protocol.frame_bytes(max_reply_bytes, self.curve))
+        if keys:
+            security.connect_securely(self._sock, security.load(keys, security.SOURCE))
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        self._sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        self._monitor = self._sock.get_monitor_socket(WATCHED)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._sock.connect(address)
 
     def request(self, message: Message) -> Exchange:
         frames = protocol.encode(message)
         sent = time.perf_counter()
         self._sock.send_multipart(frames, copy=False)
-        if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
-            raise ServerTimeout(f"no reply from {self.address} within {self.timeout_ms / 1000:.0f} s")
+        self._await_reply(sent)
         reply_frames = self._sock.recv_multipart(copy=False)
         wait_s = time.perf_counter() - sent
         reply = protocol.decode(reply_frames)
+        if reply.fields.get("seq") != message.fields.get("seq") and not (reply.op == "error" and "seq" not in reply.fields):
+            raise ProtocolError(f"reply to {message.op} seq {message.fields.get('seq')!r} carries seq "
+                                f"{reply.fields.get('seq')!r}")
         if reply.op == "error":
             raise ServerError(f"server refused {message.op}: {reply.fields.get('reason', 'no reason given')}")
-        return Exchange(reply, protocol.stream_bytes(frames), protocol.stream_bytes(reply_frames),
+        return Exchange(reply, protocol.stream_bytes(frames, self.curve), protocol.stream_bytes(reply_frames, self.curve),
                         protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames), wait_s)
 
+    def _await_reply(self, sent: float) -> None:
+        """Until the reply is readable; ServerTimeout after the timeout, ServerGone as
+        soon as the socket monitor says the connection to the server was lost."""
+        deadline = sent + self.timeout_ms / 1000
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise ServerTimeout(f"no reply from {self.address} within {self.timeout_ms / 1000:.0f} s")
+            ready = dict(self._poller.poll(max(1, int(left * 1000))))
+            if self._sock in ready:
+                return
+            if self._monitor in ready:
+                while self._monitor.poll(0, zmq.POLLIN):
+                    if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                        raise ServerGone(self._why_gone())
+
+    def _why_gone(self) -> str:
+        """The DEALER reconnects at once: refused means nobody listens any more (the
+        server closed the connection); accepted means the peer is there but silent.
+        (libzmq reports the reconnect it schedules after a disconnect as a first retry.)"""
+        end, retried = time.perf_counter() + PROBE_S, 0
+        while (left := end - time.perf_counter()) > 0:
+            if not self._monitor.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                break
+            event = recv_monitor_message(self._monitor)["event"]
+            retried += event == zmq.EVENT_CONNECT_RETRIED
+            if retried >= 2:  # a reconnect was refused
+                break
+            if event == zmq.EVENT_CONNECTED:
+                return f"the server is gone: no heartbeat for {HEARTBEAT_TIMEOUT_MS / 1000:g} s ({self.address})"
+        return f"the server is gone: it closed the connection ({self.address})"
+
     def close(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
         self._sock.close(linger=0)

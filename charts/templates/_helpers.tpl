@@ -42,3 +42,33 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "splittest.image" -}}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
+
+{{/* CURVE (curve.enabled): the release's key Secret, and what each pod that talks to
+the server (server, sources, the helm test probe) adds to use it; callers include these
+only when curve.enabled. */}}
+{{- define "splittest.keysSecret" -}}
+{{- printf "%s-keys" (include "splittest.fullname" .) -}}
+{{- end -}}
+
+{{- define "splittest.keysDir" -}}
+/etc/splittest/keys
+{{- end -}}
+
+{{- define "splittest.keysEnv" -}}
+- name: SPLITTEST_KEYS
+  value: {{ include "splittest.keysDir" . | quote }}
+{{- end -}}
+
+{{- define "splittest.keysMount" -}}
+- name: keys
+  mountPath: {{ include "splittest.keysDir" . }}
+  readOnly: true
+{{- end -}}
+
+{{/* 0400: kubelet makes it 0440 with the pod's fsGroup, so the non-root program reads it. */}}
+{{- define "splittest.keysVolume" -}}
+- name: keys
+  secret:
+    secretName: {{ include "splittest.keysSecret" . }}
+    defaultMode: 0400
+{{- end -}}

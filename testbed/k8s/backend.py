@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..backend import ArmResult, Backend
 from ..errors import BackendError
+from ..signals import signals_deferred
 from ..spec import RunSpec
 from .cluster import Cluster, ClusterError
 from .collect import collect
@@ -40,9 +41,11 @@ class KubernetesBackend(Backend):
             follow(self.cluster, release, self.spec.sources, timeout_s=self.wait_s, say=self.say)
             found = collect(self.cluster, release, directory)
         except BaseException as failure:  # Ctrl-C (and SIGTERM, raised as it) included
-            self._remove(release, failure)
+            with signals_deferred():  # a second Ctrl-C waits for the uninstall
+                self._remove(release, failure)
             raise
-        self._remove(release)
+        with signals_deferred():
+            self._remove(release)
         if found["sources"] != self.spec.sources:
             raise ClusterError(f"collected {found['sources']} source pods of {self.spec.sources}")
         return ArmResult(module, directory, "kubernetes", f"resources.limits.cpu {self.spec.cpu} per source pod")

@@ -1,10 +1,14 @@
 """Collecting an arm from the cluster: every pod's log is split into its trace events
 (the JSON lines the programs print) and its other lines, and written in the local
 backend's run-directory layout (server.jsonl, source-N.jsonl, logs/), so one schema
-and one analysis serve both backends."""
+and one analysis serve both backends. A source pod that failed is a lost source: its
+cause (the container's exit code and reason: OOMKilled, Error, ...) goes into the arm's
+``testbed.jsonl`` as the local backend writes it; a source that ended because the server
+was gone fails the arm instead."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from .cluster import Cluster, ClusterError
@@ -39,7 +43,7 @@ def collect(cluster: Cluster, release: str, directory: Path) -> dict:
     if not pods:
         raise ClusterError(f"release {release} has no pods in namespace {cluster.namespace} "
                            f"(finished pods are kept for the chart's ttlSecondsAfterFinished)")
-    module, sources, cap = None, 0, None
+    module, sources, cap, lost = None, 0, None, []
     for pod in pods:
         labels = pod.metadata.labels or {}
         component = labels.get("app.kubernetes.io/component")
@@ -57,11 +61,57 @@ def collect(cluster: Cluster, release: str, directory: Path) -> dict:
         events, other = split_pod_log(cluster.pod_log(pod.metadata.name))
         (directory / f"{name}.jsonl").write_text("".join(e + "\n" for e in events))
         (directory / "logs" / f"{name}.log").write_text("".join(o + "\n" for o in other))
-        for line in events:
-            event = json.loads(line)
+        parsed = [json.loads(line) for line in events]
+        for event in parsed:
             if event.get("event") == "start" and event.get("module"):
                 module = event["module"]
-    return {"module": module, "sources": sources, "pods": len(pods), "cpu_cap": cap}
+        if component == "source" and (pod.status.phase if pod.status else None) == "Failed":
+            lost.append(lost_event(pod, int(name.split("-")[1]), parsed))
+    if lost:
+        with open(directory / "testbed.jsonl", "a", encoding="utf-8") as out:
+            for event in sorted(lost, key=lambda e: e["t"]):
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+    return {"module": module, "sources": sources, "pods": len(pods), "cpu_cap": cap, "lost": lost}
+
+
+def lost_event(pod, source: int, events: list[dict]) -> dict:
+    """The ``lost`` event of a failed source pod, its cause from the pod's status (as the
+    local backend words it: "killed by SIGKILL", "exit status 2: <the error>", with the
+    container's reason when Kubernetes gives one: OOMKilled, Error, ...)."""
+    end = [e for e in events if e.get("event") == "end"]
+    if end and end[-1].get("status") == "server-gone":
+        raise ClusterError(f"the server is gone: source pod {pod.metadata.name} (source {source}) ended with: "
+                           f"{end[-1].get('error')}")
+    terminated = None
+    for container in (pod.status.container_statuses or []) if pod.status else []:
+        if container.state and container.state.terminated:
+            terminated = container.state.terminated
+            break
+    code = terminated.exit_code if terminated else None
+    reason = (terminated.reason if terminated else None) or (pod.status.reason if pod.status else None)
+    signame = None
+    number = terminated.signal if terminated and terminated.signal else (code - 128 if code and code > 128 else None)
+    if number:
+        try:
+            signame = signal.Signals(number).name
+        except ValueError:
+            signame = f"signal {number}"
+    if reason == "OOMKilled":
+        cause = f"out of memory (OOMKilled, exit code {code})"
+        signame = signame or "SIGKILL"
+    elif signame:
+        cause = f"killed by {signame} (exit code {code}{f', {reason}' if reason else ''})"
+    elif code is not None:
+        error = end[-1].get("error") if end and end[-1].get("error") else (terminated.message or reason or "no error recorded")
+        cause = f"exit status {code}: {error}"
+    else:
+        cause = f"the pod failed: {reason or 'no reason given'}{f' ({pod.status.message})' if pod.status.message else ''}"
+    finished = terminated.finished_at if terminated and terminated.finished_at else None
+    when = finished.timestamp() if finished else max((e.get("t", 0) for e in events), default=0)
+    run = next((e.get("run") for e in events if e.get("run")), None)
+    return {"t": round(when, 6), "run": run, "role": "testbed", "source": source, "event": "lost", "cause": cause,
+            "signal": signame, "exit_status": None if signame else code, "reason": reason,
+            "injected": any(e.get("event") == "drop" for e in events)}
 
 
 def _cpu_limit(pod) -> float | None:

@@ -1,6 +1,9 @@
-"""Following an arm on the cluster: poll the sources' Job until it completes, fails or
-times out, and report a pod that cannot start (an image that cannot be pulled,
-nowhere to schedule it) with its events instead of waiting on it."""
+"""Following an arm on the cluster: poll the sources' Job until every source pod has
+ended (succeeded or failed) or the wait times out, and report a pod that cannot start
+(an image that cannot be pulled, nowhere to schedule it) with its events instead of
+waiting on it. A failed source pod does not end the arm: the chart's Job gives each
+index one try (``backoffLimitPerIndex: 0``) and tolerates every index failing
+(``maxFailedIndexes``), so the others go on; collection marks it lost."""
 from __future__ import annotations
 
 import time
@@ -19,6 +22,7 @@ class JobState:
     failed: int = 0
     active: int = 0
     complete: bool = False
+    finished: bool = False  # the Job's Complete or Failed condition
     stuck: list[str] = field(default_factory=list)
 
 
@@ -26,7 +30,9 @@ def job_state(cluster: Cluster, release: str, *, pending_limit_s: float, now: fl
     job = cluster.source_job(release)
     status = job.status
     state = JobState(status.succeeded or 0, status.failed or 0, status.active or 0)
-    state.complete = any(c.type == "Complete" and c.status == "True" for c in (status.conditions or []))
+    conditions = [c for c in (status.conditions or []) if c.status == "True"]
+    state.complete = any(c.type == "Complete" for c in conditions)
+    state.finished = any(c.type in ("Complete", "Failed") for c in conditions)
     for pod in cluster.pods(release):
         reason = _waiting_reason(pod)
         created = pod.metadata.creation_timestamp.timestamp() if pod.metadata.creation_timestamp else now
@@ -47,24 +53,28 @@ def _waiting_reason(pod) -> str | None:
 
 
 def follow(cluster: Cluster, release: str, sources: int, *, timeout_s: float, pending_limit_s: float = 300.0,
-           say=print, clock=time.time, sleep=time.sleep) -> None:
-    """Wait for the sources' Job to complete; raise ClusterError on failure or timeout."""
+           say=print, clock=time.time, sleep=time.sleep) -> JobState:
+    """Wait until every source pod has ended (succeeded or failed: a failed one does not
+    stop the others); raise ClusterError when a pod cannot start or on timeout. Returns
+    the Job's last state (``failed``: how many source pods failed)."""
     deadline = clock() + timeout_s
     last = None
     while True:
         state = job_state(cluster, release, pending_limit_s=pending_limit_s, now=clock())
         if state.stuck:
             raise ClusterError("; ".join(state.stuck))
-        if state.failed:
-            raise ClusterError(f"{state.failed} of {sources} source pods failed (see their logs: "
-                               f"kubectl logs -l {instance_selector(release, 'source')})")
-        progress = (state.active, state.succeeded)
+        progress = (state.active, state.succeeded, state.failed)
         if progress != last:
-            say(f"  [{release}] sources: {state.active} running, {state.succeeded} of {sources} done")
+            failed = (f", {state.failed} failed (kept going; see kubectl logs -l "
+                      f"{instance_selector(release, 'source')})") if state.failed else ""
+            say(f"  [{release}] sources: {state.active} running, {state.succeeded} of {sources} done{failed}")
             last = progress
-        if state.complete or state.succeeded >= sources:
-            return
+        if state.complete or state.succeeded >= sources or \
+                (state.succeeded + state.failed >= sources and not state.active) or \
+                (state.finished and not state.active):
+            return state
         if clock() >= deadline:
             raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for release {release}: "
-                               f"{state.succeeded} of {sources} sources done")
+                               f"{state.succeeded} of {sources} sources done"
+                               + (f", {state.failed} failed" if state.failed else ""))
         sleep(POLL_S)

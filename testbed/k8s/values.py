@@ -10,12 +10,15 @@ from ..spec import RunSpec
 
 def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str = "", server_image: str = "") -> dict:
     """The chart's values for one arm of ``spec``: every declared option that has a
-    chart value path, at the spec's value (the arm's module and split, the run id)."""
+    chart value path, at the spec's value (the arm's module and split, the run id), and
+    ``curve.enabled`` (false with ``--insecure``)."""
     arm = {**spec.values, **spec.workload_options(module), "run_id": run_id}
     values: dict = {}
     for option in settings.options():
         if option.chart and option.dest in arm:
             put(values, option.chart, arm[option.dest])
+    # CURVE unless --insecure: the chart makes the release's keys (a Secret) and mounts them
+    put(values, "curve.enabled", not spec.insecure)
     images = {}
     for role, image in (("source", source_image), ("server", server_image)):
         if image:

@@ -83,8 +83,36 @@ class SourcePart(nn.Module):
         return {}
 
 
+def numel(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
+def state_bytes(module: nn.Module) -> int:
+    """Bytes of a module's weights as ``shipping.state_arrays`` sends them (float32)."""
+    return 4 * sum(value.numel() for value in module.state_dict().values())
+
+
 class ServerPart(nn.Module):
     """Runs at the offload server, before the tail."""
+
+    # the most samples one message may hold; the server sets it from --batch-size, and a
+    # decode checks every count it reads against it (and against the bytes received)
+    # before it allocates anything
+    max_batch: int = 4096
+
+    def largest_request(self, batch_size: int) -> int:
+        """Bytes of the arrays (labels excluded) of the largest request a source of this
+        module legitimately sends at ``batch_size``: one step's arrays plus anything sent
+        once with them (a decoder's weights, an entropy model)."""
+        raise NotImplementedError
+
+    def check_batch(self, n: int, what: str) -> int:
+        if not 0 <= n <= self.max_batch:
+            raise ValueError(f"{what} of {n} samples: a message holds 0..{self.max_batch}")
+        return n
 
     def decode(self, arrays: Arrays, device: torch.device, source: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (sent, restored): ``sent`` is a leaf whose grad goes back to the source.

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Arrays, ServerPart, SourcePart, require_input
+from .base import Arrays, ServerPart, SourcePart, require_input, state_bytes
 from .shipping import has_state, load_state_arrays, state_arrays
 from ..settings import knob
 from .registry import CompressionConfig, ModuleSpec, register
@@ -87,6 +87,11 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
 def unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     raw = np.unpackbits(packed)[:count * bits].reshape(count, bits)
     return np.packbits(np.pad(raw, ((0, 0), (8 - bits, 0))), axis=1).reshape(count)
+
+
+def _halved(size: int) -> int:
+    """The output size of a 3x3 convolution with stride 2 and padding 1."""
+    return (int(size) - 1) // 2 + 1
 
 
 def _encoder() -> nn.Module:
@@ -182,6 +187,11 @@ class CdcServer(ServerPart):
         super().__init__()
         require_input(cut_shape, "cdc")
         self.decoders = nn.ModuleDict()  # each source's edge trained its own autoencoder
+        self.latent_size = tuple(_halved(_halved(d)) for d in cut_shape[1:])  # the encoder's two stride-2 convs
+
+    def largest_request(self, batch_size: int) -> int:
+        values = batch_size * LATENT_CHANNELS * self.latent_size[0] * self.latent_size[1]
+        return math.ceil(values * bits_per_value(0) / 8) + 16 + 1 + state_bytes(_decoder())
 
     def decode(self, arrays: Arrays, device, source: int = 0):
         if has_state(arrays, DECODER_PREFIX):
@@ -196,8 +206,10 @@ class CdcServer(ServerPart):
         if codes is None or shape is None or mask is None or shape.shape != (4,) or mask.shape != (1,):
             raise ValueError("a cdc message needs 'codes', 'latent_shape' (4 values) and 'mask_number'")
         n, c, h, w = (int(v) for v in shape)
-        if c != LATENT_CHANNELS or n < 0 or h < 1 or w < 1:
-            raise ValueError(f"latent shape {tuple(shape)} is not (N, {LATENT_CHANNELS}, H, W)")
+        if c != LATENT_CHANNELS or (h, w) != self.latent_size:
+            raise ValueError(f"latent shape {tuple(shape)} is not (N, {LATENT_CHANNELS}, {self.latent_size[0]}, "
+                             f"{self.latent_size[1]})")
+        self.check_batch(n, "a cdc message")
         bits = bits_per_value(int(mask[0]))
         count = n * c * h * w
         if codes.dtype != np.uint8 or codes.size != math.ceil(count * bits / 8):

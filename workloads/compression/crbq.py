@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Arrays, ServerPart, SourcePart
+from .base import Arrays, ServerPart, SourcePart, numel
 from ..settings import knob
 from .registry import CompressionConfig, ModuleSpec, register
 
@@ -60,6 +60,9 @@ class CrbqServer(ServerPart):
         self.spatial = tuple(cut_shape[1:])
         self.restore = nn.Sequential(nn.Conv2d(self.channels, cut_shape[0], 1), nn.BatchNorm2d(cut_shape[0]),
                                      nn.ReLU(inplace=True))
+
+    def largest_request(self, batch_size: int) -> int:
+        return batch_size * self.channels * numel(self.spatial) + 8  # uint8 codes, scale and offset
 
     def decode(self, arrays: Arrays, device, source: int = 0):
         codes, params = arrays.get("codes"), arrays.get("qparams")

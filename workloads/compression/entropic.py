@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Arrays, ServerPart, SourcePart
+from .base import Arrays, ServerPart, SourcePart, state_bytes
 from .shipping import has_state, load_state_arrays, range_encode, state_arrays
 from .shipping import range_decode as decode_symbols
 from ..settings import knob
@@ -181,6 +181,11 @@ class EntropicServer(ServerPart):
         self.decoders = nn.ModuleDict()     # each source distilled its own; fine-tuned here
         self.priors = nn.ModuleDict()
 
+    def largest_request(self, batch_size: int) -> int:
+        symbols = batch_size * self.latent_channels * (self.cut_shape[1] // 2) * (self.cut_shape[2] // 2)
+        shipped = state_bytes(self.template) + state_bytes(LaplacePrior(self.latent_channels))
+        return 4 * symbols + 16 + 16 + shipped  # bits (under 32 per symbol), latent_shape, sent once: the rest
+
     def decode(self, arrays: Arrays, device, source: int = 0):
         key = str(source)
         if has_state(arrays, SHIPPED):
@@ -188,11 +193,15 @@ class EntropicServer(ServerPart):
         if key not in self.decoders:
             raise ValueError(f"entropic: no decoder received from source {source} yet (it comes with its first message)")
         bits, shape = arrays.get("bits"), arrays.get("latent_shape")
-        if bits is None or shape is None or shape.shape != (4,) or bits.dtype != np.uint8:
+        if bits is None or shape is None or shape.shape != (4,) or bits.dtype != np.uint8 or bits.ndim != 1 \
+                or shape.dtype.kind not in "ui":
             raise ValueError("an entropic message needs uint8 'bits' and 'latent_shape'")
         n, c, h, w = (int(v) for v in shape)
-        if c != self.latent_channels or (h, w) != (self.cut_shape[1] // 2, self.cut_shape[2] // 2) or n < 0:
+        if c != self.latent_channels or (h, w) != (self.cut_shape[1] // 2, self.cut_shape[2] // 2):
             raise ValueError(f"latent shape {tuple(shape)} does not fit this cut")
+        self.check_batch(n, "an entropic message")
+        if bits.size > 4 * n * c * h * w + 16:  # what no latent of that shape could need
+            raise ValueError(f"{bits.size} bytes of bitstream for a latent of {n * c * h * w} values")
         latent = torch.zeros(n, c, h, w)
         loc, scale = (t.detach().cpu().numpy() for t in self.priors[key].params(latent))
         values = range_decode(bits, loc, scale)

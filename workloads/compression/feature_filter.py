@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Arrays, ServerPart, SourcePart, index_dtype
+from .base import Arrays, ServerPart, SourcePart, index_dtype, numel
 from ..settings import knob
 from .registry import CompressionConfig, ModuleSpec, register
 from .schedules import BUDGET_KNOBS, all_maps_first, budget_first, fixed
@@ -129,6 +129,9 @@ class FeatureFilterServer(ServerPart):
                 raise ValueError(f"resolution factor {r} cannot restore maps of size {height}")
             self.decompress = nn.ConvTranspose2d(channels, channels, 2 + r, stride=r, padding=r,
                                                  output_padding=output_padding)
+
+    def largest_request(self, batch_size: int) -> int:
+        return 4 * batch_size * numel(self.sent_shape) + 2 * self.sent_shape[0]  # maps, index (uint16 at most)
 
     def decode(self, arrays: Arrays, device, source: int = 0):
         maps, index = arrays.get("maps"), arrays.get("index")

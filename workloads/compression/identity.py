@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Arrays, ServerPart, SourcePart
+from .base import Arrays, ServerPart, SourcePart, numel
 from .registry import ModuleSpec, register
 
 
@@ -21,6 +21,9 @@ class IdentityServer(ServerPart):
     def __init__(self, cut_shape, config):
         super().__init__()
         self.cut_shape = tuple(cut_shape)
+
+    def largest_request(self, batch_size: int) -> int:
+        return 4 * batch_size * numel(self.cut_shape)
 
     def decode(self, arrays: Arrays, device, source: int = 0):
         maps = arrays.get("maps")

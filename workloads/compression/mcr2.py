@@ -89,6 +89,12 @@ def fit_model(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low.astype(np.int32), pmf
 
 
+def max_pmf_width(dim: int) -> int:
+    """The most symbols a dimension's model can have: a layer-normalised value lies within
+    sqrt(dim) of zero, times LATENT_SCALE, rounded; plus room for the smallest model (2)."""
+    return 2 * int(np.ceil(LATENT_SCALE * np.sqrt(dim))) + 3
+
+
 def range_encode(codes: np.ndarray, low: np.ndarray, pmf: np.ndarray) -> np.ndarray:
     """Range-code rows of integer codes (clipped into the model's range) -> bytes."""
     sizes = (pmf > 0).sum(axis=1)
@@ -204,6 +210,11 @@ class Mcr2Server(ServerPart):
         self.decoder = nn.Sequential(*layers)
         self.models: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # per source: kept, low, pmf
 
+    def largest_request(self, batch_size: int) -> int:
+        bits = 4 * batch_size * self.dim + 16  # the coder spends under 32 bits on any symbol
+        model = self.dim * (2 + 4 + 4 * max_pmf_width(self.dim))  # kept, low, pmf: sent once
+        return bits + 4 + model
+
     def decode(self, arrays: Arrays, device, source: int = 0):
         if MODEL_PREFIX + "pmf" in arrays:
             self.models[source] = self._load(arrays)
@@ -211,18 +222,25 @@ class Mcr2Server(ServerPart):
             raise ValueError(f"mcr2: no entropy model received from source {source} yet (it comes with its first message)")
         kept, low, pmf = self.models[source]
         bits, rows = arrays.get("bits"), arrays.get("rows")
-        if bits is None or rows is None or rows.shape != (1,) or bits.dtype != np.uint8:
+        if bits is None or rows is None or rows.shape != (1,) or bits.dtype != np.uint8 or bits.ndim != 1 \
+                or rows.dtype.kind not in "ui":
             raise ValueError("an mcr2 message needs uint8 'bits' and 'rows'")
-        codes = range_decode(bits, int(rows[0]), low, pmf)
-        latent = np.zeros((int(rows[0]), self.dim), dtype=np.float32)
+        n = self.check_batch(int(rows[0]), "an mcr2 message")
+        if bits.size > 4 * n * len(kept) + 16:  # what no row count it sends could need
+            raise ValueError(f"{bits.size} bytes of bitstream for {n} rows of {len(kept)} values")
+        codes = range_decode(bits, n, low, pmf)
+        latent = np.zeros((n, self.dim), dtype=np.float32)
         latent[:, kept] = codes
         restored = self.decoder(torch.from_numpy(latent).to(device).view(-1, self.dim, 1, 1))
         return restored, restored
 
     def _load(self, arrays: Arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kept, low, pmf = (arrays.get(MODEL_PREFIX + k) for k in ("kept", "low", "pmf"))
-        if kept is None or low is None or pmf is None or pmf.ndim != 2 or not len(kept) == len(low) == len(pmf) \
-                or (kept.size and int(kept.max()) >= self.dim) or not np.isfinite(pmf).all() or (pmf < 0).any():
+        if kept is None or low is None or pmf is None or pmf.ndim != 2 or kept.ndim != 1 or low.ndim != 1 \
+                or not len(kept) == len(low) == len(pmf) or not 0 < len(kept) <= self.dim \
+                or kept.dtype.kind != "u" or low.dtype.kind != "i" or pmf.dtype != np.float32 \
+                or not 2 <= pmf.shape[1] <= max_pmf_width(self.dim) or int(kept.max()) >= self.dim \
+                or not np.isfinite(pmf).all() or (pmf < 0).any() or not (pmf.sum(axis=1) > 0).all():
             raise ValueError("the mcr2 entropy model is malformed")
         return kept.astype(np.int64), low.astype(np.int64), pmf.astype(np.float32)
 

@@ -1,0 +1,165 @@
+"""Faults: a lost source does not end a run, a dead or hung server is noticed by every
+source within seconds. Real processes and real signals; no timing thresholds (a source
+is killed once its trace shows it training)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import REPO, TINY, free_port, read_jsonl
+from test_local_backend import cgroups_of
+from testbed.spec import RunSpec, SpecError, validate
+from workloads import settings
+from workloads.protocol import Message
+from workloads.transport import Connection, ServerGone
+
+
+def _testbed(out, port, *extra):
+    return subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", "--sources", "3", "--cpu", "0.4",
+                             "--epochs", "1", "--module", "none", *TINY, "--out", str(out), "--port", str(port),
+                             "--quiet", *map(str, extra)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _events(path):
+    return read_jsonl(path) if path.exists() else []
+
+
+def _wait_for(predicate, proc):
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+
+
+def _workload_processes(pid):
+    found = []
+    for child in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid) else []:
+        try:
+            if any(m in child.cmdline() for m in ("workloads.source", "workloads.server")):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _pid(trace):
+    return next(e["pid"] for e in read_jsonl(trace) if e["event"] == "start")
+
+
+# -- --drop: declared once, checked against --sources ------------------------------------
+
+def test_drop_is_parsed_and_checked():
+    assert settings.drops("3@8, 0@2.5") == {3: 8.0, 0: 2.5} and settings.drops("") == {}
+    drop = settings.option("drop")
+    assert drop.chart == "faults.drop" and drop.roles == ("source",)
+    for bad in ("3", "x@1", "1@-2", "1@2,1@3"):
+        with pytest.raises(ValueError, match="--drop"):
+            drop.parse(bad)
+    with pytest.raises(SpecError, match=r"--drop names source 3, but sources are 0\.\.2"):
+        validate(RunSpec(sources=3, drop="3@8", port=free_port(), backend="k8s"))
+    validate(RunSpec(sources=3, drop="2@8", port=free_port(), backend="k8s"))
+
+
+# -- a lost source -----------------------------------------------------------------------
+
+def test_a_source_killed_mid_run_is_lost_and_the_others_finish(tmp_path):
+    out, batches = tmp_path / "run", 40
+    testbed = _testbed(out, free_port(), "--batches", batches)
+    arm = out / "none"
+    _wait_for(lambda: any(e["event"] == "batch" for e in _events(arm / "source-1.jsonl")), testbed)
+    os.kill(_pid(arm / "source-1.jsonl"), signal.SIGKILL)
+    stdout, stderr = testbed.communicate(timeout=600)
+    assert testbed.returncode == 3, stderr
+    assert stderr.strip().splitlines()[-1] == ("testbed: error: arm none lost source 1 (killed by SIGKILL); "
+                                               "summary and report written")
+    lost = read_jsonl(arm / "testbed.jsonl")
+    assert [(e["event"], e["source"], e["cause"], e["signal"], e["exit_status"], e["injected"], e["role"])
+            for e in lost] == [("lost", 1, "killed by SIGKILL", "SIGKILL", None, False, "testbed")]
+    for i in (0, 2):  # the others trained every batch and ended well
+        events = read_jsonl(arm / f"source-{i}.jsonl")
+        assert sum(e["event"] == "batch" for e in events) == batches and events[-1]["status"] == "ok"
+    server_end = read_jsonl(arm / "server.jsonl")[-1]
+    assert server_end["event"] == "end" and server_end["status"] == "ok"  # told to finish, it did
+    summary = json.loads((out / "summary.json").read_text())["arms"]["none"]
+    assert summary["status_per_source"] == ["ok", "lost", "ok"] and summary["partial"] is True
+    [entry] = summary["lost_sources"]
+    assert entry["source"] == 1 and entry["cause"] == "killed by SIGKILL" and entry["injected"] is False
+    assert 1 <= entry["batches_done"] < batches
+    assert json.loads((out / "manifest.json").read_text())["status"] == "lost-sources"
+    report = (out / "report" / "report.md").read_text()
+    assert "source 1 (killed by SIGKILL)" in report
+    assert _workload_processes(testbed.pid) == [] and cgroups_of(testbed.pid) == []
+
+
+def test_a_drop_is_a_real_abrupt_death_and_named_as_injected(tmp_path):
+    out = tmp_path / "run"
+    testbed = _testbed(out, free_port(), "--batches", 3, "--drop", "2@0")
+    stdout, stderr = testbed.communicate(timeout=600)
+    assert testbed.returncode == 3, stderr
+    assert stderr.strip().splitlines()[-1] == ("testbed: error: arm none lost source 2 (killed by SIGKILL, "
+                                               "injected by --drop 2@0); summary and report written")
+    events = read_jsonl(out / "none" / "source-2.jsonl")
+    assert events[-1]["event"] == "drop" and events[-1]["after_s"] == 0  # no bye, no end
+    summary = json.loads((out / "summary.json").read_text())["arms"]["none"]
+    assert summary["lost_sources"][0]["injected"] is True and summary["lost_sources"][0]["batches_done"] == 0
+    assert _workload_processes(testbed.pid) == [] and cgroups_of(testbed.pid) == []
+
+
+# -- a dead server -----------------------------------------------------------------------
+
+def test_a_killed_server_ends_every_source_and_the_run_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    testbed = _testbed(out, free_port(), "--batches", 400)  # the default reply timeout: 300 s
+    arm = out / "none"
+    _wait_for(lambda: all(any(e["event"] == "batch" for e in _events(arm / f"source-{i}.jsonl"))
+                          for i in range(3)), testbed)
+    os.kill(_pid(arm / "server.jsonl"), signal.SIGKILL)
+    stdout, stderr = testbed.communicate(timeout=600)
+    assert testbed.returncode == 1
+    assert stderr.strip().splitlines()[-1] == "testbed: error: the server was killed by SIGKILL while sources were running"
+    for i in range(3):  # each noticed on its own, long before its reply timeout, and said so
+        end = read_jsonl(arm / f"source-{i}.jsonl")[-1]
+        assert end["event"] == "end" and end["status"] == "server-gone", end
+        assert end["error"].startswith("the server is gone: it closed the connection")
+        assert (arm / "logs" / f"source-{i}.log").read_text().strip().splitlines()[-1].startswith(
+            f"source {i}: the server is gone")
+    assert not (out / "summary.json").exists()
+    assert _workload_processes(testbed.pid) == [] and cgroups_of(testbed.pid) == []
+
+
+SILENT_SERVER = """
+import sys, zmq
+sock = zmq.Context.instance().socket(zmq.ROUTER)
+sock.bind(sys.argv[1])
+sock.recv_multipart()
+print("got it", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("how", ["hung", "killed"])
+def test_the_source_sees_a_hung_or_killed_server_as_gone(how):
+    """A server that takes the request, then stops (SIGSTOP: no heartbeat) or dies
+    (SIGKILL: the connection closes): ServerGone, not a wait for the 300 s timeout."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    server = subprocess.Popen([sys.executable, "-c", SILENT_SERVER, address], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    connection = Connection(address, 300.0)
+    try:
+        connection._sock.send_multipart([b"ping"])  # any frame: the server only needs to get one
+        assert server.stdout.readline() == "got it\n"
+        server.send_signal(signal.SIGSTOP if how == "hung" else signal.SIGKILL)
+        with pytest.raises(ServerGone) as gone:
+            connection.request(Message("ping", {}))
+    finally:
+        connection.close()
+        server.kill()
+        server.send_signal(signal.SIGCONT) if server.poll() is None else None
+        server.wait()
+    expected = "no heartbeat for 5 s" if how == "hung" else "it closed the connection"
+    assert str(gone.value).startswith(f"the server is gone: {expected}")

@@ -1,0 +1,292 @@
+"""Only the run's own sources take part: a real two-source run trains while a hostile
+client on loopback throws a bounded stream of bad messages at the server."""
+import io
+import json
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import zmq
+
+from workloads import protocol
+from workloads.protocol import Message
+
+from conftest import TINY, free_port, read_jsonl
+
+SETTINGS = {"module": "filter", "model": "vgg11-slim", "split": 2, "classes": 10, "cut": [32, 8, 8]}
+RUN = ["--module", "filter", "--model", "vgg11-slim", "--batch-size", "8", "--dataset", "synthetic", "--seed", "0"]
+SOURCE_RUN = RUN + ["--sources", "2", "--eval-samples", "16", "--batches", "3", "--epochs", "8"]
+assert set(TINY) <= set(SOURCE_RUN)
+# A source started with the run's keys (until workloads/source.py hands --keys to its
+# Connection itself, this passes them in; afterwards it changes nothing).
+KEYED_SOURCE = ("import functools, sys; from workloads import source, transport; "
+                "source.Connection = functools.partial(transport.Connection, keys=sys.argv.pop(1)); "
+                "sys.exit(source.main(sys.argv[1:]))")
+
+
+def raw_frame(header, body=b"") -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<I", len(text)) + text + body
+
+
+def hostile_messages(max_request: int):
+    """(name, frames, expects a reply): a few hundred malformed, truncated, oversized,
+    out-of-order and hostile messages."""
+    good = protocol.encode(Message("train", {"seq": 1, "lr_scale": 1.0}, {
+        "maps": np.ones((8, 4, 8, 8), np.float32), "index": np.arange(4, dtype=np.uint8),
+        "labels": np.zeros(8, np.uint8)}))[0]
+    good = bytes(good)
+    out = []
+    for source in (0, 1, 2, -1, 10 ** 9, "0", None, True):  # ids in use, out of range, not ints
+        out.append(("hello", [bytes(protocol.encode(Message("hello", {"source": source, **SETTINGS}))[0])], True))
+    for _ in range(3):  # the hello/bye trick
+        out.append(("hello", [bytes(protocol.encode(Message("hello", {"source": 1, **SETTINGS}))[0])], True))
+        out.append(("bye", [bytes(protocol.encode(Message("bye", {"source": 1}))[0])], True))
+    for seq in (1, 2, 5, 0, -3, 2 ** 70):  # out of order / before hello
+        out.append(("train", [bytes(protocol.encode(Message("train", {"seq": seq}))[0])], True))
+    for cut in range(0, len(good), max(1, len(good) // 40)):  # truncated
+        out.append(("truncated", [good[:cut]], True))
+    rng = np.random.default_rng(0)
+    for size in (1, 3, 4, 17, 100, 1000, 5000):  # noise
+        out.append(("noise", [rng.integers(0, 256, size, dtype=np.uint8).tobytes()], True))
+    for dims in ("999999999999,999999999999", "4294967296,4294967296,8", "1" + "0" * 12):  # huge counts
+        out.append(("huge", [raw_frame({"v": 2, "op": "train", "arrays": f"maps <f4 {dims}"}, b"\0" * 64)], True))
+    for dtype in ("|O", "<f8", "<c8", "|V8", "|S4", "O", "<M8"):  # wrong dtypes
+        out.append(("dtype", [raw_frame({"v": 2, "op": "train", "arrays": f"x {dtype} 1"}, b"\0" * 8)], True))
+    payload = pickle.dumps(Exception("pwned"))
+    out.append(("pickle", [payload], True))
+    out.append(("pickle", [raw_frame({"v": 2, "op": "train", "arrays": f"x |u1 {len(payload)}"}, payload)], True))
+    out.append(("pickle", [raw_frame(b"\x80\x04" + payload[2:])], True))
+    many = ";".join(f"a{i} |u1 1" for i in range(protocol.MAX_ARRAYS + 1))
+    out.append(("arrays", [raw_frame({"v": 2, "op": "train", "arrays": many}, b"\0" * 17)], True))
+    out.append(("frames", [good, good], True))
+    out.append(("frames", [good] * 20, True))
+    out.append(("nesting", [raw_frame(b"[" * 50000)], True))
+    out.append(("header", [struct.pack("<I", 2 ** 32 - 1) + b"{}"], True))
+    out.append(("ops", [raw_frame({"v": 2, "op": op}) for op in ("welcome",)], True))
+    for op in ("welcome", "grad", "pred", "pong", "error", "shutdown", "__import__"):
+        out.append(("ops", [raw_frame({"v": 2, "op": op})], True))
+    while len(out) < 300:  # random bit flips in a real message
+        flipped = bytearray(good)
+        for at in rng.integers(0, 120, 3):
+            flipped[at] ^= 1 << int(rng.integers(0, 8))
+        out.append(("flip", [bytes(flipped)], True))
+    out.append(("oversized", [b"\0" * (max_request + 1024)], False))  # dropped by libzmq: no reply, ever
+    return out
+
+
+def attack(port: int, max_request: int, wait_ms: int, deadline_s: float = 60.0):
+    """Send the hostile stream; returns (messages sent, replies, error replies)."""
+    ctx = zmq.Context.instance()
+    sent = replies = errors = 0
+    started = time.time()
+    sockets = []
+    try:
+        for name, frames, expects in hostile_messages(max_request):
+            if time.time() - started > deadline_s:
+                break
+            sock = ctx.socket(zmq.DEALER)  # a fresh connection each time: no stale replies to mix up
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            sockets.append(sock)
+            sock.send_multipart(frames)
+            sent += 1
+            if sock.poll(wait_ms if expects else 300):
+                replies += 1
+                reply = protocol.decode(sock.recv_multipart())
+                errors += reply.op == "error"
+                assert expects, f"{name}: got an answer"
+            if len(sockets) > 20:
+                sockets.pop(0).close(0)
+    finally:
+        for sock in sockets:
+            sock.close(0)
+    return sent, replies, errors
+
+
+def start(cmd, **kwargs):
+    return subprocess.Popen([sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def run_fleet(tmp_path, name, keys=None, hostile=None):
+    """A real server and two sources; ``hostile(port, max_request)`` runs in a thread once
+    both sources said hello. Returns the sources' batch events, the server's trace, the
+    hostile's result and the server's peak RSS (MB) while it ran.
+
+    The two sources are a 2-source run (their shards, their bytes); the server admits one
+    more id, which the test itself takes first and gives back (bye) only once the hostile
+    stream is over, so the server is there for all of it however fast the sources are."""
+    from workloads.transport import Connection
+
+    port, folder = free_port(), tmp_path / name
+    folder.mkdir()
+    keyed = ["--keys", str(keys)] if keys else []
+    server = start(["-m", "workloads.server", *RUN, "--sources", "3", "--port", str(port), "--expect-sources", "3",
+                    "--bind", "127.0.0.1", "--trace", str(folder / "server.jsonl"), "--threads", "1", *keyed])
+    gatekeeper = Connection(f"tcp://127.0.0.1:{port}", 60, keys=str(keys) if keys else "")
+    assert gatekeeper.request(Message("hello", {"source": 2, **SETTINGS})).reply.op == "welcome"
+    sources = []
+    for sid in range(2):
+        args = [*SOURCE_RUN, "--source-id", str(sid), "--server", f"tcp://127.0.0.1:{port}", "--threads", "1",
+                "--trace", str(folder / f"source-{sid}.jsonl"), *keyed]
+        sources.append(start(["-c", KEYED_SOURCE, str(keys), *args] if keys else ["-m", "workloads.source", *args]))
+    peak, result = [0.0], {}
+    try:
+        trace = folder / "server.jsonl"
+        deadline = time.time() + 120
+        while not (trace.exists() and sum(e["event"] == "hello" for e in read_jsonl(trace)) >= 3):
+            assert server.poll() is None and time.time() < deadline, server.stderr.read() if server.poll() else "slow"
+            time.sleep(0.05)
+        max_request = next(e for e in read_jsonl(trace) if e["event"] == "listening")["max_request"]
+        watcher = psutil.Process(server.pid)
+        thread = None
+        if hostile:
+            thread = threading.Thread(target=lambda: result.update(out=hostile(port, max_request)))
+            thread.start()
+        while any(p.poll() is None for p in sources) or (thread and thread.is_alive()):
+            try:
+                peak[0] = max(peak[0], watcher.memory_info().rss / 2 ** 20)
+            except psutil.NoSuchProcess:
+                pass
+            assert time.time() < deadline + 120, "the run did not finish"
+            time.sleep(0.02)
+        codes = [p.wait(60) for p in sources]
+        assert codes == [0, 0], [p.stderr.read() for p in sources]
+        assert gatekeeper.request(Message("bye", {"source": 2})).reply.op == "bye"
+        assert server.wait(10) == 0, server.stderr.read()
+    finally:
+        gatekeeper.close()
+        for proc in (server, *sources):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    batches = [[e for e in read_jsonl(folder / f"source-{sid}.jsonl") if e["event"] == "batch"] for sid in range(2)]
+    return batches, read_jsonl(folder / "server.jsonl"), result.get("out"), peak[0], folder
+
+
+def same_traffic(calm, stormy, extra=0):
+    """Message by message the same bytes (``extra``: what CURVE adds per message). A reply's
+    header holds the loss, whose digits depend on how the server interleaved the two
+    sources (two undisturbed runs differ there too): its length may vary by a few bytes."""
+    for a, b in zip(calm, stormy, strict=True):
+        assert [e["bytes_sent"] + extra for e in a] == [e["bytes_sent"] for e in b]
+        assert [e["payload_sent"] for e in a] == [e["payload_sent"] for e in b]
+        assert [e["payload_received"] for e in a] == [e["payload_received"] for e in b]
+        assert all(abs(x["bytes_received"] + extra - y["bytes_received"]) <= 4 for x, y in zip(a, b, strict=True))
+    assert bytes_per_sample(stormy) == pytest.approx(bytes_per_sample(calm) + 2 * extra / 8, abs=1.0)
+
+
+def bytes_per_sample(batches):
+    events = [e for per_source in batches for e in per_source]
+    return sum(e["bytes_sent"] + e["bytes_received"] for e in events) / sum(e["samples"] for e in events)
+
+
+def test_a_hostile_client_does_not_disturb_a_real_run(tmp_path):
+    calm, _, _, calm_peak, _ = run_fleet(tmp_path, "calm")
+    stormy, server_trace, (sent, replies, errors), peak, _ = run_fleet(
+        tmp_path, "stormy", hostile=lambda port, largest: attack(port, largest, wait_ms=5000))
+    same_traffic(calm, stormy)
+    assert sent >= 300 and replies == errors == sent - 1  # every bad message got an error, the oversized none
+    hellos = [e["peer"] for e in server_trace if e["event"] == "hello"]
+    assert sorted(hellos) == [0, 1, 2]  # nobody else ever took part (2: the test itself)
+    end = server_trace[-1]
+    assert end["event"] == "end" and end["status"] == "ok"
+    print(f"\nhostile: {sent} messages, {replies} error replies; server peak RSS {peak:.0f} MB (undisturbed: {calm_peak:.0f} MB) "
+          f"(end event: {end['peak_rss_mb']} MB); bytes per sample {bytes_per_sample(calm):.2f} undisturbed, "
+          f"{bytes_per_sample(stormy):.2f} under attack")
+
+
+def test_with_curve_a_client_without_the_key_gets_no_answer_and_the_run_is_unaffected(tmp_path):
+    from testbed.keys import make_run_keys
+
+    keys = make_run_keys(tmp_path / "run")
+    plain, _, _, _, _ = run_fleet(tmp_path, "plain")
+    stormy, server_trace, (sent, replies, errors), peak, folder = run_fleet(
+        tmp_path, "curve", keys=keys, hostile=lambda port, largest: attack(port, largest, wait_ms=50, deadline_s=20))
+    assert replies == 0 and sent > 0
+    assert not [e for e in server_trace if e["event"] == "error"]  # the loop never saw the hostile client
+    same_traffic(plain, stormy, extra=protocol.CURVE_FRAME_BYTES)  # each message: one long frame, 33 bytes more
+    logged = "".join(p.read_text() for p in folder.iterdir())
+    for path in keys.iterdir():
+        for line in path.read_text().splitlines():
+            if "key = " in line:
+                assert line.split("=", 1)[1].strip().strip('"') not in logged
+    print(f"\ncurve: {sent} hostile messages, {replies} answers; server peak RSS {peak:.0f} MB")
+
+
+# -- every count from the wire is checked before anything is allocated ------------------------
+def server_part(module, split=2, **knobs):
+    from workloads.compression import CompressionConfig, create_server, get
+    from workloads.models import build_split_model
+
+    model = build_split_model("vgg11-slim", get(module).split_for(split), 10)
+    part = create_server(module, model.cut_shape, CompressionConfig(**knobs))
+    part.max_batch = 8
+    return part
+
+
+def refused(part, arrays, match, source=0):
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        part.decode(arrays, torch.device("cpu"), source)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_mcr2_rows_and_model_are_checked():
+    part = server_part("mcr2")
+    model = {"model.kept": np.arange(64, dtype="<u2"), "model.low": np.zeros(64, np.int32),
+             "model.pmf": np.full((64, 2), 0.5, np.float32)}
+    refused(part, {**model, "bits": np.zeros(4, np.uint8), "rows": np.array([2 ** 31 - 1], "<i4")}, "0..8")
+    refused(part, {**model, "bits": np.zeros(10 ** 6, np.uint8), "rows": np.array([1], "<i4")}, "bytes of bitstream")
+    wide = {**model, "model.pmf": np.full((64, 10 ** 5), 1e-5, np.float32)}
+    refused(part, {**wide, "bits": np.zeros(4, np.uint8), "rows": np.array([1], "<i4")}, "malformed")
+    signed = {**model, "model.kept": np.arange(64, dtype="<i8") - 1}
+    refused(part, {**signed, "bits": np.zeros(4, np.uint8), "rows": np.array([1], "<i4")}, "malformed")
+
+
+def test_entropic_latent_count_is_checked():
+    part = server_part("entropic")
+    from workloads.compression.shipping import state_arrays
+    from workloads.compression.entropic import LaplacePrior
+
+    shipped = {**state_arrays(part.template, "decoder."), **state_arrays(LaplacePrior(16), "prior.")}
+    refused(part, {**shipped, "bits": np.zeros(4, np.uint8), "latent_shape": np.array([10 ** 9, 16, 4, 4], "<i4")},
+            "0..8")
+    refused(part, {**shipped, "bits": np.zeros(10 ** 6, np.uint8), "latent_shape": np.array([1, 16, 4, 4], "<i4")},
+            "bytes of bitstream")
+    refused(part, {**shipped, "bits": np.zeros(4, np.uint8), "latent_shape": np.array([1, 16, 4000, 4000], "<i4")},
+            "does not fit")
+
+
+def test_cdc_latent_count_is_checked():
+    from workloads.compression.cdc import _decoder
+    from workloads.compression.shipping import state_arrays
+
+    part = server_part("cdc")
+    shipped = state_arrays(_decoder(), "decoder.")
+    mask = np.array([2], np.uint8)
+    refused(part, {**shipped, "codes": np.zeros(4, np.uint8), "latent_shape": np.array([10 ** 9, 8, 8, 8], "<i4"),
+                   "mask_number": mask}, "0..8")
+    refused(part, {**shipped, "codes": np.zeros(4, np.uint8), "latent_shape": np.array([1, 8, 30000, 30000], "<i4"),
+                   "mask_number": mask}, "is not")
+
+
+def test_coded_images_are_checked_before_they_are_decoded():
+    from PIL import Image
+
+    part = server_part("jpeg")
+    refused(part, {"data": np.zeros(0, np.uint8), "lengths": np.zeros(9, np.uint32)}, "0..8")
+    refused(part, {"data": np.zeros(10 ** 5, np.uint8), "lengths": np.array([10 ** 5], np.uint32)}, "at most")
+    big = io.BytesIO()
+    Image.new("RGB", (4000, 30)).save(big, format="JPEG")  # a small file that would decode to a large image
+    data = np.frombuffer(big.getvalue(), np.uint8)
+    if data.size <= part.largest_file():
+        refused(part, {"data": data, "lengths": np.array([data.size], np.uint32)}, "not a valid JPEG")
