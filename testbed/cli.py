@@ -98,12 +98,13 @@ def main(argv=None) -> int:
         from .k8s import Cluster, ClusterError, KubernetesBackend
         try:
             cluster = Cluster(namespace=args.namespace, context=args.kube_context or None)
-            say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {args.namespace}")
+            say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {cluster.namespace}")
         except ClusterError as exc:
             print(f"testbed: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         return run(spec, say, KubernetesBackend(spec, cluster, keep=args.keep, source_image=args.source_image,
-                                                server_image=args.server_image, wait_s=args.wait, say=say))
+                                                server_image=args.server_image, wait_s=args.wait,
+                                                pending_timeout_s=args.pending_timeout, say=say))
     return run(spec, say)
 
 

@@ -54,6 +54,11 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
             result = backend.run_arm(module, out / module, run_id)
             manifest["cap"] = {"method": result.cap_method, "detail": result.cap_description}
             manifest.setdefault("arms", {})[module] = {"cap": manifest["cap"], "pinning": result.pinning}
+            where = getattr(backend, "placement", {}).get(module)
+            if where:  # a cluster run: the nodes its pods ran on
+                manifest["arms"][module]["cluster"] = where
+                manifest["host"] = _cluster_host(manifest["arms"])
+                _write_json(out / "manifest.json", manifest)
             cap = None if result.cap_method == "none" else spec.cpu  # --cap-method none: nothing to judge against
             arms[module] = summarise_arm(out / module, module, spec.sources, cap, result.cap_method)
             lost += [(module, e) for e in arms[module].get("lost_sources") or []]
@@ -101,12 +106,13 @@ def _finish(out: Path, summary: dict, say) -> int:
     return report([out], "", say)
 
 
-def collect_release(release: str, *, namespace: str = "default", context: str | None = None, out: str = "",
+def collect_release(release: str, *, namespace: str = "", context: str | None = None, out: str = "",
                     say=print) -> int:
     """`testbed collect RELEASE`: a run directory from a release installed by hand."""
     from analysis.summary import SummaryError, compare, summarise_arm
 
     from .k8s import Cluster, ClusterError, collect
+    from .k8s.collect import placement
     from .traces import TraceError
 
     out = Path(out or Path("runs") / release)
@@ -116,7 +122,9 @@ def collect_release(release: str, *, namespace: str = "default", context: str | 
         found = collect(cluster, release, staging)
         module = found["module"] or "unknown"
         staging.rename(out / module)
-        manifest = {"run": release, "backend": "k8s", "release": release, "namespace": namespace,
+        where = placement(cluster, cluster.pods(release))
+        manifest = {"run": release, "backend": "k8s", "release": release, "namespace": cluster.namespace,
+                    "arms": {module: {"cluster": where}}, "host": _cluster_host({module: {"cluster": where}}),
                     "collected": dt.datetime.now().isoformat(timespec="seconds"),
                     "spec": {"sources": found["sources"], "cpu": found["cpu_cap"], "modules": [module]},
                     "cap": {"method": "kubernetes", "detail": "resources.limits.cpu per source pod"}}
@@ -155,6 +163,8 @@ def _manifest(spec: RunSpec, run_id: str, data: str, backend: str) -> dict:
     import torch
     import zmq
 
+    host = {"cores": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
+            "cuda": torch.cuda.is_available()}
     return {
         "run": run_id,
         "started": dt.datetime.now().isoformat(timespec="seconds"),
@@ -163,10 +173,26 @@ def _manifest(spec: RunSpec, run_id: str, data: str, backend: str) -> dict:
         "data": data,
         "versions": {"splittest": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "numpy": numpy.__version__},
-        "host": {"cores": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
-                 "cuda": torch.cuda.is_available()},
+        **({"testbed_host": host, "host": {"nodes": "recorded as each arm ends (its pods' nodes)"}}
+           if backend == "k8s" else {"host": host}),
         "backend": backend,
     }
+
+
+def _cluster_host(arms: dict) -> dict:
+    """The manifest's ``host`` of a cluster run: every node the arms' pods ran on (its
+    allocatable CPU, CPU and GPU model), the pods on each, and the server's GPU model."""
+    nodes, gpus = {}, []
+    for arm in arms.values():
+        where = arm.get("cluster") or {}
+        for name, facts in (where.get("nodes") or {}).items():
+            nodes.setdefault(name, {**facts, "pods": []})
+        for pod, at in (where.get("pods") or {}).items():
+            if at.get("node") in nodes:
+                nodes[at["node"]]["pods"].append(pod)
+        if where.get("server_gpu") and where["server_gpu"] not in gpus:
+            gpus.append(where["server_gpu"])
+    return {"nodes": nodes, "server_gpu": gpus[0] if len(gpus) == 1 else (gpus or None)}
 
 
 def _write_json(path: Path, value) -> None:

@@ -93,11 +93,21 @@ def validate(spec: RunSpec) -> None:
     if spec.download and not spec.data_dir:
         raise SpecError("--download needs --data-dir: the folder to download CIFAR-10 into")
     if spec.backend == "local":
+        if spec.data_pvc:
+            raise SpecError("--data-pvc is for the k8s backend; locally give the folder with --data-dir")
         _validate_local(spec)
     else:
         for option in run_options():
             if option.local_only and spec.values[option.dest] != option.default:
-                raise SpecError(f"{option.flag} is for the local backend only: {option.help}")
+                instead = ON_K8S_INSTEAD.get(option.dest)
+                raise SpecError(f"{option.flag} is for the local backend only: "
+                                + (instead or option.help))
+
+
+# what a local-only option's user gives on Kubernetes instead
+ON_K8S_INSTEAD = {"data_dir": "on Kubernetes give a PersistentVolumeClaim holding CIFAR-10 with --data-pvc NAME "
+                              "(mounted read-only at /data in the source pods; by hand: the chart's data.pvc or "
+                              "data.volume)"}
 
 
 def _validate_local(spec: RunSpec) -> None:
@@ -129,6 +139,10 @@ def check_port_free(port: int) -> None:
 
 def data_in_use(spec: RunSpec) -> str:
     """What data the sources will train on, for the terminal and the manifest."""
+    if spec.backend == "k8s" and spec.dataset == "cifar10":
+        if spec.data_pvc:
+            return f"cifar10 from PersistentVolumeClaim {spec.data_pvc} (read-only at /data in the source pods)"
+        return "synthetic (no CIFAR-10 on the cluster; give --data-pvc)"
     if spec.dataset == "cifar10" and spec.data_dir:
         found = find_cifar10(spec.data_dir)
         if found is not None:

@@ -54,8 +54,7 @@ def test_lint_is_clean_and_every_object_passes_the_kubernetes_schemas(values):
     result = helm_python.lint(str(CHART), values, strict=True)
     assert result["errors"] == [], result
     docs, _ = render(values)
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Secret",
-                                               "Service"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Job", "Job", "NetworkPolicy", "Pod", "Secret", "Service"]
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         labels = doc["metadata"]["labels"]
@@ -65,13 +64,13 @@ def test_lint_is_clean_and_every_object_passes_the_kubernetes_schemas(values):
 
 def test_eight_sources_at_0_4_cpu_and_a_gpu_server():
     docs, notes = render({"sources": 8, "cpu": 0.4})
-    job = one(docs, "Job")
+    job = one(docs, "Job", "source")
     assert job["spec"]["completions"] == 8 and job["spec"]["parallelism"] == 8
     assert job["spec"]["completionMode"] == "Indexed"
     source = job["spec"]["template"]["spec"]["containers"][0]
     assert source["resources"]["limits"]["cpu"] == "400m"
     assert source["command"] == ["python", "-m", "workloads.source"]
-    server = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    server = one(docs, "Job", "server")["spec"]["template"]["spec"]["containers"][0]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert server["command"] == ["python", "-m", "workloads.server"]
     assert server["ports"][0]["containerPort"] == 5555
@@ -90,17 +89,20 @@ def test_eight_sources_at_0_4_cpu_and_a_gpu_server():
 
 def test_cpu_server_and_bandwidth_and_scheduling_values_reach_the_pods():
     docs, _ = render(VALUE_SETS[2])
-    server = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    server = one(docs, "Job", "server")["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in server["resources"]["limits"]
     assert env_of(server, one(docs, "ConfigMap"))["SPLITTEST_DEVICE"] == "cpu"
-    job = one(docs, "Job")
+    job = one(docs, "Job", "source")
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1500m"
+    assert "tolerations" not in one(docs, "Job", "server")["spec"]["template"]["spec"]  # no GPU, no GPU toleration
     docs, _ = render(VALUE_SETS[3])
-    pod = one(docs, "Job")["spec"]["template"]
+    pod = one(docs, "Job", "source")["spec"]["template"]
     assert pod["metadata"]["annotations"]["kubernetes.io/egress-bandwidth"] == "20M"
     assert pod["spec"]["nodeSelector"] == {"role": "edge"}
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "cifar10"
-    assert one(docs, "Deployment")["spec"]["template"]["spec"]["tolerations"][0]["key"] == "gpu"
+    assert one(docs, "Job", "server")["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},  # the GPU nodes' taint
+        {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def test_only_the_sources_reach_the_server_port():
@@ -152,10 +154,10 @@ def test_one_failed_source_pod_does_not_end_the_others():
     """Each index gets one try (a retry would train its shard twice) and any number of
     indexes may fail without the Job controller stopping the rest."""
     docs, _ = render({"sources": 5})
-    spec = one(docs, "Job")["spec"]
+    spec = one(docs, "Job", "source")["spec"]
     assert spec["completionMode"] == "Indexed" and spec["backoffLimitPerIndex"] == 0
     assert spec["maxFailedIndexes"] == 5 and spec["backoffLimit"] == 5
-    env = env_of(one(docs, "Job")["spec"]["template"]["spec"]["containers"][0], one(docs, "ConfigMap"))
+    env = env_of(one(docs, "Job", "source")["spec"]["template"]["spec"]["containers"][0], one(docs, "ConfigMap"))
     assert env["SPLITTEST_DROP"] == ""
     docs, _ = render({"faults": {"drop": "3@25"}})
     assert one(docs, "ConfigMap")["data"]["SPLITTEST_DROP"] == "3@25"
@@ -167,8 +169,8 @@ KEYS_DIR = "/etc/splittest/keys"
 
 def pod_specs(docs):
     """The server's, the sources' and the `helm test` probe's pod specs."""
-    return {"server": one(docs, "Deployment")["spec"]["template"]["spec"],
-            "source": one(docs, "Job")["spec"]["template"]["spec"],
+    return {"server": one(docs, "Job", "server")["spec"]["template"]["spec"],
+            "source": one(docs, "Job", "source")["spec"]["template"]["spec"],
             "probe": one(docs, "Pod", "probe")["spec"]}
 
 
@@ -228,26 +230,391 @@ def test_the_release_has_its_own_curve_keys_mounted_read_only_into_its_pods():
 def test_with_a_data_volume_the_sources_mount_both():
     docs, _ = render(VALUE_SETS[3])
     spec = pod_specs(docs)["source"]
-    assert [v["name"] for v in spec["volumes"]] == ["data", "keys"]
-    assert [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]] == ["/data", KEYS_DIR]
+    assert [v["name"] for v in spec["volumes"]] == ["data", "tmp", "keys"]
+    assert [(m["mountPath"], m.get("readOnly")) for m in spec["containers"][0]["volumeMounts"]] == [
+        ("/data", True), ("/tmp", None), (KEYS_DIR, True)]
 
 
 def test_curve_disabled_is_plaintext_with_no_secret_and_no_mount():
     values = {"curve": {"enabled": False}}
     assert helm_python.lint(str(CHART), values, strict=True)["errors"] == []
     docs, notes = render(values)
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Job", "Job", "NetworkPolicy", "Pod", "Service"]
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     for role, spec in pod_specs(docs).items():
-        assert "volumes" not in spec and "fsGroup" not in spec["securityContext"], role
+        assert [v["name"] for v in spec["volumes"]] == ["tmp"], role
         [container] = spec["containers"]
-        assert "volumeMounts" not in container, role
+        assert [m["name"] for m in container["volumeMounts"]] == ["tmp"], role
         assert "SPLITTEST_KEYS" not in {e["name"] for e in container.get("env", [])}, role
     assert "plaintext" in notes
     docs, _ = render({**VALUE_SETS[3], **values})
     spec = pod_specs(docs)["source"]
-    assert [v["name"] for v in spec["volumes"]] == ["data"]
+    assert [v["name"] for v in spec["volumes"]] == ["data", "tmp"]
     with pytest.raises(helm_python.HelmValuesError, match="curve"):
         render({"curve": {"enabled": "yes"}})
 
+
+
+# -- values as `helm install --set` gives them -------------------------------------------------
+def readme_helm_installs():
+    """Every `helm install` command in the README's code blocks, as its argument list."""
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("helm install"):
+                commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+def set_values(words):
+    """What Helm's own `--set` parser makes of the command's --set arguments (later ones win)."""
+    values: dict = {}
+
+    def merge(into, new):
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    for flag, arg in zip(words, words[1:]):
+        if flag == "--set":
+            merge(values, helm_python.parse_set_string(arg))
+        elif flag.startswith("--set="):
+            merge(values, helm_python.parse_set_string(flag.split("=", 1)[1]))
+    return values
+
+
+def test_the_readmes_helm_install_commands_render_as_written():
+    commands = readme_helm_installs()
+    assert commands, "the README shows no helm install command"
+    for words in commands:
+        values = set_values(words)
+        assert helm_python.lint(str(CHART), values, strict=True)["errors"] == [], words
+        docs, _ = render(values)
+        for doc in docs:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert set_values(["helm", "install", "splittest", "./charts", "--set", "sources=8", "--set", "cpu=0.4"]) == {
+        "sources": 8, "cpu": "0.4"}  # Helm's --set makes only whole numbers numbers
+
+
+@pytest.mark.parametrize("cpu, millis, threads", [
+    ("0.4", "400m", "1"), ("2", "2000m", "2"), ("1.5", "1500m", "2"), (".25", "250m", "1"), ("400m", "400m", "1"),
+    (0.4, "400m", "1"), (3, "3000m", "3")])
+def test_cpu_as_set_gives_it(cpu, millis, threads):
+    docs, notes = render(set_values(["--set", f"cpu={cpu}"]) if isinstance(cpu, str) else {"cpu": cpu})
+    container = one(docs, "Job", "source")["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"] == millis
+    assert env_of(container, one(docs, "ConfigMap"))["SPLITTEST_THREADS"] == threads
+    assert f"at {millis} CPU each" in notes
+
+
+@pytest.mark.parametrize("cpu", ["0", "0.0", "-1", "abc", "1.2.3", "0m", ""])
+def test_cpu_strings_that_are_no_positive_quantity_are_rejected(cpu):
+    with pytest.raises(helm_python.HelmValuesError, match="at '/cpu'"):
+        render({"cpu": cpu})
+
+
+def test_integers_render_as_integers():
+    expression = "workload.seed=12345678,sources=3,ttlSecondsAfterFinished=10000000,server.port=6000"
+    docs, _ = render(helm_python.parse_set_string(expression))
+    assert one(docs, "ConfigMap")["data"]["SPLITTEST_SEED"] == "12345678"
+    docs, _ = render({"workload": {"seed": 12345678}, "ttlSecondsAfterFinished": 10000000, "sources": 1000000})
+    assert one(docs, "ConfigMap")["data"]["SPLITTEST_SEED"] == "12345678"
+    server, sources = one(docs, "Job", "server"), one(docs, "Job", "source")
+    assert sources["spec"]["ttlSecondsAfterFinished"] == server["spec"]["ttlSecondsAfterFinished"] == 10000000
+    assert sources["spec"]["completions"] == 1000000
+    env = {e["name"]: e.get("value") for e in server["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SPLITTEST_EXPECT_SOURCES"] == "1000000"
+
+
+@pytest.mark.parametrize("values, where, key", [
+    ({"workload": {"batch_size": 8}}, "/workload", "batch_size"),
+    ({"server": {"gpu": 1}}, "/server", "gpu"),
+    ({"source": {"replytimeout": 9}}, "/source", "replytimeout"),
+    ({"images": {"server": {"repository": "r", "tag": "t", "digest": "x"}}}, "/images/server", "digest"),
+    ({"data": {"pvcs": "x"}}, "/data", "pvcs"),
+    ({"networkPolicy": {"enable": False}}, "/networkPolicy", "enable"),
+    ({"probe": {"securitycontext": {}}}, "/probe", "securitycontext"),
+    ({"cpus": 1}, "", "cpus"),
+])
+def test_unknown_keys_are_rejected_with_their_path(values, where, key):
+    with pytest.raises(helm_python.HelmValuesError, match=f"at '{where}': additional properties '{key}' not allowed"):
+        render(values)
+
+
+def test_every_object_of_the_schema_the_chart_owns_rejects_unknown_keys():
+    """Kubernetes' own objects (security contexts, volume sources, tolerations) stay open."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    open_objects = {"podSecurityContext", "securityContext", "volume", "nodeSelector", "affinity"}
+
+    def walk(node, name):
+        if node.get("type") == "object" and name not in open_objects:
+            assert node.get("additionalProperties") is False, name
+        for key, child in node.get("properties", {}).items():
+            walk(child, key)
+        for key, child in node.get("$defs", {}).items():
+            walk(child, key)
+
+    walk(schema, "(values)")
+
+
+# -- the restricted Pod Security Standard -----------------------------------------------------
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+
+
+def restricted_violations(spec):
+    """Each rule of the "restricted" Pod Security Standard (baseline's included) that the pod
+    spec breaks, as https://kubernetes.io/docs/concepts/security/pod-security-standards/ names them."""
+    problems = []
+    pod = spec.get("securityContext") or {}
+    containers = [*spec.get("initContainers", []), *spec["containers"], *spec.get("ephemeralContainers", [])]
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            problems.append(f"host namespaces: {field}")
+    if (pod.get("windowsOptions") or {}).get("hostProcess"):
+        problems.append("HostProcess")
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if "hostPath" in kinds:
+            problems.append(f"hostPath volume {volume['name']}")
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume type {sorted(kinds)} of {volume['name']}")
+    for sysctl in pod.get("sysctls", []):
+        problems.append(f"sysctl {sysctl['name']}")  # none is needed; the safe set is not checked here
+    for name, context in [("pod", pod)] + [(c["name"], c.get("securityContext") or {}) for c in containers]:
+        if (context.get("seLinuxOptions") or {}).get("type") not in (None, "", "container_t", "container_init_t",
+                                                                       "container_kvm_t", "container_engine_t"):
+            problems.append(f"{name}: SELinux type")
+        if (context.get("seLinuxOptions") or {}).get("user") or (context.get("seLinuxOptions") or {}).get("role"):
+            problems.append(f"{name}: SELinux user/role")
+        if context.get("runAsUser") == 0:
+            problems.append(f"{name}: runAsUser 0")
+        if context.get("runAsNonRoot") is False:
+            problems.append(f"{name}: runAsNonRoot false")
+        seccomp = (context.get("seccompProfile") or {}).get("type")
+        if seccomp not in (None, "RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccomp {seccomp}")
+        apparmor = (context.get("appArmorProfile") or {}).get("type")
+        if apparmor not in (None, "RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: AppArmor {apparmor}")
+    for container in containers:
+        name, context = container["name"], container.get("securityContext") or {}
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if (context.get("windowsOptions") or {}).get("hostProcess"):
+            problems.append(f"{name}: HostProcess")
+        if context.get("procMount", "Default") != "Default":
+            problems.append(f"{name}: procMount")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            problems.append(f"{name}: hostPort")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if context.get("runAsNonRoot", pod.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if (context.get("seccompProfile") or pod.get("seccompProfile") or {}).get("type") not in (
+                "RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: no seccompProfile RuntimeDefault or Localhost")
+        capabilities = context.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        added = set(capabilities.get("add") or [])
+        if not added <= {"NET_BIND_SERVICE"} or not added <= BASELINE_CAPABILITIES:
+            problems.append(f"{name}: capabilities add {sorted(added)}")
+    return problems
+
+
+def all_pod_specs(docs):
+    specs = {}
+    for doc in docs:
+        if doc["kind"] == "Pod":
+            specs[doc["metadata"]["name"]] = doc["spec"]
+        elif doc["kind"] in ("Job", "Deployment", "StatefulSet", "DaemonSet"):
+            specs[doc["metadata"]["name"]] = doc["spec"]["template"]["spec"]
+    return specs
+
+
+def test_the_checker_sees_each_rule_broken():
+    docs, _ = render()
+    good = pod_specs(docs)["source"]
+    assert restricted_violations(good) == []
+    import copy
+
+    for breaks in [lambda s: s.update(hostNetwork=True),
+                   lambda s: s["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+                   lambda s: s["securityContext"].pop("runAsNonRoot"),
+                   lambda s: s["securityContext"].update(runAsUser=0),
+                   lambda s: s["securityContext"].pop("seccompProfile"),
+                   lambda s: s["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
+                   lambda s: s["containers"][0]["securityContext"].update(privileged=True),
+                   lambda s: s["containers"][0]["securityContext"].update(capabilities={"add": ["SYS_ADMIN"]}),
+                   lambda s: s["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+                   lambda s: s["containers"][0].update(ports=[{"containerPort": 1, "hostPort": 1}])]:
+        spec = copy.deepcopy(good)
+        breaks(spec)
+        assert restricted_violations(spec), spec
+    spec = copy.deepcopy(good)
+    spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_BIND_SERVICE"]
+    assert restricted_violations(spec) == []
+
+
+@pytest.mark.parametrize("values", VALUE_SETS + [
+    {"curve": {"enabled": False}}, {"data": {"pvc": "cifar10"}}, {"networkPolicy": {"enabled": False}},
+    {"podSecurityContext": {"runAsUser": None, "fsGroup": None}}], ids=range(len(VALUE_SETS) + 4))
+def test_every_pod_meets_the_restricted_pod_security_standard(values):
+    docs, _ = render(values)
+    specs = all_pod_specs(docs)
+    assert len(specs) == 3
+    for name, spec in specs.items():
+        assert restricted_violations(spec) == [], name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/tmp"] == "tmp", name
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            for variable in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "TORCH_HOME", "MPLCONFIGDIR"):
+                assert env[variable].startswith("/tmp"), (name, variable)
+        assert {v["name"]: v for v in spec["volumes"]}["tmp"]["emptyDir"] == {"sizeLimit": "1Gi"}, name
+
+
+def test_security_contexts_are_overridable_chart_wide_and_per_role():
+    for template in (CHART / "templates").rglob("*.yaml"):
+        assert "10001" not in template.read_text(), template  # the UID is a value, not in a template
+    openshift = set_values(["--set", "podSecurityContext.runAsUser=null", "--set", "podSecurityContext.fsGroup=null"])
+    docs, _ = render(openshift)
+    for role, spec in pod_specs(docs).items():
+        assert spec["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}, role
+    docs, _ = render({"server": {"securityContext": {"readOnlyRootFilesystem": False},
+                                 "podSecurityContext": {"runAsUser": 2000, "fsGroup": 3000}},
+                      "probe": {"podSecurityContext": {"seccompProfile": {"type": "Localhost",
+                                                                          "localhostProfile": "p.json"}}}})
+    specs = pod_specs(docs)
+    server = specs["server"]
+    assert server["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                          "readOnlyRootFilesystem": False,
+                                                          "capabilities": {"drop": ["ALL"]}}
+    assert server["securityContext"]["runAsUser"] == 2000 and server["securityContext"]["fsGroup"] == 3000
+    assert specs["source"]["securityContext"]["runAsUser"] == 10001  # the other roles keep the defaults
+    assert specs["source"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert specs["probe"]["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "p.json"}
+    assert restricted_violations(specs["probe"]) == []
+    again, _ = render()  # merging never changes the chart's defaults for the next render
+    assert pod_specs(again)["server"]["securityContext"]["runAsUser"] == 10001
+
+
+# -- GPU, lifetime, fidelity --------------------------------------------------------------------
+def test_the_server_is_a_job_that_ends_after_its_sources_said_bye():
+    docs, _ = render({"sources": 5})
+    job = one(docs, "Job", "server")
+    assert job["spec"]["backoffLimit"] == 0 and "activeDeadlineSeconds" not in job["spec"]
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    pod = job["spec"]["template"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    env = env_of(pod["spec"]["containers"][0], one(docs, "ConfigMap"))
+    assert env["SPLITTEST_EXPECT_SOURCES"] == "5"
+    # the Service reaches the server pod, and only it
+    selector = one(docs, "Service")["spec"]["selector"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "server"  # what testbed collect looks for
+    assert not selector.items() <= one(docs, "Job", "source")["spec"]["template"]["metadata"]["labels"].items()
+    docs, _ = render({"server": {"activeDeadlineSeconds": 7200}})
+    assert one(docs, "Job", "server")["spec"]["activeDeadlineSeconds"] == 7200
+
+
+def test_gpu_toleration_runtime_class_and_cpu_request():
+    docs, _ = render()
+    spec = one(docs, "Job", "server")["spec"]["template"]["spec"]
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "runtimeClassName" not in spec
+    assert spec["containers"][0]["resources"]["requests"]["cpu"] == "1"
+    docs, _ = render({"server": {"gpus": 0, "runtimeClassName": "nvidia", "cpu": ""}})
+    spec = one(docs, "Job", "server")["spec"]["template"]["spec"]
+    assert "tolerations" not in spec and spec["runtimeClassName"] == "nvidia"
+    assert "cpu" not in spec["containers"][0]["resources"]["requests"]
+    for cpu, quantity in (("2.5", "2.5"), (4, "4"), ("500m", "500m")):
+        docs, _ = render({"server": {"cpu": cpu}})
+        spec = one(docs, "Job", "server")["spec"]["template"]["spec"]
+        assert spec["containers"][0]["resources"]["requests"]["cpu"] == quantity
+    with pytest.raises(helm_python.HelmValuesError, match="/server/cpu"):
+        render({"server": {"cpu": "lots"}})
+
+
+def test_sources_spread_over_the_nodes():
+    docs, _ = render()
+    [constraint] = one(docs, "Job", "source")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert constraint == {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+                          "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "splittest",
+                                                            "app.kubernetes.io/instance": "splittest",
+                                                            "app.kubernetes.io/component": "source"}}}
+    zone = {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"tier": "edge"}}}
+    docs, _ = render({"source": {"topologySpreadConstraints": [zone]}})
+    assert one(docs, "Job", "source")["spec"]["template"]["spec"]["topologySpreadConstraints"] == [zone]
+    docs, _ = render({"source": {"topologySpreadConstraints": []}})
+    assert "topologySpreadConstraints" not in one(docs, "Job", "source")["spec"]["template"]["spec"]
+
+
+# -- conventions --------------------------------------------------------------------------------
+def test_name_overrides():
+    docs, _ = render({"nameOverride": "sl"}, release="bench")
+    assert one(docs, "Service")["metadata"]["name"] == "bench-sl-server"
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/name"] == "sl" for d in docs)
+    env = env_of(one(docs, "Job", "source")["spec"]["template"]["spec"]["containers"][0], one(docs, "ConfigMap"))
+    assert env["SPLITTEST_SERVER"] == "tcp://bench-sl-server:5555"
+    docs, _ = render({"fullnameOverride": "run7"}, release="bench")
+    assert sorted(d["metadata"]["name"] for d in docs) == ["run7-keys", "run7-server", "run7-server", "run7-server",
+                                                          "run7-sources", "run7-spec", "run7-test-server"]
+    docs, _ = render(release="bench")
+    assert one(docs, "Service")["metadata"]["name"] == "bench-splittest-server"
+
+
+def test_the_chart_label_is_a_valid_label_value_with_a_build_version(tmp_path):
+    import shutil
+
+    chart = tmp_path / "charts"
+    shutil.copytree(CHART, chart)
+    (chart / "Chart.yaml").write_text((chart / "Chart.yaml").read_text().replace("version: 0.1.0",
+                                                                                 "version: 0.1.0+build.7"))
+    rendered = helm_python.Chart.load(str(chart)).render({}, name="splittest", namespace="bench", is_install=True)
+    docs = [d for n, text in rendered.items() if n.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    for doc in docs:
+        assert doc["metadata"]["labels"]["helm.sh/chart"] == "splittest-0.1.0_build.7"
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_network_policy_can_be_turned_off():
+    docs, _ = render({"networkPolicy": {"enabled": False}})
+    assert "NetworkPolicy" not in {d["kind"] for d in docs}
+    assert helm_python.lint(str(CHART), {"networkPolicy": {"enabled": False}}, strict=True)["errors"] == []
+
+
+def test_a_data_pvc_is_mounted_read_only_in_the_sources():
+    values = set_values(["--set", "data.pvc=cifar10"])
+    assert helm_python.lint(str(CHART), values, strict=True)["errors"] == []
+    docs, _ = render(values)
+    spec = pod_specs(docs)["source"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["data"] == {"name": "data", "persistentVolumeClaim": {"claimName": "cifar10", "readOnly": True}}
+    [container] = spec["containers"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
+    assert env_of(container, one(docs, "ConfigMap"))["SPLITTEST_DATA_DIR"] == "/data"
+    for role in ("server", "probe"):
+        assert "data" not in {v["name"] for v in pod_specs(docs)[role]["volumes"]}, role
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    docs, _ = render({"data": {"pvc": "cifar10", "download": True}})  # the one that downloads needs to write
+    assert {v["name"]: v for v in pod_specs(docs)["source"]["volumes"]}["data"]["persistentVolumeClaim"][
+        "readOnly"] is False
+    docs, _ = render()
+    assert "data" not in {v["name"] for v in pod_specs(docs)["source"]["volumes"]}
+    assert "SPLITTEST_DATA_DIR" not in env_of(pod_specs(docs)["source"]["containers"][0], one(docs, "ConfigMap"))
+    with pytest.raises(Exception, match="data.pvc and data.volume"):
+        render({"data": {"pvc": "a", "volume": {"persistentVolumeClaim": {"claimName": "b"}}}})

@@ -5,8 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import helm_python
@@ -54,7 +54,7 @@ def mount_secret(docs, folder):
 def start_rendered_server(docs, port, keys):
     """The rendered server container's command as a local process; returns it once it listens."""
     configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
-    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = one(docs, "Job", "server")["spec"]["template"]["spec"]["containers"][0]
     command, env = local_command(container, env_of(container, configmap), service, port, keys)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
     return subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -73,7 +73,7 @@ def pod_logs(tmp_path_factory):
     port = free_port()
     server = start_rendered_server(docs, port, keys)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
-    source_container = one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]
+    source_container = one(docs, "Job", "source")["spec"]["template"]["spec"]["containers"][0]
     sources = []
     for index in range(2):
         command, env = local_command(source_container, env_of(source_container, configmap), service, port, keys)
@@ -85,9 +85,13 @@ def pod_logs(tmp_path_factory):
         for index, proc in enumerate(sources):
             logs[f"source-{index}"] = proc.communicate(timeout=300)[0]
             assert proc.returncode == 0, logs[f"source-{index}"][-2000:]
+        # the server is a Job: it ends by itself once its N sources said bye
+        logs["server"] = server.communicate(timeout=60)[0]
+        assert server.returncode == 0, logs["server"][-2000:]
     finally:
-        server.terminate()  # a Deployment's server keeps serving until uninstalled
-        logs["server"] = server.communicate(timeout=30)[0]
+        if server.poll() is None:
+            server.terminate()
+            server.communicate(timeout=30)
     logs["secret keys"] = sorted(p.read_text() for p in keys.iterdir())  # to check no log shows them
     return logs
 
@@ -166,16 +170,18 @@ def test_the_rendered_server_answers_no_one_without_the_releases_keys(tmp_path):
 
 
 # -- recorded API responses --------------------------------------------------------------
-def pod(name, component, phase="Running", index=None, waiting=None, created="2026-11-21T10:00:00Z"):
+def pod(name, component, phase="Running", index=None, waiting=None, created="2026-11-21T10:00:00Z", node=None,
+        restarts=0):
     item = {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "bench", "creationTimestamp": created,
                          "labels": {"app.kubernetes.io/instance": "rel", "app.kubernetes.io/component": component},
                          "annotations": {} if index is None else {"batch.kubernetes.io/job-completion-index": str(index)}},
-            "spec": {"containers": [{"name": component, "image": f"splittest-{component}:0.1.0",
+            "spec": {"nodeName": node or f"node-{component}",
+                     "containers": [{"name": component, "image": f"splittest-{component}:0.1.0",
                                      "resources": {"limits": {"cpu": "400m"}}}]},
             "status": {"phase": phase, "containerStatuses": [{
                 "name": component, "image": f"splittest-{component}:0.1.0", "imageID": "", "ready": phase == "Running",
-                "restartCount": 0, "state": {"waiting": {"reason": waiting, "message": "back-off pulling image"}}
+                "restartCount": restarts, "state": {"waiting": {"reason": waiting, "message": "back-off pulling image"}}
                 if waiting else {"running": {"startedAt": created}}}]}}
     return item
 
@@ -203,11 +209,36 @@ class RecordedApi:
         if isinstance(answer, BaseException):  # a refused connection, or Ctrl-C while waiting on one
             raise answer
         status, payload = answer
+        if isinstance(payload, Served):
+            return client.rest.RESTResponse(payload)
         text = isinstance(payload, str)  # pod logs come as text/plain
+        if text and query.get("timestamps") == "true":
+            payload = stamped(payload)
         data = payload.encode() if text else json.dumps(payload).encode()
         kind = "text/plain; charset=utf-8" if text else "application/json"
-        return client.rest.RESTResponse(SimpleNamespace(status=status, reason="OK" if status == 200 else "Error",
-                                                        data=data, headers={"content-type": kind}))
+        return client.rest.RESTResponse(Served(data, status, kind))
+
+
+def stamped(text, base="2026-11-21T10:00:00"):
+    """A log as `timestamps=true` gives it: line i written at base + i microseconds (the
+    same line gets the same stamp on every read)."""
+    return "".join(f"{base}.{i:06d}000Z {line}\n" for i, line in enumerate(text.splitlines()))
+
+
+class Served:
+    """A response body as urllib3 gives it to the client: whole (``data``) or, unpreloaded
+    (``_preload_content=False``, how logs are followed), as chunks (``stream``)."""
+
+    def __init__(self, data: bytes, status=200, kind="text/plain; charset=utf-8", chunk=64 * 1024):
+        self.data, self.status, self.chunk = data, status, chunk
+        self.reason, self.headers = "OK" if status == 200 else "Error", {"content-type": kind}
+
+    def stream(self, amt=None, decode_content=True):
+        for start in range(0, len(self.data), self.chunk):
+            yield self.data[start:start + self.chunk]
+
+    def release_conn(self):
+        pass
 
 
 def cluster_with(routes, helm=None):
@@ -520,3 +551,291 @@ def test_a_source_pod_that_lost_the_server_fails_the_arm(pod_logs, tmp_path):
     cluster, _ = cluster_with(routes)
     with pytest.raises(ClusterError, match="the server is gone: source pod rel-sources-1 .*the server is gone: x"):
         collect(cluster, "rel", tmp_path / "filter")
+
+
+# -- no trace is lost: logs are streamed while the arm runs ------------------------------------
+ROTATION_BYTES = 10 * 1024 * 1024  # the kubelet's default containerLogMaxSize
+
+
+class RotatingLog:
+    """One container's log as the API serves it on a node whose kubelet rotates: a follow
+    that was open while the lines were written gets every line (here in chunks, and the
+    first one drops mid-way, as connections do); any read opened after the rotation gets
+    only the newest file. Every line carries its timestamp when asked (timestamps=true)."""
+
+    def __init__(self, lines, drop_after: int):
+        self.lines = [f"2026-11-21T10:{i // 60_000_000:02d}:{i // 1_000_000 % 60:02d}.{i % 1_000_000:06d}000Z {line}\n"
+                      for i, line in enumerate(lines)]
+        size, self.newest = 0, len(self.lines)
+        while self.newest > 0 and size + len(self.lines[self.newest - 1]) <= ROTATION_BYTES // 2:
+            self.newest -= 1
+            size += len(self.lines[self.newest])
+        self.drop_after = drop_after  # lines the first follow carries before its connection drops
+        assert self.newest < drop_after, "the rotation must have dropped lines the first follow carried"
+        self.requests = []
+
+    def serve(self, query):
+        self.requests.append(query)
+        assert query.get("timestamps") == "true", "without timestamps a reopened stream cannot be joined up"
+        if len(self.requests) == 1:
+            assert query.get("follow") == "true"
+            return 200, Dropping("".join(self.lines[:self.drop_after]).encode())
+        return 200, Served("".join(self.lines[self.newest:]).encode())  # after the rotation: the newest file
+
+
+class Dropping(Served):
+    """A followed log whose connection drops after what it carried."""
+
+    def stream(self, amt=None, decode_content=True):
+        yield from super().stream(amt, decode_content)
+        import urllib3
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+
+
+def test_a_log_longer_than_the_kubelets_rotation_arrives_whole_because_it_was_streamed(pod_logs, tmp_path,
+                                                                                      monkeypatch):
+    """11 MiB of a source's log (its trace and the lines around it): a read after the run
+    would get the newest 5 MiB; the streamed copy has every line, once, in order, across a
+    dropped connection; a restarted server's earlier container is read with previous=true."""
+    monkeypatch.setattr(sys.modules["testbed.k8s.follow"], "POLL_S", 0.05)
+    real = pod_logs["source-0"].splitlines()
+    noise = [f"warning {i}: " + "x" * 200 for i in range(52_000)]  # ~11 MiB of stderr lines
+    source_lines = real[:3] + noise + real[3:]
+    assert sum(len(line) + 1 for line in source_lines) > ROTATION_BYTES
+    source_log = RotatingLog(source_lines, drop_after=len(source_lines) * 2 // 3)
+    server_lines = pod_logs["server"].splitlines()
+    half = len(server_lines) // 2
+    before, after = "".join(f"{line}\n" for line in server_lines[:half]), server_lines[half:]
+    previous_reads = []
+
+    jobs = iter([job(active=1), job(succeeded=1, complete=True)])
+    listings = []
+
+    def routes(path, query):
+        if path.endswith("/jobs"):
+            return 200, next(jobs, job(succeeded=1, complete=True))
+        if path == "/api/v1/namespaces/bench/pods":
+            listings.append(path)
+            if len(listings) > 1:  # the source has run (while its log was followed) and is done
+                for _ in range(500):
+                    if source_log.requests:
+                        break
+                    time.sleep(0.01)
+            phase = "Running" if len(listings) == 1 else "Succeeded"
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                pod("rel-server", "server", restarts=1), pod("rel-sources-0", "source", phase, 0)]}
+        if path == "/api/v1/namespaces/bench/pods/rel-sources-0/log":
+            return source_log.serve(query)
+        if path == "/api/v1/namespaces/bench/pods/rel-server/log":
+            if query.get("previous") == "true":  # the first container, before its restart
+                previous_reads.append(query)
+                return 200, Served(stamped(before, base="2026-11-21T09:00:00").encode())
+            return 200, "".join(f"{line}\n" for line in after)
+        return 404, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 404}
+    cluster, _ = cluster_with(routes)
+    spec = RunSpec(sources=1, cpu=0.4, modules=("filter",), model="vgg11-slim", batches=2, epochs=1, backend="k8s",
+                   gpus=0)
+    backend = KubernetesBackend(spec, cluster, say=lambda *a: None, warn=pytest.fail)
+    cluster._helm = HelmRecorder()
+    backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    events, other = split_pod_log("\n".join(source_lines))
+    assert (tmp_path / "filter" / "source-0.jsonl").read_text() == "".join(e + "\n" for e in events)
+    assert (tmp_path / "filter" / "logs" / "source-0.log").read_text() == "".join(o + "\n" for o in other)
+    assert len(source_log.requests) >= 2 and "sinceSeconds" in source_log.requests[1]  # reopened after the drop
+    server = [json.loads(line) for line in (tmp_path / "filter" / "server.jsonl").read_text().splitlines()]
+    assert [json.dumps(e, separators=(",", ":")) for e in server] == \
+        [json.dumps(json.loads(e), separators=(",", ":")) for e in split_pod_log(pod_logs["server"])[0]]
+    assert len(previous_reads) == 1
+    assert not (tmp_path / "filter" / "_stream").exists()  # all of it is in the traces and logs/
+
+
+def test_a_source_pod_that_fails_mid_run_leaves_every_pods_trace_before_the_uninstall(pod_logs, tmp_path):
+    """Source 1 is OOM-killed, the arm then fails (here: its wait runs out), and the Job
+    controller has deleted the pods by then: their logs can no longer be read. What was
+    streamed is in the run directory before helm uninstall is called."""
+    killed = "".join(line + "\n" for line in pod_logs["source-1"].splitlines()
+                     if '"event":"end"' not in line and '"event":"eval"' not in line)
+    logs = {"rel-server": pod_logs["server"], "rel-sources-0": pod_logs["source-0"], "rel-sources-1": killed}
+    served, listed = set(), []
+
+    def routes(path, query):
+        if path.endswith("/jobs"):
+            return 200, job(active=1, succeeded=1, failed=1)
+        if path == "/api/v1/namespaces/bench/pods":
+            listed.append(1)
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [] if len(listed) > 1 else [
+                pod("rel-server", "server"), pod("rel-sources-0", "source", "Running", 0),
+                failed_pod("rel-sources-1", 1, "OOMKilled", 137)]}
+        name = path.split("/")[-2]
+        if path.endswith("/log") and name not in served:  # one read, then the pod is deleted
+            served.add(name)
+            return 200, logs[name]
+        return 404, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 404,
+                     "reason": "NotFound"}
+
+    at_uninstall = {}
+
+    class Checking(HelmRecorder):
+        def uninstall(self, name, **kwargs):
+            arm = tmp_path / "filter"
+            at_uninstall.update({p.name: p.read_text() for p in arm.glob("*.jsonl")})
+            super().uninstall(name, **kwargs)
+    helm = Checking()
+    cluster, _ = cluster_with(routes, helm=helm)
+    said = []
+    backend = KubernetesBackend(tiny_spec(tmp_path), cluster, wait_s=0.001, say=said.append, warn=said.append)
+    with pytest.raises(ClusterError, match="timed out"):
+        backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
+    assert [c[0] for c in helm.calls] == ["install", "uninstall"]
+    assert sorted(at_uninstall) == ["server.jsonl", "source-0.jsonl", "source-1.jsonl", "testbed.jsonl"]
+    assert at_uninstall["source-0.jsonl"] == "".join(e + "\n" for e in split_pod_log(pod_logs["source-0"])[0])
+    assert at_uninstall["source-1.jsonl"] == "".join(e + "\n" for e in split_pod_log(killed)[0])
+    assert at_uninstall["server.jsonl"] and json.loads(at_uninstall["testbed.jsonl"])["cause"] == \
+        "out of memory (OOMKilled, exit code 137)"
+    assert any("the traces so far are in" in line for line in said)
+
+
+def test_the_log_stream_joins_up_reopened_reads_by_their_timestamps(tmp_path):
+    from testbed.k8s.stream import stamp_ns
+
+    assert stamp_ns(b"2026-11-21T10:00:00.5Z x")[0] == stamp_ns(b"2026-11-21T10:00:00.500000000Z x")[0]
+    assert stamp_ns(b"2026-11-21T12:00:01+02:00 y") == (stamp_ns(b"2026-11-21T10:00:01Z y")[0], b"y")
+    assert stamp_ns(b"no stamp") == (None, b"no stamp")
+
+
+# -- start-up: pulls take time, sources wait for the server -------------------------------------
+def test_a_transient_pull_error_is_not_fatal_and_the_pending_limit_is_an_option():
+    created = "2026-11-21T10:00:00Z"
+    start = 1795255200.0  # created, in seconds
+    waiting = iter(["ErrImagePull", "ImagePullBackOff", None])
+    jobs = iter([job(active=1), job(active=1), job(succeeded=1, complete=True)])
+
+    def routes(path, query):
+        if path.endswith("/jobs"):
+            return 200, next(jobs)
+        if path.endswith("/events"):
+            return 200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": []}
+        reason = next(waiting, None)
+        return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+            pod("rel-sources-0", "source", "Pending" if reason else "Running", 0, waiting=reason, created=created)]}
+    cluster, _ = cluster_with(routes)
+    clock = iter([start, start + 100, start + 200, start + 300, start + 400, start + 500])
+    follow(cluster, "rel", 1, timeout_s=3600, pending_limit_s=600, say=lambda *_: None, clock=lambda: next(clock),
+           sleep=lambda _: None)  # ErrImagePull, then a back-off within the limit: the pull went through
+
+    cluster, _ = cluster_with(lambda p, q: (200, job(active=1)) if p.endswith("/jobs") else
+                              (200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": []})
+                              if p.endswith("/events") else
+                              (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                                  pod("rel-sources-0", "source", "Pending", 0, waiting="ImagePullBackOff",
+                                      created=created)]}))
+    with pytest.raises(ClusterError, match="ImagePullBackOff for 700 s"):
+        follow(cluster, "rel", 1, timeout_s=3600, pending_limit_s=600, say=lambda *_: None,
+               clock=lambda: start + 700, sleep=lambda _: None)
+    cluster, _ = cluster_with(lambda p, q: (200, job(active=1)) if p.endswith("/jobs") else
+                              (200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": []})
+                              if p.endswith("/events") else
+                              (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                                  pod("rel-sources-0", "source", "Pending", 0, waiting="InvalidImageName",
+                                      created=created)]}))
+    with pytest.raises(ClusterError, match="InvalidImageName for 1 s"):  # never fixes itself: at once
+        follow(cluster, "rel", 1, timeout_s=3600, pending_limit_s=600, say=lambda *_: None,
+               clock=lambda: start + 1, sleep=lambda _: None)
+    from testbed.cli import build_parser
+    args = build_parser().parse_args(["run", "--backend", "k8s", "--pending-timeout", "900"])
+    assert args.pending_timeout == 900.0
+
+
+def test_a_source_started_before_its_server_waits_for_it(tmp_path):
+    """The source's first hello waits up to --connect-timeout (the chart's
+    source.connectTimeout) for a server that is not there yet; --timeout applies after."""
+    from workloads.settings import option
+
+    assert option("connect-timeout").chart == "source.connectTimeout" and option("connect-timeout").default >= 600
+    port = free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
+    common = ["--sources", "1", "--model", "vgg11-slim", "--dataset", "synthetic", "--batch-size", "4"]
+    source = subprocess.Popen([sys.executable, "-m", "workloads.source", "--server", f"tcp://127.0.0.1:{port}",
+                               "--timeout", "1", "--connect-timeout", "120", "--batches", "1", "--epochs", "1",
+                               "--eval-samples", "4", *common], env=base_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    time.sleep(4)  # longer than --timeout: the server is still "pulling its image"
+    server = subprocess.Popen([sys.executable, "-m", "workloads.server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--device", "cpu", "--expect-sources", "1", *common], env=base_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = source.communicate(timeout=180)[0]
+        assert source.returncode == 0, out[-2000:]
+        assert any(json.loads(e)["event"] == "connected" for e in split_pod_log(out)[0])
+    finally:
+        server.kill()
+        server.communicate()
+
+
+# -- data, namespace, manifest ------------------------------------------------------------------
+def test_data_reaches_a_cluster_run_through_a_pvc(tmp_path):
+    from testbed.k8s.values import chart_values
+    from testbed.spec import data_in_use
+
+    with pytest.raises(SpecError, match=r"^--data-dir is for the local backend only: .*--data-pvc NAME"):
+        validate(RunSpec(backend="k8s", modules=("filter",), data_dir=str(tmp_path)))
+    with pytest.raises(SpecError, match="--data-pvc is for the k8s backend"):
+        validate(RunSpec(backend="local", modules=("filter",), data_pvc="cifar10"))
+    spec = RunSpec(backend="k8s", modules=("filter",), data_pvc="cifar10")
+    validate(spec)
+    assert chart_values(spec, "filter", "r")["data"]["pvc"] == "cifar10"
+    assert not data_in_use(spec).startswith("synthetic") and "cifar10" in data_in_use(spec)
+    assert data_in_use(RunSpec(backend="k8s", modules=("filter",))).startswith("synthetic")
+    assert chart_values(RunSpec(backend="k8s", modules=("filter",)), "filter", "r")["data"]["pvc"] == ""
+
+
+def test_the_namespace_defaults_to_the_kube_contexts(tmp_path, monkeypatch):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "team",
+        "clusters": [{"name": "c", "cluster": {"server": "https://recorded.invalid"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "team", "context": {"cluster": "c", "user": "u", "namespace": "bench-team"}},
+                     {"name": "plain", "context": {"cluster": "c", "user": "u"}}]}))
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    from testbed.options import TESTBED_OPTIONS
+    assert next(o for o in TESTBED_OPTIONS if o.name == "namespace").default == ""
+    assert Cluster().namespace == "bench-team"
+    assert Cluster(context="plain").namespace == "default"
+    assert Cluster(namespace="given", context="team").namespace == "given"
+
+
+def test_the_manifest_of_a_cluster_run_records_the_nodes_not_this_machine(pod_logs, tmp_path):
+    nodes = {
+        "node-server": {"labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "kubernetes.io/arch": "amd64"},
+                        "allocatable": {"cpu": "31500m", "nvidia.com/gpu": "1"}},
+        "node-source": {"labels": {"feature.node.kubernetes.io/cpu-model.family": "6",
+                                   "feature.node.kubernetes.io/cpu-model.vendor_id": "Intel"},
+                        "allocatable": {"cpu": "7910m"}}}
+    inner = recorded_release(pod_logs)
+
+    def routes(path, query):
+        if path.startswith("/api/v1/nodes/"):
+            name = path.rsplit("/", 1)[-1]
+            return 200, {"apiVersion": "v1", "kind": "Node",
+                         "metadata": {"name": name, "labels": nodes[name]["labels"]},
+                         "status": {"allocatable": nodes[name]["allocatable"], "nodeInfo": {
+                             "architecture": "amd64", "kernelVersion": "6.8.0", "osImage": "Ubuntu 24.04",
+                             "containerRuntimeVersion": "containerd://1.7", "kubeletVersion": "v1.31.0",
+                             "bootID": "", "machineID": "", "systemUUID": "", "kubeProxyVersion": "",
+                             "operatingSystem": "linux"}}}
+        return inner(path, query)
+    helm = HelmRecorder()
+    cluster, _ = cluster_with(routes, helm=helm)
+    spec = tiny_spec(tmp_path)
+    from testbed.runner import run
+    assert run(spec, lambda *a, **k: None, KubernetesBackend(spec, cluster, say=lambda *a: None)) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["testbed_host"]["cores"] == os.cpu_count() and "cores" not in manifest["host"]
+    host = manifest["host"]
+    assert host["server_gpu"] == "NVIDIA-H100-80GB-HBM3"
+    assert host["nodes"]["node-source"]["allocatable_cpu"] == "7910m"
+    assert host["nodes"]["node-source"]["cpu_model"] == {"family": "6", "vendor_id": "Intel"}
+    assert host["nodes"]["node-server"]["kernel"] == "6.8.0" and host["nodes"]["node-server"]["pods"] == ["rel-server"]
+    assert sorted(host["nodes"]["node-source"]["pods"]) == ["rel-sources-0", "rel-sources-1"]
+    assert manifest["arms"]["filter"]["cluster"]["pods"]["rel-sources-1"]["node"] == "node-source"

@@ -269,7 +269,8 @@ def test_a_killed_source_is_named_by_its_signal(tmp_path, port, leaves_nothing):
 def test_exit_cause_prefers_the_traced_error_then_the_traceback_then_the_log(tmp_path, port):
     fleet = Fleet(tmp_path)
     trace = tmp_path / "source-0.jsonl"
-    argv = ["--server", f"tcp://127.0.0.1:{port}", "--timeout", "1", "--trace", str(trace), *TINY,
+    argv = ["--server", f"tcp://127.0.0.1:{port}", "--timeout", "1", "--connect-timeout", "1", "--trace", str(trace),
+            *TINY,
             "--batches", "1", "--epochs", "1"]
     try:
         proc = fleet.start("source-0", "workloads.source", argv, trace=trace)  # nobody listens

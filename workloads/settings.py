@@ -229,6 +229,9 @@ CORE: tuple[Option, ...] = (
            choices=("auto", "cpu", "cuda"), group="run"),
     Option("timeout", float, 300.0, "seconds a source waits for a server reply before giving up", SRC,
            positive=True, chart="source.replyTimeout", group="run"),
+    Option("connect-timeout", float, 900.0, "seconds a source waits for the server to answer its first hello "
+           "(a server still starting: its image pulling, its node scaling up); --timeout applies after", SRC,
+           positive=True, chart="source.connectTimeout", group="run"),
     Option("drop", str, "", "inject faults: source SOURCE kills itself with SIGKILL SECONDS after its process "
            "started, SOURCE@SECONDS[,...] (empty: none)", SRC, validate=drops, chart="faults.drop", group="run"),
     Option("threads", int, 0, "torch threads (0: torch's default)", min=0, per_process=True, group="process"),

@@ -66,8 +66,7 @@ class Source:
         self.sgd, own = self._optimizers()
         self.optimizers = ([self.sgd] if self.sgd else []) + own
         self.rng = np.random.default_rng([args.seed, args.source_id])
-        self.connection = Connection(args.server, args.timeout, keys=args.keys,
-                                     max_reply_bytes=largest_reply(args.batch_size, self.cut_shape))
+        self.connection = self._connect()
         self.seq = 0
 
     def _optimizers(self) -> tuple[torch.optim.Optimizer | None, list[torch.optim.Optimizer]]:
@@ -84,11 +83,33 @@ class Source:
         self.seq += 1
         return self.connection.request(Message(op, {"seq": self.seq, **fields}, arrays))
 
+    def _connect(self) -> Connection:
+        return Connection(self.args.server, self.args.timeout, keys=self.args.keys,
+                          max_reply_bytes=largest_reply(self.args.batch_size, self.cut_shape))
+
     def hello(self) -> None:
+        """The first request waits up to ``--connect-timeout`` for the server (on a cluster
+        it may still be pulling its image or waiting for a node): ZeroMQ connects in the
+        background and sends the hello once a server listens. A connection that comes
+        and goes meanwhile (a server restarting) is opened again and the hello repeated;
+        only past the deadline is a silent or absent server an error."""
         a = self.args
-        exchange = self.connection.request(Message("hello", {
-            "source": a.source_id, "module": a.module, "model": a.model, "split": a.split,
-            "classes": self.classes, "cut": list(self.cut_shape)}))
+        hello = Message("hello", {"source": a.source_id, "module": a.module, "model": a.model, "split": a.split,
+                                  "classes": self.classes, "cut": list(self.cut_shape)})
+        deadline = time.monotonic() + max(a.connect_timeout, a.timeout)
+        while True:
+            try:
+                exchange = self.connection.request(hello, timeout_s=max(0.001, deadline - time.monotonic()))
+                break
+            except ServerGone:
+                if time.monotonic() >= deadline:
+                    raise
+                self.connection.close()  # the queued hello must not reach a server twice
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                self.connection = self._connect()
+            except ServerTimeout:
+                raise ServerTimeout(f"no answer from the server {a.server} within --connect-timeout "
+                                    f"{max(a.connect_timeout, a.timeout):g} s") from None
         self.trace.event("connected", server=a.server, bytes_sent=exchange.bytes_sent,
                          bytes_received=exchange.bytes_received, **exchange.reply.fields)
 

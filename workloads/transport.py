@@ -82,11 +82,12 @@ class Connection:
         self._poller.register(self._monitor, zmq.POLLIN)
         self._sock.connect(address)
 
-    def request(self, message: Message) -> Exchange:
+    def request(self, message: Message, timeout_s: float | None = None) -> Exchange:
+        """``message``'s reply; ``timeout_s`` instead of the connection's reply timeout."""
         frames = protocol.encode(message)
         sent = time.perf_counter()
         self._sock.send_multipart(frames, copy=False)
-        self._await_reply(sent)
+        self._await_reply(sent, None if timeout_s is None else int(timeout_s * 1000))
         reply_frames = self._sock.recv_multipart(copy=False)
         wait_s = time.perf_counter() - sent
         reply = protocol.decode(reply_frames)
@@ -98,14 +99,15 @@ class Connection:
         return Exchange(reply, protocol.stream_bytes(frames, self.curve), protocol.stream_bytes(reply_frames, self.curve),
                         protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames), wait_s)
 
-    def _await_reply(self, sent: float) -> None:
+    def _await_reply(self, sent: float, timeout_ms: int | None = None) -> None:
         """Until the reply is readable; ServerTimeout after the timeout, ServerGone as
         soon as the socket monitor says the connection to the server was lost."""
-        deadline = sent + self.timeout_ms / 1000
+        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+        deadline = sent + timeout_ms / 1000
         while True:
             left = deadline - time.perf_counter()
             if left <= 0:
-                raise ServerTimeout(f"no reply from {self.address} within {self.timeout_ms / 1000:.0f} s")
+                raise ServerTimeout(f"no reply from {self.address} within {timeout_ms / 1000:.0f} s")
             ready = dict(self._poller.poll(max(1, int(left * 1000))))
             if self._sock in ready:
                 return

@@ -3,9 +3,14 @@
 The release is removed (unless ``--keep``) whatever happens once its install was
 attempted: a half-done install (one that timed out waiting, say), a failed pod, a
 failed collection, Ctrl-C. When removing it fails too, both failures are reported in
-one line, the first one first, with the command that removes the release by hand."""
+one line, the first one first, with the command that removes the release by hand.
+
+No trace is lost on the way: every pod's log is streamed into the arm's folder while
+the arm runs (``stream``), and whatever happens (a failed pod, a timeout, Ctrl-C), what
+was streamed is written out as the arm's traces before the release is uninstalled."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,8 +19,9 @@ from ..errors import BackendError
 from ..signals import signals_deferred
 from ..spec import RunSpec
 from .cluster import Cluster, ClusterError
-from .collect import collect
-from .follow import follow
+from .collect import collect, placement
+from .follow import PENDING_TIMEOUT_S, follow
+from .stream import LogStreamer
 from .values import chart_values, release_name
 
 INSTALL_TIMEOUT_S = 300
@@ -26,22 +32,31 @@ class KubernetesBackend(Backend):
     name = "k8s"
 
     def __init__(self, spec: RunSpec, cluster: Cluster, *, keep: bool = False, source_image: str = "",
-                 server_image: str = "", wait_s: float = 3600.0, say=print, warn=None):
+                 server_image: str = "", wait_s: float = 3600.0, pending_timeout_s: float = PENDING_TIMEOUT_S,
+                 say=print, warn=None):
         self.spec, self.cluster, self.keep, self.say = spec, cluster, keep, say
         self.warn = warn or (lambda message: print(message, file=sys.stderr))
         self.images = {"source_image": source_image, "server_image": server_image}
-        self.wait_s = wait_s
+        self.wait_s, self.pending_timeout_s = wait_s, pending_timeout_s
+        self.placement: dict[str, dict] = {}  # by arm: where its pods ran (the manifest's cluster facts)
 
     def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
         release = release_name(run_id, module)
         values = chart_values(self.spec, module, f"{run_id}/{module}", **self.images)
         self.say(f"arm {module}: helm install {release} in namespace {self.cluster.namespace}")
+        streamer = LogStreamer(self.cluster, directory / "_stream")
         try:
             self.cluster.install(release, values, timeout_s=INSTALL_TIMEOUT_S)
-            follow(self.cluster, release, self.spec.sources, timeout_s=self.wait_s, say=self.say)
-            found = collect(self.cluster, release, directory)
+            follow(self.cluster, release, self.spec.sources, timeout_s=self.wait_s,
+                   pending_limit_s=self.pending_timeout_s, say=self.say, on_pods=streamer.update)
+            for problem in streamer.finish(self.cluster.pods(release)):
+                self.warn(f"testbed: warning: {problem}")
+            found = collect(self.cluster, release, directory, streamed=streamer)
+            shutil.rmtree(directory / "_stream", ignore_errors=True)  # all of it is in the traces and logs/ now
+            self.placement[module] = placement(self.cluster, streamer.pods.values())
         except BaseException as failure:  # Ctrl-C (and SIGTERM, raised as it) included
-            with signals_deferred():  # a second Ctrl-C waits for the uninstall
+            with signals_deferred():  # a second Ctrl-C waits for the salvage and the uninstall
+                self._salvage(release, directory, streamer, failure)
                 self._remove(release, failure)
             raise
         with signals_deferred():
@@ -49,6 +64,19 @@ class KubernetesBackend(Backend):
         if found["sources"] != self.spec.sources:
             raise ClusterError(f"collected {found['sources']} source pods of {self.spec.sources}")
         return ArmResult(module, directory, "kubernetes", f"resources.limits.cpu {self.spec.cpu} per source pod")
+
+    def _salvage(self, release: str, directory: Path, streamer: LogStreamer, failure: BaseException) -> None:
+        """After a failure, before the uninstall: every log streamed so far (with a last
+        read of each) written out as the arm's traces, so that they outlive the release."""
+        if not streamer.logs:
+            return
+        try:
+            streamer.finish(timeout_s=30.0)
+            collect(self.cluster, release, directory, streamed=streamer)
+            self.say(f"  [{release}] the traces so far are in {directory}")
+        except BaseException as exc:  # the streamed logs stay in _stream/; the failure is what is reported
+            self.warn(f"testbed: warning: writing the traces of {release} after a failure: {exc}; "
+                      f"the streamed pod logs are in {directory / '_stream'}")
 
     def _remove(self, release: str, failure: BaseException | None = None) -> None:
         """Uninstall ``release``; if that fails after ``failure``, report both."""

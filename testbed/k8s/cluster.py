@@ -25,12 +25,14 @@ def instance_selector(release: str, component: str | None = None) -> str:
 class Cluster:
     """One namespace of one cluster (kube context)."""
 
-    def __init__(self, *, namespace: str = "default", context: str | None = None, api_client=None, helm=None):
-        self.namespace, self.context = namespace, context
+    def __init__(self, *, namespace: str = "", context: str | None = None, api_client=None, helm=None):
+        """``namespace``: empty for the kube context's (what a plain ``helm install`` uses)."""
+        self.context = context
         try:
             from kubernetes import client, config
         except ImportError:
             raise ClusterError("the Kubernetes backend needs the 'kubernetes' package: pip install -e '.[k8s]'") from None
+        self.namespace = namespace or context_namespace(context)
         if api_client is None:
             try:
                 api_client = config.new_client_from_config(context=context)
@@ -66,10 +68,15 @@ class Cluster:
 
     # -- objects (kubernetes client) --------------------------------------------------
     def _call(self, what: str, fn, *args, **kwargs):
+        return self.call(what, fn, *args, **kwargs)
+
+    def call(self, what: str, fn, *args, timeout=REQUEST_TIMEOUT_S, **kwargs):
+        """``fn(*args, **kwargs)`` of the kubernetes client with a timeout (seconds, or
+        (connect, read)); any failure is one ClusterError saying ``what`` was being done."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return fn(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+            return fn(*args, _request_timeout=timeout, **kwargs)
         except ApiException as exc:
             raise ClusterError(f"{what}: the cluster answered {exc.status} {exc.reason}") from None
         except Exception as exc:  # urllib3 connection errors and the like
@@ -97,3 +104,29 @@ class Cluster:
         events = self._call(f"reading the events of pod {name}", self.core.list_namespaced_event, self.namespace,
                             field_selector=f"involvedObject.name={name}").items
         return [f"{e.reason}: {e.message}" for e in events]
+
+    def node(self, name: str):
+        return self._call(f"reading node {name}", self.core.read_node, name)
+
+
+def context_namespace(context: str | None = None) -> str:
+    """The namespace of kube context ``context`` (default: the current one), as kubectl
+    and helm take it: the context's ``namespace``, else the in-cluster service account's,
+    else "default"."""
+    try:
+        from kubernetes import config
+
+        contexts, current = config.list_kube_config_contexts()
+        chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+        namespace = ((chosen or {}).get("context") or {}).get("namespace")
+        if namespace:
+            return namespace
+    except Exception:  # no kubeconfig: in a pod, or none at all (the client's own error comes later)
+        pass
+    try:
+        return Path(IN_CLUSTER_NAMESPACE).read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"

@@ -34,12 +34,22 @@ def split_pod_log(text: str) -> tuple[list[str], list[str]]:
     return events, other
 
 
-def collect(cluster: Cluster, release: str, directory: Path) -> dict:
+def collect(cluster: Cluster, release: str, directory: Path, streamed=None) -> dict:
     """Write every pod's trace into ``directory`` (server.jsonl, source-N.jsonl, logs/)
-    and return what was found: {"module", "sources", "pods", "cpu_cap"}."""
+    and return what was found: {"module", "sources", "pods", "cpu_cap", "lost"}.
+    ``streamed`` (a ``LogStreamer``): the logs it streamed are used (whole, whatever the
+    kubelet rotated), and the pods it saw count even when they are gone now; a pod it
+    never followed is read from the log API (``testbed collect`` of a hand install)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
-    pods = cluster.pods(release)
+    seen = dict(streamed.pods) if streamed is not None else {}
+    try:
+        listed = cluster.pods(release)
+    except ClusterError:
+        if not seen:
+            raise
+        listed = []  # the cluster is out of reach: what was streamed is what there is
+    pods = list({**seen, **{p.metadata.name: p for p in listed}}.values())
     if not pods:
         raise ClusterError(f"release {release} has no pods in namespace {cluster.namespace} "
                            f"(finished pods are kept for the chart's ttlSecondsAfterFinished)")
@@ -58,7 +68,14 @@ def collect(cluster: Cluster, release: str, directory: Path) -> dict:
             cap = cap or _cpu_limit(pod)
         else:
             continue  # the helm test probe
-        events, other = split_pod_log(cluster.pod_log(pod.metadata.name))
+        text = streamed.text(pod.metadata.name) if streamed is not None else None
+        if not text:  # never followed, or nothing came through the stream: the log API's copy
+            try:
+                text = cluster.pod_log(pod.metadata.name)
+            except ClusterError:
+                if text is None:
+                    raise
+        events, other = split_pod_log(text)
         (directory / f"{name}.jsonl").write_text("".join(e + "\n" for e in events))
         (directory / "logs" / f"{name}.log").write_text("".join(o + "\n" for o in other))
         parsed = [json.loads(line) for line in events]
@@ -121,3 +138,41 @@ def _cpu_limit(pod) -> float | None:
     if value is None:
         return None
     return int(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def placement(cluster: Cluster, pods) -> dict:
+    """Where an arm ran, for the manifest: each pod's node, and each node's allocatable
+    CPU, CPU model (Node Feature Discovery's ``feature.node.kubernetes.io/cpu-model.*``
+    labels when present, else the kubelet's ``status.nodeInfo``) and GPU model (the
+    NVIDIA GPU feature discovery's ``nvidia.com/gpu.product``). A node that cannot be read
+    is named with the reason, never fatal."""
+    where, nodes = {}, {}
+    for pod in sorted(pods, key=lambda p: p.metadata.name):
+        labels = pod.metadata.labels or {}
+        node = pod.spec.node_name if pod.spec else None
+        where[pod.metadata.name] = {"component": labels.get("app.kubernetes.io/component"), "node": node}
+        if node and node not in nodes:
+            try:
+                nodes[node] = node_facts(cluster.node(node))
+            except ClusterError as exc:
+                nodes[node] = {"error": str(exc)}
+    server = [w["node"] for w in where.values() if w["component"] == "server" and w["node"]]
+    return {"pods": where, "nodes": nodes,
+            "server_gpu": (nodes.get(server[0]) or {}).get("gpu_product") if server else None}
+
+
+def node_facts(node) -> dict:
+    labels = node.metadata.labels or {}
+    status = node.status
+    info = status.node_info if status else None
+    prefix = "feature.node.kubernetes.io/cpu-model."
+    cpu_model = {k[len(prefix):]: v for k, v in sorted(labels.items()) if k.startswith(prefix)}
+    return {"allocatable_cpu": ((status.allocatable or {}) if status else {}).get("cpu"),
+            "capacity_cpu": ((status.capacity or {}) if status else {}).get("cpu"),
+            "cpu_model": cpu_model or None,
+            "architecture": info.architecture if info else labels.get("kubernetes.io/arch"),
+            "kernel": info.kernel_version if info else None, "os_image": info.os_image if info else None,
+            "container_runtime": info.container_runtime_version if info else None,
+            "kubelet": info.kubelet_version if info else None,
+            "instance_type": labels.get("node.kubernetes.io/instance-type"),
+            "gpu_product": labels.get("nvidia.com/gpu.product"), "gpu_count": labels.get("nvidia.com/gpu.count")}

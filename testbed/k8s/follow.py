@@ -1,7 +1,10 @@
 """Following an arm on the cluster: poll the sources' Job until every source pod has
 ended (succeeded or failed) or the wait times out, and report a pod that cannot start
 (an image that cannot be pulled, nowhere to schedule it) with its events instead of
-waiting on it. A failed source pod does not end the arm: the chart's Job gives each
+waiting on it: at once when it can never start (an invalid image name, a missing
+ConfigMap or Secret key, a crash loop), after ``--pending-timeout`` when it still
+waits (unscheduled, an image still pulling or in pull back-off: a transient
+``ErrImagePull`` is not fatal). A failed source pod does not end the arm: the chart's Job gives each
 index one try (``backoffLimitPerIndex: 0``) and tolerates every index failing
 (``maxFailedIndexes``), so the others go on; collection marks it lost."""
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .cluster import Cluster, ClusterError, instance_selector
+from .cluster import Cluster, ClusterError
 
 POLL_S = 5.0
-STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-                 "CreateContainerError", "CrashLoopBackOff"}
+FATAL_REASONS = {"InvalidImageName", "CreateContainerConfigError", "CrashLoopBackOff"}  # will never start
+PENDING_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -26,18 +29,21 @@ class JobState:
     stuck: list[str] = field(default_factory=list)
 
 
-def job_state(cluster: Cluster, release: str, *, pending_limit_s: float, now: float) -> JobState:
+def job_state(cluster: Cluster, release: str, *, pending_limit_s: float, now: float, on_pods=None) -> JobState:
     job = cluster.source_job(release)
     status = job.status
     state = JobState(status.succeeded or 0, status.failed or 0, status.active or 0)
     conditions = [c for c in (status.conditions or []) if c.status == "True"]
     state.complete = any(c.type == "Complete" for c in conditions)
     state.finished = any(c.type in ("Complete", "Failed") for c in conditions)
-    for pod in cluster.pods(release):
+    pods = cluster.pods(release)
+    if on_pods is not None:
+        on_pods(pods)
+    for pod in pods:
         reason = _waiting_reason(pod)
         created = pod.metadata.creation_timestamp.timestamp() if pod.metadata.creation_timestamp else now
         pending_too_long = pod.status.phase == "Pending" and now - created > pending_limit_s
-        if reason in STUCK_REASONS or pending_too_long:
+        if reason in FATAL_REASONS or pending_too_long:
             events = "; ".join(cluster.pod_events(pod.metadata.name)[-3:]) or "no events"
             state.stuck.append(f"pod {pod.metadata.name} is {reason or 'Pending'} "
                                f"for {now - created:.0f} s ({events})")
@@ -52,21 +58,22 @@ def _waiting_reason(pod) -> str | None:
     return None
 
 
-def follow(cluster: Cluster, release: str, sources: int, *, timeout_s: float, pending_limit_s: float = 300.0,
-           say=print, clock=time.time, sleep=time.sleep) -> JobState:
+def follow(cluster: Cluster, release: str, sources: int, *, timeout_s: float,
+           pending_limit_s: float = PENDING_TIMEOUT_S, say=print, clock=time.time, sleep=time.sleep,
+           on_pods=None) -> JobState:
     """Wait until every source pod has ended (succeeded or failed: a failed one does not
     stop the others); raise ClusterError when a pod cannot start or on timeout. Returns
-    the Job's last state (``failed``: how many source pods failed)."""
+    the Job's last state (``failed``: how many source pods failed). ``on_pods`` is given
+    every listing of the release's pods (the log streamer follows them)."""
     deadline = clock() + timeout_s
     last = None
     while True:
-        state = job_state(cluster, release, pending_limit_s=pending_limit_s, now=clock())
+        state = job_state(cluster, release, pending_limit_s=pending_limit_s, now=clock(), on_pods=on_pods)
         if state.stuck:
             raise ClusterError("; ".join(state.stuck))
         progress = (state.active, state.succeeded, state.failed)
         if progress != last:
-            failed = (f", {state.failed} failed (kept going; see kubectl logs -l "
-                      f"{instance_selector(release, 'source')})") if state.failed else ""
+            failed = f", {state.failed} failed (kept going; their logs are kept)" if state.failed else ""
             say(f"  [{release}] sources: {state.active} running, {state.succeeded} of {sources} done{failed}")
             last = progress
         if state.complete or state.succeeded >= sources or \
