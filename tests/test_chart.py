@@ -46,6 +46,7 @@ VALUE_SETS = [
     {"source": {"egressBandwidth": "20M", "nodeSelector": {"role": "edge"}},
      "server": {"gpus": 2, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
      "data": {"volume": {"persistentVolumeClaim": {"claimName": "cifar10"}}}, "imagePullSecrets": [{"name": "reg"}]},
+    {"traces": {"volume": {"persistentVolumeClaim": {"claimName": "traces"}}}, "data": {"pvc": "cifar10"}},
 ]
 
 

@@ -839,3 +839,33 @@ def test_the_manifest_of_a_cluster_run_records_the_nodes_not_this_machine(pod_lo
     assert host["nodes"]["node-server"]["kernel"] == "6.8.0" and host["nodes"]["node-server"]["pods"] == ["rel-server"]
     assert sorted(host["nodes"]["node-source"]["pods"]) == ["rel-sources-0", "rel-sources-1"]
     assert manifest["arms"]["filter"]["cluster"]["pods"]["rel-sources-1"]["node"] == "node-source"
+
+
+def test_traces_volume_keeps_every_pods_trace_beside_its_log(tmp_path):
+    """A hand install with traces.volume: each pod writes its trace into the volume too, in
+    an arm folder's layout. The rendered pods run here with the mount at a local folder."""
+    values = {**TINY_VALUES, "curve": {"enabled": False},
+              "traces": {"volume": {"persistentVolumeClaim": {"claimName": "traces"}}}}
+    docs, _ = render(values)
+    configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
+    mounted = tmp_path / "traces"
+    mounted.mkdir()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
+    port, procs = free_port(), {}
+    for name, component, index in (("server", "server", None), ("source-0", "source", 0), ("source-1", "source", 1)):
+        pod = one(docs, "Job", component)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert {"name": "traces", "mountPath": "/traces"} in container["volumeMounts"]
+        assert {"name": "traces", "persistentVolumeClaim": {"claimName": "traces"}} in pod["volumes"]
+        command, env = local_command(container, env_of(container, configmap), service, port)
+        assert env["SPLITTEST_TRACE_DIR"] == "/traces"
+        env["SPLITTEST_TRACE_DIR"] = str(mounted)  # where the volume is mounted here
+        if index is not None:
+            env["SPLITTEST_SOURCE_ID"] = str(index)
+        procs[name] = subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+    logs = {name: proc.communicate(timeout=300)[0] for name, proc in procs.items()}
+    assert all(proc.returncode == 0 for proc in procs.values()), logs
+    for name, log in logs.items():
+        streamed = split_pod_log(log)[0]
+        assert streamed and (mounted / f"{name}.jsonl").read_text().splitlines() == streamed, name

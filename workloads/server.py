@@ -251,7 +251,7 @@ def pick_device(name: str) -> torch.device:
 
 def main(argv=None) -> int:
     args = settings.parse("server", "splittest offload server", argv)
-    trace = TraceWriter(args.trace or None, run=args.run_id, role="server")
+    trace = TraceWriter(args.trace or None, run=args.run_id, role="server", copy_dir=args.trace_dir)
     trace.event("start", pid=os.getpid(), module=args.module, settings=settings.effective(args, "server"))
     context = zmq.Context.instance()
     sock = context.socket(zmq.ROUTER)

@@ -194,6 +194,8 @@ CORE: tuple[Option, ...] = (
     Option("run-id", str, "local", "run identifier written into every trace event", per_process=True,
            chart="runId", group="process"),
     Option("trace", str, "", "trace file (JSON lines); empty: events go to stdout", per_process=True, group="process"),
+    Option("trace-dir", str, "", "also write the trace into this folder, as an arm folder's server.jsonl or "
+           "source-N.jsonl (the chart's traces.volume)", per_process=True, group="process"),
     Option("sources", int, 8, "data sources (each trains on its own shard; the server accepts ids 0..N-1)",
            BOTH + ("testbed",), min=1,
            chart="sources", group="run"),

@@ -250,7 +250,8 @@ def arm_drop(args, created: float, trace: TraceWriter) -> threading.Thread | Non
 def main(argv=None) -> int:
     args = settings.parse("source", "splittest data source", argv)
     created = psutil.Process().create_time()
-    trace = TraceWriter(args.trace or None, run=args.run_id, role="source", source=args.source_id)
+    trace = TraceWriter(args.trace or None, run=args.run_id, role="source", source=args.source_id,
+                        copy_dir=args.trace_dir)
     source = None
     try:
         check(args)

@@ -8,25 +8,40 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import IO
 
 
 class TraceWriter:
-    def __init__(self, path: str | None, *, run: str, role: str, source: int | None = None):
+    """Events to ``path`` (else stdout) and, with ``copy_dir``, the same lines to
+    ``copy_dir/server.jsonl`` or ``copy_dir/source-N.jsonl`` too: the layout of an arm's
+    folder (on Kubernetes the chart's ``traces.volume``, so no trace depends on pod logs)."""
+
+    def __init__(self, path: str | None, *, run: str, role: str, source: int | None = None, copy_dir: str = ""):
         self.run, self.role, self.source = run, role, source
         self._own = path is not None
         self._out: IO[str] = open(path, "a", buffering=1, encoding="utf-8") if path else sys.stdout
+        self._copy: IO[str] | None = None
+        if copy_dir:
+            name = "server.jsonl" if role == "server" else f"{role}-{source}.jsonl"
+            self._copy = open(Path(copy_dir) / name, "a", buffering=1, encoding="utf-8")
 
     def event(self, kind: str, **fields) -> dict:
         record = {"t": round(time.time(), 6), "run": self.run, "role": self.role,
                   "source": self.source, "event": kind, **fields}
-        self._out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        self._out.write(line)
         self._out.flush()
+        if self._copy is not None:
+            self._copy.write(line)
+            self._copy.flush()
         return record
 
     def close(self) -> None:
         if self._own:
             self._out.close()
+        if self._copy is not None:
+            self._copy.close()
 
     def __enter__(self):
         return self
