@@ -611,7 +611,7 @@ def test_a_data_pvc_is_mounted_read_only_in_the_sources():
         assert "data" not in {v["name"] for v in pod_specs(docs)[role]["volumes"]}, role
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    docs, _ = render({"data": {"pvc": "cifar10", "download": True}})  # the one that downloads needs to write
+    docs, _ = render({"sources": 1, "data": {"pvc": "cifar10", "download": True}})  # the one that downloads needs to write
     assert {v["name"]: v for v in pod_specs(docs)["source"]["volumes"]}["data"]["persistentVolumeClaim"][
         "readOnly"] is False
     docs, _ = render()
@@ -619,3 +619,20 @@ def test_a_data_pvc_is_mounted_read_only_in_the_sources():
     assert "SPLITTEST_DATA_DIR" not in env_of(pod_specs(docs)["source"]["containers"][0], one(docs, "ConfigMap"))
     with pytest.raises(Exception, match="data.pvc and data.volume"):
         render({"data": {"pvc": "a", "volume": {"persistentVolumeClaim": {"claimName": "b"}}}})
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"data": {"pvc": "a", "volume": {"emptyDir": {}}}}, "data.pvc and data.volume: set one of them"),
+    ({"data": {"download": True}}, "data.download needs data.pvc or data.volume"),
+    ({"sources": 8, "data": {"download": True, "pvc": "cifar10"}}, "data.download with more than one source"),
+])
+def test_data_settings_that_cannot_work_are_refused(values, problem):
+    with pytest.raises(Exception, match=problem):
+        render(values)
+
+
+def test_one_source_may_download_into_its_claim():
+    docs, _ = render({"sources": 1, "data": {"download": True, "pvc": "cifar10"}})
+    pod = one(docs, "Job", "source")["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data")
+    assert mount["readOnly"] is False and one(docs, "ConfigMap")["data"]["SPLITTEST_DOWNLOAD"] == "true"
