@@ -268,10 +268,7 @@ def make_pinning(split: CoreSplit, root: Path, tag: str, warn=print) -> Pinning:
 
 
 def _has_cpuset(version: int, base: Path) -> bool:
-    if version == 2:
-        controllers = base / "cgroup.controllers"
-        return controllers.is_file() and "cpuset" in controllers.read_text().split()
-    return (base / "cpuset.cpus").is_file()
+    return _has_controller(version, base, "cpuset", "cpuset.cpus")
 
 
 # -- caps -----------------------------------------------------------------------------
@@ -519,8 +516,9 @@ def _make_cap(method: str, cores: float, count: int, root: Path, tag: str, warn,
     return SuspendResumeCap(cores)
 
 
-def _has_controller(version: int, base: Path) -> bool:
+def _has_controller(version: int, base: Path, controller: str = "cpu", v1_file: str = "cpu.cfs_quota_us") -> bool:
+    """Whether ``base`` offers ``controller``: v2 lists it, v1 has its file."""
     if version == 2:
         controllers = base / "cgroup.controllers"
-        return controllers.is_file() and "cpu" in controllers.read_text().split()
-    return (base / "cpu.cfs_quota_us").is_file()
+        return controllers.is_file() and controller in controllers.read_text().split()
+    return (base / v1_file).is_file()

@@ -94,9 +94,16 @@ def attack(port: int, max_request: int, wait_ms: int, deadline_s: float = 60.0):
                 break
             sock = ctx.socket(zmq.DEALER)  # a fresh connection each time: no stale replies to mix up
             sock.setsockopt(zmq.LINGER, 0)
+            # a DEALER with no peer blocks on send: with CURVE a refused handshake drops the
+            # connection, so a send may find none; it counts as sent and unanswered
+            sock.setsockopt(zmq.SNDTIMEO, 1000)
             sock.connect(f"tcp://127.0.0.1:{port}")
             sockets.append(sock)
-            sock.send_multipart(frames)
+            try:
+                sock.send_multipart(frames)
+            except zmq.Again:
+                sent += 1
+                continue
             sent += 1
             if sock.poll(wait_ms if expects else 300):
                 replies += 1
@@ -149,7 +156,7 @@ def run_fleet(tmp_path, name, keys=None, hostile=None):
         watcher = psutil.Process(server.pid)
         thread = None
         if hostile:
-            thread = threading.Thread(target=lambda: result.update(out=hostile(port, max_request)))
+            thread = threading.Thread(target=lambda: result.update(out=hostile(port, max_request)), daemon=True)
             thread.start()
         while any(p.poll() is None for p in sources) or (thread and thread.is_alive()):
             try:
