@@ -167,3 +167,18 @@ def test_no_code_branches_on_a_module_name_outside_the_modules_files():
             continue
         found = set(quoted.findall(path.read_text()))
         assert found <= allowed.get(relative, set()), f"{relative} names modules {sorted(found)}"
+
+
+def test_a_part_gets_only_the_knobs_its_program_reads():
+    """A knob is parsed by the programs its declaration names; a part built by another
+    program that reads it fails loudly instead of silently taking the default."""
+    from workloads.compression import CompressionConfig, create_server, create_source
+    from workloads.models import build_split_model
+
+    server_config = CompressionConfig(model="vgg11-slim", program="server")
+    with pytest.raises(AttributeError, match="knob 'budget' is not read by the server program"):
+        server_config.budget
+    for m in modules():  # every part is built with what its own program parses
+        cut = build_split_model("vgg11-slim", 0 if m.input_only else 2, 10).cut_shape
+        create_server(m.name, cut, server_config)
+        create_source(m.name, cut, CompressionConfig(model="vgg11-slim", program="source"))

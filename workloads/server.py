@@ -63,7 +63,7 @@ class Server:
         self.classes = NUM_CLASSES[args.dataset]
         split = build_split_model(args.model, args.split, self.classes, INPUT_SHAPE)
         self.cut_shape = split.cut_shape
-        self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args)).to(self.device)
+        self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args, "server")).to(self.device)
         self.decompress.max_batch = args.batch_size
         self.curve = bool(getattr(args, "keys", ""))
         self.max_request = largest_request(self.decompress, args.batch_size)

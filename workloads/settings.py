@@ -368,14 +368,14 @@ def effective(args: argparse.Namespace, role: str) -> dict[str, Any]:
     return {o.dest: getattr(args, o.dest) for o in options(role)}
 
 
-def compression_config(args: argparse.Namespace):
-    """The module knobs of a program's arguments."""
+def compression_config(args: argparse.Namespace, program: str):
+    """The module knobs ``program`` reads, from its arguments."""
     from .compression import CompressionConfig
     from .compression.registry import knobs
     from .data import NUM_CLASSES
 
-    return CompressionConfig(classes=NUM_CLASSES[args.dataset], model=args.model,
-                             **{k.dest: getattr(args, k.dest) for k in knobs() if hasattr(args, k.dest)})
+    return CompressionConfig(classes=NUM_CLASSES[args.dataset], model=args.model, program=program,
+                             **{k.dest: getattr(args, k.dest) for k in knobs() if program in k.roles})
 
 
 def camel(name: str) -> str:

@@ -59,7 +59,7 @@ class Source:
         split = build_split_model(args.model, args.split, self.classes)
         self.head = split.head
         self.cut_shape = split.cut_shape
-        self.module = create_source(args.module, split.cut_shape, settings.compression_config(args))
+        self.module = create_source(args.module, split.cut_shape, settings.compression_config(args, "source"))
         self.schedule = schedule_for(args.module, args.budget, split.cut_shape[0], args.epochs,
                                      text=args.schedule or None, boost=args.lr_boost,
                                      boost_epochs=args.boost_epochs)
