@@ -228,10 +228,8 @@ class CpusetPinning(Pinning):
         return join_cgroup(self.parent / "sources")
 
     def release(self) -> None:
-        for group in reversed(self.groups):
-            _rmdir(group)
+        _remove_tree(self.groups, self.parent)
         self.groups = []
-        _rmdir(self.parent)
 
     def where(self) -> str:
         return str(self.parent)
@@ -359,10 +357,8 @@ class CgroupCap(Cap):
         return join_cgroup(self.groups[index])
 
     def _release(self) -> None:
-        for group in reversed(self.groups):
-            _rmdir(group)
+        _remove_tree(self.groups, self.parent)
         self.groups = []
-        _rmdir(self.parent)
 
     def _describe(self) -> str:
         return f"{self.method}: {quota_us(self.cores)} us per {PERIOD_US} us under {self.parent}"
@@ -378,6 +374,13 @@ def _enable(group: Path, *controllers: str) -> None:
 
 def _write(path: Path, value: str) -> None:
     path.write_text(f"{value}\n")
+
+
+def _remove_tree(groups: list[Path], parent: Path) -> None:
+    """A run's cgroups, children first, then their parent."""
+    for group in reversed(groups):
+        _rmdir(group)
+    _rmdir(parent)
 
 
 def _rmdir(path: Path) -> None:

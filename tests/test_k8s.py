@@ -723,21 +723,11 @@ def test_a_transient_pull_error_is_not_fatal_and_the_pending_limit_is_an_option(
     follow(cluster, "rel", 1, timeout_s=3600, pending_limit_s=600, say=lambda *_: None, clock=lambda: next(clock),
            sleep=lambda _: None)  # ErrImagePull, then a back-off within the limit: the pull went through
 
-    cluster, _ = cluster_with(lambda p, q: (200, job(active=1)) if p.endswith("/jobs") else
-                              (200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": []})
-                              if p.endswith("/events") else
-                              (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
-                                  pod("rel-sources-0", "source", "Pending", 0, waiting="ImagePullBackOff",
-                                      created=created)]}))
+    cluster, _ = cluster_with(one_pending_pod("ImagePullBackOff", created))
     with pytest.raises(ClusterError, match="ImagePullBackOff for 700 s"):
         follow(cluster, "rel", 1, timeout_s=3600, pending_limit_s=600, say=lambda *_: None,
                clock=lambda: start + 700, sleep=lambda _: None)
-    cluster, _ = cluster_with(lambda p, q: (200, job(active=1)) if p.endswith("/jobs") else
-                              (200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": []})
-                              if p.endswith("/events") else
-                              (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
-                                  pod("rel-sources-0", "source", "Pending", 0, waiting="InvalidImageName",
-                                      created=created)]}))
+    cluster, _ = cluster_with(one_pending_pod("InvalidImageName", created))
     with pytest.raises(ClusterError, match="InvalidImageName for 1 s"):  # never fixes itself: at once
         follow(cluster, "rel", 1, timeout_s=3600, pending_limit_s=600, say=lambda *_: None,
                clock=lambda: start + 1, sleep=lambda _: None)
@@ -869,3 +859,11 @@ def test_traces_volume_keeps_every_pods_trace_beside_its_log(tmp_path):
     for name, log in logs.items():
         streamed = split_pod_log(log)[0]
         assert streamed and (mounted / f"{name}.jsonl").read_text().splitlines() == streamed, name
+
+
+def one_pending_pod(reason: str, created: float):
+    """API routes: a Job with one source pod Pending, its container waiting for ``reason``."""
+    return lambda p, q: (200, job(active=1)) if p.endswith("/jobs") else \
+        (200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": []}) if p.endswith("/events") else \
+        (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+            pod("rel-sources-0", "source", "Pending", 0, waiting=reason, created=created)]})
