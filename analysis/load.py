@@ -9,10 +9,21 @@ one or many of them into a :class:`Runs`:
     warmup, duration_s, bytes_sent, bytes_received, payload_sent, payload_received,
     loss, budget, phase, lr_scale, filter_sum, filter_topb_share, wait_s (s of the step spent
     waiting for the server's reply), cpu_s (the source's process CPU seconds at the end of the
-    step); wait_s and cpu_s are NA in traces written before they existed
+    step); wait_s and cpu_s are NA in traces written before they existed; then the step's
+    latency parts (seconds, NA in traces written before they existed): compute_s (head and
+    module forward), encode_s, rtt_s (= wait_s: request sent to reply received), decode_s,
+    backward_s, queue_s (waiting at the server), server_decode_s, server_compute_s,
+    server_encode_s, server_s (= the three server parts), network_s (= rtt_s - server_s -
+    queue_s), net_up_s, net_down_s (wall-clock one-way times: meaningful only when source and
+    server share a clock, the local backend), latency_s (= duration_s, the whole step)
 ``evals`` — one row per end-of-epoch evaluation of a source:
     run, arm, label, module, source, t, epoch, budget, samples, accuracy,
-    bytes_sent, bytes_received
+    bytes_sent, bytes_received (the sums over the evaluation's ``infer`` requests)
+``infers`` — one row per split-inference (evaluation) request of a source (``infer``
+    events; empty for traces written before they existed):
+    run, arm, label, module, source, t, epoch, samples, latency_s, compute_s, encode_s,
+    rtt_s, decode_s, queue_s, server_decode_s, server_compute_s, server_encode_s, server_s,
+    network_s, net_up_s, net_down_s, bytes_sent, bytes_received (parts as for ``batches``)
 ``sources`` — one row per source process:
     run, arm, label, module, source, status, start_s (process start, s since the arm
     started), end_s (its ``end`` event, else its last event), cpu_share (CPU over wall time of
@@ -20,13 +31,17 @@ one or many of them into a :class:`Runs`:
     event's duration_s: the module's training at the source before the first batch)
 ``events`` — every event of every process, as read (run, arm, role, source, event, t, ...),
     and the testbed's own (``testbed.jsonl``, role "testbed": a ``lost`` event per source that
-    died, with its cause, signal, exit_status and whether it was injected by ``--drop``).
+    died, with its cause, signal, exit_status and whether it was injected by ``--drop``), and
+    the emulated link's (``link.jsonl``, role "link": its ``link``, ``nic``, ``capacity`` and
+    ``sample`` events, schema in ``testbed/links/__init__.py``; the ``link`` event's ``label``
+    is read as ``link_label``, since ``label`` names the arm here).
 
 A lost source's status is "lost" (``sources``), whatever its trace says.
 
 Times ``t`` are seconds since the arm started: the first process start of its sources
 (``process_created`` of their ``start`` events), or its first event when none is traced.
-``load_arm`` reads one arm folder alone (as ``testbed`` does to write ``summary.json``).
+``load_arm`` reads one arm folder alone (as ``testbed`` does to write ``summary.json``); it
+takes the run's ``backend`` from the ``manifest.json`` beside the arm folder when there is one.
 
 ``label`` names an arm in plots: the module, or "module (run)" when several loaded
 runs have an arm of the same module. Problems (a missing or truncated trace, a process
@@ -43,9 +58,16 @@ import pandas as pd
 
 BATCH_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "batch", "samples", "warmup",
                  "duration_s", "bytes_sent", "bytes_received", "payload_sent", "payload_received", "loss",
-                 "budget", "phase", "lr_scale", "filter_sum", "filter_topb_share", "wait_s", "cpu_s"]
+                 "budget", "phase", "lr_scale", "filter_sum", "filter_topb_share", "wait_s", "cpu_s",
+                 "compute_s", "encode_s", "rtt_s", "decode_s", "backward_s", "queue_s", "server_decode_s",
+                 "server_compute_s", "server_encode_s", "server_s", "network_s", "net_up_s", "net_down_s",
+                 "latency_s"]
 EVAL_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "budget", "samples", "accuracy",
                 "bytes_sent", "bytes_received"]
+INFER_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "samples", "latency_s", "compute_s",
+                 "encode_s", "rtt_s", "decode_s", "queue_s", "server_decode_s", "server_compute_s",
+                 "server_encode_s", "server_s", "network_s", "net_up_s", "net_down_s", "bytes_sent",
+                 "bytes_received"]
 SOURCE_COLUMNS = ["run", "arm", "label", "module", "source", "status", "start_s", "end_s", "cpu_share",
                   "peak_rss_mb", "pretrain_s"]
 
@@ -63,6 +85,7 @@ class Runs:
     manifests: dict[str, dict] = field(default_factory=dict)   # run id -> manifest
     summaries: dict[str, dict] = field(default_factory=dict)   # run id -> summary.json
     problems: list[str] = field(default_factory=list)
+    infers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=INFER_COLUMNS))
 
     @property
     def labels(self) -> list[str]:
@@ -147,7 +170,13 @@ def load_arm(arm_dir, sources: int | None = None) -> Runs:
     problems: list[str] = []
     manifest = {"spec": {"sources": sources}} if sources else {}
     events = _arm_events(arm.parent.name, arm, manifest, problems)
-    return _runs(events, {}, {}, problems, f"no events in any trace of {arm}")
+    manifests = {}
+    beside = arm.parent / "manifest.json"
+    if beside.exists():  # the run's backend: whether sources and server share a clock
+        backend = _read_json(beside, []).get("backend")
+        if backend:
+            manifests[arm.parent.name] = {"backend": backend}
+    return _runs(events, manifests, {}, problems, f"no events in any trace of {arm}")
 
 
 def _runs(events: list[dict], manifests: dict, summaries: dict, problems: list[str], empty: str) -> Runs:
@@ -155,7 +184,8 @@ def _runs(events: list[dict], manifests: dict, summaries: dict, problems: list[s
     if frame.empty:
         raise RunDirError(empty)
     _add_labels(frame)
-    return Runs(_batches(frame), _evals(frame), _sources(frame, problems), frame, manifests, summaries, problems)
+    return Runs(_batches(frame), _evals(frame), _sources(frame, problems), frame, manifests, summaries, problems,
+                infers=_select(frame, "infer", INFER_COLUMNS))
 
 
 def _arm_events(run: str, arm: Path, manifest: dict, problems: list[str]) -> list[dict]:
@@ -179,6 +209,12 @@ def _arm_events(run: str, arm: Path, manifest: dict, problems: list[str]) -> lis
     if (arm / "testbed.jsonl").exists():  # what the testbed saw: sources lost
         for event in read_jsonl(arm / "testbed.jsonl", problems):
             event.update(run=run, arm=arm.name, role="testbed")
+            events.append(event)
+    if (arm / "link.jsonl").exists():  # the emulated link: its settings, NIC counters, capacity
+        for event in read_jsonl(arm / "link.jsonl", problems):
+            if "label" in event:
+                event["link_label"] = event.pop("label")
+            event.update(run=run, arm=arm.name, role="link")
             events.append(event)
     return events
 

@@ -9,7 +9,9 @@ Traffic (exact stream bytes the sources traced; eval and control traffic apart)
     bytes_sent_total, bytes_received_total, payload_sent_total, payload_received_total —
     sums over the training steps (``batch`` events) of all sources;
     samples_total; bytes_per_sample_sent/received = bytes / samples (3 decimals);
-    eval_bytes_sent_total, eval_bytes_received_total (``eval`` events);
+    eval_bytes_sent_total, eval_bytes_received_total (``eval`` events, each the sum of its
+    evaluation's ``infer`` requests; for an evaluation cut short, with ``infer`` events of an
+    epoch but no ``eval`` event, those ``infer`` events);
     control_bytes_total (``connected`` and ``bye`` events, both directions).
 Speed
     samples_per_s_per_source — samples / seconds in training steps (``duration_s``),
@@ -43,7 +45,8 @@ Hidden costs and fidelity
     ``duration_s``) over its training window: from the start of the first training step
     it answered (op ``grad``; t - duration_s) to the end of the last one. Hello, the
     sources' edge pre-training and the last evaluation lie outside the window.
-    bound_by, bound_reason — what bound the throughput, by :func:`bound_by`'s rule.
+    bound_by, bound_reason — what bound the throughput, by :func:`bound_by`'s rule (with a
+    link: "the network (<link>)" when the link was full, see there).
     status_per_source — each source's ``end`` status ("no end event" when it has none;
     "lost" for a source the testbed saw die, its ``testbed.jsonl``).
 Lost sources (the testbed's ``lost`` events)
@@ -53,6 +56,67 @@ Lost sources (the testbed's ``lost`` events)
     partial — true when a source was lost: every figure above is then computed over what
     was done (the lost sources' traced steps count, their missing ones do not);
     partial_note — that in one line, naming the lost sources (None when not partial).
+The emulated link (``<arm>/link.jsonl``; every figure here is None for an arm without one)
+    link — the link's label (its ``link`` event's, e.g. "5mbit shared"); link_medium
+    ("shared" or "dedicated") and link_duplex ("half": one rate that both directions share;
+    "full") as it says; link_up_bps_per_source, link_down_bps_per_source, link_delay_ms_per_source
+    — each source's entry of the ``link`` event (a rate None: that direction is not shaped, or
+    the shared channel carries it); link_channel_bps — the shared channel's {up, down} rates
+    (None on a dedicated medium).
+    nic_bytes_sent_total, nic_bytes_received_total, nic_packets_sent_total,
+    nic_packets_received_total — sums over sources of end - start of each source's own
+    interface counters (``nic`` events; tx = sent by the source, rx = received): wire bytes,
+    every Ethernet/IP/TCP header and every packet of the source (training, evaluation,
+    hello/bye, TCP handshakes and acknowledgements) included. Only sources with both a start
+    and an end counter count, here and in the two figures below.
+    nic_bytes_per_sample — NIC bytes (both directions) / the samples that crossed the link:
+    training samples (``batch`` events) plus evaluation samples (``eval`` events' samples,
+    counted as the evaluation bytes are) (3 decimals).
+    tcpip_overhead — NIC bytes / application stream bytes - 1 (4 decimals), both directions;
+    the stream bytes are every byte the sources traced: training steps, evaluations,
+    ``connected`` and ``bye``.
+    wire_bytes_per_training_sample_sent, _received — the NIC bytes the training steps carried
+    per training sample: per source, its NIC bytes of that direction x (its training stream
+    bytes / all its stream bytes of that direction), over its training samples (warm-up
+    included); the arm's is the sum over sources over all their training samples (3 decimals).
+    link_limit_samples_per_s_per_source — the samples/s the link allows each source, from
+    the wire bytes a training sample carries up (U_i) and down (D_i; the figure above per
+    source; without NIC counters, the stream bytes per training sample) and the link's rates
+    (the time-weighted mean of the shaper's rate, its ``capacity`` events, over the training
+    window: from the start of the arm's first training step to the end of its last, so a
+    trace-driven link counts with its mean; the ``link`` event's rate where no ``capacity``
+    event is traced). A source has one request in flight, so its directions take turns:
+      dedicated medium: 1 / (8 U_i / up_i + 8 D_i / down_i);
+      shared, one rate for both directions (duplex "half"): C / (8 sum_i (U_i + D_i));
+      shared, separate up/down rates: 1 / (8 sum_i U_i / up + 8 sum_i D_i / down)
+    (sums over the sources that trained; an unshaped direction adds nothing; None when no
+    direction is shaped) (3 decimals).
+    link_use — the mean over sources of samples_per_s / link limit (4 decimals): how full
+    the link was while the sources trained.
+    link_trace_fidelity — for a trace-driven link (a source's ``trace_up``/``trace_down``, or
+    a shaper rate that changes), per traced direction ("up", "down"; "both" for a shared
+    half-duplex channel, whose one rate both directions share): the rate delivered each
+    whole second (:func:`delivered_rate`: the ``sample`` counters, tx for up, rx for down,
+    summed over sources on a shared medium, per source on a dedicated one) against the
+    capacity in force in that second (:func:`capacity_over_time`, its time-weighted mean
+    over the second), over the seconds that lie wholly in the training window: correlation
+    (Pearson; None when either series is constant), mae_mbit_s (mean absolute difference),
+    mean_capacity_mbit_s, mean_delivered_mbit_s (4 decimals), seconds (how many). On a
+    dedicated medium each figure is the mean over sources of each source's (seconds: the
+    fewest). Low correlation also means the sources did not fill the link. None without a
+    traced direction.
+Latency (new traces' per-step parts; None in traces written before them)
+    latency_train_p50_s, latency_train_p95_s — percentiles (linear interpolation between
+    the closest ranks) of ``latency_s`` (the whole step, = duration_s) over every source's
+    non-warm-up ``batch`` events; latency_infer_p50_s, latency_infer_p95_s — the same over
+    the ``infer`` events (every split-inference request of the evaluations) (6 decimals).
+    latency_parts_train — the medians over the same steps of each part: compute_s (forward
+    at the source), encode_s, network_s (rtt - server_s - queue_s), queue_s (waiting at the
+    server), server_s (its decode, compute and encode), decode_s, backward_s; plus net_up_s
+    and net_down_s (one-way wall-clock times), which are None unless the manifest says the
+    local backend (only there do source and server share a clock). latency_parts_infer —
+    the same over the ``infer`` events, without backward_s. A part not traced is None; the
+    whole dict is None when no part is (6 decimals).
 All per-source figures are None (JSON null) where the traces do not hold what they need
 (e.g. ``cpu_s``/``wait_s`` in traces written before they existed).
 
@@ -66,6 +130,7 @@ import math
 import statistics
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from .load import Runs
@@ -76,12 +141,19 @@ MB = 1e6
 CAP_REACHED = 0.9   # sources that got at least this share of their cap while computing got their cap
 WAIT_MOST = 0.5     # sources that waited for replies this share of each step or more wait "most of each step"
 SERVER_BUSY = 0.8   # a server busy this share of its serving time or more is saturated
+LINK_FULL = 0.8     # sources running at this share of what the link allows them or more filled it
 
 HOST = "host CPU (oversubscribed)"
 CAP = "sources' CPU cap"
 SERVER = "the server"
 ROUND_TRIP = "the round trip"
 UNCAPPED = "the sources' CPU (uncapped)"
+NETWORK = "the network"   # named with the link's label: "the network (5mbit shared)"
+
+# the parts of a step's latency (latency_parts_train; inference has no backward pass)
+LATENCY_PARTS = ("compute_s", "encode_s", "network_s", "queue_s", "server_s", "decode_s", "backward_s")
+INFER_PARTS = LATENCY_PARTS[:-1]
+ONE_WAY = ("net_up_s", "net_down_s")   # only where source and server share a clock (local backend)
 
 
 def cumulative_bytes(batches: pd.DataFrame, *, per_source: bool = False) -> pd.DataFrame:
@@ -150,10 +222,10 @@ def source_figures(runs: Runs) -> pd.DataFrame:
     """One row per traced source: the per-source figures of the module docstring.
     Columns: run, arm, label, module, source, status, error, created, ended (absolute s),
     samples, bytes_sent, bytes_received, payload_sent, payload_received, eval_bytes_sent,
-    eval_bytes_received, control_bytes, samples_per_s, cpu_share_lifetime,
-    cpu_share_computing, reply_wait_share, startup_s, peak_rss_mb, pretrain_s,
-    test_accuracy, split, data, budgets."""
-    b, ev, evals = runs.batches, runs.events, runs.evals
+    eval_bytes_received, eval_samples, control_bytes, control_bytes_sent,
+    control_bytes_received, samples_per_s, cpu_share_lifetime, cpu_share_computing,
+    reply_wait_share, startup_s, peak_rss_mb, pretrain_s, test_accuracy, split, data, budgets."""
+    b, ev, evals, infers = runs.batches, runs.events, runs.evals, runs.infers
     rows = []
     for src in runs.sources.itertuples():
         def mine(frame):
@@ -169,6 +241,8 @@ def source_figures(runs: Runs) -> pd.DataFrame:
         samples_measured = float(_num(measured["samples"]).sum())
         control = _rows(kinds, "connected", "bye")
         source_evals = mine(evals).sort_values("epoch")
+        source_infers = mine(infers)
+        cut_short = source_infers[~source_infers["epoch"].isin(source_evals["epoch"])]  # no eval event
         rows.append({
             "run": src.run, "arm": src.arm, "label": src.label, "module": src.module, "source": src.source,
             "status": src.status, "error": _value(end, "error"),
@@ -176,10 +250,12 @@ def source_figures(runs: Runs) -> pd.DataFrame:
             "samples": _int_sum(steps["samples"]),
             "bytes_sent": _int_sum(steps["bytes_sent"]), "bytes_received": _int_sum(steps["bytes_received"]),
             "payload_sent": _int_sum(steps["payload_sent"]), "payload_received": _int_sum(steps["payload_received"]),
-            "eval_bytes_sent": _int_sum(source_evals["bytes_sent"]),
-            "eval_bytes_received": _int_sum(source_evals["bytes_received"]),
-            "control_bytes": _int_sum(control["bytes_sent"]) + _int_sum(control["bytes_received"])
-            if len(control) else 0,
+            "eval_bytes_sent": _int_sum(source_evals["bytes_sent"]) + _int_sum(cut_short["bytes_sent"]),
+            "eval_bytes_received": _int_sum(source_evals["bytes_received"]) + _int_sum(cut_short["bytes_received"]),
+            "eval_samples": _int_sum(source_evals["samples"]) + _int_sum(cut_short["samples"]),
+            "control_bytes": _column_sum(control, "bytes_sent") + _column_sum(control, "bytes_received"),
+            "control_bytes_sent": _column_sum(control, "bytes_sent"),
+            "control_bytes_received": _column_sum(control, "bytes_received"),
             "samples_per_s": round(samples_measured / busy, 3) if busy > 0 else None,
             "cpu_share_lifetime": _float(src.cpu_share),
             "cpu_share_computing": cpu_share_computing(steps) if len(steps) else None,
@@ -263,13 +339,399 @@ def server_figures(runs: Runs) -> dict[tuple[str, str], dict]:
     return out
 
 
-def bound_by(cpu_over_cap, reply_wait, server_busy) -> tuple[str | None, str]:
+# -- the emulated link (link.jsonl) and the latency of a step -----------------------------------
+
+def _link_rows(runs: Runs) -> pd.DataFrame:
+    ev = runs.events
+    return ev[ev["role"] == "link"] if "role" in ev else ev.iloc[:0]
+
+
+def link_settings(runs: Runs) -> dict[tuple[str, str], dict]:
+    """(run, arm) -> its ``link`` event (the last one) as a dict, for the arms that have
+    one; its ``label`` is under ``link_label``."""
+    out = {}
+    rows = _link_rows(runs)
+    for (run, arm), events in rows[rows["event"] == "link"].groupby(["run", "arm"], sort=False):
+        out[(run, arm)] = {k: v for k, v in events.iloc[-1].to_dict().items() if not _missing(v)}
+    return out
+
+
+def link_labels(runs: Runs) -> dict[str, str | None]:
+    """Arm label -> its link's label (None for an arm without link.jsonl): how figures name
+    the link."""
+    settings = link_settings(runs)
+    arms = runs.sources.drop_duplicates("label")
+    return {r.label: settings.get((r.run, r.arm), {}).get("link_label") for r in arms.itertuples()}
+
+
+def training_window(runs: Runs) -> dict[tuple[str, str], tuple[float, float]]:
+    """(run, arm) -> (begin, end), s since the arm started: from the start of the first
+    training step of any source (its ``t`` - ``duration_s``) to the end of the last one."""
+    out = {}
+    for (run, arm), steps in runs.batches.groupby(["run", "arm"], sort=False):
+        t = _num(steps["t"])
+        out[(run, arm)] = (float((t - _num(steps["duration_s"]).fillna(0.0)).min()), float(t.max()))
+    return out
+
+
+def capacity_over_time(runs: Runs, direction: str | None = None) -> pd.DataFrame:
+    """The shaper's rate over time, one row per ``capacity`` event of link.jsonl (of one
+    direction, "up" or "down", or all). Columns: run, arm, label, direction, source (None:
+    the shared channel), t (s since the arm started; the rate holds from t until the next
+    row of the same run, arm, direction and source, and before the first one), mbit_s."""
+    columns = ["run", "arm", "label", "direction", "source", "t", "mbit_s"]
+    rows = _link_rows(runs)
+    rows = rows[rows["event"] == "capacity"]
+    if direction is not None and len(rows):
+        rows = rows[rows["direction"] == direction]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    out = pd.DataFrame({"run": rows["run"], "arm": rows["arm"], "label": rows["label"],
+                        "direction": rows["direction"],
+                        "source": [None if _missing(v) else int(v) for v in rows["source"]],
+                        "t": rows["t_rel"].astype(float), "mbit_s": _num(rows["bps"]) / MB})
+    return out.sort_values(["run", "arm", "direction", "t"], kind="stable").reset_index(drop=True)
+
+
+def _capacity_series(capacity: pd.DataFrame, run: str, arm: str, direction: str, source) -> pd.DataFrame:
+    """One step series of capacity_over_time: ("both" = the shared half-duplex channel, traced
+    as "up" or else "down")."""
+    for d in (("up", "down") if direction == "both" else (direction,)):
+        mine = capacity[(capacity["run"] == run) & (capacity["arm"] == arm) & (capacity["direction"] == d)]
+        mine = mine[mine["source"].isna()] if source is None else mine[mine["source"] == source]
+        if len(mine):
+            return mine
+    return capacity.iloc[:0]
+
+
+def _step_mean(times, values, begin: float, end: float) -> float | None:
+    """Time-weighted mean over [begin, end] of a step function: values[k] holds from times[k]
+    to times[k + 1] (the first also before times[0]); the value at begin when end <= begin."""
+    times, values = list(times), list(values)
+    if not times:
+        return None
+    if end <= begin:
+        return float(values[max(0, sum(1 for t in times if t <= begin) - 1)])
+    total = 0.0
+    for k, value in enumerate(values):
+        lo = begin if k == 0 else max(times[k], begin)
+        hi = end if k + 1 == len(times) else min(times[k + 1], end)
+        if hi > lo:
+            total += float(value) * (hi - lo)
+    return total / (end - begin)
+
+
+def delivered_rate(runs: Runs, direction: str, *, per_source: bool | None = None) -> pd.DataFrame:
+    """The rate each link delivered, per whole second since the arm started: each source's
+    interface counters (link.jsonl's ``sample`` events: tx_bytes for "up", rx_bytes for
+    "down", both for "both") interpolated linearly at the seconds they cover; a second's bytes
+    x 8 / 1e6. ``per_source`` None: by the medium (shared: summed over the sources, in the
+    seconds every one of them covers; dedicated: per source). Columns: run, arm, label,
+    direction, source (None when summed), second (its start), mbit_s."""
+    columns = ["run", "arm", "label", "direction", "source", "second", "mbit_s"]
+    rows = _link_rows(runs)
+    rows = rows[rows["event"] == "sample"]
+    counters = {"up": ["tx_bytes"], "down": ["rx_bytes"], "both": ["tx_bytes", "rx_bytes"]}[direction]
+    settings = link_settings(runs)
+    out = []
+    for (run, arm), samples in rows.groupby(["run", "arm"], sort=False):
+        summed = (settings.get((run, arm), {}).get("medium") == "shared") if per_source is None else not per_source
+        series = {}
+        for source, mine in samples.groupby("source"):
+            mine = mine.sort_values("t_rel")
+            t = mine["t_rel"].astype(float).to_numpy()
+            count = sum(_num(mine[c]).to_numpy(dtype=float) for c in counters)
+            seconds = np.arange(math.ceil(t[0]), math.floor(t[-1])) if len(t) > 1 else np.array([])
+            if len(seconds):
+                series[int(source)] = pd.Series((np.interp(seconds + 1, t, count) - np.interp(seconds, t, count))
+                                                * 8 / MB, index=seconds.astype(float))
+        if not series:
+            continue
+        label = samples["label"].iloc[0]
+        if summed:
+            total = pd.concat(series.values(), axis=1, join="inner").sum(axis=1)
+            out += [{"run": run, "arm": arm, "label": label, "direction": direction, "source": None,
+                     "second": float(k), "mbit_s": float(v)} for k, v in total.items()]
+        else:
+            out += [{"run": run, "arm": arm, "label": label, "direction": direction, "source": source,
+                     "second": float(k), "mbit_s": float(v)} for source, one in series.items() for k, v in one.items()]
+    return pd.DataFrame(out, columns=columns)
+
+
+def _traced_directions(link: dict, capacity: pd.DataFrame, run: str, arm: str) -> list[str]:
+    """The directions of a link whose capacity follows a trace (a source's trace_up/trace_down,
+    or a shaper rate that changes); "both" for a shared half-duplex channel."""
+    mine = capacity[(capacity["run"] == run) & (capacity["arm"] == arm)]
+    traced = []
+    for d in ("up", "down"):
+        named = any(isinstance(s, dict) and s.get(f"trace_{d}") for s in link.get("sources") or [])
+        rows = mine[mine["direction"] == d]
+        changes = any(g["mbit_s"].nunique() > 1 for _, g in rows.groupby(rows["source"].fillna(-1)))
+        if named or changes:
+            traced.append(d)
+    if traced and link.get("medium") == "shared" and link.get("duplex") == "half":
+        return ["both"]
+    return traced
+
+
+def _fidelity(delivered: pd.Series, capacity: pd.DataFrame, begin: float, end: float) -> dict | None:
+    """One link's delivered rate (second -> Mbit/s) against its capacity series, over the
+    seconds wholly inside [begin, end]."""
+    inside = delivered[(delivered.index >= begin) & (delivered.index + 1 <= end)]
+    if inside.empty or capacity.empty:
+        return None
+    times, rates = capacity["t"].tolist(), capacity["mbit_s"].tolist()
+    cap = pd.Series([_step_mean(times, rates, s, s + 1) for s in inside.index], index=inside.index)
+    constant = inside.nunique() < 2 or cap.nunique() < 2
+    return {"correlation": None if constant else float(np.corrcoef(inside, cap)[0, 1]),
+            "mae_mbit_s": float((inside - cap).abs().mean()), "mean_capacity_mbit_s": float(cap.mean()),
+            "mean_delivered_mbit_s": float(inside.mean()), "seconds": len(inside)}
+
+
+def link_trace_fidelity(runs: Runs) -> dict[tuple[str, str], dict | None]:
+    """(run, arm) -> link_trace_fidelity (module docstring): per traced direction, the rate
+    delivered each second against the capacity in force; None without a traced direction."""
+    capacity = capacity_over_time(runs)
+    windows = training_window(runs)
+    delivered: dict[tuple[str, bool], pd.DataFrame] = {}  # (direction, per source) -> every arm's
+    out = {}
+    for (run, arm), link in link_settings(runs).items():
+        directions = _traced_directions(link, capacity, run, arm)
+        if not directions or (run, arm) not in windows:
+            out[(run, arm)] = None
+            continue
+        begin, end = windows[(run, arm)]
+        shared = link.get("medium") == "shared"
+        figures = {}
+        for d in directions:
+            if (d, not shared) not in delivered:
+                delivered[(d, not shared)] = delivered_rate(runs, d, per_source=not shared)
+            rates = delivered[(d, not shared)]
+            rates = rates[(rates["run"] == run) & (rates["arm"] == arm)]
+            found = []
+            for source, one in rates.groupby(rates["source"].fillna(-1), sort=True):
+                key = None if shared else int(source)
+                found.append(_fidelity(one.set_index("second")["mbit_s"],
+                                       _capacity_series(capacity, run, arm, d, key), begin, end))
+            found = [f for f in found if f is not None]
+            if not found:
+                figures[d] = None
+                continue
+            correlations = [f["correlation"] for f in found if f["correlation"] is not None]
+            figures[d] = {"correlation": round(statistics.fmean(correlations), 4) if correlations else None,
+                          **{k: round(statistics.fmean(f[k] for f in found), 4)
+                             for k in ("mae_mbit_s", "mean_capacity_mbit_s", "mean_delivered_mbit_s")},
+                          "seconds": min(f["seconds"] for f in found)}
+        out[(run, arm)] = figures
+    return out
+
+
+LINK_KEYS = ("link", "link_medium", "link_duplex", "link_up_bps_per_source", "link_down_bps_per_source",
+             "link_delay_ms_per_source", "link_channel_bps", "nic_bytes_sent_total", "nic_bytes_received_total",
+             "nic_packets_sent_total", "nic_packets_received_total", "nic_bytes_per_sample", "tcpip_overhead",
+             "wire_bytes_per_training_sample_sent", "wire_bytes_per_training_sample_received",
+             "link_limit_samples_per_s_per_source", "link_use", "link_trace_fidelity")
+
+
+def _nic(events: pd.DataFrame, source: int) -> dict | None:
+    """end - start of one source's interface counters (None without both)."""
+    mine = events[(events["event"] == "nic") & (events["source"] == source)]
+    if mine.empty or "phase" not in mine:
+        return None
+    start, end = mine[mine["phase"] == "start"], mine[mine["phase"] == "end"]
+    if start.empty or end.empty:
+        return None
+    return {k: int(_num(end[k]).iloc[-1] - _num(start[k]).iloc[0])
+            for k in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")}
+
+
+def _link_rate(link: dict, capacity: pd.DataFrame, run: str, arm: str, direction: str, source,
+               window: tuple[float, float]) -> float | None:
+    """bit/s of one direction of a source's link (source None: the shared channel): the
+    capacity events' time-weighted mean over the training window, else the link event's."""
+    series = _capacity_series(capacity, run, arm, direction, source)
+    if len(series):
+        mean = _step_mean(series["t"].tolist(), series["mbit_s"].tolist(), *window)
+        return None if mean is None else mean * MB
+    if source is None:
+        value = (link.get("channel") or {}).get(f"{direction}_bps")
+    else:
+        entry = next((e for e in link.get("sources") or [] if isinstance(e, dict) and e.get("source") == source), {})
+        value = entry.get(f"{direction}_bps")
+    return None if _missing(value) else float(value)
+
+
+def link_figures(runs: Runs, per_source: pd.DataFrame | None = None) -> dict[tuple[str, str], dict]:
+    """(run, arm) -> the link figures of the module docstring (LINK_KEYS; all None for an
+    arm without link.jsonl). ``per_source``: source_figures(runs), when already computed."""
+    per_source = source_figures(runs) if per_source is None else per_source
+    settings, fidelity = link_settings(runs), link_trace_fidelity(runs)
+    capacity, windows = capacity_over_time(runs), training_window(runs)
+    rows = _link_rows(runs)
+    out = {}
+    for (run, arm), s in (per_source.groupby(["run", "arm"], sort=False) if len(per_source) else []):
+        link = settings.get((run, arm))
+        if link is None:
+            out[(run, arm)] = dict.fromkeys(LINK_KEYS)
+            continue
+        events = rows[(rows["run"] == run) & (rows["arm"] == arm)]
+        entries = {e.get("source"): e for e in link.get("sources") or [] if isinstance(e, dict)}
+        s = s.sort_values("source")
+        nic = {int(src.source): _nic(events, int(src.source)) for src in s.itertuples()}
+        have = s[[nic[int(v)] is not None for v in s["source"]]]
+        totals = {k: sum(nic[int(v)][k] for v in have["source"]) for k in ("tx_bytes", "rx_bytes", "tx_packets",
+                                                                            "rx_packets")}
+        wire = totals["tx_bytes"] + totals["rx_bytes"]
+        stream = int((have["bytes_sent"] + have["bytes_received"] + have["eval_bytes_sent"]
+                      + have["eval_bytes_received"] + have["control_bytes"]).sum())
+        crossed = int((have["samples"] + have["eval_samples"]).sum())
+        # wire bytes per training sample, per source and direction (U_i, D_i)
+        up, down, trained, wire_sent, wire_received = {}, {}, {}, 0.0, 0.0
+        for src in s.itertuples():
+            i = int(src.source)
+            if not src.samples:
+                continue
+            counters = nic[i]
+            if counters is not None:
+                app_sent = src.bytes_sent + src.eval_bytes_sent + src.control_bytes_sent
+                app_received = src.bytes_received + src.eval_bytes_received + src.control_bytes_received
+                sent = counters["tx_bytes"] * (src.bytes_sent / app_sent if app_sent else 0.0)
+                received = counters["rx_bytes"] * (src.bytes_received / app_received if app_received else 0.0)
+                wire_sent, wire_received = wire_sent + sent, wire_received + received
+            else:
+                sent, received = float(src.bytes_sent), float(src.bytes_received)
+            up[i], down[i], trained[i] = sent / src.samples, received / src.samples, src.samples
+        window = windows.get((run, arm), (0.0, 0.0))
+        limits = _link_limits(link, capacity, run, arm, window, up, down)
+        uses = [src.samples_per_s / limits[int(src.source)] for src in s.itertuples()
+                if limits.get(int(src.source)) and not _missing(src.samples_per_s)]
+        counted = sum(trained[i] for i in trained if nic[i] is not None)
+        channel = link.get("channel")
+        out[(run, arm)] = {
+            "link": link.get("link_label"), "link_medium": link.get("medium"), "link_duplex": link.get("duplex"),
+            "link_up_bps_per_source": [entries.get(int(v), {}).get("up_bps") for v in s["source"]],
+            "link_down_bps_per_source": [entries.get(int(v), {}).get("down_bps") for v in s["source"]],
+            "link_delay_ms_per_source": [entries.get(int(v), {}).get("delay_ms") for v in s["source"]],
+            "link_channel_bps": {"up": channel.get("up_bps"), "down": channel.get("down_bps")}
+            if isinstance(channel, dict) else None,
+            "nic_bytes_sent_total": totals["tx_bytes"] if len(have) else None,
+            "nic_bytes_received_total": totals["rx_bytes"] if len(have) else None,
+            "nic_packets_sent_total": totals["tx_packets"] if len(have) else None,
+            "nic_packets_received_total": totals["rx_packets"] if len(have) else None,
+            "nic_bytes_per_sample": round(wire / crossed, 3) if len(have) and crossed else None,
+            "tcpip_overhead": round(wire / stream - 1, 4) if len(have) and stream else None,
+            "wire_bytes_per_training_sample_sent": round(wire_sent / counted, 3) if counted else None,
+            "wire_bytes_per_training_sample_received": round(wire_received / counted, 3) if counted else None,
+            "link_limit_samples_per_s_per_source": [None if limits.get(int(v)) is None else round(limits[int(v)], 3)
+                                                    for v in s["source"]],
+            "link_use": round(statistics.fmean(uses), 4) if uses else None,
+            "link_trace_fidelity": fidelity.get((run, arm)),
+        }
+    return out
+
+
+def _link_limits(link: dict, capacity: pd.DataFrame, run: str, arm: str, window: tuple[float, float],
+                 up: dict[int, float], down: dict[int, float]) -> dict[int, float | None]:
+    """Source -> the samples/s its link allows it (link_limit_samples_per_s_per_source)."""
+    def seconds(bytes_per_sample: float, bps: float | None) -> float:
+        return 0.0 if bps is None or bps <= 0 else 8 * bytes_per_sample / bps
+
+    if link.get("medium") == "shared":
+        if link.get("duplex") == "half":
+            rate = _link_rate(link, capacity, run, arm, "up", None, window)
+            rate = rate if rate is not None else _link_rate(link, capacity, run, arm, "down", None, window)
+            per_sample = seconds(sum(up.values()) + sum(down.values()), rate)
+        else:
+            per_sample = (seconds(sum(up.values()), _link_rate(link, capacity, run, arm, "up", None, window))
+                          + seconds(sum(down.values()), _link_rate(link, capacity, run, arm, "down", None, window)))
+        return {i: 1 / per_sample if per_sample > 0 else None for i in up}
+    out = {}
+    for i in up:
+        per_sample = (seconds(up[i], _link_rate(link, capacity, run, arm, "up", i, window))
+                      + seconds(down[i], _link_rate(link, capacity, run, arm, "down", i, window)))
+        out[i] = 1 / per_sample if per_sample > 0 else None
+    return out
+
+
+def _percentile(values: pd.Series, q: float) -> float | None:
+    values = _num(values).dropna()
+    return round(float(np.percentile(values, q)), 6) if len(values) else None
+
+
+def _part_medians(rows: pd.DataFrame, parts: tuple[str, ...], one_way: bool) -> dict | None:
+    medians = {p: _percentile(rows[p], 50) if p in rows else None for p in parts}
+    if all(v is None for v in medians.values()):
+        return None
+    return {**medians, **{p: _percentile(rows[p], 50) if one_way and p in rows else None for p in ONE_WAY}}
+
+
+def latency_figures(runs: Runs) -> dict[tuple[str, str], dict]:
+    """(run, arm) -> latency_train_p50_s, latency_train_p95_s, latency_infer_p50_s,
+    latency_infer_p95_s, latency_parts_train, latency_parts_infer (module docstring)."""
+    out = {}
+    arms = runs.sources.drop_duplicates(["run", "arm"])
+    for run, arm in zip(arms["run"], arms["arm"]):
+        one_way = runs.manifests.get(run, {}).get("backend") == "local"  # one clock: one-way times hold
+        b, i = runs.batches, runs.infers
+        steps = b[(b["run"] == run) & (b["arm"] == arm) & ~b["warmup"]]
+        infers = i[(i["run"] == run) & (i["arm"] == arm)]
+        out[(run, arm)] = {
+            "latency_train_p50_s": _percentile(steps["latency_s"], 50),
+            "latency_train_p95_s": _percentile(steps["latency_s"], 95),
+            "latency_infer_p50_s": _percentile(infers["latency_s"], 50),
+            "latency_infer_p95_s": _percentile(infers["latency_s"], 95),
+            "latency_parts_train": _part_medians(steps, LATENCY_PARTS, one_way),
+            "latency_parts_infer": _part_medians(infers, INFER_PARTS, one_way),
+        }
+    return out
+
+
+def bandwidth_sweep(runs: Runs, figures: Mapping[str, dict] | None = None) -> pd.DataFrame:
+    """One row per arm with a link: run, label, module, up_bps, down_bps (the rate of a
+    source's link: the shared channel's, else the mean over sources of theirs), samples_per_s
+    (mean over sources), link_limit (mean over sources), link_use; sorted by module and rate.
+    The throughput_vs_bandwidth figure draws it when the runs differ in rate."""
+    columns = ["run", "label", "module", "up_bps", "down_bps", "samples_per_s", "link_limit", "link_use"]
+    figures = arm_figures(runs) if figures is None else figures
+    rows = []
+    for label, fig in figures.items():
+        if fig.get("link") is None:
+            continue
+        channel = fig.get("link_channel_bps") or {}
+        rate = {d: channel.get(d) if channel.get(d) is not None else _mean(fig.get(f"link_{d}_bps_per_source") or [])
+                for d in ("up", "down")}
+        if rate["up"] is None and rate["down"] is None:
+            continue
+        rows.append({"run": fig["run"], "label": label, "module": fig["module"], "up_bps": rate["up"],
+                     "down_bps": rate["down"], "samples_per_s": _mean(fig["samples_per_s_per_source"]),
+                     "link_limit": _mean(fig.get("link_limit_samples_per_s_per_source") or []),
+                     "link_use": fig.get("link_use")})
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values(["module", "up_bps", "down_bps"], kind="stable").reset_index(drop=True)
+
+
+def step_rates(batches: pd.DataFrame) -> pd.DataFrame:
+    """Each training step's samples / duration_s, at its end. Columns: label, source, t,
+    samples_per_s."""
+    steps = batches.sort_values("t")
+    duration = _num(steps["duration_s"])
+    frame = steps[["label", "source", "t"]].copy()
+    frame["samples_per_s"] = _num(steps["samples"]) / duration.where(duration > 0)
+    return frame.reset_index(drop=True)
+
+
+def bound_by(cpu_over_cap, reply_wait, server_busy, link_use=None, link=None) -> tuple[str | None, str]:
     """What bound an arm's throughput: (name, one sentence with the numbers).
 
     From the sources' CPU share over cap while computing (C, median over sources), their
-    share of each step spent waiting for replies (W, median) and the server's busy
-    fraction (B); the first rule that holds names it:
+    share of each step spent waiting for replies (W, median), the server's busy
+    fraction (B) and, with an emulated link, its use (L: link_use, the sources' samples/s
+    over what the link allows them, mean over sources); the first rule that holds names it:
 
+    0. L >= LINK_FULL (80%) and W >= WAIT_MOST (50%): "the network (<link label>)" — the
+       sources waited for replies most of each step and ran at nearly what the link allows
+       them: the link's rate bound them, whatever the CPU or the server did. Without a
+       link (L None) this rule never holds, and the rules below are as they were.
     1. C < CAP_REACHED (90%): "host CPU (oversubscribed)" — the sources did not get their
        cap even while computing, so the machine had fewer free cores than the caps (and
        the server) ask for; whatever they waited for shares that cause.
@@ -279,7 +741,7 @@ def bound_by(cpu_over_cap, reply_wait, server_busy) -> tuple[str | None, str]:
        the server was busy nearly all the time.
     4. otherwise "the round trip" — they waited most of each step, the server was often
        idle (or its busy time is not traced): the time went between them (link, queueing,
-       message handling). A "network" case will split this one once link figures exist.
+       message handling); with a link, its use is in the sentence.
     Without a cap (C unknown, --cap-method none), rules 1 and 2 become: W < 50%: "the
     sources' CPU (uncapped)". None when W is not known (traces without wait_s).
     """
@@ -289,6 +751,11 @@ def bound_by(cpu_over_cap, reply_wait, server_busy) -> tuple[str | None, str]:
         return None, "not known: the traces hold no CPU time or reply wait per batch (cpu_s, wait_s)"
     w = statistics.median(wait)
     busy = "not traced" if server_busy is None else f"{server_busy:.0%}"
+    if link_use is not None and link_use >= LINK_FULL and w >= WAIT_MOST:
+        return (f"{NETWORK} ({link})" if link else NETWORK), (
+            f"the sources ran at {link_use:.0%} of the samples/s the link ({link or 'emulated'}) allows them "
+            f"(at least {LINK_FULL:.0%}: full) and waited for replies {w:.0%} of each step (median); the server "
+            f"was busy {busy} of its training window")
     if not over:  # no cap to judge against (--cap-method none): only the waits tell
         if w < WAIT_MOST:
             return UNCAPPED, f"the sources ran uncapped and waited for replies only {w:.0%} of each step"
@@ -304,8 +771,9 @@ def bound_by(cpu_over_cap, reply_wait, server_busy) -> tuple[str | None, str]:
     if server_busy is not None and server_busy >= SERVER_BUSY:
         return SERVER, (f"the sources waited for replies {w:.0%} of each step (median) and the server was busy "
                         f"{busy} of its training window")
+    use = "" if link_use is None else f"; they used {link_use:.0%} of what the link ({link}) allows them"
     return ROUND_TRIP, (f"the sources waited for replies {w:.0%} of each step (median) while the server was busy "
-                        f"{busy} of the time: the time went between them (link, queueing, message handling)")
+                        f"{busy} of the time: the time went between them (link, queueing, message handling){use}")
 
 
 def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str, dict]:
@@ -316,6 +784,8 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
     if per_source.empty:
         return {}
     servers = server_figures(runs)
+    links = link_figures(runs, per_source)
+    latencies = latency_figures(runs)
     losses = pooled_final_loss(runs.batches)
     lost_all = lost_sources(runs)
     out = {}
@@ -336,7 +806,8 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
                                           "server_lr_scale": None})
         accuracies = [v for v in s["test_accuracy"] if not _missing(v)]
         lifetime = [_clean(v) for v in s["cpu_share_lifetime"]]
-        bound, reason = bound_by(over_cap, waits, server["server_busy_fraction"])
+        link = links.get((run, arm)) or dict.fromkeys(LINK_KEYS)
+        bound, reason = bound_by(over_cap, waits, server["server_busy_fraction"], link["link_use"], link["link"])
         lost = [{k: _clean(r[k]) for k in ("source", "cause", "injected", "last_epoch", "last_batch",
                                              "batches_done", "t")}
                 for _, r in lost_all[(lost_all["run"] == run) & (lost_all["arm"] == arm)].iterrows()]
@@ -373,6 +844,8 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
             "partial": bool(lost),
             "partial_note": partial_note(lost, len(s)),
             "data": s["data"].iloc[0],
+            **link,
+            **latencies.get((run, arm), {}),
         })
     return out
 
@@ -391,6 +864,7 @@ def headline(arm: Mapping) -> dict:
         "startup_s_mean": _mean(get("startup_s_per_source") or []),
         "peak_rss_mb_max": _extreme(max, get("peak_rss_mb_per_source") or []),
         "pretrain_s_max": _extreme(max, get("pretrain_s_per_source") or []),
+        "link_limit_mean": _mean(get("link_limit_samples_per_s_per_source") or []),
     }
 
 
@@ -413,14 +887,23 @@ def comparison(base: Mapping, arm: Mapping) -> dict:
     }
 
 
-def arm_table(runs: Runs, baseline: str = "none", caps: Mapping[str, float] | None = None) -> pd.DataFrame:
+# the link and latency figures arm_table carries as they are (report.md's link and latency tables)
+TABLE_LINK_KEYS = ("link", "nic_bytes_sent_total", "nic_bytes_received_total", "nic_bytes_per_sample",
+                   "tcpip_overhead", "link_use", "link_trace_fidelity", "latency_train_p50_s",
+                   "latency_train_p95_s", "latency_infer_p50_s", "latency_infer_p95_s", "latency_parts_train",
+                   "latency_parts_infer")
+
+
+def arm_table(runs: Runs, baseline: str = "none", caps: Mapping[str, float] | None = None,
+              figures: Mapping[str, dict] | None = None) -> pd.DataFrame:
     """One row per arm (the report's table): label, run, module, sources, mb_sent,
     mb_received, samples_per_s_per_source (mean over sources), time_to_finish_s
     (= duration_s), final_loss, final_accuracy (= test_accuracy), max_cpu_share (lifetime),
     the ``headline`` figures, server_busy_fraction, pretrain_share, server_lr_scale,
     bound_by, bound_reason, lost_sources (the lost sources' ids, "none" when none),
-    partial_note, traffic_ratio, throughput_ratio — all from ``arm_figures``."""
-    figures = arm_figures(runs, caps)
+    partial_note, the link and latency figures of TABLE_LINK_KEYS, traffic_ratio,
+    throughput_ratio — all from ``arm_figures`` (``figures``, when already computed)."""
+    figures = arm_figures(runs, caps) if figures is None else figures
     rows = []
     for label, fig in figures.items():
         top = headline(fig)
@@ -434,6 +917,7 @@ def arm_table(runs: Runs, baseline: str = "none", caps: Mapping[str, float] | No
             "server_lr_scale": fig["server_lr_scale"], "bound_by": fig["bound_by"],
             "bound_reason": fig["bound_reason"], "lost_sources": lost_cell(fig),
             "partial_note": fig.get("partial_note"),
+            **{key: fig.get(key) for key in TABLE_LINK_KEYS},
         })
     table = pd.DataFrame(rows)
     if table.empty:
@@ -483,6 +967,10 @@ def _num(series: pd.Series) -> pd.Series:
 
 def _int_sum(series: pd.Series) -> int:
     return int(_num(series).fillna(0).sum()) if len(series) else 0
+
+
+def _column_sum(rows: pd.DataFrame, column: str) -> int:
+    return _int_sum(rows[column]) if column in rows else 0
 
 
 def _float(value) -> float | None:

@@ -2,6 +2,8 @@
 
 One colour per module, the same in every figure (paper 002 draws "with module" in
 red); arms of a module from different runs share its colour with another line style.
+Every traffic, throughput and latency figure names the arms' emulated link in its title
+("… — link 5mbit shared"). A figure whose data the runs lack returns no files.
 """
 from __future__ import annotations
 
@@ -37,10 +39,22 @@ class Palette:
             seen[module] = seen.get(module, 0) + 1
 
     def colour(self, label: str) -> str:
-        module = self.module.get(label, label)
-        if module in MODULE_COLOURS:
-            return MODULE_COLOURS[module]
-        return FALLBACK[sum(map(ord, module)) % len(FALLBACK)]
+        return module_colour(self.module.get(label, label))
+
+
+def module_colour(module: str) -> str:
+    if module in MODULE_COLOURS:
+        return MODULE_COLOURS[module]
+    return FALLBACK[sum(map(ord, module)) % len(FALLBACK)]
+
+
+def link_suffix(runs: Runs, labels=None) -> str:
+    """" — link 5mbit shared" for a title (every link of the arms, or of ``labels``), "" without one."""
+    links = metrics.link_labels(runs)
+    names = list(dict.fromkeys(v for k, v in links.items() if v and (labels is None or k in labels)))
+    if not names:
+        return ""
+    return f" — link {names[0]}" if len(names) == 1 else " — links " + ", ".join(names)
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -67,7 +81,7 @@ def traffic(runs: Runs, out: Path) -> list[Path]:
         name = label if ratio is None or pd.isna(ratio) or palette.module[label] == "none" else f"{label} ({ratio:.1f}x less)"
         ax.plot([0.0, *arm["t"]], [0.0, *arm["mb_sent"]], color=palette.colour(label),
                 linestyle=palette.style[label], label=name, drawstyle="steps-post")
-    _over_time(ax, "cumulative data sent by all sources (MB)", "Data traffic", "arm")
+    _over_time(ax, "cumulative data sent by all sources (MB)", "Data traffic" + link_suffix(runs), "arm")
     return _save(fig, out, "traffic")
 
 
@@ -89,7 +103,8 @@ def throughput(runs: Runs, out: Path) -> list[Path]:
                 linestyle="none", label="lost source" if row.Index == 0 else None)
         ax.annotate(f"source {row.source} lost", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8,
                     color=palette.colour(row.label))
-    _over_time(ax, "samples processed per source", "Throughput: every data source", "arm (one line per source)")
+    _over_time(ax, "samples processed per source", "Throughput: every data source" + link_suffix(runs),
+               "arm (one line per source)")
     return _save(fig, out, "throughput")
 
 
@@ -119,7 +134,7 @@ def summary(runs: Runs, out: Path, table: pd.DataFrame | None = None) -> list[Pa
         ax.set_xticks(range(len(table)), table["label"], rotation=20, ha="right")
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("Summary per arm")
+    fig.suptitle("Summary per arm" + link_suffix(runs))
     fig.tight_layout()
     return _save(fig, out, "summary")
 
@@ -162,3 +177,141 @@ def accuracy(runs: Runs, out: Path) -> list[Path]:
     fig.suptitle("Accuracy (dotted lines: budget changes)")
     fig.tight_layout()
     return _save(fig, out, "accuracy")
+
+
+def _figures(runs: Runs, figures) -> dict[str, dict]:
+    return metrics.arm_figures(runs) if figures is None else figures
+
+
+def throughput_vs_bandwidth(runs: Runs, out: Path, figures=None) -> list[Path]:
+    """Samples/s per source against the link's rate (log axis), one line per module, the
+    link limit of the ``none`` arm dashed: where compression starts to pay. Drawn only when
+    a module ran behind links of different rates (the run folders of ``--sweep-bandwidth``)."""
+    sweep = metrics.bandwidth_sweep(runs, _figures(runs, figures))
+    sweep["x"] = sweep["up_bps"].fillna(sweep["down_bps"]) / 1e6
+    if sweep.empty or sweep.groupby("module")["x"].nunique().max() < 2:  # no module seen at two rates
+        return []
+    asymmetric = (sweep["up_bps"] != sweep["down_bps"]).any()
+    modules = list(dict.fromkeys(Palette(runs).module.get(label) for label in runs.labels))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for module in [m for m in modules if m in set(sweep["module"])]:
+        rows = sweep[sweep["module"] == module].sort_values("x")
+        ax.plot(rows["x"], rows["samples_per_s"], marker="o", color=module_colour(module), label=module)
+    none = sweep[(sweep["module"] == "none") & sweep["link_limit"].notna()].sort_values("x")
+    if len(none):
+        ax.plot(none["x"], none["link_limit"], linestyle="--", color=module_colour("none"),
+                label="link limit (none)")
+    # log-log, as a roofline: the link's limit is a line of slope 1, a source bound by its link
+    # follows it, one bound by computing stays flat
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    rates = sorted(set(sweep["x"]))
+    ax.set_xticks(rates, [f"{v:g}" for v in rates])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("link rate, uplink (Mbit/s)" if asymmetric else "link rate (Mbit/s)")
+    ax.set_ylabel("samples/s per source")
+    ax.set_title("Throughput against link rate (dashed: what the link allows the none arm)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="module")
+    return _save(fig, out, "throughput_vs_bandwidth")
+
+
+def link_trace(runs: Runs, out: Path, figures=None) -> list[Path]:
+    """For every arm whose link follows a capacity trace, stacked panels over time: per
+    traced direction the capacity (step line) and the rate delivered each second, then the
+    samples/s of each training step of every source. Drawn only when an arm has one."""
+    figures = _figures(runs, figures)
+    traced = {label: fig["link_trace_fidelity"] for label, fig in figures.items() if fig.get("link_trace_fidelity")}
+    if not traced:
+        return []
+    palette = Palette(runs)
+    capacity = metrics.capacity_over_time(runs)
+    rates = metrics.step_rates(runs.batches)
+    ends = runs.events.groupby(["run", "arm"])["t_rel"].max()
+    panels = max(len(directions) for directions in traced.values()) + 1
+    fig, axes = plt.subplots(panels, len(traced), figsize=(6.5 * len(traced), 2.4 * panels), sharex="col",
+                             squeeze=False)
+    for column, (label, directions) in enumerate(traced.items()):
+        run, arm = figures[label]["run"], figures[label]["arm"]
+        end = float(ends.get((run, arm), 0.0))
+        for row, direction in enumerate(directions):
+            ax = axes[row][column]
+            shown = capacity[(capacity["run"] == run) & (capacity["arm"] == arm)
+                             & capacity["direction"].isin(("up", "down") if direction == "both" else (direction,))]
+            if direction == "both" and (shown["direction"] == "up").any():
+                shown = shown[shown["direction"] == "up"]
+            for k, (_, series) in enumerate(shown.groupby(shown["source"].fillna(-1), sort=True)):
+                ax.step([*series["t"], max(end, series["t"].max())], [*series["mbit_s"], series["mbit_s"].iloc[-1]],
+                        where="post", color="black", linewidth=1.0, label="capacity" if k == 0 else None)
+            delivered = metrics.delivered_rate(runs, direction)
+            delivered = delivered[(delivered["run"] == run) & (delivered["arm"] == arm)]
+            for k, (_, series) in enumerate(delivered.groupby(delivered["source"].fillna(-1), sort=True)):
+                ax.plot(series["second"] + 0.5, series["mbit_s"], color=palette.colour(label), alpha=0.8,
+                        linewidth=1.2, marker=".", markersize=3, label="delivered, per second" if k == 0 else None)
+            ax.set_ylabel(f"{direction} (Mbit/s)")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8, loc="upper right")
+        for row in range(len(directions), panels - 1):
+            axes[row][column].set_visible(False)
+        ax = axes[panels - 1][column]
+        mine = rates[rates["label"] == label]
+        for k, (_, source) in enumerate(mine.groupby("source")):
+            ax.plot(source["t"], source["samples_per_s"], color=palette.colour(label), alpha=0.7, linewidth=1.0,
+                    marker=".", markersize=3, label="one line per source" if k == 0 else None)
+        ax.set_ylabel("samples/s (each step)")
+        ax.set_xlabel("time since the arm started (s)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+        axes[0][column].set_title(f"{label}{link_suffix(runs, [label])}", fontsize=10)
+    fig.suptitle("Trace-driven link: capacity, delivered rate and throughput")
+    fig.tight_layout()
+    return _save(fig, out, "link_trace")
+
+
+PART_COLOURS = {"compute_s": "#c7c7c7", "encode_s": "#9edae5", "network_s": "#fdae6b", "queue_s": "#f7b6d2",
+                "server_s": "#98df8a", "decode_s": "#c5b0d5", "backward_s": "#dbdb8d"}
+
+
+def latency(runs: Runs, out: Path, figures=None) -> list[Path]:
+    """Per arm, one bar for a training step and one (hatched) for an inference request:
+    the median of each part stacked, with the p50 (dot) and p95 (triangle) end to end.
+    Drawn only when the traces hold the latency fields."""
+    figures = _figures(runs, figures)
+    arms = [label for label, fig in figures.items()
+            if any(fig.get(k) is not None for k in ("latency_train_p50_s", "latency_infer_p50_s",
+                                                    "latency_parts_train", "latency_parts_infer"))]
+    if not arms:
+        return []
+    palette = Palette(runs)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(arms) + 2), 4.4))
+    named = set()
+    for x, label in enumerate(arms):
+        arm = figures[label]
+        for offset, phase, hatch in ((-0.2, "train", None), (0.2, "infer", "//")):
+            parts = arm.get(f"latency_parts_{phase}") or {}
+            bottom = 0.0
+            for part in metrics.LATENCY_PARTS:
+                value = parts.get(part)
+                if value is None:
+                    continue
+                ax.bar(x + offset, 1e3 * value, width=0.38, bottom=bottom, color=PART_COLOURS[part], hatch=hatch,
+                       edgecolor="white", label=part[:-2] if part not in named else None)
+                named.add(part)
+                bottom += 1e3 * value
+            for q, marker in (("p50", "o"), ("p95", "^")):
+                value = arm.get(f"latency_{phase}_{q}_s")
+                if value is not None:
+                    ax.plot([x + offset], [1e3 * value], marker=marker, color=palette.colour(label), linestyle="none",
+                            markersize=7, markeredgecolor="black", label=f"{q} end to end" if f"{q}" not in named else None)
+                    named.add(q)
+    ax.set_xticks(range(len(arms)), [f"{label}\ntrain | infer" for label in arms])
+    ax.set_ylabel("ms")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, title="median parts\n(hatched: inference)", bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("Latency of a training step and of an inference request" + link_suffix(runs, arms))
+    return _save(fig, out, "latency")

@@ -1,4 +1,7 @@
-"""``report.md`` and the figures for one or many run directories."""
+"""``report.md`` and the figures for one or many run directories: the arm table, what bound
+each arm, the lost sources, where the arms had an emulated link its table (NIC bytes, TCP/IP
+overhead, link limit and use, trace fidelity), where the traces hold latency parts the
+latency table, then every figure drawn with a one-line caption."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import metrics, plots
+from . import metrics, plots, summary
 from .load import load_runs
 
 # column of metrics.arm_table, title, format: every number comes from analysis.metrics, the
@@ -25,6 +28,36 @@ TABLE_COLUMNS = [
     ("pretrain_s_max", "pre-training (s, max)", "{:.1f}"), ("pretrain_share", "pre-training / duration", "{:.0%}"),
     ("bound_by", "bound by", "{}"), ("lost_sources", "lost sources", "{}"),
 ]
+
+
+# figure name -> title, one-line caption (report.md lists every figure drawn with them)
+FIGURES = {
+    "traffic": ("Data traffic", "Cumulative MB sent by all sources over time, one line per arm."),
+    "throughput": ("Throughput", "Samples processed over time by every source, one colour per arm."),
+    "summary": ("Summary", "Traffic ratio, throughput ratio, time to finish and final accuracy per arm."),
+    "accuracy": ("Accuracy", "Test accuracy against epoch and against cumulative training traffic."),
+    "throughput_vs_bandwidth": ("Throughput against link rate",
+                                "Samples/s per source against the link's rate, one line per module; dashed: "
+                                "what the link allows the none arm — where compression starts to pay."),
+    "link_trace": ("Trace-driven link", "The link's capacity (step line) and the rate it delivered each second, "
+                                        "with the samples/s of every step, over time."),
+    "latency": ("Latency per arm", "Median parts of a training step and of an inference request (hatched), stacked, with "
+                           "the p50 and p95 end to end."),
+}
+
+# report.md's link table: column of metrics.arm_table (or headline), title, format
+LINK_COLUMNS = [
+    ("link", "link", "{}"),
+    ("nic_mb", "NIC MB (both directions)", "{:.3f}"),
+    ("nic_bytes_per_sample", "NIC bytes per sample", "{:.1f}"),
+    ("tcpip_overhead", "TCP/IP overhead", "{:.1%}"),
+    ("link_limit_mean", "link limit (samples/s per source)", "{:.2f}"),
+    ("samples_per_s_per_source", "samples/s per source", "{:.2f}"),
+    ("link_use", "link use", "{:.0%}"),
+]
+LATENCY_PARTS_TITLES = {"compute_s": "compute", "encode_s": "encode", "network_s": "network", "queue_s": "queue",
+                        "server_s": "server", "decode_s": "decode", "backward_s": "backward",
+                        "net_up_s": "net up", "net_down_s": "net down"}
 
 
 @dataclass
@@ -48,24 +81,76 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _known(value):
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    return fmt.format(value)
+
+
+def link_table(table: pd.DataFrame) -> str | None:
+    """The arms' links (arms without one left out); None when no arm had one."""
+    rows = [row for row in table.to_dict("records") if isinstance(row.get("link"), str)]
+    if not rows:
+        return None
+    lines = ["| arm | " + " | ".join(title for _, title, _ in LINK_COLUMNS) + " |",
+             "|" + "---|" * (len(LINK_COLUMNS) + 1)]
+    for row in rows:
+        sent, received = _known(row.get("nic_bytes_sent_total")), _known(row.get("nic_bytes_received_total"))
+        row["nic_mb"] = None if sent is None or received is None else (sent + received) / metrics.MB
+        lines.append(f"| {row['label']} | " + " | ".join(_cell(row.get(c), f) for c, _, f in LINK_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def latency_table(table: pd.DataFrame) -> str | None:
+    """p50/p95 end to end and the median parts (ms), a row per arm and phase; None when no
+    arm's traces hold them."""
+    parts = [*metrics.LATENCY_PARTS, *metrics.ONE_WAY]
+    lines = []
+    for row in table.to_dict("records"):
+        for phase in ("train", "infer"):
+            p50, p95 = (_known(row.get(f"latency_{phase}_{q}_s")) for q in ("p50", "p95"))
+            medians = row.get(f"latency_parts_{phase}")
+            medians = medians if isinstance(medians, dict) else {}
+            if p50 is None and p95 is None and not medians:
+                continue
+            cells = [_cell(None if v is None else 1e3 * v, "{:.1f}") for v in (p50, p95)]
+            cells += [_cell(None if medians.get(p) is None else 1e3 * medians[p], "{:.1f}") for p in parts]
+            lines.append(f"| {row['label']} | {phase} | " + " | ".join(cells) + " |")
+    if not lines:
+        return None
+    header = "| arm | phase | p50 (ms) | p95 (ms) | " + " | ".join(LATENCY_PARTS_TITLES[p] for p in parts) + " |"
+    return "\n".join([header, "|" + "---|" * (len(parts) + 4), *lines])
+
+
 def write_report(run_dirs, out: Path) -> Report:
     runs = load_runs(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    table = metrics.arm_table(runs)
+    arms = metrics.arm_figures(runs)
+    table = metrics.arm_table(runs, figures=arms)
     figures = []
-    sections = [("traffic", "Data traffic", plots.traffic), ("throughput", "Throughput", plots.throughput),
-                ("summary", "Summary", lambda r, o: plots.summary(r, o, table))]
+    sections = [("traffic", plots.traffic), ("throughput", plots.throughput),
+                ("summary", lambda r, o: plots.summary(r, o, table))]
     if not runs.evals.empty:
-        sections.append(("accuracy", "Accuracy", plots.accuracy))
+        sections.append(("accuracy", plots.accuracy))
     else:
         runs.problems.append("no test accuracy was traced: the accuracy figure is left out")
+    # drawn only where the runs hold their data (each returns no file otherwise)
+    sections += [(name, lambda r, o, draw=draw: draw(r, o, arms)) for name, draw in (
+        ("throughput_vs_bandwidth", plots.throughput_vs_bandwidth), ("link_trace", plots.link_trace),
+        ("latency", plots.latency))]
     drawn = []
-    for name, title, draw in sections:
+    for name, draw in sections:
         if runs.batches.empty:
             runs.problems.append(f"no training batch was traced: the {name} figure is left out")
             continue
-        figures += draw(runs, out)
-        drawn.append((name, title))
+        files = draw(runs, out)
+        figures += files
+        if files:
+            drawn.append(name)
     lines = ["# splittest report", "", "Runs: " + ", ".join(f"`{Path(p)}`" for p in run_dirs), ""]
     for run, manifest in runs.manifests.items():
         spec = manifest.get("spec", {})
@@ -89,8 +174,28 @@ def write_report(run_dirs, out: Path) -> Report:
         lines += ["Lost sources (the throughput figure marks where each stopped with an x):", ""]
         lines += [f"- {row.label}: {row.partial_note}" for row in partial]
         lines += [""]
-    for name, title in drawn:
-        lines += [f"## {title}", "", f"![{title}]({name}.png)", ""]
+    links = link_table(table) if len(table) else None
+    if links:
+        lines += ["## Link", "", "Every source behind an emulated link (`link.jsonl`). NIC bytes: the sources' "
+                  "interface counters, every header and packet included; TCP/IP overhead: NIC bytes over the "
+                  "stream bytes the sources traced, minus 1; link limit: the samples/s the link's rate allows a "
+                  "source for the wire bytes a training sample carries each way; link use: samples/s over that "
+                  "limit (definitions: `analysis/metrics.py`).", "", links, ""]
+        fidelity = [(label, d, f) for label, fig in arms.items()
+                    for d, f in (fig.get("link_trace_fidelity") or {}).items() if f]
+        if fidelity:
+            lines += ["Trace-driven links, delivered rate against capacity over the training window:", ""]
+            lines += [f"- {label}, {d}: {summary.fidelity_text(f)}" for label, d, f in fidelity]
+            lines += [""]
+    latencies = latency_table(table) if len(table) else None
+    if latencies:
+        lines += ["## Latency", "", "End-to-end p50 and p95 of a training step (warm-up left out) and of an "
+                  "inference request, and the median of each part (ms); network = round trip - server - queue; "
+                  "net up/down: one-way times, only where source and server share a clock (local backend).", "",
+                  latencies, ""]
+    for name in drawn:
+        title, caption = FIGURES[name]
+        lines += [f"## {title}", "", f"![{title}]({name}.png)", "", caption, ""]
     if runs.problems:
         lines += ["## Problems found while reading", ""] + [f"- {p}" for p in runs.problems] + [""]
     markdown = out / "report.md"

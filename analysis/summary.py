@@ -13,9 +13,20 @@ cpu_share_computing_per_source, cpu_share_over_cap_per_source,
 reply_wait_share_per_source, startup_s_per_source, peak_rss_mb_per_source,
 pretrain_s_per_source, pretrain_share, duration_s, final_loss, test_accuracy, budgets,
 requests_served, server_busy_fraction, server_lr_scale, bound_by, bound_reason,
-status_per_source, lost_sources, partial, partial_note, data). ``comparison`` (from :func:`compare`) holds baseline, module
+status_per_source, lost_sources, partial, partial_note, data, the link figures: link,
+link_medium, link_duplex, link_up_bps_per_source, link_down_bps_per_source,
+link_delay_ms_per_source, link_channel_bps, nic_bytes_sent_total, nic_bytes_received_total,
+nic_packets_sent_total, nic_packets_received_total, nic_bytes_per_sample, tcpip_overhead,
+wire_bytes_per_training_sample_sent, wire_bytes_per_training_sample_received,
+link_limit_samples_per_s_per_source, link_use, link_trace_fidelity (None without
+``link.jsonl``), and the latency figures: latency_train_p50_s, latency_train_p95_s,
+latency_infer_p50_s, latency_infer_p95_s, latency_parts_train, latency_parts_infer (None in
+traces without them)). ``comparison`` (from :func:`compare`) holds baseline, module
 (the first other arm) and its traffic_ratio, traffic_ratio_sent, traffic_ratio_received,
 throughput_ratio, and by_module with those ratios for every other arm.
+
+The printed table has a row per ``ROWS`` entry, then the ``LINK_ROWS`` that hold a value
+for at least one arm (runs without a link or latency parts print none of them).
 """
 from __future__ import annotations
 
@@ -124,12 +135,28 @@ ROWS = (
     ("lost sources", lambda a, h: metrics.lost_cell(a), "{}"),
 )
 
+# printed after ROWS, each only when some arm has a value for it
+LINK_ROWS = (
+    ("link", lambda a, h: a["link"], "{}"),
+    ("NIC MB, both directions", lambda a, h: (a["nic_bytes_sent_total"] + a["nic_bytes_received_total"]) / 1e6,
+     "{:.3f}"),
+    ("NIC bytes per sample", lambda a, h: a["nic_bytes_per_sample"], "{:.1f}"),
+    ("TCP/IP overhead", lambda a, h: a["tcpip_overhead"], "{:.1%}"),
+    ("link limit (samples/s per source)", lambda a, h: h["link_limit_mean"], "{:.2f}"),
+    ("link use", lambda a, h: a["link_use"], "{:.0%}"),
+    ("latency train p50 (ms)", lambda a, h: a["latency_train_p50_s"] * 1e3, "{:.1f}"),
+    ("latency train p95 (ms)", lambda a, h: a["latency_train_p95_s"] * 1e3, "{:.1f}"),
+    ("latency infer p50 (ms)", lambda a, h: a["latency_infer_p50_s"] * 1e3, "{:.1f}"),
+    ("latency infer p95 (ms)", lambda a, h: a["latency_infer_p95_s"] * 1e3, "{:.1f}"),
+)
 
-def table_cells(arm: dict) -> list[str]:
-    """The printed table's cells of one arm, in ROWS order ("-" where a figure is unknown)."""
+
+def table_cells(arm: dict, rows=ROWS) -> list[str]:
+    """The printed table's cells of one arm, in ROWS order (or ``rows``'; "-" where a figure
+    is unknown)."""
     top = metrics.headline(arm)
     cells = []
-    for _, get, fmt in ROWS:
+    for _, get, fmt in rows:
         try:
             value = get(arm, top)
             cells.append(fmt.format(value) if value is not None else "-")
@@ -141,15 +168,22 @@ def table_cells(arm: dict) -> list[str]:
 def format_table(summary: dict) -> str:
     arms = summary["arms"]
     names = list(arms)
-    columns = {name: table_cells(arms[name]) for name in names}
+    link_cells = {name: table_cells(arms[name], LINK_ROWS) for name in names}
+    shown = [i for i in range(len(LINK_ROWS)) if any(link_cells[n][i] != "-" for n in names)]
+    rows = list(ROWS) + [LINK_ROWS[i] for i in shown]
+    columns = {name: table_cells(arms[name]) + [link_cells[name][i] for i in shown] for name in names}
     widths = {name: max(14, len(name) + 2, *(len(c) + 2 for c in columns[name])) for name in names}
-    width = max(len(r[0]) for r in ROWS) + 2
+    width = max(len(r[0]) for r in rows) + 2
     lines = [" " * width + "".join(f"{n:>{widths[n]}}" for n in names)]
-    for row, (label, _, _) in enumerate(ROWS):
+    for row, (label, _, _) in enumerate(rows):
         lines.append(f"{label:<{width}}" + "".join(f"{columns[n][row]:>{widths[n]}}" for n in names))
     for name in names:
         if arms[name].get("bound_reason"):
             lines.append(f"{name}: bound by {arms[name].get('bound_by') or 'unknown'}: {arms[name]['bound_reason']}")
+    for name in names:
+        for direction, f in (arms[name].get("link_trace_fidelity") or {}).items():
+            if f:
+                lines.append(f"{name}: link trace {direction}: {fidelity_text(f)}")
     for name in names:
         if arms[name].get("partial_note"):
             lines.append(f"{name}: {arms[name]['partial_note']}")
@@ -160,6 +194,14 @@ def format_table(summary: dict) -> str:
                          f"(sent {_x(c['traffic_ratio_sent'])}, received {_x(c['traffic_ratio_received'])}), "
                          f"throughput ratio {c['throughput_ratio'] if c['throughput_ratio'] is not None else '-'}")
     return "\n".join(lines)
+
+
+def fidelity_text(f: dict) -> str:
+    """One traced direction's link_trace_fidelity in words (the printed table, report.md)."""
+    correlation = "-" if f.get("correlation") is None else f"{f['correlation']:.3f}"
+    return (f"delivered vs capacity per second: correlation {correlation}, mean absolute error "
+            f"{f['mae_mbit_s']:.3f} Mbit/s over {f['seconds']} s of training (mean capacity "
+            f"{f['mean_capacity_mbit_s']:.3f}, delivered {f['mean_delivered_mbit_s']:.3f} Mbit/s)")
 
 
 def _x(ratio) -> str:

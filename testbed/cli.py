@@ -6,11 +6,12 @@ import signal
 import sys
 
 from . import __version__
-from .runner import EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run
+from .runner import EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run, sweep_bandwidth
 from .spec import RunSpec, SpecError, validate
 
 
 GROUPS = {"run": "the run", "workload": "the workload", "data": "data", "knob": "compression module knobs",
+          "link": "emulated links (every source behind its own shaped link; Linux, as root)",
           "k8s": "Kubernetes backend (--backend k8s)"}
 
 
@@ -102,9 +103,15 @@ def main(argv=None) -> int:
         except ClusterError as exc:
             print(f"testbed: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        return run(spec, say, KubernetesBackend(spec, cluster, keep=args.keep, source_image=args.source_image,
-                                                server_image=args.server_image, wait_s=args.wait,
-                                                pending_timeout_s=args.pending_timeout, say=say))
+        def backend_for(one):
+            return KubernetesBackend(one, cluster, keep=args.keep, source_image=args.source_image,
+                                     server_image=args.server_image, wait_s=args.wait,
+                                     pending_timeout_s=args.pending_timeout, say=say)
+        if spec.sweep_bandwidth:
+            return sweep_bandwidth(spec, say, backend_for)
+        return run(spec, say, backend_for(spec))
+    if spec.sweep_bandwidth:
+        return sweep_bandwidth(spec, say)
     return run(spec, say)
 
 

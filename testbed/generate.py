@@ -6,10 +6,11 @@ exits 1 naming each one that has drifted (the test suite runs it):
 - ``charts/values.yaml``: the ``workload`` block (every option whose chart value lives
   under ``workload``, with its default and help);
 - ``charts/values.schema.json``: the schema of every option's chart value (type, range,
-  choices; unknown ``workload`` keys are rejected);
+  choices; unknown ``workload`` keys are rejected), and the pattern of a link rate
+  (``$defs.rate``, ``$defs.rates``: ``--bandwidth``'s units, ``testbed.links.values``);
 - ``charts/templates/configmap.yaml``: every chart value the programs read, as their
   ``SPLITTEST_*`` environment variables;
-- ``README.md``: the tables of ``testbed run``'s options and of the modules.
+- ``README.md``: the tables of ``testbed run``'s options, of the modules and of the link profiles.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from workloads.compression import modules
 from workloads.compression.registry import readers
 from workloads.settings import Option
 
+from .links.values import RATE_UNITS
 from .options import run_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +81,21 @@ def schema_with_options(schema: dict) -> dict:
         for key in parents:
             node = node.setdefault("properties", {}).setdefault(key, {"type": "object", "properties": {}})
         node.setdefault("properties", {})[leaf] = json_schema(option)
+    schema.setdefault("$defs", {}).update(rate_schemas())
     return schema
+
+
+def rate_schemas() -> dict[str, dict]:
+    """The chart's link rates (``link.bandwidth``, ``link.perSource``): ``--bandwidth``'s
+    syntax, with its units in any case, as the parser (``parse_rate``) takes them."""
+    units = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in unit)
+                     for unit in sorted(RATE_UNITS, key=lambda u: (-len(u), u)))
+    rate = rf"[0-9]*\.?[0-9]+({units})"
+    return {"rate": {"type": "string", "pattern": f"^({rate})?$",
+                     "description": f"a rate: a number and a unit ({', '.join(RATE_UNITS)}; bps: bytes/s), "
+                                    "\"\": not shaped"},
+            "rates": {"type": "string", "pattern": f"^({rate}(/{rate})?)?$",
+                      "description": "RATE both ways or UP/DOWN (5mbit, 2mbit/20mbit), \"\": not shaped"}}
 
 
 def configmap() -> str:
@@ -137,6 +153,17 @@ def modules_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def profiles_table() -> str:
+    """The link profiles (``--link``), from their declarations in testbed/links/profiles.py."""
+    from .links.profiles import PROFILES
+
+    rows = ["| profile | rate (up/down) | medium | delay, one way | the link | where the numbers come from |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for p in PROFILES.values():
+        rows.append(f"| `{p.name}` | {p.bandwidth} | {p.medium} | {p.delay} | {p.about} | {p.source} |")
+    return "\n".join(rows) + "\n"
+
+
 def replace_between(text: str, name: str, body: str, comment: str) -> str:
     """``text`` with what lies between the markers named ``name`` replaced by ``body``."""
     begin, end = comment.format(f"{BEGIN} ({name})"), comment.format(f"{END} ({name})")
@@ -154,6 +181,7 @@ def outputs() -> dict[Path, str]:
     schema = json.loads((CHART / "values.schema.json").read_text())
     readme = replace_between(readme, "options", options_table(), "<!-- {} -->")
     readme = replace_between(readme, "modules", modules_table(), "<!-- {} -->")
+    readme = replace_between(readme, "profiles", profiles_table(), "<!-- {} -->")
     return {
         CHART / "values.yaml": replace_between(values, "workload", values_block(), "# -- {} --"),
         CHART / "values.schema.json": json.dumps(schema_with_options(schema), indent=2) + "\n",

@@ -21,6 +21,9 @@ from .cpucap import Cap, CapError, SuspendResumeCap, available_cpus, make_cap, o
 from .errors import BackendError
 from .signals import signals_deferred
 from .keys import make_run_keys
+from .links.arm import CONTROLLER, ArmLinks
+from .links.network import NetworkError, probe_kernel, remove_stale
+from .links.plan import LinkPlan, plan_links
 from .progress import Progress
 from .spec import RunSpec
 from .traces import read_events
@@ -42,6 +45,8 @@ class LocalBackend:
         self.spec, self.say = spec, say
         self._checked = False
         self.keys = ""  # the run's CURVE key folder, made with the first arm ("" with --insecure)
+        self.links = plan_links(spec.values, spec.sources)  # None: loopback, no emulated link
+        self.kernel: dict = {}
 
     def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
         s = self.spec
@@ -54,15 +59,41 @@ class LocalBackend:
             warning = oversubscription(s.sources, s.cpu, cores, server_cpus(s))
             if warning and server_cpus(s) < cores:  # else run_arm refuses the run, which says enough
                 warn(warning)
+            if self.links is not None:
+                remove_stale(say=warn)
+                self.kernel = probe_kernel()
         progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
             if self.say is print else None
         self.say(f"arm {module}: starting the server and {s.sources} sources")
-        return run_arm(s, module, directory, run_id, progress=progress, warn=warn, keys=self.keys)
+        return run_arm(s, module, directory, run_id, progress=progress, warn=warn, keys=self.keys,
+                       links=self.links, kernel=self.kernel)
 
 
 def server_cpus(spec) -> int:
     """``--server-cpus`` (0: the server is not pinned)."""
     return int(getattr(spec, "server_cpus", 0) or 0)
+
+
+def largest_message(spec, module: str) -> int:
+    """The largest message of an arm on the wire: the float32 gradient of a batch at the cut."""
+    from workloads.data import INPUT_SHAPE
+    from workloads.models import build_split_model
+    from workloads.transport import largest_reply
+
+    cut = build_split_model(spec.model, spec.split_for(module), 10).cut_shape if spec.split_for(module) else INPUT_SHAPE
+    return largest_reply(spec.batch_size, cut)
+
+
+def server_thread_count(spec) -> int:
+    """The server's torch threads: its own cores when pinned, else the cores the sources'
+    caps leave free (at least 1). More threads than free cores make each step wait for
+    threads preempted by the sources: measured here with 2 sources at 0.4 CPU on 2 cores,
+    the filter arm's server step took 0.79 s with 2 threads against 0.19 s for the same
+    tail while the sources idled."""
+    pinned = server_cpus(spec)
+    if pinned:
+        return pinned
+    return max(1, int(len(available_cpus()) - spec.sources * spec.cpu + 1e-9))
 
 
 def child_environment(extra: dict | None = None) -> dict:
@@ -214,41 +245,65 @@ def _describe_exit(who: str, fleet: Fleet, name: str, when: str = "") -> str:
 
 
 def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progress: Progress | None,
-            warn=print, keys: str = "") -> ArmResult:
-    """One arm: the server, then the sources; ``keys``: the run's CURVE key folder ("": plaintext)."""
+            warn=print, keys: str = "", links: LinkPlan | None = None, kernel: dict | None = None) -> ArmResult:
+    """One arm: the server, then the sources; ``keys``: the run's CURVE key folder ("": plaintext);
+    ``links``: every source behind its own emulated link (testbed/links/), else loopback."""
     directory.mkdir(parents=True, exist_ok=True)
     pinned = server_cpus(spec)
     options = spec.workload_options(module)
-    # the server listens on loopback only; with keys, only the run's sources get an answer
-    options.update(run_id=f"{run_id}/{module}", server=f"tcp://127.0.0.1:{spec.port}", expect_sources=spec.sources,
-                   bind="127.0.0.1", keys=keys)
+    arm_links = ArmLinks(links, kernel or {}, directory, warn=warn) if links is not None else None
+    # the server listens on loopback only (or its own address on the emulated network); with keys,
+    # only the run's sources get an answer
+    address = arm_links.server_address if arm_links else "127.0.0.1"
+    options.update(run_id=f"{run_id}/{module}", server=f"tcp://{address}:{spec.port}", expect_sources=spec.sources,
+                   bind=address, keys=keys)
+    if links is not None:
+        options["heartbeat_timeout"] = links.heartbeat_timeout_s(largest_message(spec, module))
     fleet = Fleet(directory)
     cap = None
+    built = False
     try:
         with signals_deferred():  # cgroups made are cgroups recorded, for release()
             try:
                 cap = make_cap(spec.cap_method, spec.cpu, spec.sources, warn=warn, server_cpus=pinned)
             except CapError as exc:
                 raise BackendError(str(exc)) from None
+            if arm_links is not None:  # namespaces made are namespaces removed, whatever happens next
+                built = True
+                try:
+                    arm_links.build()
+                except NetworkError as exc:
+                    raise BackendError(str(exc)) from None
         server_trace = directory / "server.jsonl"
         server_options = {**options, "trace": str(server_trace)}
-        server_env = None
-        if pinned:  # as many torch threads as it has cores, no more
-            server_options["threads"] = pinned
-            server_env = {"OMP_NUM_THREADS": str(pinned)}
+        server_threads = server_thread_count(spec)
+        server_options["threads"] = server_threads
+        server_env = {"OMP_NUM_THREADS": str(server_threads)}
         server = fleet.start("server", "workloads.server", settings.to_argv(server_options, "server"),
-                             join_cap=cap.server_preexec(), env=server_env, trace=server_trace)
+                             join_cap=_then(cap.server_preexec(), arm_links and arm_links.server_join()),
+                             env=server_env, trace=server_trace)
         _wait_for_server(fleet, server, server_trace)
         threads = max(1, int(spec.cpu + 0.999))  # a capped source gains nothing from more threads
+        controller = None
+        if arm_links is not None:  # the trace-driven rates and the counters, from the sources' start
+            controller = fleet.start(CONTROLLER, "testbed.links.controller", arm_links.controller_argv())
         sources = []
         for i in range(spec.sources):
             trace = directory / f"source-{i}.jsonl"
             argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace)}, "source")
-            proc = fleet.start(f"source-{i}", "workloads.source", argv, join_cap=cap.preexec(i),
+            proc = fleet.start(f"source-{i}", "workloads.source", argv,
+                               join_cap=_then(cap.preexec(i), arm_links and arm_links.source_join(i)),
                                env={"OMP_NUM_THREADS": str(threads)}, trace=trace)
             cap.started(i, proc.pid)
             sources.append(proc)
-        lost = _wait_for_sources(fleet, server, sources, directory, progress, cap=cap, run=options["run_id"])
+        lost = _wait_for_sources(fleet, server, sources, directory, progress, cap=cap, run=options["run_id"],
+                                 notice_s=options.get("heartbeat_timeout", 5.0) + SOURCES_NOTICE_S - 5.0)
+        if arm_links is not None:
+            arm_links.stop_controller(controller)
+            try:
+                arm_links.finish()
+            except NetworkError as exc:
+                raise BackendError(str(exc)) from None
         if lost:  # the server waits for byes that will never come: finish it
             _signal(server, signal.SIGTERM)
         try:
@@ -265,8 +320,29 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
             try:
                 fleet.stop(cap)
             finally:
-                if cap is not None:
-                    cap.release()
+                try:
+                    if cap is not None:
+                        cap.release()
+                finally:
+                    if built:
+                        try:
+                            arm_links.remove()
+                        except NetworkError as exc:
+                            warn(f"testbed: warning: {exc}")
+
+
+def _then(first, second):
+    """Both preexec steps, in order: the cgroup first, then the namespace (a process in
+    a namespace of its own still joins its cgroup by the host's cgroup filesystem, but
+    ``ip netns exec``-style remounts would hide it)."""
+    steps = [step for step in (first, second) if step]
+    if len(steps) < 2:
+        return steps[0] if steps else None
+
+    def both() -> None:
+        for step in steps:
+            step()
+    return both
 
 
 def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> None:
@@ -285,14 +361,14 @@ SOURCES_NOTICE_S = 8.0  # a source notices a dead server within the 5 s heartbea
 
 
 def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: Progress | None, *,
-                      cap: Cap | None = None, run: str = "") -> list[dict]:
+                      cap: Cap | None = None, run: str = "", notice_s: float = SOURCES_NOTICE_S) -> list[dict]:
     """Until every source has ended. A source that dies (a signal, a non-zero exit) is
     lost: it is traced in ``testbed.jsonl`` and the others go on. A server that dies, or
     a source that says the server is gone, fails the arm. The lost sources' events."""
     pending, lost = set(range(len(sources))), []
     while pending:
         if server.poll() not in (None, 0):  # 0: it left after the last bye
-            _let_sources_notice([sources[i] for i in pending])
+            _let_sources_notice([sources[i] for i in pending], notice_s)
             raise BackendError(_describe_exit("the server", fleet, "server", " while sources were running"))
         for i in sorted(pending):
             code = sources[i].poll()

@@ -7,6 +7,8 @@ from workloads import settings
 from workloads.settings import Option
 
 from .cpucap import METHODS
+from .links.profiles import PROFILES
+from .links.values import check_list, parse_delay, parse_loss, parse_updown
 
 TB = ("testbed",)
 BACKENDS = ("local", "k8s")
@@ -29,6 +31,25 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
            "may talk to the server (for overhead comparisons)", TB, group="run"),
     Option("out", str, "", "run directory (default: a new folder under ./runs/)", TB, group="run"),
     Option("quiet", bool, False, "print nothing but errors", TB, group="run"),
+    Option("link", str, "", "a named link profile for every source (its rate, medium and delay; the README's "
+           "table says where each number comes from; --bandwidth, --medium, --delay beside it win)", TB,
+           choices=("", *PROFILES), group="link"),
+    Option("bandwidth", str, "", "each source's link rate: RATE both ways or UP/DOWN (5mbit, 2mbit/20mbit); a "
+           "comma list gives one per source, cycled (empty: no emulated link, loopback)", TB,
+           validate=check_list(parse_updown, "--bandwidth"), group="link"),
+    Option("medium", str, "", "dedicated (one link per source, full duplex, as switched Ethernet) or shared "
+           "(one channel every source contends for, as Wi-Fi; one rate: both directions share it) "
+           "(default: the profile's, else dedicated)", TB, choices=("", "dedicated", "shared"), group="link"),
+    Option("delay", str, "", "one-way delay each direction (20ms; a comma list: one per source); needs netem "
+           "in the kernel", TB, validate=check_list(parse_delay, "--delay"), group="link"),
+    Option("loss", str, "", "packet loss each direction (1%; a comma list: one per source); needs netem in "
+           "the kernel", TB, validate=check_list(parse_loss, "--loss"), group="link"),
+    Option("link-trace", str, "", "UP_FILE[,DOWN_FILE]: time-varying capacity, Mahimahi format (one line per "
+           "1500-byte delivery opportunity, in ms) or a seconds,Mbit/s CSV; one file: both directions", TB,
+           group="link"),
+    Option("sweep-bandwidth", str, "", "run every arm once per rate in this comma list (1mbit,5mbit,20mbit), "
+           "each a run folder of its own under --out, then one report over them all", TB,
+           validate=check_list(parse_updown, "--sweep-bandwidth"), group="link"),
     Option("namespace", str, "", "Kubernetes namespace (default: the kube context's, as helm install uses)", TB,
            group="k8s"),
     Option("kube-context", str, "", "kubeconfig context (default: the current one)", TB, group="k8s"),

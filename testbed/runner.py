@@ -81,6 +81,34 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     return code
 
 
+def sweep_bandwidth(spec: RunSpec, say=print, backend_for=None) -> int:
+    """``--sweep-bandwidth``: every arm once per rate, each rate an ordinary run folder
+    (``<out>/<rate>``), then one report over them all (``<out>/report``: throughput
+    against bandwidth among its figures). The exit status: failed if a run failed, else
+    lost-sources if one lost sources, else 0; Ctrl-C stops the sweep."""
+    parent = Path(spec.out or Path("runs") / f"sweep-{new_run_id()}")
+    try:
+        parent.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        print(f"testbed: error: cannot create run directory {parent}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    codes, folders = [], []
+    for rate in [r.strip() for r in spec.sweep_bandwidth.split(",")]:
+        one = RunSpec(**{**spec.values, "bandwidth": rate, "sweep_bandwidth": "",
+                         "out": str(parent / rate.replace("/", "-"))})
+        say(f"sweep: --bandwidth {rate}")
+        code = run(one, say, backend_for(one) if backend_for else None)
+        if code == EXIT_INTERRUPTED:
+            return code
+        codes.append(code)
+        if (Path(one.out) / "summary.json").exists():
+            folders.append(one.out)
+    if folders:
+        report(folders, str(parent / "report"), say)
+    return EXIT_FAILED if EXIT_FAILED in codes else EXIT_LOST_SOURCES if EXIT_LOST_SOURCES in codes else \
+        max(codes, default=EXIT_OK)
+
+
 def lost_message(lost: list[tuple[str, dict]], spec=None) -> str:
     """One line naming every lost source of every arm and its cause:
     ``arm filter lost source 3 (killed by SIGKILL, injected by --drop 3@8)``."""

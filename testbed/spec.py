@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from workloads import settings
 from workloads.compression import CompressionConfig
@@ -11,6 +12,8 @@ from workloads.compression.registry import knobs
 from workloads.data import DataError, find_cifar10
 from workloads.models import block_count
 
+from .links.network import probe_kernel
+from .links.plan import plan_links
 from .options import run_options
 
 DEFAULT_ARMS = tuple(settings.option("module").run_default.split(","))
@@ -90,12 +93,29 @@ def validate(spec: RunSpec) -> None:
     beyond = sorted(s for s in settings.drops(spec.drop) if s >= spec.sources)
     if beyond:
         raise SpecError(f"--drop names source {beyond[0]}, but sources are 0..{spec.sources - 1} (--sources {spec.sources})")
+    if spec.backend == "k8s":
+        from .k8s.links import link_values  # a cluster enforces a fixed rate per source pod, no more
+        try:
+            link_values(spec)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+    values = spec.values
+    if spec.sweep_bandwidth:
+        if spec.bandwidth or spec.link_trace:
+            raise SpecError("--sweep-bandwidth sets each run's --bandwidth: leave out --bandwidth and --link-trace")
+        values = {**values, "bandwidth": spec.sweep_bandwidth.split(",")[0]}
+    try:
+        links = plan_links(values, spec.sources)
+    except ValueError as exc:  # LinkError, TraceFileError, a bad profile
+        raise SpecError(str(exc)) from None
     if spec.download and not spec.data_dir:
         raise SpecError("--download needs --data-dir: the folder to download CIFAR-10 into")
     if spec.backend == "local":
         if spec.data_pvc:
             raise SpecError("--data-pvc is for the k8s backend; locally give the folder with --data-dir")
         _validate_local(spec)
+        if links is not None:
+            _validate_links(links)
     else:
         for option in run_options():
             if option.local_only and spec.values[option.dest] != option.default:
@@ -125,6 +145,20 @@ def _validate_local(spec: RunSpec) -> None:
         except DataError as exc:
             raise SpecError(str(exc)) from None
     check_port_free(spec.port)
+
+
+def _validate_links(links) -> None:
+    """What only this host's kernel and rights can say about emulated links."""
+    if not sys.platform.startswith("linux"):
+        raise SpecError("emulated links (--bandwidth, --link, --link-trace) need Linux network namespaces")
+    kernel = probe_kernel()
+    if kernel["rights"] is not True:
+        raise SpecError(f"emulated links need network namespaces, and making one failed: {kernel['rights']}; "
+                        "run as root, or leave out --bandwidth/--link/--link-trace to run on loopback")
+    if links.needs_netem and not kernel["netem"]:
+        raise SpecError("--delay and --loss need the netem qdisc, which this kernel does not have (it has "
+                        f"{', '.join(kernel['qdiscs'])}); the testbed shapes rate only here: leave them out "
+                        "(README: 'What this kernel cannot emulate')")
 
 
 def check_port_free(port: int) -> None:

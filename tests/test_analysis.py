@@ -69,7 +69,11 @@ def test_runs_of_different_settings_are_drawn_together(tiny_run, tmp_path):
     table = metrics.arm_table(runs).set_index("label")
     assert table.loc["filter (other)", "traffic_ratio"] > 7  # against the none arm of its own run
     report = write_report([out, other], tmp_path / "both")
-    assert len(report.figures) == 8
+    # no link: no throughput-vs-bandwidth or link-trace figure; the latency figure where traced
+    expected = {"traffic", "throughput", "summary", "accuracy"}
+    if runs.batches["latency_s"].notna().any():
+        expected.add("latency")
+    assert {p.stem for p in report.figures} == expected and len(report.figures) == 2 * len(expected)
 
 
 def test_a_partial_run_is_drawn_with_clear_warnings(tiny_run, tmp_path):
@@ -121,8 +125,11 @@ from analysis.summary import ROWS, SummaryError, compare, format_table, summaris
 
 
 def _report_rows(markdown: str) -> dict[str, dict[str, str]]:
-    """report.md's table: arm -> {column title: cell}."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    """report.md's (first) table: arm -> {column title: cell}."""
+    text = markdown.splitlines()
+    first = next(i for i, line in enumerate(text) if line.startswith("|"))
+    lines = [line for line in text[first:first + next(i for i, line in enumerate(text[first:] + [""])
+                                                      if not line.startswith("|"))]]
     titles = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[2:]:

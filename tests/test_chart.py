@@ -43,7 +43,7 @@ VALUE_SETS = [
     {},
     {"sources": 8, "cpu": 0.4},
     {"sources": 3, "cpu": "1500m", "server": {"gpus": 0, "port": 6000}, "workload": {"module": "deprune"}},
-    {"source": {"egressBandwidth": "20M", "nodeSelector": {"role": "edge"}},
+    {"link": {"bandwidth": "20mbit"}, "source": {"nodeSelector": {"role": "edge"}},
      "server": {"gpus": 2, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
      "data": {"volume": {"persistentVolumeClaim": {"claimName": "cifar10"}}}, "imagePullSecrets": [{"name": "reg"}]},
     {"traces": {"volume": {"persistentVolumeClaim": {"claimName": "traces"}}}, "data": {"pvc": "cifar10"}},
@@ -99,6 +99,7 @@ def test_cpu_server_and_bandwidth_and_scheduling_values_reach_the_pods():
     docs, _ = render(VALUE_SETS[3])
     pod = one(docs, "Job", "source")["spec"]["template"]
     assert pod["metadata"]["annotations"]["kubernetes.io/egress-bandwidth"] == "20M"
+    assert pod["metadata"]["annotations"]["kubernetes.io/ingress-bandwidth"] == "20M"
     assert pod["spec"]["nodeSelector"] == {"role": "edge"}
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "cifar10"
     assert one(docs, "Job", "server")["spec"]["template"]["spec"]["tolerations"] == [
@@ -636,3 +637,121 @@ def test_one_source_may_download_into_its_claim():
     pod = one(docs, "Job", "source")["spec"]["template"]["spec"]
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data")
     assert mount["readOnly"] is False and one(docs, "ConfigMap")["data"]["SPLITTEST_DOWNLOAD"] == "true"
+
+
+# -- links: the bandwidth annotations of each source pod --------------------------------------
+EGRESS, INGRESS = "kubernetes.io/egress-bandwidth", "kubernetes.io/ingress-bandwidth"
+
+
+def source_jobs(docs):
+    return [d for d in docs if d["kind"] == "Job" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "source"]
+
+
+def links_by_source(docs, configmap=None):
+    """{source id: (egress, ingress)} as the pods would carry them, with the id each pod's
+    program reads (SPLITTEST_SOURCE_ID); an Indexed Job's pods: ids 0..completions-1."""
+    links = {}
+    for job in source_jobs(docs):
+        template = job["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        link = (annotations.get(EGRESS), annotations.get(INGRESS))
+        [env] = [e for e in template["spec"]["containers"][0]["env"] if e["name"] == "SPLITTEST_SOURCE_ID"]
+        if job["spec"].get("completionMode") == "Indexed":
+            assert env["valueFrom"]["fieldRef"]["fieldPath"].endswith("['batch.kubernetes.io/job-completion-index']")
+            links.update({i: link for i in range(job["spec"]["completions"])})
+        else:
+            assert env["value"] == annotations["splittest/source-id"]
+            links[int(env["value"])] = link
+    return links
+
+
+def test_one_link_for_every_source_is_one_indexed_job_with_both_annotations():
+    docs, notes = render({"sources": 4, "link": {"bandwidth": "5mbit"}})
+    [job] = source_jobs(docs)
+    assert job["metadata"]["name"] == "splittest-sources" and job["spec"]["completionMode"] == "Indexed"
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[EGRESS] == annotations[INGRESS] == "5M"  # 5mbit = 5,000,000 bit/s
+    assert "splittest/source-id" not in annotations
+    assert "bandwidth plugin" in notes
+    docs, _ = render({"sources": 4, "link": {"bandwidth": "2mbit/20Mbit"}})  # UP/DOWN: egress is the uplink
+    assert links_by_source(docs) == {i: ("2M", "20M") for i in range(4)}
+    docs, _ = render({"link": {"bandwidth": {"egress": "1mbps"}}})  # one direction only; mbps: bytes/s
+    assert links_by_source(docs)[0] == ("8M", None)
+    docs, notes = render()  # no link: no annotation, nothing said
+    assert links_by_source(docs) == {i: (None, None) for i in range(8)} and "bandwidth" not in notes
+
+
+def test_sources_on_different_links_are_one_job_each_with_their_own_annotations():
+    values = {"sources": 5, "link": {"perSource": ["0.94mbit/2.02mbit", {"egress": "5.95mbit"}, "5mbit"]}}
+    assert helm_python.lint(str(CHART), values, strict=True)["errors"] == []
+    docs, _ = render(values)
+    jobs = source_jobs(docs)
+    assert [j["metadata"]["name"] for j in jobs] == [f"splittest-source-{i}" for i in range(5)]
+    # the list is cycled by source index: sources 3 and 4 get items 0 and 1 again
+    assert links_by_source(docs) == {0: ("940k", "2020k"), 1: ("5950k", None), 2: ("5M", "5M"),
+                                     3: ("940k", "2020k"), 4: ("5950k", None)}
+    for job in jobs:  # one try, and a failed source ends only its own Job
+        assert job["spec"]["completions"] == job["spec"]["parallelism"] == 1 and job["spec"]["backoffLimit"] == 0
+        assert "completionMode" not in job["spec"] and "maxFailedIndexes" not in job["spec"]
+        assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "source"
+        spec = job["spec"]["template"]["spec"]
+        assert restricted_violations(spec) == [] and spec["containers"][0]["resources"]["limits"]["cpu"] == "400m"
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # the NetworkPolicy lets every one of them reach the server
+    allowed = one(docs, "NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"]
+    labels = jobs[3]["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[e["key"]] in e["values"] for e in allowed)
+
+
+def test_a_per_source_list_of_one_link_stays_one_indexed_job():
+    for values in ({"sources": 3, "link": {"perSource": ["5mbit", "5mbit"]}},
+                   {"sources": 1, "link": {"perSource": ["1mbit", "2mbit"]}}):
+        docs, _ = render(values)
+        [job] = source_jobs(docs)
+        assert job["spec"]["completionMode"] == "Indexed", values
+    assert links_by_source(docs) == {0: ("1M", "1M")}
+
+
+@pytest.mark.parametrize("rate", ["5mbit", "0.94mbit", "5.95mbit", "1gbit", "100gbit", "8kbit", "8000bit", "12345bit",
+                                  ".5mbit", "2.5kbps", "1mbps", "1gbps", "65MBIT", "20Mbit"])
+def test_the_chart_turns_rates_into_the_bits_per_second_the_testbed_means(rate):
+    """The annotations are quantities in bit/s (the kubelet and containerd take
+    Quantity.Value() as the CNI plugin's rate in bits); tc's kbit/mbit/gbit are 1000-based
+    and bps is bytes/s, as testbed run --bandwidth parses them."""
+    from kubernetes.utils import parse_quantity
+
+    from testbed.links.values import parse_rate
+
+    docs, _ = render({"sources": 1, "link": {"bandwidth": rate}})
+    egress, ingress = links_by_source(docs)[0]
+    assert egress == ingress and parse_quantity(egress) == parse_rate(rate)
+    assert parse_quantity(egress) == int(parse_quantity(egress))  # whole bits, no "5950000m"
+
+
+@pytest.mark.parametrize("link, problem", [
+    ({"bandwidth": "5mb"}, "at '/link/bandwidth'"),
+    ({"bandwidth": "5M"}, "at '/link/bandwidth'"),  # a quantity is not --bandwidth's syntax
+    ({"bandwidth": "fast"}, "at '/link/bandwidth'"),
+    ({"bandwidth": "1mbit/2mbit/3mbit"}, "at '/link/bandwidth'"),
+    ({"bandwidth": 5}, "at '/link/bandwidth'"),
+    ({"perSource": ["5mbit", "x"]}, "at '/link/perSource/1'"),
+    ({"perSource": [{"up": "5mbit"}]}, "additional properties 'up' not allowed"),
+    ({"perSource": [{"egress": "5mbit/1mbit"}]}, "at '/link/perSource/0'"),
+    ({"perSource": "5mbit"}, "at '/link/perSource'"),
+    ({"rate": "5mbit"}, "additional properties 'rate' not allowed"),
+])
+def test_bad_link_values_are_rejected_by_the_schema(link, problem):
+    with pytest.raises(helm_python.HelmValuesError, match=problem.replace("(", r"\(")):
+        render({"link": link})
+
+
+@pytest.mark.parametrize("link, problem", [
+    ({"bandwidth": "1kbit"}, "link: 1kbit is outside 8kbit..100gbit"),  # the kubelet refuses < 1kbit
+    ({"perSource": ["5mbit", "200gbit"]}, "link: 200gbit is outside 8kbit..100gbit"),
+    ({"bandwidth": "0mbit"}, "outside"),
+    ({"bandwidth": "5mbit", "perSource": ["1mbit"]}, "link.bandwidth and link.perSource: set one of them"),
+])
+def test_link_values_that_cannot_work_are_refused(link, problem):
+    with pytest.raises(Exception, match=problem):
+        render({"sources": 2, "link": link})

@@ -867,3 +867,171 @@ def one_pending_pod(reason: str, created: float):
         (200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": []}) if p.endswith("/events") else \
         (200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
             pod("rel-sources-0", "source", "Pending", 0, waiting=reason, created=created)]})
+
+
+# -- links: what a cluster can enforce, and what it cannot ------------------------------------
+def link_spec(**kwargs):
+    return RunSpec(**{"backend": "k8s", "modules": ("filter",), "sources": 5, **kwargs})
+
+
+def annotated_links(values):
+    """{source id: (egress, ingress)} of the pods the real chart renders from ``values``."""
+    from test_chart import links_by_source
+
+    docs, _ = render(values)
+    return links_by_source(docs)
+
+
+def test_bandwidth_becomes_each_source_pods_annotations_cycled_by_source_index():
+    from kubernetes.utils import parse_quantity
+
+    from testbed.k8s.values import chart_values
+    from testbed.links.values import cycle, parse_updown, per_source
+
+    spec = link_spec(bandwidth="5mbit")
+    values = chart_values(spec, "filter", "r")
+    assert values["link"] == {"bandwidth": "5mbit", "perSource": []}
+    assert annotated_links(values) == {i: ("5M", "5M") for i in range(5)}
+    text = "2mbit,5mbit/20mbit,0.94mbit/2.02mbit"
+    values = chart_values(link_spec(bandwidth=text), "filter", "r")
+    assert values["link"] == {"bandwidth": "", "perSource": ["2mbit", "5mbit/20mbit", "940kbit/2020kbit"]}
+    pods = annotated_links(values)
+    # the same rule as the local backend's: source i gets item i mod len, UP the egress (what the source sends)
+    expected = cycle(per_source(text, parse_updown, "--bandwidth"), 5)
+    assert [(parse_quantity(pods[i][0]), parse_quantity(pods[i][1])) for i in range(5)] == \
+        [(rate.up, rate.down) for rate in expected]
+    assert pods[3] == ("2M", "2M") and pods[4] == ("5M", "20M")
+    # a list whose items are all alike, or longer than the fleet: one link, one Indexed Job
+    assert chart_values(link_spec(bandwidth="3mbit,3mbit"), "filter", "r")["link"] == {"bandwidth": "3mbit",
+                                                                                        "perSource": []}
+    assert chart_values(link_spec(sources=2, bandwidth="1mbit,2mbit,3mbit"), "filter", "r")["link"]["perSource"] == \
+        ["1mbit", "2mbit"]
+    assert chart_values(link_spec(), "filter", "r")["link"] == {"bandwidth": "", "perSource": []}
+
+
+def test_a_link_profile_gives_its_rates_and_bandwidth_beside_it_wins():
+    from testbed.k8s import link_warnings
+    from testbed.k8s.values import chart_values
+
+    values = chart_values(link_spec(link="lte"), "filter", "r")
+    assert values["link"] == {"bandwidth": "5950kbit/5030kbit", "perSource": []}
+    assert annotated_links(values)[0] == ("5950k", "5030k")
+    [delay, cni] = link_warnings(link_spec(link="lte"))
+    assert delay.startswith("--link lte: its 20ms one-way delay is not emulated on Kubernetes")
+    assert "kubernetes.io/egress-bandwidth" in cni and "bandwidth plugin" in cni
+    assert chart_values(link_spec(link="lte", bandwidth="1mbit"), "filter", "r")["link"]["bandwidth"] == "1mbit"
+    # a shared profile runs only when the user accepts a link of its own per pod
+    values = chart_values(link_spec(link="wifi", medium="dedicated"), "filter", "r")
+    assert annotated_links(values)[4] == ("65M", "65M")
+    assert link_warnings(link_spec()) == []
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"delay": "20ms"}, r"^--delay cannot be enforced on Kubernetes: the CNI bandwidth plugin shapes rate only, .*"
+                        r"NET_ADMIN.*; use the local backend"),
+    ({"delay": "0ms,5ms"}, r"^--delay cannot be enforced on Kubernetes"),
+    ({"loss": "1%"}, r"^--loss cannot be enforced on Kubernetes: the CNI bandwidth plugin shapes rate only"),
+    ({"medium": "shared", "bandwidth": "20mbit"}, r"^--medium shared cannot be enforced on Kubernetes: .*each source "
+                                                  r"pod on its own.*no one channel"),
+    ({"link": "wifi"}, r"^--link wifi is a shared medium \(every source contends for one 65mbit channel\), which "
+                       r"Kubernetes cannot enforce: .*add --medium dedicated"),
+    ({"link": "wifi-g", "bandwidth": "10mbit"}, r"^--link wifi-g is a shared medium .*one 10mbit channel"),
+    ({"link_trace": "up.csv"}, r"^--link-trace cannot be enforced on Kubernetes: .*sets a pod's rate once.*"
+                               r"cannot follow a trace"),
+])
+def test_what_a_cluster_cannot_enforce_is_refused_in_one_line(setting, message):
+    from testbed.k8s import link_values
+    from testbed.k8s.values import chart_values
+
+    spec = link_spec(**setting)
+    with pytest.raises(ValueError, match=message) as refused:
+        link_values(spec)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match=message):  # nothing is installed with it either
+        chart_values(spec, "filter", "r")
+
+
+def test_what_a_cluster_can_enforce_or_needs_not_is_not_refused():
+    from testbed.k8s import link_values
+
+    for setting in ({"delay": "0ms"}, {"loss": "0%"}, {"medium": "dedicated", "bandwidth": "5mbit"},
+                    {"sweep_bandwidth": "1mbit,5mbit"}, {"link": "3g"}, {"link": "ethernet", "bandwidth": "2mbit,1mbit"}):
+        link_values(link_spec(**setting))
+
+
+def two_source_jobs(*states):
+    """The source Jobs of a release whose sources are on different links: one per source."""
+    items = []
+    for index, (succeeded, active, failed) in enumerate(states):
+        status = {"succeeded": succeeded, "active": active, "failed": failed}
+        if succeeded:
+            status["conditions"] = [{"type": "Complete", "status": "True"}]
+        elif failed:
+            status["conditions"] = [{"type": "Failed", "status": "True"}]
+        items.append({"apiVersion": "batch/v1", "kind": "Job",
+                      "metadata": {"name": f"rel-splittest-source-{index}", "namespace": "bench"},
+                      "spec": {"template": {"spec": {"containers": [{"name": "source"}]}}}, "status": status})
+    return {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": items}
+
+
+def linked_pod(index, egress, ingress, phase="Succeeded"):
+    """A source pod of a Job of its own: no completion index, the chart's source-id annotation."""
+    item = pod(f"rel-splittest-source-{index}-x7k2p", "source", phase)
+    item["metadata"]["annotations"] = {"splittest/source-id": str(index), "kubernetes.io/egress-bandwidth": egress,
+                                       "kubernetes.io/ingress-bandwidth": ingress}
+    return item
+
+
+def test_a_run_with_sources_on_different_links_follows_and_collects_a_job_per_source(pod_logs, tmp_path):
+    states = iter([two_source_jobs((0, 1, 0), (0, 1, 0)), two_source_jobs((1, 0, 0), (0, 1, 0)),
+                   two_source_jobs((1, 0, 0), (1, 0, 0))])
+    logs = {"rel-server": pod_logs["server"], "rel-splittest-source-0-x7k2p": pod_logs["source-0"],
+            "rel-splittest-source-1-x7k2p": pod_logs["source-1"]}
+
+    def routes(path, query):
+        if path.endswith("/jobs"):
+            return 200, next(states, two_source_jobs((1, 0, 0), (1, 0, 0)))
+        if path == "/api/v1/namespaces/bench/pods":
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+                pod("rel-server", "server"), linked_pod(0, "2M", "2M"), linked_pod(1, "5M", "20M")]}
+        if path.endswith("/log"):
+            return 200, logs[path.split("/")[-2]]
+        if path.startswith("/api/v1/nodes/"):
+            return 404, {"kind": "Status", "apiVersion": "v1", "code": 404}
+        raise AssertionError(path)
+    helm, warned = HelmRecorder(), []
+    cluster, _ = cluster_with(routes, helm=helm)
+    spec = tiny_spec(tmp_path, bandwidth="2mbit,5mbit/20mbit")
+    from testbed.runner import run
+    said = []
+    backend = KubernetesBackend(spec, cluster, say=said.append, warn=warned.append)
+    assert run(spec, lambda *a, **k: None, backend) == 0
+    assert any(line.endswith("sources: 0 running, 2 of 2 done") for line in said)
+    [(_, _, values), _] = helm.calls
+    assert values["link"] == {"bandwidth": "", "perSource": ["2mbit", "5mbit/20mbit"]}
+    docs, _ = render(values)
+    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Job") == [
+        "splittest-server", "splittest-source-0", "splittest-source-1"]  # the real chart: a Job per source
+    assert annotated_links(values) == {0: ("2M", "2M"), 1: ("5M", "20M")}
+    assert sorted(p.name for p in (tmp_path / "run" / "filter").glob("source-*.jsonl")) == ["source-0.jsonl",
+                                                                                           "source-1.jsonl"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    pods = manifest["arms"]["filter"]["cluster"]["pods"]
+    assert pods["rel-splittest-source-1-x7k2p"]["link"] == {"egress": "5M", "ingress": "20M"}
+    assert "link" not in pods["rel-server"]
+    assert len(warned) == 1 and "bandwidth plugin" in warned[0]  # once per run, not per poll
+
+
+def test_one_failed_source_job_is_a_lost_source_not_the_end():
+    states = iter([two_source_jobs((0, 1, 0), (0, 1, 0)), two_source_jobs((0, 0, 1), (0, 1, 0)),
+                   two_source_jobs((0, 0, 1), (1, 0, 0))])
+
+    def routes(path, query):
+        if path.endswith("/jobs"):
+            return 200, next(states)
+        return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}
+    cluster, _ = cluster_with(routes)
+    said = []
+    state = follow(cluster, "rel", 2, timeout_s=60, say=said.append, sleep=lambda _: None)
+    assert (state.succeeded, state.failed, state.complete, state.finished) == (1, 1, False, True)
+    assert said[1] == "  [rel] sources: 1 running, 0 of 2 done, 1 failed (kept going; their logs are kept)"

@@ -16,10 +16,16 @@ the header fits in them.
 One frame per message because CURVE seals every frame separately (33 bytes each, see
 :func:`stream_bytes`). Every message's exact size on the TCP stream is
 ``stream_bytes(frames, curve)``.
+
+Every reply of the server carries its account of the request in one field, ``times``:
+:data:`SERVER_TIMES` in that order, as fixed-point text with 6 decimals, space-separated
+(:func:`times_text`). Text, not JSON numbers: its width does not depend on the digits, so
+a message's size does not either.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -41,6 +47,11 @@ _PREFIX = struct.Struct("<I")
 # MESSAGE command, "\x07MESSAGE" (8 bytes), the short nonce (8), then the box: a 16-byte
 # MAC over one flags byte and the frame. ZMTP's framing then applies to that body.
 CURVE_FRAME_BYTES = 8 + 8 + 16 + 1
+
+
+# the server's account of a request in its reply (their meaning: workloads/server.py)
+SERVER_PARTS = ("queue_s", "server_decode_s", "server_compute_s", "server_encode_s")  # durations
+SERVER_TIMES = SERVER_PARTS + ("arrived_at", "replied_at")                            # and its wall clock
 
 
 class ProtocolError(ValueError):
@@ -183,6 +194,27 @@ def _parse_specs(text) -> list[tuple[str, str, list[int]]]:
         names.add(name)
         specs.append((name, dtype, [int(d) for d in shape]))
     return specs
+
+
+def times_text(times: dict) -> str:
+    """A reply's ``times`` field: :data:`SERVER_TIMES` (seconds) as fixed-point text."""
+    return " ".join(f"{times[name]:.6f}" for name in SERVER_TIMES)
+
+
+def read_times(fields: dict) -> dict[str, float]:
+    """Take the ``times`` field out of a reply's fields: :data:`SERVER_TIMES`, in seconds
+    ({} when the reply has none)."""
+    if "times" not in fields:
+        return {}
+    text = fields.pop("times")
+    try:
+        values = [float(v) for v in text.split(" ")] if isinstance(text, str) else []
+    except ValueError:
+        values = []
+    if len(values) != len(SERVER_TIMES) or not all(map(math.isfinite, values)):
+        raise ProtocolError(f"times must be {len(SERVER_TIMES)} numbers as text ({' '.join(SERVER_TIMES)}), "
+                            f"got {text!r:.100}")
+    return dict(zip(SERVER_TIMES, values))
 
 
 def frame_sizes(frames) -> list[int]:

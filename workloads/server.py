@@ -12,13 +12,40 @@ connection's ``hello`` and never again; ``bye`` counts only from the connection 
 largest legitimate request (``--batch-size``, the module's shipments) is taken in
 (ZMQ_MAXMSGSIZE); with ``--keys`` only holders of the run's source key get through the
 CURVE handshake, and the loop never sees anyone else.
+
+Two threads: a :class:`Receiver` owns the ROUTER socket; it takes each request off the
+socket as soon as it has fully arrived (also while the model computes: torch releases the
+GIL), stamps that moment, and queues it; the main thread answers the requests one by one
+and hands each reply back to the receiver, which sends it (over an inproc socket pair: a
+ZeroMQ socket is used by one thread only). So every reply can say how long its request
+queued. Its ``times`` field carries (protocol.SERVER_TIMES; as text, see workloads/protocol.py),
+and the ``request`` trace event has (as numbers, 6 decimals, with server_s):
+
+    queue_s           s  from the request having fully arrived (taken off the socket) to the
+                         server beginning on it: the requests before it, and the hand-over
+    server_decode_s   s  the protocol's decode of the request and the module's decode
+    server_compute_s  s  the tail's forward (and backward and optimizer step when training);
+                         all the handling of hello, bye, ping and of a refused request
+    server_encode_s   s  the module's encode of the reply (the gradient or the predictions)
+    server_s          s  (trace only; the source adds it up too) server_decode_s +
+                         server_compute_s + server_encode_s: from beginning on the request to
+                         the reply's times being written. The protocol's encode of the reply,
+                         which writes them, and the hand-over to the receiver come after: the
+                         source counts them in its network_s
+    arrived_at        s  (reply only) time.time() as the request was taken off the socket
+    replied_at        s  (reply only) time.time() as server_s ended
+
+``duration_s`` of the ``request`` event is from beginning on the request to its reply
+encoded (server_s and the protocol's encode of the reply).
 """
 from __future__ import annotations
 
 import os
+import queue
 import resource
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,11 +65,12 @@ from .trace import TraceWriter
 POLL_MS = 200
 # the largest request is sized from the run's settings, then given this much room
 MESSAGE_MARGIN = 1.25
-# ZMTP heartbeats on every connection (the sources rely on them to notice a lost server)
+# ZMTP heartbeats on every connection (the sources rely on them to notice a lost server);
+# the timeout and TTL are --heartbeat-timeout (5 s unless a slow link needs longer)
 HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 5000
-HEARTBEAT_TTL_MS = 5000
 MAX_REASON = 300  # characters of an error reason (it may quote what a peer sent)
+# requests taken in and not yet answered; beyond, they wait in ZeroMQ's queue unstamped
+INBOX = 256
 
 
 @dataclass
@@ -50,6 +78,77 @@ class Peer:
     source: int
     seq: int = 0
     done: bool = False
+
+
+@dataclass
+class Request:
+    identity: bytes
+    body: list
+    arrived: float     # time.perf_counter() as the receiver took it off the socket
+    arrived_at: float  # time.time() then
+
+
+class Receiver:
+    """Owns the ROUTER socket in a thread of its own: queues each request in ``inbox`` with
+    the moment it was taken off the socket, and sends the replies given to :meth:`reply`."""
+
+    def __init__(self, sock: zmq.Socket):
+        self.inbox: queue.Queue[Request] = queue.Queue(maxsize=INBOX)
+        address = f"inproc://replies-{id(self)}"
+        self._replies = sock.context.socket(zmq.PAIR)  # the receiver's end
+        self._replies.bind(address)
+        self._pipe = sock.context.socket(zmq.PAIR)     # the caller's end
+        self._pipe.connect(address)
+        self._thread = threading.Thread(target=self._run, args=(sock,), name="receiver", daemon=True)
+        self._thread.start()
+
+    def reply(self, identity: bytes, frames: list) -> None:
+        self._pipe.send_multipart([identity] + frames, copy=False)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Send the replies handed over so far, then end the thread (a single frame says so)."""
+        try:
+            self._pipe.send(b"", zmq.NOBLOCK)
+        except zmq.Again:  # the thread has ended already: nobody on the other end
+            pass
+        self._thread.join()
+        self._pipe.close(linger=0)
+
+    def _run(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(self._replies, zmq.POLLIN)
+        try:
+            while True:
+                poller.register(sock, 0 if self.inbox.full() else zmq.POLLIN)  # 0: not polled
+                for ready, _ in poller.poll():
+                    if ready is sock:
+                        frames = sock.recv_multipart(copy=False)
+                        arrived, arrived_at = time.perf_counter(), time.time()
+                        self.inbox.put(Request(frames[0].bytes, frames[1:], arrived, arrived_at))
+                        continue
+                    frames = self._replies.recv_multipart(copy=False)
+                    if len(frames) == 1:
+                        return
+                    sock.send_multipart(frames, copy=False)
+        finally:
+            self._replies.close(linger=0)
+
+
+class Laps:
+    """The consecutive parts of answering one request: ``lap(part)`` adds the time since
+    the previous lap (or the start) to ``part``."""
+
+    def __init__(self):
+        self.began = self.last = time.perf_counter()
+        self.parts = {"decode": 0.0, "compute": 0.0, "encode": 0.0}
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.parts[part] += now - self.last
+        self.last = now
 
 
 class Server:
@@ -79,32 +178,49 @@ class Server:
 
     # -- the loop ----------------------------------------------------------------
     def serve(self, sock: zmq.Socket) -> None:
-        while not self.stopping:
-            if not sock.poll(POLL_MS, zmq.POLLIN):
-                continue
-            frames = sock.recv_multipart(copy=False)
-            identity, body = frames[0].bytes, frames[1:]
-            out = self.respond(identity, body)
-            sock.send_multipart([identity] + out, copy=False)
-            expected = self.args.expect_sources
-            if expected and sum(p.done for p in self.peers.values()) >= expected:
-                break
+        """Answer requests until stopped (SIGTERM) or ``--expect-sources`` said bye; ``sock``
+        belongs to the receiver's thread meanwhile."""
+        receiver = Receiver(sock)
+        try:
+            while not self.stopping:
+                try:
+                    request = receiver.inbox.get(timeout=POLL_MS / 1000)
+                except queue.Empty:
+                    if not receiver.alive():
+                        raise RuntimeError("the receiving thread ended") from None
+                    continue
+                out, traced = self.respond(request)
+                receiver.reply(request.identity, out)
+                self.trace.event("request", **traced)  # after the reply is on its way
+                expected = self.args.expect_sources
+                if expected and sum(p.done for p in self.peers.values()) >= expected:
+                    break
+        finally:
+            receiver.stop()
 
-    def respond(self, identity: bytes, body) -> list:
-        """The reply frames to one request (never raises: a bad request gets an error reply)."""
-        started = time.perf_counter()
+    def respond(self, request: Request) -> tuple[list, dict]:
+        """The reply frames to one request (never raises: a bad request gets an error reply),
+        and the fields of its ``request`` trace event."""
+        laps = Laps()
+        identity = request.identity
         peer = self.peers.get(identity)
         op = seq = None
         try:
-            message = protocol.decode(body)
+            message = protocol.decode(request.body)
+            laps.lap("decode")
             op, seq = message.op, message.fields.get("seq")
-            reply = self.handle(identity, message)
+            reply = self.handle(identity, message, laps)
         except Exception as exc:  # noqa: BLE001 - whatever a message does, the server keeps serving
             reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
             reply = Message("error", {"reason": reason})
             print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {reason}", file=sys.stderr)
             self.trace.event("error", peer=self._who(identity), op=op, reason=reason)
+        laps.lap("compute")  # what the handling did not count elsewhere
+        times = {"queue_s": laps.began - request.arrived, "server_decode_s": laps.parts["decode"],
+                 "server_compute_s": laps.parts["compute"], "server_encode_s": laps.parts["encode"]}
+        reply.fields["times"] = protocol.times_text({**times, "arrived_at": request.arrived_at, "replied_at": time.time()})
+        times["server_s"] = laps.last - laps.began  # the sum of the three parts
         if isinstance(seq, int) and not isinstance(seq, bool) and abs(seq) < 2 ** 53:
             reply.fields["seq"] = seq  # the source checks that the reply is to this request
         try:
@@ -113,18 +229,19 @@ class Server:
             out = protocol.encode(Message("error", {"reason": f"the reply could not be sent: {exc}"[:MAX_REASON]}))
         peer = self.peers.get(identity, peer)
         self.served[peer.source if peer else -1] += 1
-        self.trace.event("request", peer=peer.source if peer else None, op=reply.op,
-                         bytes_in=protocol.stream_bytes(body, self.curve),
-                         bytes_out=protocol.stream_bytes(out, self.curve),
-                         duration_s=round(time.perf_counter() - started, 6))
-        return out
+        traced = {"peer": peer.source if peer else None, "op": reply.op,
+                  "bytes_in": protocol.stream_bytes(request.body, self.curve),
+                  "bytes_out": protocol.stream_bytes(out, self.curve),
+                  "duration_s": round(time.perf_counter() - laps.began, 6),
+                  **{name: round(v, 6) for name, v in times.items()}}
+        return out, traced
 
     def _who(self, identity: bytes) -> str:
         peer = self.peers.get(identity)
         return f"source {peer.source}" if peer else f"unknown peer {identity.hex()}"
 
     # -- messages ----------------------------------------------------------------
-    def handle(self, identity: bytes, message: Message) -> Message:
+    def handle(self, identity: bytes, message: Message, laps: Laps) -> Message:
         if message.op == "hello":
             return self._hello(identity, message.fields)
         if message.op == "ping":  # health check: it answers; no settings (they would let anyone say hello)
@@ -143,9 +260,9 @@ class Server:
         if seq != peer.seq + 1:
             raise ProtocolError(f"out of order: expected seq {peer.seq + 1}, got {seq!r}")
         if message.op == "train":
-            reply = self._train(message, peer.source)
+            reply = self._train(message, peer.source, laps)
         elif message.op == "infer":
-            reply = self._infer(message, peer.source)
+            reply = self._infer(message, peer.source, laps)
         else:
             raise ProtocolError(f"a server does not accept {message.op!r}")
         peer.seq = seq  # only a request that was served advances the sequence
@@ -178,13 +295,14 @@ class Server:
             raise ProtocolError(f"labels must lie in 0..{self.classes - 1}")
         return torch.from_numpy(labels.astype(np.int64)).to(self.device)
 
-    def _train(self, message: Message, source: int) -> Message:
+    def _train(self, message: Message, source: int, laps: Laps) -> Message:
         lr_scale = message.fields.get("lr_scale", 1.0)
         if not isinstance(lr_scale, (int, float)) or not 0 < lr_scale <= 1000:
             raise ProtocolError(f"lr_scale must be a number in (0, 1000], got {lr_scale!r}")
         self.decompress.train()
         self.tail.train()
         sent, restored = self.decompress.decode(message.arrays, self.device, source)
+        laps.lap("decode")
         self._train_new_parameters()
         labels = self._labels(message.arrays, restored.shape[0])
         for group in self.optimizer.param_groups:
@@ -194,8 +312,10 @@ class Server:
         loss = self.loss(logits, labels)
         loss.backward()
         self.optimizer.step()
-        correct = int((logits.argmax(1) == labels).sum())
+        correct = int((logits.argmax(1) == labels).sum())  # waits for the device
+        laps.lap("compute")
         arrays = self.decompress.encode_grad(sent) if message.fields.get("want_grad", True) else {}
+        laps.lap("encode")
         return Message("grad", {"loss": round(loss.item(), 6), "correct": correct}, arrays)
 
     def _train_new_parameters(self) -> None:
@@ -207,11 +327,15 @@ class Server:
             self.optimizer.add_param_group({"params": new})
 
     @torch.no_grad()
-    def _infer(self, message: Message, source: int) -> Message:
+    def _infer(self, message: Message, source: int, laps: Laps) -> Message:
         self.decompress.eval()
         self.tail.eval()
         _, restored = self.decompress.decode(message.arrays, self.device, source)
-        pred = self.tail(restored).argmax(1).to("cpu").numpy().astype(np.uint8 if self.classes <= 256 else np.int32)
+        laps.lap("decode")
+        pred = self.tail(restored).argmax(1).to("cpu")
+        laps.lap("compute")
+        pred = pred.numpy().astype(np.uint8 if self.classes <= 256 else np.int32)
+        laps.lap("encode")
         return Message("pred", {}, {"pred": pred})
 
 
@@ -227,8 +351,8 @@ def listen(sock: zmq.Socket, args, max_request: int):
     curve = bool(args.keys)
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.frame_bytes(max_request, curve))
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(args.heartbeat_timeout * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TTL, int(args.heartbeat_timeout * 1000))
     auth = security.serve_securely(sock, security.load(args.keys, security.SERVER)) if curve else None
     try:
         sock.bind(f"tcp://{args.bind}:{args.port}")

@@ -244,6 +244,9 @@ CORE: tuple[Option, ...] = (
     Option("source-id", int, 0, "this data source's number, 0-based", SRC, min=0, per_process=True, group="process"),
     Option("bind", str, "*", "address the server listens on (*: every interface; the local backend: 127.0.0.1)",
            SRV, per_process=True, group="process"),
+    Option("heartbeat-timeout", float, 5.0, "seconds without a ZMTP heartbeat answer before a connection counts "
+           "as lost; a heartbeat waits behind the message in flight, so a slow link needs longer (the local "
+           "backend sets it from the emulated link)", BOTH, positive=True, per_process=True, group="process"),
     Option("keys", str, "", "folder of the run's CURVE keys (pyzmq format); empty: plaintext, anyone who reaches "
            "the port may take part", BOTH, per_process=True, group="process"),
 )

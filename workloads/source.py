@@ -4,6 +4,32 @@ Trains the head (blocks 1..n) and the source part of the compression module on i
 own shard of the data; each step sends the cut to the server and finishes the
 backward pass with the gradient that comes back. At the end of every epoch it
 evaluates test accuracy by split inference over the same connection.
+
+Each request's round trip is traced in parts (seconds, 6 decimals): a ``batch`` event per
+training step, an ``infer`` event per split-inference request (besides the epoch's
+``eval`` event). One step, in order (what is measured at the source, on one clock):
+
+    latency_s      s  the whole step (batch: = duration_s, from the step's start to the
+                      optimizer steps done; infer: from the head's forward to the prediction
+                      in hand)
+    compute_s      s  the head's forward and the module's forward
+    encode_s       s  the module's encode and the protocol's encode of the request
+    rtt_s          s  from handing the request to the socket to having the reply (= wait_s)
+    decode_s       s  the protocol's decode of the reply (and the module's decode_grad)
+    backward_s     s  (batch only) the prune loss, backward, the optimizer steps
+                      compute_s + encode_s + rtt_s + decode_s (+ backward_s) <= latency_s
+
+What the server reports in its reply (see workloads/server.py), and what follows:
+
+    queue_s        s  the request's wait at the server, arrived to begun on
+    server_decode_s, server_compute_s, server_encode_s
+                   s  the server's parts; server_s their sum (queue_s + server_s <= rtt_s)
+    network_s      s  rtt_s - server_s - queue_s: the wire both ways and the sockets (one
+                      clock each side, so it holds across hosts; clamped at 0)
+    net_up_s       s  the server's arrived_at - the source's time.time() at the send
+    net_down_s     s  the source's time.time() with the reply - the server's replied_at
+                      (two wall clocks: meaningful where both share one, as on the local
+                      backend; across hosts they may even be negative)
 """
 from __future__ import annotations
 
@@ -85,7 +111,8 @@ class Source:
 
     def _connect(self) -> Connection:
         return Connection(self.args.server, self.args.timeout, keys=self.args.keys,
-                          max_reply_bytes=largest_reply(self.args.batch_size, self.cut_shape))
+                          max_reply_bytes=largest_reply(self.args.batch_size, self.cut_shape),
+                          heartbeat_timeout_s=self.args.heartbeat_timeout)
 
     def hello(self) -> None:
         """The first request waits up to ``--connect-timeout`` for the server (on a cluster
@@ -150,16 +177,21 @@ class Source:
         train_mode(self.module)
         x = to_tensor_batch(self.train.images[picked])
         labels = self.train.labels[picked].astype(np.uint8)
+        computing = time.perf_counter()
         sent, side = self.module(self.head(x))
+        computed = time.perf_counter()
         arrays = self.module.encode(sent, side)
         arrays["labels"] = labels
+        encoded = time.perf_counter()
         exchange = self._request("train", arrays, epoch=epoch, batch=batch, lr_scale=lr_scale,
                                  want_grad=sent.requires_grad)
-        prune = self.module.extra_loss()
+        replied = time.perf_counter()
         tensors, grads = [], []
         if sent.requires_grad:
             tensors.append(sent)
             grads.append(self.module.decode_grad(exchange.reply.arrays, sent))
+        decoded = time.perf_counter()
+        prune = self.module.extra_loss()
         if prune is not None:
             tensors.append(prune)
             grads.append(None)
@@ -171,9 +203,12 @@ class Source:
             for optimizer in self.optimizers:
                 optimizer.step()
             self.module.after_step()
+        done = time.perf_counter()
         self.trace.event(
             "batch", epoch=epoch, batch=batch, samples=len(picked), warmup=warmup,
-            duration_s=round(time.perf_counter() - started, 6),
+            duration_s=round(done - started, 6), latency_s=round(done - started, 6),
+            **parts(computed - computing, encoded - computed, exchange, decoded - replied),
+            backward_s=round(done - decoded, 6),
             wait_s=round(exchange.wait_s, 6), cpu_s=round(time.process_time(), 6),
             bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received,
             payload_sent=exchange.payload_sent, payload_received=exchange.payload_received,
@@ -191,12 +226,20 @@ class Source:
         size = self.args.batch_size
         for start in range(0, len(self.test.labels), size):
             x = to_tensor_batch(self.test.images[start:start + size])
+            computing = time.perf_counter()
             sent, side = self.module(self.head(x))
-            exchange = self._request("infer", self.module.encode(sent, side))
+            computed = time.perf_counter()
+            arrays = self.module.encode(sent, side)
+            encoded = time.perf_counter()
+            exchange = self._request("infer", arrays)
             pred = exchange.reply.arrays.get("pred")
             labels = self.test.labels[start:start + size]
             if pred is None or pred.shape != labels.shape:
                 raise ProtocolError(f"prediction of shape {None if pred is None else pred.shape}, expected {labels.shape}")
+            done = time.perf_counter()
+            self.trace.event("infer", epoch=epoch, samples=len(labels), latency_s=round(done - computing, 6),
+                             **parts(computed - computing, encoded - computed, exchange),
+                             bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
             correct += int((pred.astype(np.int64) == labels).sum())
             sent_bytes += exchange.bytes_sent
             received_bytes += exchange.bytes_received
@@ -207,6 +250,13 @@ class Source:
     def bye(self) -> None:
         exchange = self.connection.request(Message("bye", {"source": self.args.source_id}))
         self.trace.event("bye", bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
+
+
+def parts(compute_s: float, encode_s: float, exchange: Exchange, decode_s: float = 0.0) -> dict:
+    """One request's parts as traced (see the module docstring): ``encode_s`` and ``decode_s``
+    are the module's, to which the exchange adds the protocol's."""
+    return {"compute_s": round(compute_s, 6), "encode_s": round(encode_s + exchange.encode_s, 6),
+            "decode_s": round(exchange.decode_s + decode_s, 6), **exchange.parts()}
 
 
 def train_mode(part: torch.nn.Module) -> None:

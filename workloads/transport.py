@@ -1,9 +1,10 @@
 """The source's end of the connection: one persistent DEALER socket, request/reply,
-with the exact stream bytes of every message in both directions."""
+with the exact stream bytes of every message in both directions and the parts of its
+round trip (see :meth:`Exchange.parts`)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -19,12 +20,13 @@ DEFAULT_MAX_REPLY = 64 * 1024 * 1024
 # ZMTP heartbeats: a ping every second; a connection that brings nothing back for 5 s
 # is closed (and the server drops a source it has not heard from for 5 s: the TTL).
 HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 5000
-HEARTBEAT_TTL_MS = 5000
+HEARTBEAT_TIMEOUT_S = 5.0   # the default of --heartbeat-timeout (a slow link needs longer)
 # what the source watches on its socket monitor; after a disconnect, the DEALER's own
 # reconnect (within ~0.1 s) tells a closed port (refused) from a silent peer (accepted)
 WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
 PROBE_S = 1.0
+# the parts Exchange.parts takes or derives from the server's account (None without one)
+FROM_SERVER = protocol.SERVER_PARTS + ("server_s", "network_s", "net_up_s", "net_down_s")
 
 
 class ServerError(RuntimeError):
@@ -37,7 +39,7 @@ class ServerTimeout(RuntimeError):
 
 class ServerGone(RuntimeError):
     """The connection to the server was lost while a reply was awaited (no heartbeat
-    within HEARTBEAT_TIMEOUT_MS, or the server closed it): it is not coming back."""
+    within the heartbeat timeout, or the server closed it): it is not coming back."""
 
 
 @dataclass
@@ -47,7 +49,28 @@ class Exchange:
     bytes_received: int
     payload_sent: int
     payload_received: int
-    wait_s: float = 0.0  # from handing the request to the socket to having the reply (time.perf_counter)
+    wait_s: float = 0.0      # from handing the request to the socket to having the reply (time.perf_counter)
+    encode_s: float = 0.0    # the protocol's encode of the request
+    decode_s: float = 0.0    # the protocol's decode of the reply (and its checks)
+    sent_at: float = 0.0     # time.time() as the request was handed to the socket
+    received_at: float = 0.0  # time.time() as the reply was in hand
+    server: dict = field(default_factory=dict)  # the reply's protocol.SERVER_TIMES, seconds ({}: none)
+
+    def parts(self) -> dict:
+        """The round trip's parts as traced, in seconds (6 decimals; None where the server
+        did not say): rtt_s (= wait_s); the server's queue_s, server_decode_s,
+        server_compute_s, server_encode_s and server_s (their sum); network_s = rtt_s -
+        server_s - queue_s (the wire both ways and the sockets; each side's own clock,
+        clamped at 0); net_up_s = arrived_at - sent_at and net_down_s = received_at -
+        replied_at (two wall clocks: meaningful only where source and server share one)."""
+        s = self.server
+        parts = {"rtt_s": self.wait_s, **dict.fromkeys(FROM_SERVER)}
+        if s:
+            server_s = s["server_decode_s"] + s["server_compute_s"] + s["server_encode_s"]
+            parts.update({name: s[name] for name in protocol.SERVER_PARTS}, server_s=server_s,
+                         network_s=max(0.0, self.wait_s - server_s - s["queue_s"]),
+                         net_up_s=s["arrived_at"] - self.sent_at, net_down_s=self.received_at - s["replied_at"])
+        return {name: None if v is None else round(v, 6) for name, v in parts.items()}
 
 
 def largest_reply(batch_size: int, cut_shape) -> int:
@@ -60,7 +83,8 @@ def largest_reply(batch_size: int, cut_shape) -> int:
 
 
 class Connection:
-    def __init__(self, address: str, timeout_s: float, keys: str = "", max_reply_bytes: int = DEFAULT_MAX_REPLY):
+    def __init__(self, address: str, timeout_s: float, keys: str = "", max_reply_bytes: int = DEFAULT_MAX_REPLY,
+                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S):
         """``keys``: the run's key folder (CURVE), empty for plaintext. ``max_reply_bytes``:
         a larger frame from the server closes the connection (ZMQ_MAXMSGSIZE)."""
         self.address, self.timeout_ms = address, int(timeout_s * 1000)
@@ -74,8 +98,9 @@ class Connection:
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._sock.setsockopt(zmq.RCVHWM, SEND_HWM)
         self._sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        self._sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout_s * 1000))
+        self._sock.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout_s * 1000))
         self._monitor = self._sock.get_monitor_socket(WATCHED)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
@@ -84,20 +109,25 @@ class Connection:
 
     def request(self, message: Message, timeout_s: float | None = None) -> Exchange:
         """``message``'s reply; ``timeout_s`` instead of the connection's reply timeout."""
+        began = time.perf_counter()
         frames = protocol.encode(message)
-        sent = time.perf_counter()
+        sent, sent_at = time.perf_counter(), time.time()
         self._sock.send_multipart(frames, copy=False)
         self._await_reply(sent, None if timeout_s is None else int(timeout_s * 1000))
         reply_frames = self._sock.recv_multipart(copy=False)
-        wait_s = time.perf_counter() - sent
+        received, received_at = time.perf_counter(), time.time()
         reply = protocol.decode(reply_frames)
+        server = protocol.read_times(reply.fields)
         if reply.fields.get("seq") != message.fields.get("seq") and not (reply.op == "error" and "seq" not in reply.fields):
             raise ProtocolError(f"reply to {message.op} seq {message.fields.get('seq')!r} carries seq "
                                 f"{reply.fields.get('seq')!r}")
         if reply.op == "error":
             raise ServerError(f"server refused {message.op}: {reply.fields.get('reason', 'no reason given')}")
+        decoded = time.perf_counter()
         return Exchange(reply, protocol.stream_bytes(frames, self.curve), protocol.stream_bytes(reply_frames, self.curve),
-                        protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames), wait_s)
+                        protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames),
+                        wait_s=received - sent, encode_s=sent - began, decode_s=decoded - received,
+                        sent_at=sent_at, received_at=received_at, server=server)
 
     def _await_reply(self, sent: float, timeout_ms: int | None = None) -> None:
         """Until the reply is readable; ServerTimeout after the timeout, ServerGone as
@@ -129,7 +159,7 @@ class Connection:
             if retried >= 2:  # a reconnect was refused
                 break
             if event == zmq.EVENT_CONNECTED:
-                return f"the server is gone: no heartbeat for {HEARTBEAT_TIMEOUT_MS / 1000:g} s ({self.address})"
+                return f"the server is gone: no heartbeat for {self.heartbeat_timeout_s:g} s ({self.address})"
         return f"the server is gone: it closed the connection ({self.address})"
 
     def close(self) -> None:

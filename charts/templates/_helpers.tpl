@@ -132,3 +132,62 @@ the non-root program reads it. */}}
     secretName: {{ include "splittest.keysSecret" . }}
     defaultMode: 0400
 {{- end -}}
+
+{{/* Links (values `link`). A rate in `testbed run --bandwidth`'s syntax (5mbit, 0.94mbit,
+2.5kbps; units bit, kbit, mbit, gbit and bps, kbps, mbps, gbps = bytes/s, any case) as
+the quantity in bit/s that the kubernetes.io/ingress-bandwidth and egress-bandwidth
+annotations take (5M, 940k: decimal SI suffixes, "k" lower case); "" stays "" (not
+shaped). Refused outside 8kbit..100gbit, the testbed's range (the kubelet refuses a pod
+below 1kbit). */}}
+{{- define "splittest.bandwidthQuantity" -}}
+{{- $text := lower (trim (toString .)) -}}
+{{- if $text -}}
+{{- $rate := "^([0-9]*\\.?[0-9]+)([a-z]+)$" -}}
+{{- $scale := dict "bit" 1 "kbit" 1000 "mbit" 1000000 "gbit" 1000000000 "bps" 8 "kbps" 8000 "mbps" 8000000 "gbps" 8000000000 -}}
+{{- $unit := regexReplaceAll $rate $text "${2}" -}}
+{{- if not (and (regexMatch $rate $text) (hasKey $scale $unit)) -}}
+{{- fail (printf "link: %q is not a rate; write a number and a unit, e.g. 5mbit (units: bit, kbit, mbit, gbit, bps, kbps, mbps, gbps)" .) -}}
+{{- end -}}
+{{- $bits := round (mulf (float64 (regexReplaceAll $rate $text "${1}")) (get $scale $unit)) 0 | int64 -}}
+{{- if or (lt $bits 8000) (gt $bits 100000000000) -}}
+{{- fail (printf "link: %s is outside 8kbit..100gbit" .) -}}
+{{- end -}}
+{{- if eq (mod $bits 1000000000) 0 -}}{{ div $bits 1000000000 }}G
+{{- else if eq (mod $bits 1000000) 0 -}}{{ div $bits 1000000 }}M
+{{- else if eq (mod $bits 1000) 0 -}}{{ div $bits 1000 }}k
+{{- else -}}{{ $bits }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The link of source .index (call with (dict "root" $ "index" I)), as JSON
+{"egress": QUANTITY, "ingress": QUANTITY} ("": not shaped): link.perSource[index mod its
+length] when perSource is given, else link.bandwidth. An item is RATE (both ways),
+"UP/DOWN" (egress: what the source sends, its uplink; ingress: its downlink) or
+{egress: RATE, ingress: RATE}. */}}
+{{- define "splittest.sourceLink" -}}
+{{- $link := .root.Values.link | default dict -}}
+{{- $bandwidth := get $link "bandwidth" | default "" -}}
+{{- $perSource := get $link "perSource" | default list -}}
+{{- if and $bandwidth $perSource -}}
+{{- fail "link.bandwidth and link.perSource: set one of them (link.bandwidth: every source's link; link.perSource: one per source, cycled)" -}}
+{{- end -}}
+{{- $item := $bandwidth -}}
+{{- if $perSource -}}
+{{- $item = index $perSource (mod .index (len $perSource)) -}}
+{{- end -}}
+{{- $egress := "" -}}
+{{- $ingress := "" -}}
+{{- if kindIs "map" $item -}}
+{{- $egress = get $item "egress" | default "" -}}
+{{- $ingress = get $item "ingress" | default "" -}}
+{{- else if $item -}}
+{{- $parts := splitList "/" (toString $item) -}}
+{{- if gt (len $parts) 2 -}}
+{{- fail (printf "link: %q is not RATE or UP/DOWN (e.g. 5mbit or 2mbit/20mbit)" $item) -}}
+{{- end -}}
+{{- $egress = first $parts -}}
+{{- $ingress = last $parts -}}
+{{- end -}}
+{{- dict "egress" (include "splittest.bandwidthQuantity" $egress) "ingress" (include "splittest.bandwidthQuantity" $ingress) | toJson -}}
+{{- end -}}

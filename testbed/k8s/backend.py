@@ -21,6 +21,7 @@ from ..spec import RunSpec
 from .cluster import Cluster, ClusterError
 from .collect import collect, placement
 from .follow import PENDING_TIMEOUT_S, follow
+from .links import link_warnings
 from .stream import LogStreamer
 from .values import chart_values, release_name
 
@@ -39,10 +40,19 @@ class KubernetesBackend(Backend):
         self.images = {"source_image": source_image, "server_image": server_image}
         self.wait_s, self.pending_timeout_s = wait_s, pending_timeout_s
         self.placement: dict[str, dict] = {}  # by arm: where its pods ran (the manifest's cluster facts)
+        self._link_warned = False
+
+    def _warn_about_links(self) -> None:
+        """Once, before the first install: what of the link the cluster runs without, or may."""
+        if not self._link_warned:
+            self._link_warned = True
+            for warning in link_warnings(self.spec):
+                self.warn(f"testbed: warning: {warning}")
 
     def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
         release = release_name(run_id, module)
         values = chart_values(self.spec, module, f"{run_id}/{module}", **self.images)
+        self._warn_about_links()
         self.say(f"arm {module}: helm install {release} in namespace {self.cluster.namespace}")
         streamer = LogStreamer(self.cluster, directory / "_stream")
         try:

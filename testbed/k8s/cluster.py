@@ -86,12 +86,14 @@ class Cluster:
         info = self._call("reading the cluster version", self._version.get_code)
         return info.git_version
 
-    def source_job(self, release: str):
-        jobs = self._call("listing the Job", self.batch.list_namespaced_job, self.namespace,
+    def source_jobs(self, release: str) -> list:
+        """The release's source Jobs: one Indexed Job, or one Job per source when the
+        sources are on different links (the chart's ``link.perSource``)."""
+        jobs = self._call("listing the source Jobs", self.batch.list_namespaced_job, self.namespace,
                           label_selector=instance_selector(release, "source")).items
         if not jobs:
             raise ClusterError(f"release {release} has no source Job in namespace {self.namespace}")
-        return jobs[0]
+        return jobs
 
     def pods(self, release: str, component: str | None = None) -> list:
         return self._call("listing pods", self.core.list_namespaced_pod, self.namespace,

@@ -14,6 +14,8 @@ from pathlib import Path
 from .cluster import Cluster, ClusterError
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+SOURCE_ANNOTATION = "splittest/source-id"  # a source with a Job of its own (sources on different links)
+BANDWIDTH_ANNOTATIONS = {"egress": "kubernetes.io/egress-bandwidth", "ingress": "kubernetes.io/ingress-bandwidth"}
 
 
 def split_pod_log(text: str) -> tuple[list[str], list[str]]:
@@ -60,9 +62,11 @@ def collect(cluster: Cluster, release: str, directory: Path, streamed=None) -> d
         if component == "server":
             name = "server"
         elif component == "source":
-            index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION)
+            annotations = pod.metadata.annotations or {}
+            index = annotations.get(SOURCE_ANNOTATION, annotations.get(INDEX_ANNOTATION))
             if index is None:
-                raise ClusterError(f"source pod {pod.metadata.name} has no {INDEX_ANNOTATION} annotation")
+                raise ClusterError(f"source pod {pod.metadata.name} has neither a {INDEX_ANNOTATION} nor a "
+                                   f"{SOURCE_ANNOTATION} annotation")
             name = f"source-{int(index)}"
             sources += 1
             cap = cap or _cpu_limit(pod)
@@ -141,7 +145,8 @@ def _cpu_limit(pod) -> float | None:
 
 
 def placement(cluster: Cluster, pods) -> dict:
-    """Where an arm ran, for the manifest: each pod's node, and each node's allocatable
+    """Where an arm ran, for the manifest: each pod's node (and a source pod's bandwidth
+    annotations, ``link``: {"egress": "5M", "ingress": "20M"}), and each node's allocatable
     CPU, CPU model (Node Feature Discovery's ``feature.node.kubernetes.io/cpu-model.*``
     labels when present, else the kubelet's ``status.nodeInfo``) and GPU model (the
     NVIDIA GPU feature discovery's ``nvidia.com/gpu.product``). A node that cannot be read
@@ -151,6 +156,10 @@ def placement(cluster: Cluster, pods) -> dict:
         labels = pod.metadata.labels or {}
         node = pod.spec.node_name if pod.spec else None
         where[pod.metadata.name] = {"component": labels.get("app.kubernetes.io/component"), "node": node}
+        annotations = pod.metadata.annotations or {}
+        link = {way: annotations[key] for way, key in BANDWIDTH_ANNOTATIONS.items() if key in annotations}
+        if link:  # the rates the pod asked its CNI for (enforced only where the CNI chain shapes)
+            where[pod.metadata.name]["link"] = link
         if node and node not in nodes:
             try:
                 nodes[node] = node_facts(cluster.node(node))

@@ -1,4 +1,5 @@
-"""Following an arm on the cluster: poll the sources' Job until every source pod has
+"""Following an arm on the cluster: poll the sources' Job (or Jobs: one per source when
+the sources are on different links) until every source pod has
 ended (succeeded or failed) or the wait times out, and report a pod that cannot start
 (an image that cannot be pulled, nowhere to schedule it) with its events instead of
 waiting on it: at once when it can never start (an invalid image name, a missing
@@ -6,7 +7,8 @@ ConfigMap or Secret key, a crash loop), after ``--pending-timeout`` when it stil
 waits (unscheduled, an image still pulling or in pull back-off: a transient
 ``ErrImagePull`` is not fatal). A failed source pod does not end the arm: the chart's Job gives each
 index one try (``backoffLimitPerIndex: 0``) and tolerates every index failing
-(``maxFailedIndexes``), so the others go on; collection marks it lost."""
+(``maxFailedIndexes``), or each source has a Job of its own (``backoffLimit: 0``), so the
+others go on; collection marks it lost."""
 from __future__ import annotations
 
 import time
@@ -30,12 +32,16 @@ class JobState:
 
 
 def job_state(cluster: Cluster, release: str, *, pending_limit_s: float, now: float, on_pods=None) -> JobState:
-    job = cluster.source_job(release)
-    status = job.status
-    state = JobState(status.succeeded or 0, status.failed or 0, status.active or 0)
-    conditions = [c for c in (status.conditions or []) if c.status == "True"]
-    state.complete = any(c.type == "Complete" for c in conditions)
-    state.finished = any(c.type in ("Complete", "Failed") for c in conditions)
+    jobs = cluster.source_jobs(release)
+    state = JobState(complete=True, finished=True)
+    for job in jobs:  # the sources' Jobs together: all of them complete, or all finished
+        status = job.status
+        state.succeeded += status.succeeded or 0
+        state.failed += status.failed or 0
+        state.active += status.active or 0
+        conditions = [c.type for c in (status.conditions or []) if c.status == "True"]
+        state.complete = state.complete and "Complete" in conditions
+        state.finished = state.finished and bool({"Complete", "Failed"} & set(conditions))
     pods = cluster.pods(release)
     if on_pods is not None:
         on_pods(pods)

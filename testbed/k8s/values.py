@@ -6,12 +6,15 @@ from workloads import settings
 
 from ..options import TESTBED_OPTIONS  # noqa: F401  (declares the testbed's chart values)
 from ..spec import RunSpec
+from .links import link_values
 
 
 def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str = "", server_image: str = "") -> dict:
     """The chart's values for one arm of ``spec``: every declared option that has a
-    chart value path, at the spec's value (the arm's module and split, the run id), and
-    ``curve.enabled`` (false with ``--insecure``)."""
+    chart value path, at the spec's value (the arm's module and split, the run id),
+    ``curve.enabled`` (false with ``--insecure``) and ``link`` (each source pod's rates,
+    from ``--bandwidth`` or the ``--link`` profile: ``links.link_values``, which refuses
+    what a cluster cannot enforce with a ValueError)."""
     arm = {**spec.values, **spec.workload_options(module), "run_id": run_id}
     values: dict = {}
     for option in settings.options():
@@ -19,6 +22,7 @@ def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str =
             put(values, option.chart, arm[option.dest])
     # CURVE unless --insecure: the chart makes the release's keys (a Secret) and mounts them
     put(values, "curve.enabled", not spec.insecure)
+    values["link"] = link_values(spec)
     images = {}
     for role, image in (("source", source_image), ("server", server_image)):
         if image:
