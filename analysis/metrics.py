@@ -38,7 +38,8 @@ Hidden costs and fidelity
     the process CPU time at the end of each step, ``wait_s`` the step's wait for the
     server's reply. A cgroup quota is enforced per period (100 ms), so a source that
     computes in short bursts between waits can exceed its cap while computing.
-    cpu_share_over_cap_per_source = cpu_share_computing / cpu_cap.
+    cpu_share_over_cap_per_source = cpu_share_computing / cpu_cap (each source's own cap when
+    ``cpu_cap`` is a list: ``--cpu 0.4,0.2`` gives one per source, cycled).
     reply_wait_share_per_source — sum(wait_s) / sum(duration_s) over the measured
     (non-warm-up) batches.
     server_busy_fraction — the server's time handling requests (``request`` events'
@@ -88,13 +89,14 @@ The emulated link (``<arm>/link.jsonl``; every figure here is None for an arm wi
     event is traced). A source has one request in flight, so its directions take turns:
       dedicated medium: 1 / (8 U_i / up_i + 8 D_i / down_i);
       shared, one rate for both directions (duplex "half"): C / (8 sum_i (U_i + D_i));
-      shared, separate up/down rates: 1 / (8 sum_i U_i / up + 8 sum_i D_i / down)
+      shared, separate up/down rates: min(up / (8 sum_i U_i), down / (8 sum_i D_i)) (one
+      source's directions take turns, but its upload overlaps another's download)
     (sums over the sources that trained; an unshaped direction adds nothing; None when no
     direction is shaped) (3 decimals).
     link_use — the mean over sources of samples_per_s / link limit (4 decimals): how full
     the link was while the sources trained.
-    link_trace_fidelity — for a trace-driven link (a source's ``trace_up``/``trace_down``, or
-    a shaper rate that changes), per traced direction ("up", "down"; "both" for a shared
+    link_trace_fidelity — for a trace-driven link (the link's or a source's ``trace_up``/
+    ``trace_down``, or a shaper rate that changes), per traced direction ("up", "down"; "both" for a shared
     half-duplex channel, whose one rate both directions share): the rate delivered each
     whole second (:func:`delivered_rate`: the ``sample`` counters, tx for up, rx for down,
     summed over sources on a shared medium, per source on a dedicated one) against the
@@ -395,8 +397,8 @@ def capacity_over_time(runs: Runs, direction: str | None = None) -> pd.DataFrame
 
 def _capacity_series(capacity: pd.DataFrame, run: str, arm: str, direction: str, source) -> pd.DataFrame:
     """One step series of capacity_over_time: ("both" = the shared half-duplex channel, traced
-    as "up" or else "down")."""
-    for d in (("up", "down") if direction == "both" else (direction,)):
+    as "both", else "up", else "down")."""
+    for d in (("both", "up", "down") if direction == "both" else (direction,)):
         mine = capacity[(capacity["run"] == run) & (capacity["arm"] == arm) & (capacity["direction"] == d)]
         mine = mine[mine["source"].isna()] if source is None else mine[mine["source"] == source]
         if len(mine):
@@ -463,8 +465,13 @@ def _traced_directions(link: dict, capacity: pd.DataFrame, run: str, arm: str) -
     or a shaper rate that changes); "both" for a shared half-duplex channel."""
     mine = capacity[(capacity["run"] == run) & (capacity["arm"] == arm)]
     traced = []
+    if link.get("medium") == "shared" and link.get("duplex") == "half":
+        rows = mine[mine["direction"] == "both"]
+        if link.get("trace_up") or (len(rows) and rows["mbit_s"].nunique() > 1):
+            return ["both"]
     for d in ("up", "down"):
-        named = any(isinstance(s, dict) and s.get(f"trace_{d}") for s in link.get("sources") or [])
+        named = bool(link.get(f"trace_{d}")) or \
+            any(isinstance(s, dict) and s.get(f"trace_{d}") for s in link.get("sources") or [])
         rows = mine[mine["direction"] == d]
         changes = any(g["mbit_s"].nunique() > 1 for _, g in rows.groupby(rows["source"].fillna(-1)))
         if named or changes:
@@ -554,7 +561,7 @@ def _link_rate(link: dict, capacity: pd.DataFrame, run: str, arm: str, direction
         mean = _step_mean(series["t"].tolist(), series["mbit_s"].tolist(), *window)
         return None if mean is None else mean * MB
     if source is None:
-        value = (link.get("channel") or {}).get(f"{direction}_bps")
+        value = (link.get("channel") or {}).get(f"{'up' if direction == 'both' else direction}_bps")
     else:
         entry = next((e for e in link.get("sources") or [] if isinstance(e, dict) and e.get("source") == source), {})
         value = entry.get(f"{direction}_bps")
@@ -638,12 +645,11 @@ def _link_limits(link: dict, capacity: pd.DataFrame, run: str, arm: str, window:
 
     if link.get("medium") == "shared":
         if link.get("duplex") == "half":
-            rate = _link_rate(link, capacity, run, arm, "up", None, window)
-            rate = rate if rate is not None else _link_rate(link, capacity, run, arm, "down", None, window)
+            rate = _link_rate(link, capacity, run, arm, "both", None, window)
             per_sample = seconds(sum(up.values()) + sum(down.values()), rate)
-        else:
-            per_sample = (seconds(sum(up.values()), _link_rate(link, capacity, run, arm, "up", None, window))
-                          + seconds(sum(down.values()), _link_rate(link, capacity, run, arm, "down", None, window)))
+        else:  # one source's directions take turns, but one source's upload and another's download overlap
+            per_sample = max(seconds(sum(up.values()), _link_rate(link, capacity, run, arm, "up", None, window)),
+                             seconds(sum(down.values()), _link_rate(link, capacity, run, arm, "down", None, window)))
         return {i: 1 / per_sample if per_sample > 0 else None for i in up}
     out = {}
     for i in up:
@@ -798,7 +804,8 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
         ended = [v for v in s["ended"] if not _missing(v)]
         duration = round(float(max(ended) - min(created)), 3) if created and ended else None
         computing = [_clean(v) for v in s["cpu_share_computing"]]
-        over_cap = [round(v / cap, 4) if v is not None and cap else None for v in computing]
+        caps_of = _per_source(cap, [int(v) for v in s["source"]])
+        over_cap = [round(v / c, 4) if v is not None and c else None for v, c in zip(computing, caps_of)]
         waits = [_clean(v) for v in s["reply_wait_share"]]
         pretrain = [_clean(v) for v in s["pretrain_s"]]
         known_pretrain = [v for v in pretrain if v is not None]
@@ -941,11 +948,21 @@ def _baseline(table: pd.DataFrame, baseline: str, run: str) -> str | None:
 
 
 def _cap(runs: Runs, run: str, arm: str):
-    """An arm's CPU cap: its summary.json, else the run's manifest."""
+    """An arm's CPU cap: its summary.json, else the run's manifest; one number, or a list
+    with one per source (``--cpu 0.4,0.2``)."""
     cap = runs.summaries.get(run, {}).get("arms", {}).get(arm, {}).get("cpu_cap")
     if cap is None:
         cap = runs.manifests.get(run, {}).get("spec", {}).get("cpu")
+    if isinstance(cap, (list, tuple)):
+        return [_float(c) for c in cap]
     return _float(cap)
+
+
+def _per_source(cap, sources: list[int]) -> list:
+    """Each source's cap from ``cpu_cap`` (one number for all, or a list cycled by source id)."""
+    if isinstance(cap, (list, tuple)):
+        return [cap[i % len(cap)] if cap else None for i in sources]
+    return [cap] * len(sources)
 
 
 def _rows(kinds, *names) -> pd.DataFrame:

@@ -87,21 +87,30 @@ def split_cores(server_cpus: int, available: Sequence[int]) -> CoreSplit:
     return CoreSplit(server=tuple(cpus[-server_cpus:]), sources=tuple(cpus[:-server_cpus]))
 
 
-def oversubscription(sources: int, cores: float, host_cores: int, server_cpus: int = 0) -> str | None:
-    """One warning line when the sources' caps plus what the server needs (1 core
-    unpinned, its own ``server_cpus`` pinned) exceed the host's cores; else None."""
-    need_sources = sources * cores
+def oversubscription(sources: int, cores: float | Sequence[float], host_cores: int,
+                     server_cpus: int = 0) -> str | None:
+    """One warning line when the sources' caps (one for all, or one per source) plus what
+    the server needs (1 core unpinned, its own ``server_cpus`` pinned) exceed the host's
+    cores; else None."""
+    if isinstance(cores, (list, tuple)) and len(set(cores)) == 1:
+        cores = cores[0]
+    if isinstance(cores, (list, tuple)):
+        need_sources = sum(cores[i % len(cores)] for i in range(sources))
+        cores_text = f"({'+'.join(f'{c:g}' for c in cores[:sources])} CPU)"
+    else:
+        need_sources = sources * cores
+        cores_text = f"× {cores:g} CPU"
     if server_cpus:
         room = host_cores - server_cpus
         if need_sources <= room + 1e-9:
             return None
-        return (f"testbed: warning: {sources} sources × {cores:g} CPU need {need_sources:.3g} cores, the sources "
+        return (f"testbed: warning: {sources} sources {cores_text} need {need_sources:.3g} cores, the sources "
                 f"have {room} (this host has {host_cores}, {server_cpus} pinned to the server): sources will get "
                 f"less than their cap (the summary's bound_by says what bound the throughput)")
     need = need_sources + 1
     if need <= host_cores + 1e-9:
         return None
-    return (f"testbed: warning: {sources} sources × {cores:g} CPU + the server need ≥ {need:.3g} cores, this host "
+    return (f"testbed: warning: {sources} sources {cores_text} + the server need ≥ {need:.3g} cores, this host "
             f"has {host_cores}: sources will get less than their cap (the summary's bound_by says what bound the throughput)")
 
 
@@ -272,13 +281,17 @@ def _has_cpuset(version: int, base: Path) -> bool:
 # -- caps -----------------------------------------------------------------------------
 
 class Cap:
-    """A cap of ``cores`` for each of a set of processes, by some method, and where
-    the server and the sources run (``pinning``)."""
+    """A cap of ``cores`` for each of a set of processes (one number for all, or one per
+    process index, cycled), by some method, and where the server and the sources run
+    (``pinning``)."""
     method = "none"
 
-    def __init__(self, cores: float):
-        self.cores = cores
+    def __init__(self, cores: float | Sequence[float]):
+        self.cores = tuple(cores) if isinstance(cores, (list, tuple)) else cores
         self.pinning: Pinning = Pinning()
+
+    def cores_of(self, index: int) -> float:
+        return self.cores[index % len(self.cores)] if isinstance(self.cores, tuple) else self.cores
 
     def preexec(self, index: int):
         """A function source ``index`` runs before exec (None: nothing to do)."""
@@ -317,7 +330,7 @@ class CgroupCap(Cap):
     only) the same groups carry the sources' cpuset, and a ``server`` group the
     server's."""
 
-    def __init__(self, cores: float, count: int, version: int, root: Path, tag: str,
+    def __init__(self, cores: float | Sequence[float], count: int, version: int, root: Path, tag: str,
                  split: CoreSplit | None = None):
         super().__init__(cores)
         if split is not None and version != 2:
@@ -337,12 +350,12 @@ class CgroupCap(Cap):
                 group.mkdir()
                 self.groups.append(group)
                 if version == 2:
-                    _write(group / "cpu.max", f"{quota_us(cores)} {PERIOD_US}")
+                    _write(group / "cpu.max", f"{quota_us(self.cores_of(i))} {PERIOD_US}")
                     if split is not None:
                         _write(group / "cpuset.cpus", cpu_list(split.sources))
                 else:
                     _write(group / "cpu.cfs_period_us", str(PERIOD_US))
-                    _write(group / "cpu.cfs_quota_us", str(quota_us(cores)))
+                    _write(group / "cpu.cfs_quota_us", str(quota_us(self.cores_of(i))))
             if split is not None:
                 server = self.parent / "server"
                 server.mkdir()
@@ -361,7 +374,8 @@ class CgroupCap(Cap):
         self.groups = []
 
     def _describe(self) -> str:
-        return f"{self.method}: {quota_us(self.cores)} us per {PERIOD_US} us under {self.parent}"
+        quotas = sorted({quota_us(self.cores_of(i)) for i in range(max(1, len(self.groups)))})
+        return f"{self.method}: {'/'.join(map(str, quotas))} us per {PERIOD_US} us under {self.parent}"
 
 
 def _enable(group: Path, *controllers: str) -> None:
@@ -403,9 +417,10 @@ class SuspendResumeCap(Cap):
     TICK_S = 0.01
     BURST_S = 0.02  # credit cap, in seconds of CPU: bounds how far above the cap a burst can go
 
-    def __init__(self, cores: float):
+    def __init__(self, cores: float | Sequence[float]):
         super().__init__(cores)
         self._procs: dict[int, psutil.Process] = {}
+        self._rate: dict[int, float] = {}
         self._credit: dict[int, float] = {}
         self._last_cpu: dict[int, float] = {}
         self._suspended: set[int] = set()
@@ -423,6 +438,7 @@ class SuspendResumeCap(Cap):
                 return
             self._procs[pid] = proc
             self._credit[pid] = 0.0
+            self._rate[pid] = self.cores_of(index)
 
     def _loop(self) -> None:
         try:  # Ctrl-C and SIGTERM are for the main thread, which may be holding them off
@@ -438,7 +454,7 @@ class SuspendResumeCap(Cap):
                     try:
                         cpu = sum(proc.cpu_times()[:2])
                         used, self._last_cpu[pid] = cpu - self._last_cpu[pid], cpu
-                        credit = min(self.BURST_S, self._credit[pid] + self.cores * elapsed - used)
+                        credit = min(self.BURST_S, self._credit[pid] + self._rate[pid] * elapsed - used)
                         self._credit[pid] = credit
                         if credit < 0 and pid not in self._suspended:
                             proc.suspend()
@@ -469,7 +485,7 @@ class SuspendResumeCap(Cap):
         return f"psutil: suspend/resume feedback loop every {self.TICK_S * 1000:.0f} ms"
 
 
-def make_cap(method: str, cores: float, count: int, *, root: Path | None = None, tag: str | None = None,
+def make_cap(method: str, cores: float | Sequence[float], count: int, *, root: Path | None = None, tag: str | None = None,
              warn=print, server_cpus: int = 0, cpus: Sequence[int] | None = None) -> Cap:
     """A cap by ``method`` (auto: cgroup v2, then v1, then psutil with a warning).
 
@@ -491,7 +507,7 @@ def make_cap(method: str, cores: float, count: int, *, root: Path | None = None,
     return cap
 
 
-def _make_cap(method: str, cores: float, count: int, root: Path, tag: str, warn, split: CoreSplit | None) -> Cap:
+def _make_cap(method: str, cores: float | Sequence[float], count: int, root: Path, tag: str, warn, split: CoreSplit | None) -> Cap:
     if method == "none":
         return Cap(cores)
     if method == "psutil":

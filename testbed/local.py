@@ -56,7 +56,7 @@ class LocalBackend:
             if not s.insecure:
                 self.keys = str(make_run_keys(directory.parent))
             cores = len(available_cpus())
-            warning = oversubscription(s.sources, s.cpu, cores, server_cpus(s))
+            warning = oversubscription(s.sources, s.cpus, cores, server_cpus(s))
             if warning and server_cpus(s) < cores:  # else run_arm refuses the run, which says enough
                 warn(warning)
             if self.links is not None:
@@ -93,7 +93,7 @@ def server_thread_count(spec) -> int:
     pinned = server_cpus(spec)
     if pinned:
         return pinned
-    return max(1, int(len(available_cpus()) - spec.sources * spec.cpu + 1e-9))
+    return max(1, int(len(available_cpus()) - sum(spec.cpus) + 1e-9))
 
 
 def child_environment(extra: dict | None = None) -> dict:
@@ -258,14 +258,15 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
     options.update(run_id=f"{run_id}/{module}", server=f"tcp://{address}:{spec.port}", expect_sources=spec.sources,
                    bind=address, keys=keys)
     if links is not None:
-        options["heartbeat_timeout"] = links.heartbeat_timeout_s(largest_message(spec, module))
+        options["heartbeat_timeout"] = links.heartbeat_timeout_s(largest_message(spec, module),
+                                                                 floor_s=settings.option("heartbeat-timeout").default)
     fleet = Fleet(directory)
     cap = None
     built = False
     try:
         with signals_deferred():  # cgroups made are cgroups recorded, for release()
             try:
-                cap = make_cap(spec.cap_method, spec.cpu, spec.sources, warn=warn, server_cpus=pinned)
+                cap = make_cap(spec.cap_method, spec.cpus, spec.sources, warn=warn, server_cpus=pinned)
             except CapError as exc:
                 raise BackendError(str(exc)) from None
             if arm_links is not None:  # namespaces made are namespaces removed, whatever happens next
@@ -283,13 +284,13 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                              join_cap=_then(cap.server_preexec(), arm_links and arm_links.server_join()),
                              env=server_env, trace=server_trace)
         _wait_for_server(fleet, server, server_trace)
-        threads = max(1, int(spec.cpu + 0.999))  # a capped source gains nothing from more threads
         controller = None
         if arm_links is not None:  # the trace-driven rates and the counters, from the sources' start
             controller = fleet.start(CONTROLLER, "testbed.links.controller", arm_links.controller_argv())
         sources = []
         for i in range(spec.sources):
             trace = directory / f"source-{i}.jsonl"
+            threads = max(1, int(spec.cpus[i] + 0.999))  # a capped source gains nothing from more threads
             argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace)}, "source")
             proc = fleet.start(f"source-{i}", "workloads.source", argv,
                                join_cap=_then(cap.preexec(i), arm_links and arm_links.source_join(i)),
@@ -297,10 +298,10 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
             cap.started(i, proc.pid)
             sources.append(proc)
         lost = _wait_for_sources(fleet, server, sources, directory, progress, cap=cap, run=options["run_id"],
-                                 notice_s=options.get("heartbeat_timeout", 5.0) + SOURCES_NOTICE_S - 5.0)
+                                 notice_s=heartbeat_timeout(options) + NOTICE_MARGIN_S)
         if arm_links is not None:
-            arm_links.stop_controller(controller)
             try:
+                arm_links.stop_controller(controller, lambda: fleet.log_tail(CONTROLLER))
                 arm_links.finish()
             except NetworkError as exc:
                 raise BackendError(str(exc)) from None
@@ -332,9 +333,8 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
 
 
 def _then(first, second):
-    """Both preexec steps, in order: the cgroup first, then the namespace (a process in
-    a namespace of its own still joins its cgroup by the host's cgroup filesystem, but
-    ``ip netns exec``-style remounts would hide it)."""
+    """Both preexec steps, in order: the cgroup first, then the network namespace (a
+    cgroup is joined by the host's cgroup filesystem, which the child still sees)."""
     steps = [step for step in (first, second) if step]
     if len(steps) < 2:
         return steps[0] if steps else None
@@ -357,7 +357,15 @@ def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> Non
 
 
 SERVER_GONE_STATUS = 3  # workloads.source's exit status when it lost the server
-SOURCES_NOTICE_S = 8.0  # a source notices a dead server within the 5 s heartbeat timeout (+ its probe)
+NOTICE_MARGIN_S = 3.0  # a source notices a dead server within its heartbeat timeout plus its probe
+
+
+def heartbeat_timeout(options: dict) -> float:
+    """The programs' --heartbeat-timeout in this arm (its declared default unless a link raised it)."""
+    return options.get("heartbeat_timeout") or settings.option("heartbeat-timeout").default
+
+
+SOURCES_NOTICE_S = settings.option("heartbeat-timeout").default + NOTICE_MARGIN_S
 
 
 def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: Progress | None, *,

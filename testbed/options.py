@@ -14,7 +14,9 @@ TB = ("testbed",)
 BACKENDS = ("local", "k8s")
 
 TESTBED_OPTIONS: tuple[Option, ...] = (
-    Option("cpu", float, 0.4, "CPU cap per source, in cores", TB, positive=True, chart="cpu", group="run",
+    Option("cpu", float, 0.4, "CPU cap per source, in cores; a comma list gives one per source, cycled "
+           "(0.4,0.2: a heterogeneous fleet; the local backend)", TB, positive=True, per_source=True, chart="cpu",
+           group="run",
            # a number, a decimal string (what `helm install --set cpu=0.4` gives) or millicores
            chart_schema={"description": "CPU cap per source: cores (> 0, a number or a decimal string like \"0.4\") "
                                         "or millicores like \"400m\"",

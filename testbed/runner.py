@@ -47,7 +47,8 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
         say(f"note: {data}; training on the deterministic synthetic CIFAR-shaped dataset")
     manifest = _manifest(spec, run_id, data, backend.name)
     _write_json(out / "manifest.json", manifest)
-    say(f"run {run_id}: {spec.sources} sources at {spec.cpu} CPU, arms {', '.join(spec.modules)} -> {out}")
+    cpu = ",".join(f"{c:g}" for c in spec.cpu) if isinstance(spec.cpu, tuple) else f"{spec.cpu:g}"
+    say(f"run {run_id}: {spec.sources} sources at {cpu} CPU, arms {', '.join(spec.modules)} -> {out}")
     arms, status, lost = {}, "failed", []
     try:
         for module in spec.modules:
@@ -59,7 +60,7 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
                 manifest["arms"][module]["cluster"] = where
                 manifest["host"] = _cluster_host(manifest["arms"])
                 _write_json(out / "manifest.json", manifest)
-            cap = None if result.cap_method == "none" else spec.cpu  # --cap-method none: nothing to judge against
+            cap = None if result.cap_method == "none" else spec.cpu_cap  # --cap-method none: nothing to judge against
             arms[module] = summarise_arm(out / module, module, spec.sources, cap, result.cap_method)
             lost += [(module, e) for e in arms[module].get("lost_sources") or []]
         status = "lost-sources" if lost else "ok"

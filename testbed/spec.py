@@ -40,6 +40,15 @@ class RunSpec:
         if isinstance(resolved["module"], str):
             resolved["module"] = tuple(m.strip() for m in resolved["module"].split(",") if m.strip())
         resolved["module"] = tuple(resolved["module"])
+        if isinstance(resolved["cpu"], str):  # "0.4,0.2" from code; the CLI converts already
+            try:
+                resolved["cpu"] = declared["cpu"].convert(resolved["cpu"])
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
+        if isinstance(resolved["cpu"], list):
+            resolved["cpu"] = tuple(resolved["cpu"])
+        if isinstance(resolved["cpu"], tuple) and len(set(resolved["cpu"])) == 1:
+            resolved["cpu"] = resolved["cpu"][0]  # 0.4,0.4 is 0.4
         object.__setattr__(self, "values", resolved)
 
     def __getattr__(self, name: str):
@@ -50,6 +59,18 @@ class RunSpec:
 
     def __setattr__(self, name, value):
         raise AttributeError("a RunSpec does not change; make a new one")
+
+    @property
+    def cpus(self) -> list[float]:
+        """Each source's CPU cap (``--cpu`` as one value, or a list cycled over the sources)."""
+        cpu = self.values["cpu"]
+        values = list(cpu) if isinstance(cpu, tuple) else [cpu]
+        return [values[i % len(values)] for i in range(self.sources)]
+
+    @property
+    def cpu_cap(self) -> float | list[float]:
+        """The cap as the summary records it: one number, or one per source."""
+        return self.cpus if isinstance(self.values["cpu"], tuple) else self.values["cpu"]
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -93,6 +114,9 @@ def validate(spec: RunSpec) -> None:
     beyond = sorted(s for s in settings.drops(spec.drop) if s >= spec.sources)
     if beyond:
         raise SpecError(f"--drop names source {beyond[0]}, but sources are 0..{spec.sources - 1} (--sources {spec.sources})")
+    if spec.backend == "k8s" and isinstance(spec.cpu, tuple):
+        raise SpecError("--cpu with one value per source is for the local backend: the chart gives every "
+                        "source pod the same CPU limit")
     if spec.backend == "k8s":
         from .k8s.links import link_values  # a cluster enforces a fixed rate per source pod, no more
         try:
@@ -133,8 +157,8 @@ ON_K8S_INSTEAD = {"data_dir": "on Kubernetes give a PersistentVolumeClaim holdin
 def _validate_local(spec: RunSpec) -> None:
     """What only this host can check."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if spec.cpu > cores:
-        raise SpecError(f"--cpu {spec.cpu} is more than this host's {cores} cores")
+    if max(spec.cpus) > cores:
+        raise SpecError(f"--cpu {max(spec.cpus):g} is more than this host's {cores} cores")
     if spec.server_cpus >= cores:
         raise SpecError(f"--server-cpus {spec.server_cpus} leaves no core for the sources: this host has {cores}")
     if spec.data_dir:

@@ -178,3 +178,15 @@ def test_auto_falls_back_to_psutil_with_a_warning(tmp_path):
         cap.release()
     with pytest.raises(CapError, match="no cgroup cpu controller"):
         make_cap("cgroup", 0.4, 1, root=tmp_path / "no-cgroups")
+
+
+def test_a_heterogeneous_fleet_gets_one_quota_per_source_cycled(tmp_path, monkeypatch):
+    """--cpu 0.5,0.25: source i gets the i-th cap, cycled over the sources."""
+    root = fake_v2_tree(tmp_path, monkeypatch)
+    cap = make_cap("cgroup", (0.5, 0.25), 3, root=root, tag="t")
+    quotas = [(root / "splittest-t" / f"source-{i}" / "cpu.max").read_text() for i in range(3)]
+    assert quotas == ["50000 100000\n", "25000 100000\n", "50000 100000\n"]
+    assert "25000/50000 us per 100000 us" in cap.describe()
+    line = oversubscription(3, (1.0, 0.5), 2)  # 1 + 0.5 + 1 + the server's core
+    assert line.startswith("testbed: warning: 3 sources (1+0.5 CPU) + the server need ≥ 3.5 cores")
+    assert oversubscription(2, (0.5, 0.25), 2) is None

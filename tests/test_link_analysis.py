@@ -102,8 +102,9 @@ def _write_manifest(run, modules, backend="local", bandwidth=""):
 
 def link_events(medium, duplex, up_bps, down_bps, channel, label, nic, capacity, traced, delivered):
     dedicated = medium == "dedicated"
-    trace_file = "trace.up" if traced == "up" else None
+    trace_file = "trace.up" if traced in ("up", "both") else None
     events = [{"t": T0 - 0.5, "event": "link", "medium": medium, "duplex": duplex, "server_address": "10.77.0.1",
+               "trace_up": trace_file, "trace_down": trace_file if traced == "both" else None,
                "kernel": {"qdiscs": ["htb"], "netem": True},
                "channel": None if dedicated else channel,
                "sources": [{"source": i, "up_bps": up_bps if dedicated else None,
@@ -120,6 +121,8 @@ def link_events(medium, duplex, up_bps, down_bps, channel, label, nic, capacity,
     if capacity:
         owners = [0, 1] if dedicated else [None]
         rates = {"up": up_bps, "down": down_bps} if dedicated else {"up": channel["up_bps"], "down": channel["down_bps"]}
+        if traced == "both":  # a half-duplex channel: one shaper, direction "both", as the controller writes it
+            rates = {"both": channel["up_bps"]}
         for owner in owners:
             for direction, bps in rates.items():
                 if direction == traced:
@@ -172,9 +175,10 @@ def test_nic_bytes_and_tcpip_overhead_from_known_counters(tmp_path):
     # shared, one rate both ways: 28800 / (8 * 2 * (120 + 60)) = 10
     (dict(medium="shared", duplex="half", channel={"up_bps": 28_800, "down_bps": 28_800}, label="28.8kbit shared"),
      10.0, "the network (28.8kbit shared)"),
-    # shared, separate rates: 1 / (2 * (8*120/38400 + 8*60/19200)) = 10
-    (dict(medium="shared", duplex="full", channel={"up_bps": 38_400, "down_bps": 19_200}, label="38.4/19.2 shared"),
-     10.0, "the network (38.4/19.2 shared)"),
+    # shared, separate rates: min(38400 / (8*2*120), 9600 / (8*2*60)) = min(20, 10) = 10 (one source's
+    # upload overlaps the other's download: the slower channel bounds)
+    (dict(medium="shared", duplex="full", channel={"up_bps": 38_400, "down_bps": 9_600}, label="38.4/9.6 shared"),
+     10.0, "the network (38.4/9.6 shared)"),
     # the link event's rates when no capacity event is traced: as the first case
     (dict(medium="dedicated", up_bps=96_000, down_bps=48_000, capacity=False), 50.0, metrics.ROUND_TRIP),
 ])
@@ -298,7 +302,7 @@ def test_trace_fidelity_is_exact_when_the_link_delivers_its_capacity(tmp_path):
                                                  "mean_delivered_mbit_s": round(13 / 6, 4), "seconds": 6}}
     # the link limit counts the trace's mean rate over the training window (8 s to 14 s)
     up = 13 / 6 * 1e6
-    expected = 1 / (8 * 2 * 120 / up + 8 * 2 * 60 / 19_200)
+    expected = 1 / max(8 * 2 * 120 / up, 8 * 2 * 60 / 19_200)
     assert arm["link_limit_samples_per_s_per_source"] == [round(expected, 3)] * 2
     assert arm["link_use"] == round(10 / expected, 4)
     assert "link trace up: delivered vs capacity per second: correlation 1.000" in \
@@ -404,3 +408,17 @@ def test_throughput_against_bandwidth_from_three_run_folders(tmp_path):
 def _mkdir(path):
     path.mkdir(parents=True)
     return path
+
+
+def test_a_trace_driven_half_duplex_channel_is_read_as_the_controller_writes_it(tmp_path):
+    """One shaper for both directions (capacity events "both", the trace named on the link
+    event): its fidelity is the channel's, and the link limit counts the trace's mean."""
+    arm = summarise_arm(write_link_arm(tmp_path / "run" / "none", medium="shared", duplex="half",
+                                       channel={"up_bps": 1_000_000, "down_bps": 1_000_000}, label="trace half",
+                                       traced="both"), "none", 2, 0.4, "test")
+    both = arm["link_trace_fidelity"]["both"]
+    # delivered = the capacity (uplinks) + a constant 2 x 8 kbit/s (downlinks): correlation 1, error 0.016
+    assert both["correlation"] == 1.0 and both["mae_mbit_s"] == 0.016 and both["seconds"] == 6
+    up = 13 / 6 * 1e6  # the trace's mean over the training window
+    expected = up / (8 * 2 * (120 + 60))
+    assert arm["link_limit_samples_per_s_per_source"] == [round(expected, 3)] * 2

@@ -280,15 +280,31 @@ def _pid_of(out):
 
 @needs_namespaces
 def test_a_failed_arm_removes_its_network_and_controller(tmp_path, port, monkeypatch):
-    def fail(*args, **kwargs):
-        raise BackendError("the server was not listening (made to fail by the test)")
-    monkeypatch.setattr(local, "_wait_for_server", fail)
+    def fail(*args, **kwargs):  # after the server, the controller and the sources started
+        assert controllers(), "the controller is running"
+        raise BackendError("the sources were lost (made to fail by the test)")
+    monkeypatch.setattr(local, "_wait_for_sources", fail)
     spec = RunSpec(sources=2, cpu=0.4, batches=2, epochs=1, model="vgg11-slim", batch_size=8, eval_samples=16,
                    dataset="synthetic", module="none", port=port, bandwidth="20mbit")
     with pytest.raises(BackendError, match="made to fail"):
         run_arm(spec, "none", tmp_path / "arm", "t", progress=None, links=plan_links(spec.values, 2), kernel=KERNEL)
     assert ours() == [] and controllers() == []
     assert (tmp_path / "arm" / "link.jsonl").exists()
+
+
+@needs_namespaces
+def test_a_controller_that_died_fails_the_arm_with_its_cause(tmp_path):
+    from testbed.links.arm import ArmLinks
+    from testbed.links.network import NetworkError
+    arm = ArmLinks(plan_links({"bandwidth": "20mbit"}, 1), KERNEL, tmp_path)
+    plan = tmp_path / "broken-plan.json"
+    plan.write_text(json.dumps({"out": str(tmp_path / "link.jsonl"), "shapers": [],
+                                "sources": [{"source": 0, "namespace": "splittest-no-such-namespace"}]}))
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.links.controller", str(plan)], cwd=REPO,
+                            stderr=subprocess.DEVNULL)
+    proc.wait(timeout=60)
+    with pytest.raises(NetworkError, match=r"the link controller died during the arm \(exit status 1\): it said so"):
+        arm.stop_controller(proc, "it said so")
 
 
 @needs_namespaces

@@ -312,3 +312,36 @@ def test_children_do_not_inherit_splittest_variables(tmp_path, port, monkeypatch
     start = [e for e in read_jsonl(tmp_path / "arm" / "source-0.jsonl") if e["event"] == "start"][0]
     if "settings" in start:
         assert start["settings"]["momentum"] == 0.9 and start["settings"]["epochs"] == 1
+
+
+# -- a heterogeneous fleet -------------------------------------------------------------------
+
+def test_cpu_takes_one_cap_per_source_and_the_summary_judges_each_by_its_own(tmp_path, port, leaves_nothing):
+    import json
+
+    from conftest import run_testbed
+
+    out = tmp_path / "run"
+    result = run_testbed("run", "--sources", "2", "--cpu", "0.5,0.25", "--batches", "3", "--epochs", "1", *TINY,
+                         "--module", "none", "--out", out, "--port", port, "--quiet")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["spec"]["cpu"] == [0.5, 0.25]
+    arm = json.loads((out / "summary.json").read_text())["arms"]["none"]
+    assert arm["cpu_cap"] == [0.5, 0.25]
+    for computing, over, cap in zip(arm["cpu_share_computing_per_source"], arm["cpu_share_over_cap_per_source"],
+                                    (0.5, 0.25)):
+        assert over == round(computing / cap, 4)
+    if manifest["cap"]["method"].startswith("cgroup"):
+        assert "25000/50000 us per 100000 us" in manifest["cap"]["detail"]
+
+
+def test_a_cpu_list_is_cycled_and_refused_on_kubernetes():
+    spec = RunSpec(sources=5, cpu="0.4,0.2")
+    assert spec.cpus == [0.4, 0.2, 0.4, 0.2, 0.4] and spec.cpu_cap == [0.4, 0.2, 0.4, 0.2, 0.4]
+    assert RunSpec(sources=2, cpu="0.3,0.3").cpu == 0.3  # one value after all
+    from testbed.spec import validate
+    with pytest.raises(SpecError, match="--cpu with one value per source is for the local backend"):
+        validate(RunSpec(sources=2, cpu="0.4,0.2", backend="k8s"))
+    with pytest.raises(SpecError, match="--cpu must be positive"):
+        validate(RunSpec(sources=2, cpu="0.4,0"))

@@ -88,6 +88,9 @@ class Request:
     arrived_at: float  # time.time() then
 
 
+STOP_JOIN_S = 10.0  # how long the receiver may take to send the replies handed over before a stop
+
+
 class Receiver:
     """Owns the ROUTER socket in a thread of its own: queues each request in ``inbox`` with
     the moment it was taken off the socket, and sends the replies given to :meth:`reply`."""
@@ -103,6 +106,8 @@ class Receiver:
         self._thread.start()
 
     def reply(self, identity: bytes, frames: list) -> None:
+        if not self.alive():  # a send into the pair with nobody on the other end would block for ever
+            raise RuntimeError("the receiving thread ended")
         self._pipe.send_multipart([identity] + frames, copy=False)
 
     def alive(self) -> bool:
@@ -114,7 +119,7 @@ class Receiver:
             self._pipe.send(b"", zmq.NOBLOCK)
         except zmq.Again:  # the thread has ended already: nobody on the other end
             pass
-        self._thread.join()
+        self._thread.join(timeout=STOP_JOIN_S)
         self._pipe.close(linger=0)
 
     def _run(self, sock: zmq.Socket) -> None:

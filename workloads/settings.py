@@ -62,6 +62,7 @@ class Option:
     per_process: bool = False
     local_only: bool = False                    # no meaning on Kubernetes: refused there unless at its default
     many: bool = False                          # testbed run takes a comma-separated list (one arm each)
+    per_source: bool = False                    # a comma-separated list gives one value per source, cycled
     run_default: Any = None                     # testbed run's default, when it differs from the programs'
     group: str = "workload"                     # the heading it is listed under
 
@@ -88,6 +89,10 @@ class Option:
             return text if isinstance(text, bool) else flag(text)
         if self.type is int and isinstance(text, float) and text.is_integer():
             return int(text)
+        if self.per_source and isinstance(text, str) and "," in text:
+            return tuple(self.convert(item.strip()) for item in text.split(","))
+        if self.per_source and isinstance(text, (tuple, list)):
+            return tuple(self.convert(item) for item in text)
         try:
             return self.type(text)
         except (TypeError, ValueError):
@@ -96,7 +101,7 @@ class Option:
 
     def check(self, value: Any) -> Any:
         """``value`` when it is valid, else a ValueError naming the option and the range."""
-        if self.many and isinstance(value, (tuple, list)):
+        if (self.many or self.per_source) and isinstance(value, (tuple, list)):
             for one in value:
                 self.check(one)
             return value

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import protocol, security
+from . import protocol, security, settings
 from .protocol import Message, ProtocolError
 
 # A source has one request in flight; a high-water mark of a few messages keeps
@@ -20,7 +20,6 @@ DEFAULT_MAX_REPLY = 64 * 1024 * 1024
 # ZMTP heartbeats: a ping every second; a connection that brings nothing back for 5 s
 # is closed (and the server drops a source it has not heard from for 5 s: the TTL).
 HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_S = 5.0   # the default of --heartbeat-timeout (a slow link needs longer)
 # what the source watches on its socket monitor; after a disconnect, the DEALER's own
 # reconnect (within ~0.1 s) tells a closed port (refused) from a silent peer (accepted)
 WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
@@ -84,7 +83,7 @@ def largest_reply(batch_size: int, cut_shape) -> int:
 
 class Connection:
     def __init__(self, address: str, timeout_s: float, keys: str = "", max_reply_bytes: int = DEFAULT_MAX_REPLY,
-                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S):
+                 heartbeat_timeout_s: float | None = None):
         """``keys``: the run's key folder (CURVE), empty for plaintext. ``max_reply_bytes``:
         a larger frame from the server closes the connection (ZMQ_MAXMSGSIZE)."""
         self.address, self.timeout_ms = address, int(timeout_s * 1000)
@@ -98,9 +97,10 @@ class Connection:
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._sock.setsockopt(zmq.RCVHWM, SEND_HWM)
         self._sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        self.heartbeat_timeout_s = heartbeat_timeout_s
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat_timeout_s * 1000))
-        self._sock.setsockopt(zmq.HEARTBEAT_TTL, int(heartbeat_timeout_s * 1000))
+        # --heartbeat-timeout (its declared default when not given): a slow link needs longer
+        self.heartbeat_timeout_s = heartbeat_timeout_s or settings.option("heartbeat-timeout").default
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.heartbeat_timeout_s * 1000))
+        self._sock.setsockopt(zmq.HEARTBEAT_TTL, int(self.heartbeat_timeout_s * 1000))
         self._monitor = self._sock.get_monitor_socket(WATCHED)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)

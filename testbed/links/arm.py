@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .network import SERVER_ADDRESS, Network, source_address
+from .network import SERVER_ADDRESS, Network, NetworkError, source_address
 from .plan import LinkPlan
 
 CONTROLLER = "link-controller"
@@ -34,9 +34,10 @@ class ArmLinks:
     def build(self) -> None:
         self.network.build()
         facts = self.plan.describe()
-        for entry in facts["sources"]:
-            entry.update(interface="eth0", address=source_address(entry["source"]))
         delay_emulated = bool(self.kernel.get("netem"))
+        for entry, source in zip(facts["sources"], self.plan.sources):  # the delay each source's link got
+            entry.update(interface="eth0", address=source_address(entry["source"]),
+                         delay_ms=self.plan.delay_ms(source, delay_emulated))
         if self.plan.profile_delay_ms and not delay_emulated:
             self.warn(f"testbed: warning: the {self.plan.profile} profile's {self.plan.profile_delay_ms:g} ms delay "
                       "is not emulated: this kernel has no netem qdisc (rate and medium are)")
@@ -69,16 +70,23 @@ class ArmLinks:
         path.write_text(json.dumps(plan, indent=1) + "\n")
         return [str(path)]
 
-    def stop_controller(self, proc: subprocess.Popen | None) -> None:
-        """SIGTERM: it records a last sample and exits."""
-        if proc is None or proc.poll() is not None:
+    def stop_controller(self, proc: subprocess.Popen | None, log_tail: str = "") -> None:
+        """SIGTERM: it records a last sample and exits 0. A controller that had already
+        ended, or ends otherwise, failed the run: the link stopped following its trace and
+        the counters stopped (NetworkError, naming its exit and its log's last lines)."""
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=CONTROLLER_STOP_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        ended_before = proc.poll() is not None
+        if not ended_before:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=CONTROLLER_STOP_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if ended_before or proc.returncode != 0:
+            raise NetworkError(f"the link controller {'died during the arm' if ended_before else 'failed'} "
+                               f"(exit status {proc.returncode}): {log_tail() if callable(log_tail) else log_tail}")
 
     def finish(self) -> None:
         self._counters("end")

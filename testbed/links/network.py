@@ -184,6 +184,8 @@ def probe_kernel() -> dict:
                 with contextlib.suppress(Exception):
                     ip.tc("add", kind, index=_index(ip, f"p{n}"), handle="1:", **_probe_args(kind))
                     found.append(kind)
+    except Exception as exc:  # noqa: BLE001 -- no veth, no netlink: no emulated links here
+        return {"rights": f"cannot make a veth pair in a network namespace: {_why(exc)}", "qdiscs": [], "netem": False}
     finally:
         with contextlib.suppress(Exception):
             remove_namespace(name)
@@ -251,10 +253,11 @@ class Network:
             if self.plan.medium == "dedicated":
                 for s, ns in zip(self.plan.sources, self.source_ns):
                     with _ipr(ns) as ip:
-                        self._shape(ip, ns, "eth0", s.up, "up", s.source, s.delay_ms, s.loss, self._mean("up"))
+                        self._shape(ip, ns, "eth0", s.up, "up", s.source, self.plan.delay_ms(s, self.netem), s.loss,
+                                    self._mean("up"))
                     with _ipr(self.hub) as hub:
-                        self._shape(hub, self.hub, f"h{s.source}", s.down, "down", s.source, s.delay_ms, s.loss,
-                                    self._mean("down"))
+                        self._shape(hub, self.hub, f"h{s.source}", s.down, "down", s.source,
+                                    self.plan.delay_ms(s, self.netem), s.loss, self._mean("down"))
         except NetworkError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -312,7 +315,9 @@ class Network:
             hub.link("add", ifname=ifb, kind="ifb")
             ifb_index = _index(hub, ifb)
             hub.link("set", index=ifb_index, state="up")
-            self._shape(hub, self.hub, ifb, bps, direction, None, queue_bps=self._mean(direction))
+            first = self.plan.sources[0]  # a shared medium has one delay and loss (the plan checks)
+            self._shape(hub, self.hub, ifb, bps, direction, None, self.plan.delay_ms(first, self.netem), first.loss,
+                        queue_bps=self._mean(direction))
             for port in ports:
                 idx = _index(hub, port)
                 hub.tc("add", "clsact", index=idx)
@@ -343,8 +348,13 @@ class Network:
     # counting
     def counters(self, index: int) -> dict:
         """Source ``index``'s interface counters (tx: towards the server)."""
-        with _ipr(self.source_ns[index]) as ip:
-            link = ip.get_links(_index(ip, "eth0"))[0]
+        try:
+            with _ipr(self.source_ns[index]) as ip:
+                link = ip.get_links(_index(ip, "eth0"))[0]
+        except NetworkError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- netlink and OS errors alike
+            raise NetworkError(f"cannot read source {index}'s interface counters: {_why(exc)}") from None
         stats = link.get_attr("IFLA_STATS64")
         return {k: int(stats[k]) for k in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")}
 

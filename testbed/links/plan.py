@@ -42,11 +42,17 @@ class LinkPlan:
     trace_down: Schedule | None = None
     profile: str | None = None
     profile_delay_ms: float = 0.0       # a profile's delay (not an explicit --delay)
+    split_directions: bool = False      # the rate was written UP/DOWN (or two trace files)
 
     @property
     def duplex(self) -> str:
-        return "half" if self.medium == "shared" and self.channel is not None and self.channel.symmetric \
-            and self.trace_up is self.trace_down else "full"
+        """A shared medium with one rate (one trace) is half duplex; UP/DOWN gives two channels."""
+        return "half" if self.medium == "shared" and not self.split_directions else "full"
+
+    def delay_ms(self, source: SourceLink, netem: bool) -> float:
+        """The one-way delay a source's link gets: ``--delay``, else the profile's where the
+        kernel can delay (netem), else none."""
+        return source.delay_ms or (self.profile_delay_ms if netem else 0.0)
 
     @property
     def needs_netem(self) -> bool:
@@ -79,7 +85,7 @@ class LinkPlan:
             return rate / len(self.sources)
         return min(min(low(self.trace_up, s.up), low(self.trace_down, s.down)) for s in self.sources)
 
-    def heartbeat_timeout_s(self, largest_message_bytes: int, floor_s: float = 5.0) -> float:
+    def heartbeat_timeout_s(self, largest_message_bytes: int, floor_s: float) -> float:
         """Long enough for a heartbeat queued behind the largest message at the slowest rate
         (four times that message's time on the wire), never below ``floor_s``, at most 10 min."""
         wire_s = largest_message_bytes * 8 / max(1.0, self.slowest_bps())
@@ -93,7 +99,9 @@ class LinkPlan:
                 "trace_down": self.trace_down.name if self.trace_down else None,
                 "profile_delay_ms": self.profile_delay_ms or None,
                 "sources": [{"source": s.source, "up_bps": s.up, "down_bps": s.down, "delay_ms": s.delay_ms,
-                             "loss": s.loss} for s in self.sources]}
+                             "loss": s.loss, "trace_up": self.trace_up.name if self.trace_up else None,
+                             "trace_down": self.trace_down.name if self.trace_down else None}
+                            for s in self.sources]}
 
 
 def wants_link(values: dict) -> bool:
@@ -122,6 +130,8 @@ def plan_links(values: dict, sources: int) -> LinkPlan | None:
         if values.get("bandwidth"):
             raise LinkError("--link-trace and --bandwidth both set the link's rate: give one of them")
         rates = [Rate(trace_up.rate_at(0), trace_down.rate_at(0))]
+    rate_text = values.get("bandwidth") or (chosen.bandwidth if chosen else "")
+    split = "/" in rate_text or (trace_up is not None and trace_down is not trace_up)
     if not rates:
         raise LinkError("a link needs a rate: give --bandwidth, --link PROFILE or --link-trace "
                         "(delay and loss alone would leave the rate unshaped)")
@@ -133,4 +143,5 @@ def plan_links(values: dict, sources: int) -> LinkPlan | None:
         channel = rates[0]
     per = [SourceLink(i, None if channel else r.up, None if channel else r.down, d or 0.0, lo or 0.0)
            for i, (r, d, lo) in enumerate(zip(cycle(rates, sources), cycle(delays, sources), cycle(losses, sources)))]
-    return LinkPlan(medium, tuple(per), channel, trace_up, trace_down, chosen.name if chosen else None, profile_delay)
+    return LinkPlan(medium, tuple(per), channel, trace_up, trace_down, chosen.name if chosen else None, profile_delay,
+                    split)

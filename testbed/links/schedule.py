@@ -18,6 +18,7 @@ its connections (the floor is recorded with every change, so figures show it).
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _mahimahi(path: Path, content, bin_s: float) -> Schedule:
                                  f"(got {ms} after {times[-1] if times else 'the start'})")
         times.append(ms)
     end_ms = max(times[-1], 1)  # Mahimahi repeats the trace after its last time
-    bins = max(1, round(end_ms / 1000 / bin_s))
+    bins = max(1, math.ceil(end_ms / (bin_s * 1000) - 1e-9))  # a last part-bin is a bin: no packet moves
     counts = [0] * bins
     for ms in times:
         counts[min(bins - 1, int(ms / 1000 / bin_s))] += 1
