@@ -21,7 +21,7 @@ from .cpucap import Cap, CapError, SuspendResumeCap, available_cpus, make_cap, o
 from .errors import BackendError
 from .signals import signals_deferred
 from .keys import make_run_keys
-from .links.arm import CONTROLLER, ArmLinks
+from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
 from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
 from .progress import Progress
@@ -62,6 +62,9 @@ class LocalBackend:
             if self.links is not None:
                 remove_stale(say=warn)
                 self.kernel = probe_kernel()
+                warning = profile_delay_warning(self.links, self.kernel)
+                if warning:
+                    warn(warning)
         progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
             if self.say is print else None
         self.say(f"arm {module}: starting the server and {s.sources} sources")
@@ -251,7 +254,7 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
     directory.mkdir(parents=True, exist_ok=True)
     pinned = server_cpus(spec)
     options = spec.workload_options(module)
-    arm_links = ArmLinks(links, kernel or {}, directory, warn=warn) if links is not None else None
+    arm_links = ArmLinks(links, kernel or {}, directory) if links is not None else None
     # the server listens on loopback only (or its own address on the emulated network); with keys,
     # only the run's sources get an answer
     address = arm_links.server_address if arm_links else "127.0.0.1"

@@ -354,3 +354,13 @@ def test_without_the_rights_to_make_namespaces_the_run_is_one_line_exit_2(tmp_pa
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith("testbed: error: emulated links need network namespaces")
     assert "run as root" in line
+
+
+def test_a_profiles_delay_is_one_warning_where_the_kernel_cannot_delay():
+    from testbed.links.arm import profile_delay_warning
+    wifi = plan_links({"link": "wifi"}, 2)
+    assert profile_delay_warning(wifi, {"netem": False}) == (
+        "testbed: warning: the wifi profile's 2 ms delay is not emulated: this kernel has no netem qdisc "
+        "(rate and medium are)")
+    assert profile_delay_warning(wifi, {"netem": True}) is None
+    assert profile_delay_warning(plan_links({"link": "wifi", "delay": "5ms"}, 2), {"netem": False}) is None

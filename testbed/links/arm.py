@@ -16,16 +16,23 @@ CONTROLLER = "link-controller"
 CONTROLLER_STOP_S = 5.0
 
 
+def profile_delay_warning(plan: LinkPlan, kernel: dict) -> str | None:
+    """The one line a run prints when its profile's delay cannot be emulated here."""
+    if plan.profile_delay_ms and not kernel.get("netem"):
+        return (f"testbed: warning: the {plan.profile} profile's {plan.profile_delay_ms:g} ms delay is not emulated: "
+                "this kernel has no netem qdisc (rate and medium are)")
+    return None
+
+
 class ArmLinks:
     """``build`` -> the processes start (``server_join``/``source_join`` in their preexec)
     -> ``start_controller`` -> the sources end -> ``finish`` ; ``remove`` always."""
 
-    def __init__(self, plan: LinkPlan, kernel: dict, directory: Path, warn=print):
+    def __init__(self, plan: LinkPlan, kernel: dict, directory: Path):
         self.plan, self.kernel, self.directory = plan, kernel, directory
         self.network = Network(plan, netem=bool(kernel.get("netem")))
         self.path = directory / "link.jsonl"
         self.controller: subprocess.Popen | None = None
-        self.warn = warn
 
     @property
     def server_address(self) -> str:
@@ -38,9 +45,6 @@ class ArmLinks:
         for entry, source in zip(facts["sources"], self.plan.sources):  # the delay each source's link got
             entry.update(interface="eth0", address=source_address(entry["source"]),
                          delay_ms=self.plan.delay_ms(source, delay_emulated))
-        if self.plan.profile_delay_ms and not delay_emulated:
-            self.warn(f"testbed: warning: the {self.plan.profile} profile's {self.plan.profile_delay_ms:g} ms delay "
-                      "is not emulated: this kernel has no netem qdisc (rate and medium are)")
         self._event("link", **facts, server_address=SERVER_ADDRESS,
                     kernel={"qdiscs": self.kernel.get("qdiscs", []), "netem": delay_emulated},
                     delay_emulated=delay_emulated or not (self.plan.profile_delay_ms or self.plan.needs_netem),
