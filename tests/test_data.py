@@ -71,3 +71,29 @@ def test_synthetic_data_is_deterministic_and_balanced():
     assert a.train.images.dtype == np.uint8 and a.train.images.shape == (500, 3, 32, 32)
     assert set(np.unique(a.train.labels)) == set(range(10))
     assert not np.array_equal(synthetic_dataset(seed=4, train_size=500).train.images, a.train.images)
+
+
+def test_difficulty_zero_keeps_every_byte_and_more_difficulty_blurs_the_classes():
+    import hashlib
+
+    from workloads.data import _class_patterns, synthetic_dataset
+
+    plain = synthetic_dataset(seed=0, train_size=64, test_size=32)
+    # the bytes the synthetic set has always had (so old runs stay comparable)
+    assert hashlib.sha256(plain.train.images.tobytes()).hexdigest()[:16] == "bd69f5f55dd9f60e"
+    assert synthetic_dataset(seed=0, train_size=64, test_size=32, difficulty=0.0).train.images.tobytes() == \
+        plain.train.images.tobytes()
+    hard = synthetic_dataset(seed=0, train_size=64, test_size=32, difficulty=0.8)
+    assert (hard.train.labels == plain.train.labels).all() and "difficulty 0.8" in hard.origin
+    assert hard.train.images.tobytes() == \
+        synthetic_dataset(seed=0, train_size=64, test_size=32, difficulty=0.8).train.images.tobytes()
+    # a matched filter against the class patterns tells fewer test samples apart as it rises
+    patterns = _class_patterns(np.random.default_rng(0), 10).reshape(10, -1)
+    accuracy = []
+    for difficulty in (0.0, 0.5, 1.0):
+        test = synthetic_dataset(seed=0, train_size=8, test_size=2000, difficulty=difficulty).test
+        x = (test.images.astype(np.float32) / 255 - 0.5) / 0.5
+        accuracy.append(float(((x.reshape(len(x), -1) @ patterns.T).argmax(1) == test.labels).mean()))
+    assert accuracy[0] > accuracy[1] + 0.05 > accuracy[2] + 0.1
+    with pytest.raises(DataError, match="--difficulty must be between 0 and 1"):
+        synthetic_dataset(difficulty=1.5)

@@ -10,6 +10,12 @@ The synthetic dataset has CIFAR's shape (3x32x32, 10 classes). Each class is a f
 random pattern of coloured gratings; a sample is its class pattern, randomly shifted
 and scaled, plus noise. A network learns it within a few hundred samples, so loss and
 accuracy visibly improve in short runs.
+
+``difficulty`` (0..1, ``--difficulty``) makes it harder, so that short CPU runs do not
+all end at 100 % and modules can be told apart: each sample is mixed with another
+class's pattern (class overlap: up to ``MAX_OVERLAP`` × difficulty of the other
+pattern) and gets more noise (``NOISE_STD`` + ``EXTRA_NOISE_STD`` × difficulty). At 0 the
+set is byte for byte what it always was.
 """
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ import numpy as np
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
 NUM_CLASSES = {"cifar10": 10, "synthetic": 10}
+NOISE_STD = 0.35        # the synthetic set's pixel noise (in pattern units)
+EXTRA_NOISE_STD = 0.9   # more noise at difficulty 1
+MAX_OVERLAP = 0.45      # the largest share of another class's pattern mixed in, at difficulty 1
 INPUT_SHAPE = (3, 32, 32)
 
 
@@ -52,12 +61,14 @@ def check_dataset(name: str) -> None:
 
 
 def load_dataset(name: str, data_dir: str | None, *, seed: int = 0, train_size: int = 512,
-                 test_size: int = 256, download: bool = False, part: int = 0, parts: int = 1) -> Dataset:
+                 test_size: int = 256, download: bool = False, part: int = 0, parts: int = 1,
+                 difficulty: float = 0.0) -> Dataset:
     """Shard ``part`` of ``parts`` of the training data, and the test data:
     ``cifar10`` from ``data_dir`` if it is there, else the synthetic set.
 
     ``name="synthetic"`` always gives the synthetic set (``train_size`` samples per
     shard). ``name="cifar10"`` without data falls back to it; ``Dataset.name`` says which.
+    ``difficulty`` applies to the synthetic set only (real data is as hard as it is).
     """
     check_dataset(name)
     if name == "cifar10":
@@ -69,7 +80,8 @@ def load_dataset(name: str, data_dir: str | None, *, seed: int = 0, train_size: 
             data.train = shard(data.train, part, parts)
             data.test = Split(data.test.images[:test_size], data.test.labels[:test_size])
             return data
-    return synthetic_dataset(seed=seed, train_size=train_size, test_size=test_size, part=part)
+    return synthetic_dataset(seed=seed, train_size=train_size, test_size=test_size, part=part,
+                             difficulty=difficulty)
 
 
 def find_cifar10(data_dir: str | os.PathLike) -> Path | None:
@@ -157,14 +169,17 @@ def _download_cifar10(data_dir: str) -> None:
 
 
 def synthetic_dataset(*, seed: int = 0, train_size: int = 512, test_size: int = 256, classes: int = 10,
-                      part: int = 0) -> Dataset:
+                      part: int = 0, difficulty: float = 0.0) -> Dataset:
     """Deterministic, learnable, CIFAR-shaped data; the same seed gives the same bytes.
     Every ``part`` (data source) draws its own training samples of the same classes;
     the test samples are shared."""
     patterns = _class_patterns(np.random.default_rng(seed), classes)
-    train = _synthetic_split(patterns, np.random.default_rng([seed, 1, part]), train_size)
-    test = _synthetic_split(patterns, np.random.default_rng([seed, 2]), test_size)
-    return Dataset("synthetic", f"synthetic (seed {seed}, {train_size} train per source / {test_size} test)",
+    if not 0 <= difficulty <= 1:
+        raise DataError(f"--difficulty must be between 0 and 1, got {difficulty}")
+    train = _synthetic_split(patterns, np.random.default_rng([seed, 1, part]), train_size, difficulty)
+    test = _synthetic_split(patterns, np.random.default_rng([seed, 2]), test_size, difficulty)
+    hard = f", difficulty {difficulty:g}" if difficulty else ""
+    return Dataset("synthetic", f"synthetic (seed {seed}, {train_size} train per source / {test_size} test{hard})",
                    train, test)
 
 
@@ -180,13 +195,18 @@ def _class_patterns(rng: np.random.Generator, classes: int) -> np.ndarray:
     return patterns / np.abs(patterns).max(axis=(1, 2, 3), keepdims=True)
 
 
-def _synthetic_split(patterns: np.ndarray, rng: np.random.Generator, size: int) -> Split:
+def _synthetic_split(patterns: np.ndarray, rng: np.random.Generator, size: int, difficulty: float = 0.0) -> Split:
     labels = rng.integers(0, len(patterns), size=size)
     images = patterns[labels] * rng.uniform(0.6, 1.0, size=(size, 1, 1, 1)).astype(np.float32)
     shifts = rng.integers(-4, 5, size=(size, 2))
     for i, (dy, dx) in enumerate(shifts):
         images[i] = np.roll(images[i], (int(dy), int(dx)), axis=(1, 2))
-    images += rng.normal(0, 0.35, size=images.shape).astype(np.float32)
+    images += rng.normal(0, NOISE_STD, size=images.shape).astype(np.float32)
+    if difficulty:  # drawn after everything above, so that difficulty 0 keeps every byte
+        others = (labels + rng.integers(1, len(patterns), size=size)) % len(patterns)  # never the own class
+        mix = (MAX_OVERLAP * difficulty * rng.uniform(0, 1, size=(size, 1, 1, 1))).astype(np.float32)
+        images = (1 - mix) * images + mix * patterns[others]
+        images += rng.normal(0, EXTRA_NOISE_STD * difficulty, size=images.shape).astype(np.float32)
     pixels = np.clip((images * 0.5 + 0.5) * 255, 0, 255).astype(np.uint8)
     return Split(pixels, labels.astype(np.int64))
 

@@ -216,6 +216,9 @@ CORE: tuple[Option, ...] = (
            min=1, chart="workload.batchSize"),
     Option("batches", int, 32, "batches per epoch", SRC, min=1, chart="workload.batches"),
     Option("epochs", int, 4, "epochs", SRC, min=1, chart="workload.epochs"),
+    Option("difficulty", float, 0.0, "how hard the synthetic dataset is, 0 to 1: class overlap and noise, so "
+           "that short runs do not all reach 100% (0: as it always was; real data ignores it)", SRC, min=0, max=1,
+           chart="workload.difficulty", group="data"),
     Option("eval-samples", int, 256, "held-out samples evaluated at the end of each epoch", SRC, min=0,
            chart="workload.evalSamples"),
     Option("pretrain-epochs", int, 3, "epochs a module that trains at the source (cdc, mcr2, entropic) trains "

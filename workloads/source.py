@@ -74,7 +74,8 @@ class Source:
             torch.set_num_threads(args.threads)
         data = load_dataset(args.dataset, args.data_dir or None, seed=args.seed,
                             train_size=args.batch_size * args.batches, test_size=args.eval_samples,
-                            download=args.download, part=args.source_id, parts=args.sources)
+                            download=args.download, part=args.source_id, parts=args.sources,
+                            difficulty=args.difficulty)
         if data.name != args.dataset:
             print(f"source {args.source_id}: no CIFAR-10 under {args.data_dir or '(no --data-dir)'}; "
                   f"using the synthetic dataset instead", file=sys.stderr)
