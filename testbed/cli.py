@@ -110,6 +110,9 @@ def main(argv=None) -> int:
         if spec.sweep_bandwidth:
             return sweep_bandwidth(spec, say, backend_for)
         return run(spec, say, backend_for(spec))
+    if spec.backend == "inproc":
+        from .inproc import InprocBackend
+        return run(spec, say, InprocBackend(spec, say))
     if spec.sweep_bandwidth:
         return sweep_bandwidth(spec, say)
     return run(spec, say)

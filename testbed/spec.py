@@ -123,6 +123,8 @@ def validate(spec: RunSpec) -> None:
             link_values(spec)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
+    if spec.backend == "inproc":  # before the links are planned: there are none to plan
+        _validate_inproc(spec)
     values = spec.values
     if spec.sweep_bandwidth:
         if spec.bandwidth or spec.link_trace:
@@ -140,7 +142,7 @@ def validate(spec: RunSpec) -> None:
         _validate_local(spec)
         if links is not None:
             _validate_links(links)
-    else:
+    elif spec.backend == "k8s":
         for option in run_options():
             if option.local_only and spec.values[option.dest] != option.default:
                 instead = ON_K8S_INSTEAD.get(option.dest)
@@ -152,6 +154,25 @@ def validate(spec: RunSpec) -> None:
 ON_K8S_INSTEAD = {"data_dir": "on Kubernetes give a PersistentVolumeClaim holding CIFAR-10 with --data-pvc NAME "
                               "(mounted read-only at /data in the source pods; by hand: the chart's data.pvc or "
                               "data.volume)"}
+
+
+# what --backend inproc has no use for: one process, no sockets, no links
+NOT_INPROC = ("bandwidth", "link", "link_trace", "medium", "delay", "loss", "sweep_bandwidth", "drop", "data_pvc")
+
+
+def _validate_inproc(spec: RunSpec) -> None:
+    """One process holds the arm: no link to emulate, no process of a source to kill."""
+    given = [settings.option(dest).flag for dest in NOT_INPROC if spec.values[dest]]
+    if given:
+        raise SpecError(f"{', '.join(given)} cannot be used with --backend inproc: it runs each arm in one process, "
+                        "without sockets or links (use --backend local)")
+    if spec.data_dir:
+        if not os.path.exists(spec.data_dir) and not spec.download:
+            raise SpecError(f"data folder {spec.data_dir} does not exist")
+        try:
+            find_cifar10(spec.data_dir)
+        except DataError as exc:
+            raise SpecError(str(exc)) from None
 
 
 def _validate_local(spec: RunSpec) -> None:

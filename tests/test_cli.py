@@ -99,7 +99,7 @@ def test_budget_schedules_show_in_the_trace(tmp_path, port, module, budgets):
     (["--sources", "0"], "--sources must be at least 1, got 0"),
     (["--cpu", "-1"], "--cpu must be positive, got -1.0"),
     (["--module", "gzip"], "unknown module 'gzip'; known: cdc, crbq, deprune, entropic, filter, jpeg, mcr2, none, prune, raw, webp"),
-    (["--model", "resnet"], "unknown model 'resnet'; known: vgg11, vgg11-slim"),
+    (["--model", "resnet"], "unknown model 'resnet'; known: resnet18, resnet18-slim, vgg11, vgg11-slim"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; known: cifar10, synthetic"),
     (["--data-dir", "/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
     (["--schedule", "4-2"], "--schedule: bad schedule entry '4-2'"),

@@ -67,7 +67,10 @@ def check(args) -> None:
 
 
 class Source:
-    def __init__(self, args, trace: TraceWriter):
+    def __init__(self, args, trace: TraceWriter, connection=None):
+        """``connection``: what carries the requests (anything with Connection's ``request``
+        and ``close``, such as transport.InProcessConnection); default: a ZeroMQ
+        Connection to ``--server``."""
         self.args, self.trace = args, trace
         torch.manual_seed(args.seed)  # every source starts from the same weights
         if args.threads:
@@ -93,7 +96,7 @@ class Source:
         self.sgd, own = self._optimizers()
         self.optimizers = ([self.sgd] if self.sgd else []) + own
         self.rng = np.random.default_rng([args.seed, args.source_id])
-        self.connection = self._connect()
+        self.connection = connection if connection is not None else self._connect()
         self.seq = 0
 
     def _optimizers(self) -> tuple[torch.optim.Optimizer | None, list[torch.optim.Optimizer]]:

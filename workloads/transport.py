@@ -81,6 +81,25 @@ def largest_reply(batch_size: int, cut_shape) -> int:
     return protocol.message_bytes(size + 8 * batch_size, arrays=2)
 
 
+def exchange(message: Message, frames: list, reply_frames: list, *, curve: bool, encode_s: float, sent: float,
+             sent_at: float, received: float, received_at: float) -> Exchange:
+    """The reply to ``message`` (sent as ``frames``), decoded and checked, with the exchange's
+    bytes and times: what every transport does with the frames that came back. ``sent`` and
+    ``received``: time.perf_counter() at the send and with the reply in hand."""
+    reply = protocol.decode(reply_frames)
+    server = protocol.read_times(reply.fields)
+    if reply.fields.get("seq") != message.fields.get("seq") and not (reply.op == "error" and "seq" not in reply.fields):
+        raise ProtocolError(f"reply to {message.op} seq {message.fields.get('seq')!r} carries seq "
+                            f"{reply.fields.get('seq')!r}")
+    if reply.op == "error":
+        raise ServerError(f"server refused {message.op}: {reply.fields.get('reason', 'no reason given')}")
+    decoded = time.perf_counter()
+    return Exchange(reply, protocol.stream_bytes(frames, curve), protocol.stream_bytes(reply_frames, curve),
+                    protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames),
+                    wait_s=received - sent, encode_s=encode_s, decode_s=decoded - received,
+                    sent_at=sent_at, received_at=received_at, server=server)
+
+
 class Connection:
     def __init__(self, address: str, timeout_s: float, keys: str = "", max_reply_bytes: int = DEFAULT_MAX_REPLY,
                  heartbeat_timeout_s: float | None = None):
@@ -116,18 +135,8 @@ class Connection:
         self._await_reply(sent, None if timeout_s is None else int(timeout_s * 1000))
         reply_frames = self._sock.recv_multipart(copy=False)
         received, received_at = time.perf_counter(), time.time()
-        reply = protocol.decode(reply_frames)
-        server = protocol.read_times(reply.fields)
-        if reply.fields.get("seq") != message.fields.get("seq") and not (reply.op == "error" and "seq" not in reply.fields):
-            raise ProtocolError(f"reply to {message.op} seq {message.fields.get('seq')!r} carries seq "
-                                f"{reply.fields.get('seq')!r}")
-        if reply.op == "error":
-            raise ServerError(f"server refused {message.op}: {reply.fields.get('reason', 'no reason given')}")
-        decoded = time.perf_counter()
-        return Exchange(reply, protocol.stream_bytes(frames, self.curve), protocol.stream_bytes(reply_frames, self.curve),
-                        protocol.payload_bytes(frames), protocol.payload_bytes(reply_frames),
-                        wait_s=received - sent, encode_s=sent - began, decode_s=decoded - received,
-                        sent_at=sent_at, received_at=received_at, server=server)
+        return exchange(message, frames, reply_frames, curve=self.curve, encode_s=sent - began, sent=sent,
+                        sent_at=sent_at, received=received, received_at=received_at)
 
     def _await_reply(self, sent: float, timeout_ms: int | None = None) -> None:
         """Until the reply is readable; ServerTimeout after the timeout, ServerGone as
@@ -169,3 +178,39 @@ class Connection:
             pass
         self._monitor.close(linger=0)
         self._sock.close(linger=0)
+
+
+class InProcessConnection:
+    """The same contract as :class:`Connection` without a socket: ``request`` encodes the
+    message with the protocol, hands the frame to ``respond`` (the server's handler in this
+    process: request frames in, reply frames out) and decodes the reply exactly as
+    :class:`Connection` does. The bytes are those the frames would occupy on a plaintext
+    ZMTP stream (``--insecure``). ``before_send`` (optional) is called after the encode and
+    before the send's timestamp: the in-process runner waits there for the source's turn,
+    so that the round trip holds only the server's handling.
+
+    Both frames cross as copies (``bytearray``, writable, as pyzmq's received frames are):
+    neither side's arrays are views on the other's buffers."""
+
+    curve = False
+
+    def __init__(self, respond, before_send=None, address: str = "inproc"):
+        self.address = address
+        self._respond, self._before_send = respond, before_send
+
+    def request(self, message: Message, timeout_s: float | None = None) -> Exchange:
+        """``message``'s reply. ``timeout_s`` is accepted for the contract's sake: the
+        handler answers before it returns, there is nothing to time out."""
+        began = time.perf_counter()
+        frames = protocol.encode(message)
+        encoded = time.perf_counter()
+        if self._before_send is not None:
+            self._before_send()
+        sent, sent_at = time.perf_counter(), time.time()
+        reply_frames = [bytearray(frame) for frame in self._respond([bytearray(f) for f in frames])]
+        received, received_at = time.perf_counter(), time.time()
+        return exchange(message, frames, reply_frames, curve=False, encode_s=encoded - began, sent=sent,
+                        sent_at=sent_at, received=received, received_at=received_at)
+
+    def close(self) -> None:
+        pass

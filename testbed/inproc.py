@@ -1,0 +1,64 @@
+"""The in-process backend (``testbed run --backend inproc``): each arm is one process,
+``python -m workloads.inprocess``, that holds the server and every source and hands each
+request's encoded frame straight to the server's handler: the same code, encode and
+decode, bytes (those of a plaintext fleet) and training as the local backend, without
+sockets, caps or emulated links. The sources take turns, one request each, so a run is
+deterministic and an accuracy sweep runs many times faster. Its timings are those of one
+process doing everything in turn: compare bytes, losses and accuracy, not throughput."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .backend import ArmResult
+from .cpucap import Cap
+from .errors import BackendError
+from .local import POLL_S, Fleet, _describe_exit, server_thread_count
+from .progress import Progress
+from .signals import signals_deferred
+from .spec import RunSpec
+
+NO_CAP = Cap.method  # the cap method that caps nothing (the base Cap's)
+NAME = "arm"  # the arm's one process, in the fleet and as logs/arm.log
+
+
+def source_threads(cpu: float) -> int:
+    """A source's torch threads on the local backend: its cap rounded up."""
+    return max(1, int(cpu + 0.999))
+
+
+class InprocBackend:
+    """Each arm as one process on this machine, its sources stepped in turn."""
+    name = "inproc"
+
+    def __init__(self, spec: RunSpec, say=print):
+        self.spec, self.say = spec, say
+
+    def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
+        from workloads.inprocess import to_argv
+
+        s = self.spec
+        directory.mkdir(parents=True, exist_ok=True)
+        progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
+            if self.say is print else None
+        self.say(f"arm {module}: the server and {s.sources} sources in one process")
+        # the torch threads the local backend gives each program, so that the arithmetic is the same
+        options = {**s.workload_options(module), "run_id": f"{run_id}/{module}", "trace_dir": str(directory),
+                   "threads": server_thread_count(s)}
+        argv = to_argv(options) + ["--source-threads", ",".join(str(source_threads(c)) for c in s.cpus)]
+        fleet = Fleet(directory)
+        try:
+            proc = fleet.start(NAME, "workloads.inprocess", argv, trace=directory / "server.jsonl")
+            while proc.poll() is None:
+                if progress is not None:
+                    progress.update()
+                time.sleep(POLL_S)
+            if progress is not None:
+                progress.update()
+            if proc.returncode != 0:
+                raise BackendError(_describe_exit("the in-process arm", fleet, NAME))
+        finally:
+            with signals_deferred():  # a second Ctrl-C or a SIGTERM waits for the cleanup
+                fleet.stop()
+        return ArmResult(module, directory, NO_CAP, "no caps: one process, its sources stepped in turn")
+
