@@ -208,7 +208,8 @@ CORE: tuple[Option, ...] = (
            choices=_modules, chart="workload.module", many=True, run_default="none,filter", group="run"),
     Option("model", str, "vgg11", "model to split (vgg11, resnet18; -slim: quarter width, for quick runs)", choices=_models,
            chart="workload.model"),
-    Option("split", int, 2, "cut after this block: a VGG11 conv block, or the ResNet-18 stem (1) or a stage (2..5); 0: offload the raw input (input modules always use 0)",
+    Option("split", int, 2, "cut after this block: a VGG11 conv block, or the ResNet-18 stem (1) or a stage "
+           "(2..5); 0: offload the raw input (input modules always use 0)",
            min=0, chart="workload.split"),
     Option("dataset", str, "cifar10", "cifar10 (from --data-dir, else synthetic) or synthetic", choices=_datasets,
            chart="workload.dataset"),
