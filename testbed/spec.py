@@ -166,6 +166,11 @@ def _validate_inproc(spec: RunSpec) -> None:
     if given:
         raise SpecError(f"{', '.join(given)} cannot be used with --backend inproc: it runs each arm in one process, "
                         "without sockets or links (use --backend local)")
+    _validate_data_dir(spec)
+
+
+def _validate_data_dir(spec: RunSpec) -> None:
+    """``--data-dir`` on this host: it exists (or will be downloaded into) and holds CIFAR-10's layout."""
     if spec.data_dir:
         if not os.path.exists(spec.data_dir) and not spec.download:
             raise SpecError(f"data folder {spec.data_dir} does not exist")
@@ -182,13 +187,7 @@ def _validate_local(spec: RunSpec) -> None:
         raise SpecError(f"--cpu {max(spec.cpus):g} is more than this host's {cores} cores")
     if spec.server_cpus >= cores:
         raise SpecError(f"--server-cpus {spec.server_cpus} leaves no core for the sources: this host has {cores}")
-    if spec.data_dir:
-        if not os.path.exists(spec.data_dir) and not spec.download:
-            raise SpecError(f"data folder {spec.data_dir} does not exist")
-        try:
-            find_cifar10(spec.data_dir)
-        except DataError as exc:
-            raise SpecError(str(exc)) from None
+    _validate_data_dir(spec)
     check_port_free(spec.port)
 
 

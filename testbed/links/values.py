@@ -14,17 +14,22 @@ MIN_RATE_BPS = 8_000        # below 1 kB/s a 1500-byte packet takes longer than 
 MAX_RATE_BPS = 100 * 10**9
 DELAY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
-_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]+)\s*$", re.IGNORECASE)
+_QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]+)\s*$", re.IGNORECASE)
+
+
+def _quantity(text: str, units: dict, what: str, example: str, option: str) -> float:
+    """A number and a unit (``5mbit``, ``20ms``) in the unit the table's values scale to."""
+    match = _QUANTITY.match(str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in units:
+        raise ValueError(f"{option}: {text!r} is not a {what}; write a number and a unit, e.g. {example} "
+                         f"(units: {', '.join(units)})")
+    return float(match.group(1)) * units[unit]
 
 
 def parse_rate(text: str, option: str = "--bandwidth") -> int:
     """``5mbit`` -> 5_000_000 (bit/s)."""
-    match = _RATE.match(str(text))
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in RATE_UNITS:
-        raise ValueError(f"{option}: {text!r} is not a rate; write a number and a unit, e.g. 5mbit "
-                         f"(units: {', '.join(RATE_UNITS)})")
-    bps = round(float(match.group(1)) * RATE_UNITS[unit])
+    bps = round(_quantity(text, RATE_UNITS, "rate", "5mbit", option))
     if not MIN_RATE_BPS <= bps <= MAX_RATE_BPS:
         raise ValueError(f"{option}: {text} is outside {format_rate(MIN_RATE_BPS)}..{format_rate(MAX_RATE_BPS)}")
     return bps
@@ -68,12 +73,7 @@ def parse_updown(text: str, option: str = "--bandwidth") -> Rate:
 
 def parse_delay(text: str, option: str = "--delay") -> float:
     """``20ms`` / ``0.5s`` / ``300us`` -> milliseconds (one way, each direction)."""
-    match = _RATE.match(str(text))
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in DELAY_UNITS:
-        raise ValueError(f"{option}: {text!r} is not a delay; write a number and a unit, e.g. 20ms "
-                         f"(units: {', '.join(DELAY_UNITS)})")
-    ms = float(match.group(1)) * DELAY_UNITS[unit]
+    ms = _quantity(text, DELAY_UNITS, "delay", "20ms", option)
     if ms > 10_000:
         raise ValueError(f"{option}: {text} is more than 10 s")
     return ms
