@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from . import __version__
 from .runner import EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run, sweep_bandwidth
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     sub.add_parser("modules", help="list the compression modules: paper, knobs, what runs where",
                    description="The compression modules of the registry, with their knobs and defaults.")
+    _sweep_parser(sub)
     collect = sub.add_parser("collect", help="gather the traces of a release installed with helm install",
                              description="Collect every pod's trace lines of a splittest release into a run "
                                          "directory, then write its summary and report.")
@@ -69,6 +71,37 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--out", default="", help="run directory (default: ./runs/<release>)")
     collect.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     return parser
+
+
+def _sweep_parser(sub) -> None:
+    sweep = sub.add_parser("sweep", help="run the trials of a sweep spec (experiments/*.toml) on Ray",
+                           description="Run every trial of a sweep spec (a grid over modules, knobs, seeds, data, "
+                                       "bandwidths; experiments/ holds examples) on Ray, each an ordinary run "
+                                       "directory, then write sweep.json, sweep.csv and the sweep's figures. Running "
+                                       "it again reruns no trial that finished.")
+    sweep.add_argument("spec", metavar="SPEC", help="the sweep spec, a .toml or .yaml file")
+    sweep.add_argument("--out", default="", help="sweep folder (default: ./runs/sweep-<name>[-<scale>]; the same "
+                                                 "folder resumes)")
+    sweep.add_argument("--scale", choices=("smoke", "paper"), default=None,
+                       help="apply the spec's [scale.smoke] or [scale.paper] settings")
+    sweep.add_argument("--address", default="", help="join this Ray cluster (ray start --head; KubeRay: the head "
+                                                     "service, e.g. ray://HEAD:10001) instead of a local Ray")
+    sweep.add_argument("--cpus", type=float, default=None,
+                       help="CPUs of the local Ray (default: this machine's cores)")
+    sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+
+
+def sweep_command(args, say) -> int:
+    from .sweep import EXIT_BAD_INPUT, SweepSpecError, default_out, load_spec, run_sweep
+
+    try:
+        spec = load_spec(args.spec, args.scale)
+    except SweepSpecError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    out = Path(args.out) if args.out else default_out(spec)
+    return run_sweep(spec, out, address=args.address or None, cpus=args.cpus, say=say, bar=not args.quiet)
 
 
 def spec_from_args(args) -> RunSpec:
@@ -85,6 +118,8 @@ def main(argv=None) -> int:
         return 0
     if args.command == "report":
         return report(args.runs, args.out, say)
+    if args.command == "sweep":
+        return sweep_command(args, say)
     if args.command == "collect":
         return collect_release(args.release, namespace=args.namespace, context=args.kube_context or None,
                                out=args.out, say=say)
@@ -110,6 +145,11 @@ def main(argv=None) -> int:
         if spec.sweep_bandwidth:
             return sweep_bandwidth(spec, say, backend_for)
         return run(spec, say, backend_for(spec))
+    return run_on_this_machine(spec, say)
+
+
+def run_on_this_machine(spec: RunSpec, say=print) -> int:
+    """A validated spec on the local or inproc backend (``testbed run``, and each trial of a sweep)."""
     if spec.backend == "inproc":
         from .inproc import InprocBackend
         return run(spec, say, InprocBackend(spec, say))

@@ -107,7 +107,7 @@ def child_environment(extra: dict | None = None) -> dict:
     return env
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask the kernel to end this child if the testbed itself dies."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -137,7 +137,7 @@ class Fleet:
         self._logs.append(log)
 
         def preexec() -> None:  # in the child, between fork and exec
-            _die_with_parent()
+            die_with_parent()
             if join_cap is not None:
                 try:
                     join_cap()

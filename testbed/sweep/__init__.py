@@ -1,0 +1,152 @@
+"""``testbed sweep SPEC``: the trials of a spec (spec.py) on Ray (pool.py), each an
+ordinary run directory (trial.py), one table over them (table.py) and its figures
+(analysis/sweep.py).
+
+A second invocation with the same output folder reruns no trial that finished with the
+same settings; a failed trial is recorded with its error and the sweep goes on (it is
+rerun by the next invocation)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .spec import SweepSpec, SweepSpecError, Trial, load_spec  # noqa: F401
+from .table import FINISHED, SweepTable
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def default_out(spec: SweepSpec) -> Path:
+    """Where a sweep goes without ``--out``: the same folder every time, so that running
+    the command again resumes it."""
+    return Path("runs") / ("sweep-" + spec.name + (f"-{spec.scale}" if spec.scale else ""))
+
+
+def trial_settings(spec: SweepSpec, trial: Trial, index: int) -> dict:
+    """What a trial's ``testbed run`` gets: the spec's settings, the backend, quiet. Trials of
+    the local fleet that may run side by side get ports of their own."""
+    settings = {**trial.settings, "backend": spec.backend, "quiet": False}
+    if spec.backend == "local":
+        from workloads.settings import option
+        settings["port"] = settings.get("port", option("port").default) + index
+    return settings
+
+
+def check_trials(spec: SweepSpec) -> None:
+    """Every trial's settings through ``testbed run``'s own validation, before anything starts."""
+    from ..spec import RunSpec, SpecError, validate
+
+    for index, trial in enumerate(spec.trials):
+        try:
+            validate(RunSpec(**trial_settings(spec, trial, index)))
+        except SpecError as exc:
+            raise SweepSpecError(f"{spec.path}: trial {trial.id}: {exc}") from None
+
+
+def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: float | None = None,
+              say=print, bar: bool = True) -> int:
+    from .pool import RayError, run_trials, start_ray, stop_ray
+
+    try:
+        check_trials(spec)
+        out.mkdir(parents=True, exist_ok=True)
+    except SweepSpecError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"testbed: error: cannot create sweep folder {out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    table = SweepTable(out, spec)
+    todo = table.todo()
+    kept = f", {len(table.kept)} finished before (kept)" if table.kept else ""
+    say(f"sweep {spec.name}{' --scale ' + spec.scale if spec.scale else ''}: {len(spec.trials)} trials{kept}, "
+        f"{len(todo)} to run ({spec.backend} backend, {spec.cpus_per_trial:g} CPU"
+        f"{f', {spec.gpus_per_trial:g} GPU' if spec.gpus_per_trial else ''} each) -> {out}")
+    table.write()
+    if todo:
+        try:
+            offered = start_ray(address, cpus)
+        except RayError as exc:
+            print(f"testbed: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        say(f"ray: {offered['address']}, {offered['nodes']} node(s), {offered['cpus']:g} CPU, "
+            f"{offered['gpus']:g} GPU: up to {_at_once(spec, offered)} trials at once")
+        progress = _progress_bar(len(spec.trials), len(table.kept), enabled=bar)
+        index = {t.id: i for i, t in enumerate(spec.trials)}
+
+        def finished(trial: Trial, result: dict) -> None:
+            row = table.record(trial, result)
+            progress.update(1)
+            progress.set_postfix_str(f"failed {len(table.failed()) - _pending(table)}")
+            progress.write(_one_line(row), file=sys.stdout if say is print else _Null())
+
+        try:
+            run_trials(((t, trial_settings(spec, t, index[t.id]), str(table.trial_dir(t).resolve())) for t in todo),
+                       cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial, timeout_s=spec.timeout_s,
+                       on_done=finished)
+        except KeyboardInterrupt:
+            progress.close()
+            print("testbed: interrupted; every trial was stopped (the next invocation resumes)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            progress.close()
+            table.write(finished=True)
+            stop_ray()
+    else:
+        table.write(finished=True)
+    _report(out, say)
+    failed = table.failed()
+    if failed:
+        print(f"testbed: error: {len(failed)} of {len(spec.trials)} trials failed: "
+              + "; ".join(f"{r['trial']} ({r['error']})" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
+              + " (sweep.json has every error; run the command again to retry them)", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    return EXIT_OK
+
+
+def _pending(table: SweepTable) -> int:
+    return sum(1 for r in table.rows.values() if r["status"] == "pending")
+
+
+def _at_once(spec: SweepSpec, offered: dict) -> int:
+    by_cpu = int(offered["cpus"] // spec.cpus_per_trial) if spec.cpus_per_trial else 0
+    by_gpu = int(offered["gpus"] // spec.gpus_per_trial) if spec.gpus_per_trial else by_cpu
+    return max(0, min(by_cpu, by_gpu))
+
+
+def _one_line(row: dict) -> str:
+    metrics = row["metrics"]
+    if row["status"] in FINISHED:
+        accuracy = metrics.get("test_accuracy")
+        sent = metrics.get("bytes_per_sample_sent")
+        return (f"  {row['trial']}: {row['status']}, accuracy {accuracy:.3f}" if accuracy is not None else
+                f"  {row['trial']}: {row['status']}") + \
+            (f", {sent:,.0f} B/sample sent" if sent is not None else "") + f" ({row['seconds']:.0f} s)"
+    return f"  {row['trial']}: FAILED: {row['error']}"
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="trial", desc="trials", disable=None if enabled else True,  # None: off where stderr is no terminal
+               
+                dynamic_ncols=True, file=sys.stderr)
+
+
+class _Null:
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+
+def _report(out: Path, say) -> None:
+    try:
+        from analysis.sweep import write_sweep_report
+    except ImportError:  # the sweep's figures come with analysis/sweep.py
+        return
+    result = write_sweep_report(out)
+    for problem in result.problems:
+        print(f"testbed: warning: {problem}", file=sys.stderr)
+    say(f"report: {result.markdown} ({len(result.figures) // 2} figures)")

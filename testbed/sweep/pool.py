@@ -1,0 +1,86 @@
+"""Trials on Ray: each trial a Ray task with the spec's resources (fractional CPUs, GPUs
+where the cluster has them) that runs the trial's own process (trial.py). A local Ray
+sized to this machine by default; ``address`` joins an existing cluster (``ray start``,
+KubeRay). Ray's CPUs are logical: they say how many trials run at once; the caps of a
+local-fleet trial stay cgroups."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Iterable
+
+from .trial import execute
+
+OBJECT_STORE_BYTES = 200 * 1024 ** 2  # results are small dicts: keep Ray's store (shared memory) small
+CANCEL_WAIT_S = 60.0
+
+
+class RayError(RuntimeError):
+    """Ray could not be started or joined; the message says why."""
+
+
+def start_ray(address: str | None, cpus: float | None) -> dict:
+    """Join ``address`` or start a local Ray with ``cpus`` (default: this machine's cores);
+    what it offers (for the terminal and sweep.json)."""
+    import ray
+
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            ray.init(num_cpus=int(cpus) if cpus else (os.cpu_count() or 1), include_dashboard=False,
+                     logging_level=logging.ERROR, log_to_driver=False,
+                     object_store_memory=OBJECT_STORE_BYTES)
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: say what Ray said, in one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RayError(f"cannot {'join the Ray cluster at ' + address if address else 'start a local Ray'}: "
+                       f"{first}") from None
+    resources = ray.cluster_resources()
+    return {"address": address or "local", "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0),
+            "nodes": len(ray.nodes())}
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def run_trials(jobs: Iterable[tuple[object, dict, str]], *, cpus: float, gpus: float, timeout_s: float | None,
+               on_done: Callable[[object, dict], None]) -> None:
+    """Submit every ``(key, settings, trial_dir)`` as a Ray task, and call ``on_done(key,
+    result)`` as each finishes (in the order they finish). A task that Ray itself loses (its
+    worker died) is a failed result, not an exception. Ctrl-C cancels every task (each
+    stops its trial's process, which cleans up) and is raised again."""
+    import ray
+
+    task = ray.remote(execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    pending = {task.remote(settings, trial_dir, timeout_s): key for key, settings, trial_dir in jobs}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                key = pending.pop(ref)
+                on_done(key, _result(ref))
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while pending and time.monotonic() < deadline:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
+            for ref in done:
+                pending.pop(ref)
+        raise
+
+
+def _result(ref) -> dict:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:  # the worker died, the task was cancelled, a node was lost
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {"status": "failed", "error": f"Ray lost the trial: {type(exc).__name__}: {first}",
+                "seconds": None, "summary": None}

@@ -1,0 +1,167 @@
+"""``testbed sweep``: specs as data expanded into trials, trials on a real local Ray, each
+an ordinary run directory; a second invocation reruns nothing that finished; a trial
+whose process is killed is a failed row and the sweep finishes."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from testbed.sweep import SweepSpecError, load_spec
+
+TINY = """
+backend = "inproc"
+[base]
+sources = 1
+model = "vgg11-slim"
+dataset = "synthetic"
+batches = 2
+epochs = 1
+eval-samples = 16
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_arms_knobs_and_grid_expand_into_named_trials(tmp_path):
+    spec = load_spec(write(tmp_path, TINY + """
+[grid]
+seed = [0, 1]
+[[arms]]
+module = "none"
+[[arms]]
+module = "filter"
+budget = [2, 8]
+[[arms]]
+label = "cdc, no guidance"
+module = "cdc"
+mask-number = [0, 4]
+alpha = 1000000.0
+"""))
+    ids = [t.id for t in spec.trials]
+    assert ids == ["none-seed-0", "none-seed-1", "filter-budget-2-seed-0", "filter-budget-2-seed-1",
+                   "filter-budget-8-seed-0", "filter-budget-8-seed-1", "cdc-no-guidance-mask-number-0-seed-0",
+                   "cdc-no-guidance-mask-number-0-seed-1", "cdc-no-guidance-mask-number-4-seed-0",
+                   "cdc-no-guidance-mask-number-4-seed-1"]
+    filter8 = spec.trials[5]
+    assert filter8.settings["budget"] == 8 and filter8.settings["seed"] == 1 and filter8.settings["batches"] == 2
+    assert (filter8.series, filter8.knob, filter8.knob_value) == ("filter", "budget", 8)
+    cdc = spec.trials[-1]
+    assert (cdc.series, cdc.knob, cdc.knob_value, cdc.settings["alpha"]) == ("cdc, no guidance", "mask_number", 4, 1e6)
+    assert spec.trials[0].knob is None
+    assert spec.vary == ["module", "seed", "budget", "alpha", "mask_number"]
+    assert spec.backend == "inproc" and spec.cpus_per_trial == 1.0
+
+
+def test_a_scale_overrides_base_and_grid(tmp_path):
+    text = TINY + """
+[grid]
+seed = [0, 1, 2]
+[[arms]]
+module = "none"
+[scale.smoke]
+epochs = 3
+grid = { seed = [5] }
+[scale.paper]
+model = "vgg11"
+"""
+    smoke = load_spec(write(tmp_path, text), "smoke")
+    assert [(t.settings["epochs"], t.seed, t.settings["model"]) for t in smoke.trials] == [(3, 5, "vgg11-slim")]
+    paper = load_spec(write(tmp_path, text), "paper")
+    assert [t.settings["model"] for t in paper.trials] == ["vgg11"] * 3
+    assert [t.settings["epochs"] for t in load_spec(write(tmp_path, text)).trials] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[arms]]\nmodule = "none"\nbudjet = 4\n', "arm 1: unknown setting 'budjet' (did you mean budget or beta?)"),
+    ('[[arms]]\nmodule = "gzip"\n', "trial gzip: unknown module 'gzip'"),
+    ('[[arms]]\nmodule = "filter"\nbudget = "four"\n', "arm 1: --budget must be an integer, got 'four'"),
+    ('[[arms]]\nmodule = "filter"\nbudget = 0\n', "trial filter: --budget must be"),
+    ('[[arms]]\nbudget = 4\n', "arm 1 has no module"),
+    ('[[arms]]\nmodule = "none"\n[[arms]]\nmodule = "none"\n', "two trials are both none: give the arms different labels"),
+    ('[[arms]]\nmodule = "none"\nout = "x"\n', "arm 1: out is set by the sweep for every trial, not by the spec"),
+    ('colour = 1\n---\n[[arms]]\nmodule = "none"\n', "unknown top-level key(s) colour"),
+    ('[[arms]]\nmodule = "none"\n[scale.smoke]\nepochs = 1\n', "has no [scale.paper]; it has smoke"),
+    ('[[arms]\nmodule = "none"\n', "is not valid TOML"),
+    ('', "no arms: give at least one [[arms]] with a module"),
+])
+def test_a_bad_spec_is_one_line_naming_the_problem(tmp_path, text, message):
+    top, _, text = text.rpartition("---\n")  # what goes before [base]
+    path = write(tmp_path, top + TINY + text)
+    result = subprocess.run([sys.executable, "-m", "testbed.cli", "sweep", str(path), "--scale", "paper",
+                             "--out", str(tmp_path / "out")] if "scale.smoke" in text else
+                            [sys.executable, "-m", "testbed.cli", "sweep", str(path), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"testbed: error: {path}"), result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_yaml_specs_read_like_toml(tmp_path):
+    spec = load_spec(write(tmp_path, "backend: inproc\nbase: {sources: 1}\narms:\n  - {module: filter, budget: [2, 4]}\n",
+                           "spec.yaml"))
+    assert [t.id for t in spec.trials] == ["filter-budget-2", "filter-budget-4"]
+    with pytest.raises(SweepSpecError, match="a .toml or .yaml file"):
+        load_spec(write(tmp_path, "x", "spec.txt"))
+
+
+def _kill_when_running(sweep: subprocess.Popen, trial_dir: Path, deadline_s: float = 240) -> bool:
+    """SIGKILL the process of the trial that writes into ``trial_dir`` once it has trained a batch."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end and sweep.poll() is None:
+        trace = trial_dir / "filter" / "source-0.jsonl"
+        if trace.exists() and '"batch"' in trace.read_text():
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = proc.info["cmdline"] or []
+                if "testbed.sweep.trial" in cmdline and str(trial_dir) in cmdline:
+                    proc.send_signal(signal.SIGKILL)
+                    return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_sweep_on_local_ray_resumes_and_records_a_killed_trial(tmp_path):
+    arms = '[grid]\nseed = [0, 1]\n[[arms]]\nmodule = "none"\n[[arms]]\nmodule = "filter"\nbudget = [2, 4, 8]\n'
+    long_arm = '[[arms]]\nlabel = "long"\nmodule = "filter"\nepochs = 100000\nseed = 0\n'  # one trial: no grid
+    spec = write(tmp_path, "timeout_s = 300\n" + TINY + arms + long_arm)
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out), "--cpus", "2"]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = _kill_when_running(sweep, (out / "trials" / "long").resolve())
+    stdout, stderr = sweep.communicate(timeout=600)
+    assert killed, stderr
+    table = json.loads((out / "sweep.json").read_text())
+    rows = {r["trial"]: r for r in table["trials"]}
+    assert len(rows) == 9 and table["finished"] and table["vary"] == ["epochs", "module", "seed", "budget"]
+    assert rows["long"]["status"] == "failed" and rows["long"]["error"] == "killed by SIGKILL"
+    assert sweep.returncode == 1 and "long (killed by SIGKILL)" in stderr  # the sweep finished, and says so
+    finished = [r for r in rows.values() if r["status"] == "ok"]
+    assert len(finished) == 8  # every other trial finished
+    for row in finished:
+        summary = json.loads((out / row["run_dir"] / "summary.json").read_text())  # an ordinary run directory
+        assert summary["arms"][row["module"]]["test_accuracy"] == row["metrics"]["test_accuracy"]
+    assert rows["filter-budget-2-seed-0"]["metrics"]["bytes_per_sample_sent"] < \
+        rows["none-seed-0"]["metrics"]["bytes_per_sample_sent"] / 10
+    assert "trial,status,error" in (out / "sweep.csv").read_text().splitlines()[0]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]
+
+    # the same command again, the long arm left out: nothing reruns
+    write(tmp_path, TINY + arms)
+    stamps = {r["trial"]: (out / r["run_dir"] / "summary.json").stat().st_mtime_ns for r in finished}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "8 trials, 8 finished before (kept), 0 to run" in again.stdout
+    assert stamps == {t: (out / "trials" / t / "summary.json").stat().st_mtime_ns for t in stamps}
+    assert [r["trial"] for r in json.loads((out / "sweep.json").read_text())["trials"]] == list(stamps)
