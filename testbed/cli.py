@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("modules", help="list the compression modules: paper, knobs, what runs where",
                    description="The compression modules of the registry, with their knobs and defaults.")
     _sweep_parser(sub)
+    _reproduce_parser(sub)
     collect = sub.add_parser("collect", help="gather the traces of a release installed with helm install",
                              description="Collect every pod's trace lines of a splittest release into a run "
                                          "directory, then write its summary and report.")
@@ -89,6 +90,28 @@ def _sweep_parser(sub) -> None:
     sweep.add_argument("--cpus", type=float, default=None,
                        help="CPUs of the local Ray (default: this machine's cores)")
     sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+
+
+def _reproduce_parser(sub) -> None:
+    from .reproduce import experiments
+
+    names = experiments()
+    one = sub.add_parser("reproduce", help="reproduce a paper's figure or table: its sweep, then its claims",
+                         description="Run the sweep of one paper experiment (experiments/reproduce/NAME.toml) on Ray, "
+                                     "then write reproduce.md: whether the paper's ordering holds, in words, the "
+                                     "paper's values beside the measured ones, and the figures. Experiments: "
+                                     + ", ".join(names) + ".")
+    one.add_argument("name", metavar="NAME", choices=names, help="the experiment: " + ", ".join(names))
+    one.add_argument("--scale", choices=("smoke", "paper"), default="smoke",
+                     help="smoke: minutes on 2 CPU cores (small model, small data, few epochs: the shape); paper: "
+                          "the paper's settings, for a GPU or a cluster, CIFAR-10 from --data-dir (default smoke)")
+    one.add_argument("--data-dir", default="", help="folder holding the dataset (torchvision's layout), for every "
+                                                    "trial")
+    one.add_argument("--out", default="", help="folder (default: ./runs/reproduce-NAME-SCALE; the same folder "
+                                               "resumes)")
+    one.add_argument("--address", default="", help="join this Ray cluster instead of a local Ray")
+    one.add_argument("--cpus", type=float, default=None, help="CPUs of the local Ray (default: this machine's cores)")
+    one.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
 
 
 def sweep_command(args, say) -> int:
@@ -120,6 +143,11 @@ def main(argv=None) -> int:
         return report(args.runs, args.out, say)
     if args.command == "sweep":
         return sweep_command(args, say)
+    if args.command == "reproduce":
+        from .reproduce import reproduce_command
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        return reproduce_command(args.name, scale=args.scale, out=args.out, data_dir=args.data_dir,
+                                 address=args.address or None, cpus=args.cpus, say=say, bar=not args.quiet)
     if args.command == "collect":
         return collect_release(args.release, namespace=args.namespace, context=args.kube_context or None,
                                out=args.out, say=say)

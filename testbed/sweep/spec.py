@@ -4,7 +4,8 @@ into trials.
 A spec names the settings every trial shares (``[base]``), the arms (``[[arms]]``: a
 module and its knobs; a list gives one trial per value: the arm's knob), a grid every arm
 is repeated over (``[grid]``: seeds, datasets, bandwidths) and overrides per scale
-(``[scale.smoke]``, ``[scale.paper]``). Keys are ``testbed run``'s options, spelt as the
+(``[scale.smoke]``, ``[scale.paper]``; ``[scale.smoke.arms.NAME]`` for one arm, by its label or
+module). Keys are ``testbed run``'s options, spelt as the
 flag without its dashes (``batch-size`` or ``batch_size``). A trial is one arm's run with
 one value of each list: an ordinary run directory of one arm.
 
@@ -79,9 +80,10 @@ class SweepSpec:
     raw: dict = field(default_factory=dict)  # the parsed file (the reproduce command reads its own table)
 
 
-def load_spec(path: str | os.PathLike, scale: str | None = None) -> SweepSpec:
+def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict | None = None) -> SweepSpec:
     """The spec at ``path`` expanded into its trials, every setting checked against its
-    declaration; a SweepSpecError (one line, naming the file) for anything wrong."""
+    declaration; a SweepSpecError (one line, naming the file) for anything wrong.
+    ``override`` (settings by dest) apply to every trial, over the spec's own."""
     path = Path(path)
     raw = _read(path)
     where = str(path)
@@ -100,15 +102,23 @@ def load_spec(path: str | os.PathLike, scale: str | None = None) -> SweepSpec:
         raise SweepSpecError(f"{where} has no [scale.{scale}]; it has {', '.join(sorted(scales)) or 'none'}")
     overrides = scales.get(scale, {}) if scale else {}
     base = {**_settings(raw.get("base") or {}, f"{where}: [base]"),
-            **_settings({k: v for k, v in overrides.items() if k != "grid"}, f"{where}: [scale.{scale}]")}
+            **_settings({k: v for k, v in overrides.items() if k not in ("grid", "arms")}, f"{where}: [scale.{scale}]")}
+    given = _settings(override or {}, "the command line")
     grid = {**_settings(raw.get("grid") or {}, f"{where}: [grid]"),
             **_settings(overrides.get("grid") or {}, f"{where}: [scale.{scale}.grid]")}
     arms = raw.get("arms") or []
     if not isinstance(arms, list) or not arms:
         raise SweepSpecError(f"{where}: no arms: give at least one [[arms]] with a module")
     trials = []
+    per_arm = _table(overrides.get("arms") or {}, f"{where}: [scale.{scale}.arms]")
     for number, arm in enumerate(arms, 1):
-        trials += _expand_arm(arm, base, grid, f"{where}: arm {number}")
+        _table(arm, f"{where}: arm {number}")
+        name = arm.get("label") or arm.get("module")
+        arm = {**arm, **_table(per_arm.pop(name, {}), f"{where}: [scale.{scale}.arms.{name}]")}
+        trials += _expand_arm(arm, base, grid, f"{where}: arm {number}", given)
+    if per_arm:
+        raise SweepSpecError(f"{where}: [scale.{scale}.arms] names {', '.join(per_arm)}, which is no arm's label "
+                             "or module")
     _check_unique(trials, where)
     cpus = raw.get("cpus_per_trial", 1.0 if backend == "inproc" else float(os.cpu_count() or 1))
     if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
@@ -186,7 +196,7 @@ def _settings(table: dict, where: str) -> dict:
     return out
 
 
-def _expand_arm(arm, base: dict, grid: dict, where: str) -> list[Trial]:
+def _expand_arm(arm, base: dict, grid: dict, where: str, given: dict) -> list[Trial]:
     _table(arm, where)
     label = arm.get("label")
     settings = _settings({k: v for k, v in arm.items() if k not in ARM_ONLY}, where)
@@ -200,7 +210,7 @@ def _expand_arm(arm, base: dict, grid: dict, where: str) -> list[Trial]:
     trials = []
     for values in itertools.product(*[settings[k] for k in lists], *[_listed(grid[k]) for k in grid_keys]):
         chosen = dict(zip(lists + grid_keys, values))
-        one = {**base, **{k: v for k, v in grid.items() if not isinstance(v, list)}, **fixed, **chosen}
+        one = {**base, **{k: v for k, v in grid.items() if not isinstance(v, list)}, **fixed, **chosen, **given}
         for key, value in one.items():  # a list left in [base] is refused: lists belong to a grid or an arm
             if isinstance(value, list):
                 raise SweepSpecError(f"{where}: {key} is a list in [base]; put lists in [grid] or an arm")

@@ -1,0 +1,334 @@
+"""A paper's claims against a sweep's measurements (``testbed reproduce NAME``).
+
+The claims are data, in the experiment's spec (``experiments/reproduce/NAME.toml``,
+table ``[reproduce]``): each ``[[reproduce.claims]]`` has a ``kind`` (the functions of
+``CLAIMS`` below), the series it compares (the sweep's ``series``: an arm's label or its
+module) and the paper's value with where it comes from; ``[[reproduce.table]]`` rows put
+the paper's reference values beside the measured ones. This module reads the sweep's
+files only (``sweep.json`` and the trials' run directories) and writes
+``reproduce.md`` and ``reproduce.json``.
+
+Every claim becomes one sentence that says whether the paper's ordering holds and by how
+much, e.g. "deprune reached none's accuracy (0.91 vs 0.92) with 3.9x fewer bytes; paper:
+5.19x" or "... did not reach ...".
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PIXELS = 32 * 32  # bits per input pixel (bpp) divide a sample's bits by its pixels (CIFAR's 32x32)
+
+
+class ReproduceError(ValueError):
+    """A claim or table row the sweep cannot answer (a series it has no trial of)."""
+
+
+@dataclass
+class Verdict:
+    kind: str
+    holds: bool | None      # None: the sweep cannot say (a series failed)
+    statement: str
+    measured: float | None = None
+    paper: object = None
+
+
+@dataclass
+class Reproduction:
+    verdicts: list[Verdict] = field(default_factory=list)
+    table: list[dict] = field(default_factory=list)
+    markdown: Path | None = None
+
+
+class Sweep:
+    """The finished trials of a sweep, by series, and each trial's accuracy per epoch."""
+
+    def __init__(self, sweep_dir: str | Path):
+        self.dir = Path(sweep_dir)
+        data = json.loads((self.dir / "sweep.json").read_text())
+        self.rows = [r for r in data["trials"] if r["status"] in ("ok", "lost-sources")]
+        self.failed = [r for r in data["trials"] if r["status"] not in ("ok", "lost-sources")]
+
+    def points(self, series: str) -> list[dict]:
+        """The series' points, one per knob value: metrics averaged over seeds (with ``n``
+        seeds and ``accuracy_std``), sorted by bytes per sample."""
+        rows = [r for r in self.rows if r["series"] == series]
+        if not rows:
+            known = sorted({r["series"] for r in self.rows})
+            why = " (its trials failed)" if any(r["series"] == series for r in self.failed) else ""
+            raise ReproduceError(f"no finished trial of series {series!r}{why}; the sweep has {', '.join(known)}")
+        by_value: dict = {}
+        for row in rows:
+            by_value.setdefault(json.dumps(row["knob_value"]), []).append(row)
+        points = []
+        for group in by_value.values():
+            point = {"series": series, "knob": group[0]["knob"], "knob_value": group[0]["knob_value"],
+                     "n": len(group), "trials": [r["trial"] for r in group]}
+            for metric in group[0]["metrics"]:
+                values = [r["metrics"][metric] for r in group if r["metrics"].get(metric) is not None]
+                point[metric] = sum(values) / len(values) if values else None
+            accuracies = [r["metrics"]["test_accuracy"] for r in group if r["metrics"].get("test_accuracy") is not None]
+            point["accuracy_std"] = _std(accuracies)
+            points.append(point)
+        return sorted(points, key=lambda p: p.get("bytes_per_sample_sent") or 0)
+
+    def point(self, series: str, knob_value=None) -> dict:
+        points = self.points(series)
+        if knob_value is None:
+            if len(points) > 1:
+                raise ReproduceError(f"series {series!r} has {len(points)} knob values: name one")
+            return points[0]
+        for point in points:
+            if point["knob_value"] == knob_value:
+                return point
+        raise ReproduceError(f"series {series!r} has no trial at {points[0]['knob']} {knob_value}")
+
+    def curve(self, series: str, knob_value=None) -> list[float]:
+        """Test accuracy after each epoch (mean over the series' sources and seeds)."""
+        from .load import load_runs
+
+        trials = self.point(series, knob_value)["trials"]
+        per_trial = []
+        for trial in trials:
+            evals = load_runs([self.dir / "trials" / trial]).evals
+            per_trial.append(evals.groupby("epoch")["accuracy"].mean().sort_index().tolist())
+        epochs = min(len(c) for c in per_trial)
+        return [sum(c[e] for c in per_trial) / len(per_trial) for e in range(epochs)]
+
+
+def _std(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _acc(point: dict) -> str:
+    std = point.get("accuracy_std")
+    return f"{point['test_accuracy']:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def _paper(claim: dict) -> str:
+    if "paper" not in claim:
+        return ""
+    value = claim["paper"]
+    text = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+    return f"; paper: {text}{claim.get('unit', '')}" + (f" ({claim['source']})" if claim.get("source") else "")
+
+
+# --- the claim kinds ------------------------------------------------------------------------------------------
+
+def ratio(sweep: Sweep, claim: dict) -> Verdict:
+    """``numerator``'s metric over ``denominator``'s; holds when above 1 (the paper's direction)."""
+    metric = claim["metric"]
+    top = sweep.point(claim["numerator"], claim.get("numerator_value"))
+    bottom = sweep.point(claim["denominator"], claim.get("denominator_value"))
+    measured = top[metric] / bottom[metric]
+    holds = measured > 1
+    what = claim.get("what", f"{metric} of {claim['numerator']} over {claim['denominator']}")
+    return Verdict("ratio", holds, f"{what}: {measured:.2f}×" + ("" if holds else " (not above 1: the ordering "
+                                                                  "does not hold)") + _paper(claim),
+                   measured, claim.get("paper"))
+
+
+def same_accuracy_fewer_bytes(sweep: Sweep, claim: dict) -> Verdict:
+    """``series`` reaches ``against``'s final accuracy (within ``tolerance``) with fewer bytes."""
+    tolerance = claim.get("tolerance", 0.02)
+    mine = sweep.point(claim["series"], claim.get("value"))
+    theirs = sweep.point(claim["against"], claim.get("against_value"))
+    fewer = theirs["bytes_sent_total"] / mine["bytes_sent_total"]
+    reached = mine["test_accuracy"] >= theirs["test_accuracy"] - tolerance
+    verb = "reached" if reached else "did not reach"
+    return Verdict("same_accuracy_fewer_bytes", reached and fewer > 1,
+                   f"{claim['series']} {verb} {claim['against']}'s accuracy ({_acc(mine)} vs {_acc(theirs)}, "
+                   f"tolerance {tolerance:g}) with {fewer:.2f}× fewer bytes" + _paper(claim), fewer, claim.get("paper"))
+
+
+def accuracy_gain(sweep: Sweep, claim: dict) -> Verdict:
+    """``series`` ends more accurate than ``against`` (in percentage points)."""
+    mine = sweep.point(claim["series"], claim.get("value"))
+    theirs = sweep.point(claim["against"], claim.get("against_value"))
+    gain = 100 * (mine["test_accuracy"] - theirs["test_accuracy"])
+    return Verdict("accuracy_gain", gain > 0,
+                   f"{claim['series']} ended {gain:+.1f} points against {claim['against']} "
+                   f"({_acc(mine)} vs {_acc(theirs)})" + _paper(claim), gain, claim.get("paper"))
+
+
+def speedup_to_accuracy(sweep: Sweep, claim: dict) -> Verdict:
+    """Epochs ``against`` (trained from scratch) needs to first reach its best accuracy
+    (less ``tolerance``), over the epochs ``series`` needs to reach it after its transfer:
+    the start of its schedule's ``phase`` (1-based)."""
+    tolerance = claim.get("tolerance", 0.02)
+    scratch = sweep.curve(claim["against"], claim.get("against_value"))
+    mine = sweep.curve(claim["series"], claim.get("value"))
+    start, end = _phase_window(sweep.point(claim["series"], claim.get("value")), claim.get("phase", 2), sweep)
+    target = max(scratch) - tolerance
+    scratch_epochs = next(e + 1 for e, a in enumerate(scratch) if a >= target)
+    mine_epochs = next((e - start + 1 for e in range(start, min(end, len(mine))) if mine[e] >= target), None)
+    if mine_epochs is None:
+        return Verdict("speedup_to_accuracy", False,
+                       f"{claim['series']} did not reach {claim['against']}'s best accuracy less {tolerance:g} "
+                       f"({target:.3f}) in its {end - start} epochs after the transfer (it reached "
+                       f"{max(mine[start:end], default=float('nan')):.3f}); from scratch took {scratch_epochs} "
+                       "epochs" + _paper(claim), None, claim.get("paper"))
+    speedup = scratch_epochs / mine_epochs
+    return Verdict("speedup_to_accuracy", speedup > 1,
+                   f"{claim['series']} reached {claim['against']}'s best accuracy less {tolerance:g} ({target:.3f}) "
+                   f"{mine_epochs} epoch(s) after its transfer; from scratch took {scratch_epochs}: {speedup:.1f}× "
+                   "sooner" + _paper(claim), speedup, claim.get("paper"))
+
+
+def _phase_window(point: dict, phase: int, sweep: Sweep) -> tuple[int, int]:
+    """The epochs [start, end) of the ``phase``-th step of the trial's budget schedule."""
+    row = next(r for r in sweep.rows if r["trial"] == point["trials"][0])
+    text = row["params"].get("schedule") or ""
+    phases = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part]
+    if len(phases) < phase:
+        raise ReproduceError(f"series {point['series']} has no phase {phase} in its schedule {text!r}")
+    start = sum(e for _, e in phases[:phase - 1])
+    return start, start + phases[phase - 1][1]
+
+
+def monotone(sweep: Sweep, claim: dict) -> Verdict:
+    """Along ``series`` sorted by bytes per sample, accuracy does not fall by more than
+    ``tolerance`` (more bytes, at least as accurate)."""
+    tolerance = claim.get("tolerance", 0.02)
+    points = sweep.points(claim["series"])
+    knob = points[0]["knob"] or "knob"
+    falls = [(a, b) for a, b in zip(points, points[1:]) if b["test_accuracy"] < a["test_accuracy"] - tolerance]
+    trail = ", ".join(f"{p['knob_value']}: {p['test_accuracy']:.3f} at {p['bytes_per_sample_sent']:,.0f} B"
+                      for p in points)
+    verdict = "accuracy rises (or holds) with the bytes" if not falls else \
+        f"accuracy falls {len(falls)} time(s) as the bytes grow (beyond {tolerance:g})"
+    return Verdict("monotone", not falls, f"{claim['series']} by {knob.replace('_', '-')}: {verdict} ({trail})"
+                   + _paper(claim), None, claim.get("paper"))
+
+
+def dominates(sweep: Sweep, claim: dict) -> Verdict:
+    """Every point of each ``against`` series has a ``series`` point with no more bytes and
+    at least its accuracy (less ``tolerance``)."""
+    tolerance = claim.get("tolerance", 0.02)
+    mine = sweep.points(claim["series"])
+    parts, beaten, total = [], 0, 0
+    for other in claim["against"]:
+        theirs = sweep.points(other)
+        count = sum(1 for t in theirs if any(m["bytes_per_sample_sent"] <= t["bytes_per_sample_sent"]
+                                             and m["test_accuracy"] >= t["test_accuracy"] - tolerance for m in mine))
+        parts.append(f"{count} of {len(theirs)} {other} points")
+        beaten, total = beaten + count, total + len(theirs)
+    return Verdict("dominates", beaten == total,
+                   f"{claim['series']} matched or beat, at no more bytes, {', '.join(parts)}" + _paper(claim),
+                   beaten / total if total else None, claim.get("paper"))
+
+
+def accuracy_at_rate(sweep: Sweep, claim: dict) -> Verdict:
+    """The fewest bytes at which ``series`` is within ``tolerance`` of ``against``'s accuracy,
+    in bits per input pixel."""
+    tolerance = claim.get("tolerance", 0.02)
+    theirs = sweep.point(claim["against"], claim.get("against_value"))
+    good = [p for p in sweep.points(claim["series"]) if p["test_accuracy"] >= theirs["test_accuracy"] - tolerance]
+    if not good:
+        best = max(sweep.points(claim["series"]), key=lambda p: p["test_accuracy"])
+        return Verdict("accuracy_at_rate", False,
+                       f"{claim['series']} stayed below {claim['against']}'s accuracy less {tolerance:g} at every "
+                       f"rate (best {_acc(best)} at {_bpp(best):.2f} bpp, against {_acc(theirs)})" + _paper(claim),
+                       None, claim.get("paper"))
+    point = good[0]
+    return Verdict("accuracy_at_rate", True,
+                   f"{claim['series']} kept {claim['against']}'s accuracy ({_acc(point)} vs {_acc(theirs)}) down to "
+                   f"{_bpp(point):.2f} bits per input pixel ({point['bytes_per_sample_sent']:,.0f} B per sample, "
+                   f"{point['knob'] or 'knob'} {point['knob_value']})" + _paper(claim), _bpp(point), claim.get("paper"))
+
+
+def _bpp(point: dict) -> float:
+    return 8 * point["bytes_per_sample_sent"] / PIXELS
+
+
+CLAIMS = {f.__name__: f for f in (ratio, same_accuracy_fewer_bytes, accuracy_gain, speedup_to_accuracy, monotone,
+                                   dominates, accuracy_at_rate)}
+
+
+# --- the table and the report ---------------------------------------------------------------------------------
+
+def table_rows(sweep: Sweep, rows: list[dict], reference: str | None) -> list[dict]:
+    """Each ``[[reproduce.table]]`` row (``series``, optional ``value``, ``paper``: the
+    paper's columns) with the measured bytes, bpp, accuracy and, with a ``reference``
+    series, the accuracy loss against it."""
+    base = sweep.point(reference) if reference else None
+    out = []
+    for row in rows:
+        try:
+            point = sweep.point(row["series"], row.get("value"))
+        except ReproduceError as exc:
+            out.append({"series": row["series"], "value": row.get("value"), "paper": row.get("paper", {}),
+                        "measured": None, "missing": str(exc)})
+            continue
+        measured = {"bytes per sample": round(point["bytes_per_sample_sent"], 1), "bpp": round(_bpp(point), 3),
+                    "accuracy": _acc(point), "seeds": point["n"]}
+        if base is not None:
+            measured[f"loss vs {reference} (points)"] = round(100 * (base["test_accuracy"] - point["test_accuracy"]), 2)
+        out.append({"series": row["series"], "value": row.get("value"), "paper": row.get("paper", {}),
+                    "measured": measured})
+    return out
+
+
+def reproduce(sweep_dir: str | Path, spec: dict, *, scale: str | None = None, command: str = "") -> Reproduction:
+    """Evaluate the claims and the table of ``spec`` (the ``[reproduce]`` table) on the
+    sweep in ``sweep_dir``; write ``reproduce.md`` and ``reproduce.json`` there."""
+    sweep = Sweep(sweep_dir)
+    result = Reproduction()
+    for claim in spec.get("claims", []):
+        kind = CLAIMS.get(claim.get("kind"))
+        if kind is None:
+            raise ReproduceError(f"unknown claim kind {claim.get('kind')!r}; known: {', '.join(CLAIMS)}")
+        try:
+            result.verdicts.append(kind(sweep, claim))
+        except ReproduceError as exc:
+            result.verdicts.append(Verdict(claim["kind"], None, str(exc)))
+    result.table = table_rows(sweep, spec.get("table", []), spec.get("reference"))
+    result.markdown = _write(Path(sweep_dir), spec, result, scale, command, sweep)
+    return result
+
+
+def _write(folder: Path, spec: dict, result: Reproduction, scale, command: str, sweep: Sweep) -> Path:
+    lines = [f"# {spec.get('title', folder.name)}", "",
+             f"Paper {', '.join(str(x) for x in (spec.get('paper', '?'), spec.get('figures')) if x)}. "
+             f"Scale: {scale or 'as the spec says'}."
+             + (f" Command: `{command}`." if command else ""), ""]
+    if spec.get("scale_notes", {}).get(scale or ""):
+        lines += [spec["scale_notes"][scale], ""]
+    lines += ["## Does the paper's ordering hold?", ""]
+    for verdict in result.verdicts:
+        mark = {True: "holds", False: "does not hold", None: "cannot say"}[verdict.holds]
+        lines.append(f"- **{mark}**: {verdict.statement}")
+    if spec.get("why"):
+        lines += ["", spec["why"]]
+    if result.table:
+        paper_cols = []
+        for row in result.table:
+            paper_cols += [c for c in row["paper"] if c not in paper_cols]
+        measured_cols = []
+        for row in result.table:
+            measured_cols += [c for c in (row["measured"] or {}) if c not in measured_cols]
+        lines += ["", "## Paper beside measured", "",
+                  "| series | value | " + " | ".join(f"paper: {c}" for c in paper_cols) + " | "
+                  + " | ".join(f"measured: {c}" for c in measured_cols) + " |",
+                  "| --- " * (2 + len(paper_cols) + len(measured_cols)) + "|"]
+        for row in result.table:
+            measured = row["measured"] or {}
+            lines.append(f"| {row['series']} | {'' if row['value'] is None else row['value']} | "
+                         + " | ".join(str(row["paper"].get(c, "")) for c in paper_cols) + " | "
+                         + " | ".join(str(measured.get(c, row.get("missing", ""))) for c in measured_cols) + " |")
+    if sweep.failed:
+        lines += ["", "## Failed trials", ""] + [f"- {r['trial']}: {r['error']}" for r in sweep.failed]
+    figures = [f for f in spec.get("figures_drawn", []) if (folder / "report" / f"{f}.png").exists()]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}](report/{f}.png)" for f in figures]
+    path = folder / "reproduce.md"
+    path.write_text("\n".join(lines) + "\n")
+    (folder / "reproduce.json").write_text(json.dumps(
+        {"title": spec.get("title"), "paper": spec.get("paper"), "scale": scale,
+         "verdicts": [v.__dict__ for v in result.verdicts], "table": result.table}, indent=2, default=str) + "\n")
+    return path
