@@ -9,7 +9,8 @@ from workloads import settings
 from workloads.compression import CompressionConfig
 from workloads.compression import get as get_module
 from workloads.compression.registry import knobs
-from workloads.data import DataError, find_cifar10
+from workloads.data import (DATASETS, LAYOUTS, DataError, augmenting, class_count, class_names, find_cifar10,
+                            find_cifar100, folder_classes, list_folder)
 from workloads.models import block_count
 
 from .links.network import probe_kernel
@@ -88,7 +89,7 @@ class RunSpec:
         """The values of every option the programs read, by dest, for ``module``'s arm."""
         programs = {o.dest for o in settings.options() if set(o.roles) & set(settings.PROGRAMS)}
         values = {dest: v for dest, v in self.values.items() if dest in programs}
-        return {**values, "module": module, "split": self.split_for(module)}
+        return {**values, "module": module, "split": self.split_for(module), "classes": run_classes(self)}
 
     def compression_config(self) -> CompressionConfig:
         return CompressionConfig(model=self.model, **{k.dest: self.values[k.dest] for k in knobs()})
@@ -136,6 +137,7 @@ def validate(spec: RunSpec) -> None:
         raise SpecError(str(exc)) from None
     if spec.download and not spec.data_dir:
         raise SpecError("--download needs --data-dir: the folder to download CIFAR-10 into")
+    _validate_dataset(spec)
     if spec.backend == "local":
         if spec.data_pvc:
             raise SpecError("--data-pvc is for the k8s backend; locally give the folder with --data-dir")
@@ -169,15 +171,58 @@ def _validate_inproc(spec: RunSpec) -> None:
     _validate_data_dir(spec)
 
 
-def _validate_data_dir(spec: RunSpec) -> None:
-    """``--data-dir`` on this host: it exists (or will be downloaded into) and holds CIFAR-10's layout."""
-    if spec.data_dir:
-        if not os.path.exists(spec.data_dir) and not spec.download:
-            raise SpecError(f"data folder {spec.data_dir} does not exist")
+def _validate_dataset(spec: RunSpec) -> None:
+    """What the dataset needs on every backend: cifar100 and folder have no synthetic
+    stand-in, so their data must be given; --classes must agree with the dataset."""
+    if DATASETS[spec.dataset] is not None:  # a folder's number lies in its data (_validate_data_dir checks it)
         try:
-            find_cifar10(spec.data_dir)
+            class_count(spec.dataset, spec.classes)
         except DataError as exc:
             raise SpecError(str(exc)) from None
+    if spec.download and spec.dataset not in ("cifar10", "cifar100"):
+        raise SpecError(f"--download is for cifar10 and cifar100, not --dataset {spec.dataset}")
+    if spec.backend == "k8s" and spec.dataset in LAYOUTS:
+        if not spec.data_pvc:
+            raise SpecError(f"--dataset {spec.dataset} on Kubernetes needs --data-pvc: a claim holding "
+                            f"{LAYOUTS[spec.dataset]}")
+        if DATASETS[spec.dataset] is None and not spec.classes:
+            raise SpecError(f"--dataset {spec.dataset} on Kubernetes needs --classes: the number of class folders "
+                            "under train/ on the claim (the testbed cannot count them there)")
+
+
+def _validate_data_dir(spec: RunSpec) -> None:
+    """``--data-dir`` on this host, for the dataset asked for: it exists (or will be
+    downloaded into) and holds CIFAR-10's layout, CIFAR-100's, or an image folder's
+    (the last two are required: they have no synthetic stand-in)."""
+    if spec.dataset in LAYOUTS and not spec.data_dir:
+        raise SpecError(f"--dataset {spec.dataset} needs --data-dir: a folder holding {LAYOUTS[spec.dataset]}")
+    if not spec.data_dir:
+        return
+    if not os.path.exists(spec.data_dir) and not spec.download:
+        raise SpecError(f"data folder {spec.data_dir} does not exist")
+    try:
+        if spec.dataset == "folder":
+            counted = len(list_folder(spec.data_dir).classes)
+            if spec.classes and spec.classes != counted:
+                raise SpecError(f"--classes {spec.classes} does not match {spec.data_dir}, which has {counted} "
+                                "class folders under train/")
+        elif spec.dataset == "cifar100":
+            if find_cifar100(spec.data_dir) is None and not spec.download:
+                raise SpecError(f"no CIFAR-100 under {spec.data_dir}: expected {LAYOUTS['cifar100']} there, "
+                                "or --download")
+        else:
+            find_cifar10(spec.data_dir)
+    except DataError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def run_classes(spec: RunSpec) -> int:
+    """The classes the run's model predicts, which every program gets as --classes:
+    --classes, else the dataset's own number, else (an image folder on this host) its
+    class folders under --data-dir."""
+    if DATASETS.get(spec.dataset, 0) is None and not spec.classes and spec.data_dir:
+        return len(folder_classes(spec.data_dir))
+    return class_count(spec.dataset, spec.classes)
 
 
 def _validate_local(spec: RunSpec) -> None:
@@ -216,17 +261,31 @@ def check_port_free(port: int) -> None:
 
 
 def data_in_use(spec: RunSpec) -> str:
-    """What data the sources will train on, for the terminal and the manifest."""
-    if spec.backend == "k8s" and spec.dataset == "cifar10":
+    """What data the sources will train on, for the terminal and the manifest (a
+    validated spec: cifar100 and folder have their data)."""
+    data = _data_source(spec)
+    dataset = "synthetic" if data.startswith("synthetic") else spec.dataset
+    if augmenting(spec.augment, dataset):
+        data += "; training batches augmented (random crop with padding 4, horizontal flip)"
+    return data
+
+
+def _data_source(spec: RunSpec) -> str:
+    if spec.dataset == "synthetic":
+        return "synthetic"
+    if spec.backend == "k8s":
         if spec.data_pvc:
-            return f"cifar10 from PersistentVolumeClaim {spec.data_pvc} (read-only at /data in the source pods)"
-        return "synthetic (no CIFAR-10 on the cluster; give --data-pvc)"
-    if spec.dataset == "cifar10" and spec.data_dir:
-        found = find_cifar10(spec.data_dir)
-        if found is not None:
-            return f"cifar10 from {found}"
+            classes = f", {spec.classes} classes" if DATASETS[spec.dataset] is None else ""
+            return (f"{spec.dataset} from PersistentVolumeClaim {spec.data_pvc} (read-only at /data in the "
+                    f"source pods{classes})")
+        return "synthetic (no CIFAR-10 on the cluster; give --data-pvc)"  # cifar10: the others need the claim
+    if spec.dataset == "folder":
+        classes = folder_classes(spec.data_dir)
+        return f"folder {spec.data_dir} ({len(classes)} classes: {class_names(classes)})"
+    find = find_cifar10 if spec.dataset == "cifar10" else find_cifar100
+    found = find(spec.data_dir) if spec.data_dir else None
+    if found is not None:
+        return f"{spec.dataset} from {found}"
     if spec.dataset == "cifar10" and not spec.download:
         return "synthetic (no CIFAR-10 found" + (f" under {spec.data_dir})" if spec.data_dir else "; give --data-dir)")
-    if spec.dataset == "cifar10":
-        return f"cifar10, downloaded into {spec.data_dir}"
-    return "synthetic"
+    return f"{spec.dataset}, downloaded into {spec.data_dir}"

@@ -100,7 +100,7 @@ def test_budget_schedules_show_in_the_trace(tmp_path, port, module, budgets):
     (["--cpu", "-1"], "--cpu must be positive, got -1.0"),
     (["--module", "gzip"], "unknown module 'gzip'; known: cdc, crbq, deprune, entropic, filter, jpeg, mcr2, none, prune, raw, webp"),
     (["--model", "resnet"], "unknown model 'resnet'; known: resnet18, resnet18-slim, vgg11, vgg11-slim"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; known: cifar10, synthetic"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; known: cifar10, cifar100, folder, synthetic"),
     (["--data-dir", "/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
     (["--schedule", "4-2"], "--schedule: bad schedule entry '4-2'"),
     (["--quality", "101"], "--quality must be between 1 and 100, got 101"),

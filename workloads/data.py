@@ -1,10 +1,27 @@
-"""Datasets: CIFAR-10 from a local folder, or a deterministic synthetic stand-in.
+"""Datasets: CIFAR-10, CIFAR-100 or an image folder from a local folder, or a
+deterministic synthetic stand-in.
 
 CIFAR-10 is read from torchvision's layout under ``data_dir``: the binary version
 (``cifar-10-batches-bin``, plain bytes) or the python version
-(``cifar-10-batches-py``). The python version is a pickle by its authors' choice; it
-is read with an unpickler that only builds numpy arrays and plain containers, so a
-tampered file cannot run code. Nothing is downloaded unless asked.
+(``cifar-10-batches-py``); CIFAR-100 from its python version (``cifar-100-python``:
+``train`` and ``test``, the fine labels). The python versions are pickles by their
+authors' choice; they are read with an unpickler that only builds numpy arrays and
+plain containers, so a tampered file cannot run code. Nothing is downloaded unless
+asked. Without its files, ``cifar10`` falls back to the synthetic set (and says so);
+``cifar100`` and ``folder`` are an error instead.
+
+An image folder (``--dataset folder``) has torchvision's ImageFolder layout:
+``train/<class>/*`` and ``test/<class>/*``. The classes are train's class folders sorted
+by name (a label is an index into them, as ImageFolder numbers them); every image (of
+the suffixes ImageFolder reads, in any size and mode) is read with Pillow, made RGB and
+resized to the model's input, 3x32x32 (squashed, as ``Resize((32, 32))``). Each source
+reads its own shard of train; the test images come in one fixed shuffled order (the
+layout sorts them by class), of which every source evaluates the first ``test_size``.
+
+Training augmentation for real data (``--augment``): each training batch is randomly
+cropped back to 32x32 from a copy padded by ``AUGMENT_PADDING`` zero pixels on every
+side, and half its images are flipped left to right (torchvision's ``RandomCrop(32,
+padding=4)`` and ``RandomHorizontalFlip()``), drawn from the source's own generator.
 
 The synthetic dataset has CIFAR's shape (3x32x32, 10 classes). Each class is a fixed
 random pattern of coloured gratings; a sample is its class pattern, randomly shifted
@@ -26,11 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 # CIFAR-10 statistics, used to standardise inputs.
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
-NUM_CLASSES = {"cifar10": 10, "synthetic": 10}
+# Every dataset and its number of classes; None: its data says (an image folder: its class folders).
+DATASETS: dict[str, int | None] = {"cifar10": 10, "cifar100": 100, "folder": None, "synthetic": 10}
+# What --data-dir must hold for the datasets that have no synthetic stand-in.
+LAYOUTS = {"cifar100": "cifar-100-python/ (torchvision's layout)",
+           "folder": "train/<class>/* and test/<class>/* (torchvision's ImageFolder layout)"}
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # ImageFolder's
+AUGMENT_PADDING = 4     # zero pixels on every side before the random 32x32 crop
 NOISE_STD = 0.35        # the synthetic set's pixel noise (in pattern units)
 EXTRA_NOISE_STD = 0.9   # more noise at difficulty 1
 MAX_OVERLAP = 0.45      # the largest share of another class's pattern mixed in, at difficulty 1
@@ -49,6 +73,7 @@ class Dataset:
     origin: str  # what was loaded, for the manifest
     train: Split
     test: Split
+    classes: int  # labels lie in 0..classes-1
 
 
 class DataError(ValueError):
@@ -56,45 +81,97 @@ class DataError(ValueError):
 
 
 def check_dataset(name: str) -> None:
-    if name not in NUM_CLASSES:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(NUM_CLASSES))}")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+
+
+def class_count(dataset: str, classes: int = 0) -> int:
+    """The classes a model for ``dataset`` predicts: the dataset's own number, or for an
+    image folder, whose number lies in its data, ``classes`` (``--classes``; testbed run
+    counts the class folders and passes it)."""
+    check_dataset(dataset)
+    own = DATASETS[dataset]
+    if own is None and not classes:
+        raise DataError(f"--dataset {dataset} needs --classes: the number of class folders under its train/ "
+                        "(testbed run counts them in --data-dir)")
+    if own is not None and classes not in (0, own):
+        raise DataError(f"--classes {classes} does not match --dataset {dataset}, which has {own} classes")
+    return own or classes
 
 
 def load_dataset(name: str, data_dir: str | None, *, seed: int = 0, train_size: int = 512,
                  test_size: int = 256, download: bool = False, part: int = 0, parts: int = 1,
-                 difficulty: float = 0.0) -> Dataset:
-    """Shard ``part`` of ``parts`` of the training data, and the test data:
-    ``cifar10`` from ``data_dir`` if it is there, else the synthetic set.
+                 difficulty: float = 0.0, classes: int = 0) -> Dataset:
+    """Shard ``part`` of ``parts`` of the training data, and the first ``test_size`` test
+    samples: ``cifar10``, ``cifar100`` or ``folder`` from ``data_dir``, or the synthetic set.
 
     ``name="synthetic"`` always gives the synthetic set (``train_size`` samples per
     shard). ``name="cifar10"`` without data falls back to it; ``Dataset.name`` says which.
-    ``difficulty`` applies to the synthetic set only (real data is as hard as it is).
+    ``cifar100`` and ``folder`` without data are a DataError. ``difficulty`` applies to the
+    synthetic set only (real data is as hard as it is). ``classes`` (not 0): the number the
+    run declared; data with another number is a DataError.
     """
     check_dataset(name)
-    if name == "cifar10":
-        if download and data_dir and find_cifar10(data_dir) is None:
-            _download_cifar10(data_dir)
-        found = find_cifar10(data_dir) if data_dir else None
-        if found is not None:
-            data = load_cifar10(found)
-            data.train = shard(data.train, part, parts)
-            data.test = Split(data.test.images[:test_size], data.test.labels[:test_size])
-            return data
-    return synthetic_dataset(seed=seed, train_size=train_size, test_size=test_size, part=part,
-                             difficulty=difficulty)
+    data = None if name == "synthetic" else _real_dataset(name, data_dir, download=download, part=part,
+                                                          parts=parts, test_size=test_size)
+    if data is None:  # asked for, or cifar10 without its files
+        data = synthetic_dataset(seed=seed, train_size=train_size, test_size=test_size, part=part,
+                                 difficulty=difficulty)
+    if classes and data.classes != classes:
+        raise DataError(f"--classes is {classes}, but the data has {data.classes}: {data.origin}")
+    return data
 
 
-def find_cifar10(data_dir: str | os.PathLike) -> Path | None:
-    """The CIFAR-10 folder under ``data_dir`` (binary or python version), or None."""
+def _real_dataset(name: str, data_dir: str | None, *, download: bool, part: int, parts: int,
+                  test_size: int) -> Dataset | None:
+    """``name`` from ``data_dir``: the training shard and the test samples in use; None
+    for cifar10 without its files (the caller falls back to the synthetic set)."""
+    if name == "folder":
+        return load_folder(_required_dir(name, data_dir), part=part, parts=parts, test_size=test_size)
+    find, load = (find_cifar10, load_cifar10) if name == "cifar10" else (find_cifar100, load_cifar100)
+    if download and data_dir and find(data_dir) is None:
+        _download(name, data_dir)
+    found = find(data_dir) if data_dir else None
+    if found is None:
+        if name == "cifar10":
+            return None
+        _required_dir(name, data_dir)
+        raise DataError(f"no CIFAR-100 under {data_dir}: expected {LAYOUTS[name]} there, or --download")
+    data = load(found)
+    data.train = shard(data.train, part, parts)
+    data.test = Split(data.test.images[:test_size], data.test.labels[:test_size])
+    return data
+
+
+def _required_dir(name: str, data_dir: str | None) -> str:
+    if not data_dir:
+        raise DataError(f"--dataset {name} needs --data-dir: a folder holding {LAYOUTS[name]}")
+    return data_dir
+
+
+def _readable_root(data_dir: str | os.PathLike) -> Path | None:
+    """``data_dir`` as a Path; None if it does not exist; a DataError if it is no readable folder."""
     root = Path(data_dir)
     if not root.exists():
         return None
     if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"data folder {root} is not a readable directory")
-    for candidate in ("cifar-10-batches-bin", "cifar-10-batches-py"):
+    return root
+
+
+def find_cifar10(data_dir: str | os.PathLike) -> Path | None:
+    """The CIFAR-10 folder under ``data_dir`` (binary or python version), or None."""
+    root = _readable_root(data_dir)
+    for candidate in ("cifar-10-batches-bin", "cifar-10-batches-py") if root else ():
         if (root / candidate).is_dir():
             return root / candidate
     return None
+
+
+def find_cifar100(data_dir: str | os.PathLike) -> Path | None:
+    """The CIFAR-100 folder under ``data_dir`` (the python version), or None."""
+    root = _readable_root(data_dir)
+    return root / "cifar-100-python" if root and (root / "cifar-100-python").is_dir() else None
 
 
 def load_cifar10(folder: Path) -> Dataset:
@@ -102,9 +179,14 @@ def load_cifar10(folder: Path) -> Dataset:
         train = _concat([_read_bin(folder / f"data_batch_{i}.bin") for i in range(1, 6)])
         test = _read_bin(folder / "test_batch.bin")
     else:
-        train = _concat([_read_py(folder / f"data_batch_{i}") for i in range(1, 6)])
-        test = _read_py(folder / "test_batch")
-    return Dataset("cifar10", f"cifar10 from {folder}", train, test)
+        train = _concat([_read_py(folder / f"data_batch_{i}", CIFAR10_PY) for i in range(1, 6)])
+        test = _read_py(folder / "test_batch", CIFAR10_PY)
+    return Dataset("cifar10", f"cifar10 from {folder}", train, test, classes=10)
+
+
+def load_cifar100(folder: Path) -> Dataset:
+    train, test = _read_py(folder / "train", CIFAR100_PY), _read_py(folder / "test", CIFAR100_PY)
+    return Dataset("cifar100", f"cifar100 from {folder}", train, test, classes=100)
 
 
 def _concat(parts: list[Split]) -> Split:
@@ -136,22 +218,36 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to load {module}.{name} from a dataset file")
 
 
-def _read_py(path: Path) -> Split:
-    """One batch of the python version: a dict with b'data' (N x 3072) and b'labels'."""
+@dataclass(frozen=True)
+class PythonBatch:
+    """What a file of a python version of CIFAR holds: a dict with b'data' (N x 3072
+    uint8) and the labels under ``labels``."""
+    what: str       # for messages
+    labels: bytes   # the key of the labels
+    classes: int
+
+
+CIFAR10_PY = PythonBatch("CIFAR-10 python batch", b"labels", 10)
+CIFAR100_PY = PythonBatch("CIFAR-100 python file", b"fine_labels", 100)
+
+
+def _read_py(path: Path, kind: PythonBatch) -> Split:
+    """One file of a python version of CIFAR (``kind`` says which)."""
     raw = _read_bytes(path)
     try:
         entry = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except DataError:
         raise
     except Exception as exc:  # a corrupt file can fail in many ways; name the file
-        raise DataError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
+        raise DataError(f"{path} is not a {kind.what}: {exc}") from None
     try:
         data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, *INPUT_SHAPE)
-        labels = np.asarray(entry[b"labels"], dtype=np.int64)
+        labels = np.asarray(entry[kind.labels], dtype=np.int64)
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
-    if len(data) != len(labels) or labels.max(initial=0) >= 10 or labels.min(initial=0) < 0:
-        raise DataError(f"{path} has {len(data)} images but {len(labels)} labels, or labels outside 0..9")
+        raise DataError(f"{path} is not a {kind.what}: {exc}") from None
+    if len(data) != len(labels) or labels.max(initial=0) >= kind.classes or labels.min(initial=0) < 0:
+        raise DataError(f"{path} has {len(data)} images but {len(labels)} labels, or labels outside "
+                        f"0..{kind.classes - 1}")
     return Split(data, labels)
 
 
@@ -162,10 +258,139 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _download_cifar10(data_dir: str) -> None:
-    from torchvision.datasets import CIFAR10  # only for --download
+def _download(name: str, data_dir: str) -> None:
+    """``--download``: torchvision fetches ``name`` (cifar10, cifar100) into ``data_dir``."""
+    from torchvision.datasets import CIFAR10, CIFAR100  # only for --download
 
-    CIFAR10(root=data_dir, train=True, download=True)
+    (CIFAR10 if name == "cifar10" else CIFAR100)(root=data_dir, train=True, download=True)
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """An image folder before any image is read: its classes and every image with its label."""
+    root: Path
+    classes: tuple[str, ...]            # train's class folders, sorted; a label indexes them
+    train: tuple[tuple[Path, int], ...]  # by class, then by path (ImageFolder's order)
+    test: tuple[tuple[Path, int], ...]
+
+
+def folder_classes(data_dir: str | os.PathLike) -> list[str]:
+    """The class names of the image folder ``data_dir``: train's class folders, sorted."""
+    return _class_folders(_split_folder(_existing_root(data_dir), "train"))
+
+
+def list_folder(data_dir: str | os.PathLike) -> FolderListing:
+    """Every image of the image folder ``data_dir`` with its label, checked: both splits
+    there, classes in each, no class in test that train lacks, no class without images."""
+    root = _existing_root(data_dir)
+    train, test = _split_folder(root, "train"), _split_folder(root, "test")
+    classes = _class_folders(train)
+    if not classes:
+        raise DataError(f"{train} has no class folders: put each class's images in {train}/<class>/")
+    test_classes = _class_folders(test)
+    if not test_classes:
+        raise DataError(f"{test} has no class folders: put each class's test images in {test}/<class>/")
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+        raise DataError(f"class {unknown[0]} is in {test} but not in {train}: every class needs training images")
+    label = {name: i for i, name in enumerate(classes)}
+    return FolderListing(root, tuple(classes), _labelled_images(train, classes, label),
+                         _labelled_images(test, test_classes, label))
+
+
+def _existing_root(data_dir: str | os.PathLike) -> Path:
+    root = _readable_root(data_dir)
+    if root is None:
+        raise DataError(f"data folder {data_dir} does not exist")
+    return root
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"{root} has no {split}/ folder: a folder dataset needs {LAYOUTS['folder']}")
+    return folder
+
+
+def _class_folders(split: Path) -> list[str]:
+    try:
+        return sorted(entry.name for entry in os.scandir(split) if entry.is_dir())
+    except OSError as exc:
+        raise DataError(f"cannot read {split}: {exc.strerror}") from None
+
+
+def _labelled_images(split: Path, classes: list[str], label: dict[str, int]) -> tuple[tuple[Path, int], ...]:
+    """Every image under ``split``/<class>/ (subfolders too, as ImageFolder), in ImageFolder's order."""
+    found = []
+    for name in classes:
+        images = [Path(folder, file) for folder, _, files in sorted(os.walk(split / name, followlinks=True))
+                  for file in sorted(files) if file.lower().endswith(IMAGE_SUFFIXES)]
+        if not images:
+            raise DataError(f"class folder {split / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        found += [(path, label[name]) for path in images]
+    return tuple(found)
+
+
+def load_folder(data_dir: str | os.PathLike, *, part: int = 0, parts: int = 1, test_size: int = 256) -> Dataset:
+    """Shard ``part`` of ``parts`` of the image folder's train (every parts-th image) and
+    the first ``test_size`` images of its test in a fixed shuffled order; only these are read."""
+    listing = list_folder(data_dir)
+    train = listing.train[part::parts]
+    if not train:
+        raise DataError(f"{listing.root}/train has {len(listing.train)} images, too few for {parts} sources: "
+                        f"source {part} would have none")
+    order = np.random.default_rng(0).permutation(len(listing.test))  # the layout sorts test by class
+    test = [listing.test[i] for i in order[:test_size]]
+    origin = (f"folder {listing.root} ({len(listing.classes)} classes: {class_names(listing.classes)}; "
+              f"{len(listing.train)} train / {len(listing.test)} test images)")
+    return Dataset("folder", origin, _read_images(train), _read_images(test), classes=len(listing.classes))
+
+
+def class_names(classes, shown: int = 5) -> str:
+    """The first ``shown`` class names, for messages and the manifest."""
+    return ", ".join(classes[:shown]) + (f", ... ({len(classes) - shown} more)" if len(classes) > shown else "")
+
+
+def _read_images(labelled) -> Split:
+    images = np.empty((len(labelled), *INPUT_SHAPE), dtype=np.uint8)
+    for i, (path, _) in enumerate(labelled):
+        images[i] = read_image(path)
+    return Split(images, np.array([label for _, label in labelled], dtype=np.int64))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 (3, 32, 32): RGB, resized (bilinear, antialiased) to the model's input."""
+    _, height, width = INPUT_SHAPE
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    except UnidentifiedImageError:
+        raise DataError(f"{path} is not an image Pillow can read") from None
+    except Exception as exc:  # a truncated or corrupt file can fail in many ways; name the file
+        raise DataError(f"{path} is a corrupt image: {exc}") from None
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def augmenting(augment: str, dataset: str) -> bool:
+    """Whether training batches are augmented: ``--augment`` on or off, or auto (the
+    default): on for real data, off for the synthetic set (``dataset`` is what was loaded)."""
+    return augment == "on" or augment == "auto" and dataset != "synthetic"
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (N, 3, H, W): each image cropped back to HxW at a random place from a copy
+    padded by AUGMENT_PADDING zeros, then flipped left to right with probability 1/2."""
+    count, _, height, width = images.shape
+    pad = AUGMENT_PADDING
+    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    tops = rng.integers(0, 2 * pad + 1, size=count)
+    lefts = rng.integers(0, 2 * pad + 1, size=count)
+    flips = rng.random(count) < 0.5
+    out = np.empty_like(images)
+    for i in range(count):
+        crop = padded[i, :, tops[i]:tops[i] + height, lefts[i]:lefts[i] + width]
+        out[i] = crop[:, :, ::-1] if flips[i] else crop
+    return out
 
 
 def synthetic_dataset(*, seed: int = 0, train_size: int = 512, test_size: int = 256, classes: int = 10,
@@ -180,7 +405,7 @@ def synthetic_dataset(*, seed: int = 0, train_size: int = 512, test_size: int = 
     test = _synthetic_split(patterns, np.random.default_rng([seed, 2]), test_size, difficulty)
     hard = f", difficulty {difficulty:g}" if difficulty else ""
     return Dataset("synthetic", f"synthetic (seed {seed}, {train_size} train per source / {test_size} test{hard})",
-                   train, test)
+                   train, test, classes=classes)
 
 
 def _class_patterns(rng: np.random.Generator, classes: int) -> np.ndarray:

@@ -57,7 +57,7 @@ from torch import nn
 
 from . import protocol, security, settings
 from .compression import create_server, get
-from .data import NUM_CLASSES, INPUT_SHAPE, check_dataset
+from .data import INPUT_SHAPE, class_count
 from .models import build_split_model
 from .protocol import Message, ProtocolError
 from .trace import TraceWriter
@@ -159,12 +159,11 @@ class Laps:
 class Server:
     def __init__(self, args, trace: TraceWriter):
         self.args, self.trace = args, trace
-        check_dataset(args.dataset)
+        self.classes = class_count(args.dataset, args.classes)
         torch.manual_seed(args.seed)
         if args.threads:
             torch.set_num_threads(args.threads)
         self.device = pick_device(args.device)
-        self.classes = NUM_CLASSES[args.dataset]
         split = build_split_model(args.model, args.split, self.classes, INPUT_SHAPE)
         self.cut_shape = split.cut_shape
         self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args, "server")).to(self.device)

@@ -188,8 +188,8 @@ def _models() -> list[str]:
 
 
 def _datasets() -> list[str]:
-    from .data import NUM_CLASSES
-    return sorted(NUM_CLASSES)
+    from .data import DATASETS
+    return sorted(DATASETS)
 
 
 SRC, SRV, BOTH = ("source",), ("server",), PROGRAMS
@@ -211,8 +211,15 @@ CORE: tuple[Option, ...] = (
     Option("split", int, 2, "cut after this block: a VGG11 conv block, or the ResNet-18 stem (1) or a stage "
            "(2..5); 0: offload the raw input (input modules always use 0)",
            min=0, chart="workload.split"),
-    Option("dataset", str, "cifar10", "cifar10 (from --data-dir, else synthetic) or synthetic", choices=_datasets,
-           chart="workload.dataset"),
+    Option("dataset", str, "cifar10", "cifar10 (from --data-dir, else synthetic), cifar100 (from --data-dir), "
+           "folder (an image folder from --data-dir: train/<class>/*, test/<class>/*) or synthetic",
+           choices=_datasets, chart="workload.dataset"),
+    Option("classes", int, 0, "classes the model predicts; 0: the dataset's own (cifar10, synthetic: 10; "
+           "cifar100: 100; folder: testbed run counts the class folders in --data-dir, on Kubernetes give it)",
+           min=0, chart="workload.classes", group="data"),
+    Option("augment", str, "auto", "training augmentation at the source (random crop with padding 4, "
+           "horizontal flip): auto (on for real data, off for the synthetic set), on or off", SRC,
+           choices=("auto", "on", "off"), chart="workload.augment", group="data"),
     Option("batch-size", int, 16, "samples per batch (the server sizes its largest accepted message by it)", BOTH,
            min=1, chart="workload.batchSize"),
     Option("batches", int, 32, "batches per epoch", SRC, min=1, chart="workload.batches"),
@@ -229,11 +236,11 @@ CORE: tuple[Option, ...] = (
     Option("weight-decay", float, 5e-4, "SGD weight decay", min=0, chart="workload.weightDecay"),
     Option("seed", int, 0, "random seed (model initialisation, data order, synthetic data)", min=0,
            chart="workload.seed"),
-    Option("data-dir", str, "", "folder holding CIFAR-10 in torchvision's layout (on Kubernetes give the chart "
-           "a data.volume)", SRC, group="data",
+    Option("data-dir", str, "", "folder holding the dataset: CIFAR-10 or CIFAR-100 in torchvision's layout, or "
+           "an image folder's train/ and test/ (on Kubernetes give the chart a data.volume)", SRC, group="data",
            local_only=True),
-    Option("download", bool, False, "download CIFAR-10 into --data-dir if missing", SRC, chart="data.download",
-           group="data"),
+    Option("download", bool, False, "download CIFAR-10 or CIFAR-100 into --data-dir if missing", SRC,
+           chart="data.download", group="data"),
     Option("port", int, 5555, "server port", SRV + ("testbed",), min=1, max=65535, chart="server.port", group="run"),
     Option("device", str, "auto", "server device: auto (CUDA when available), cpu or cuda (on Kubernetes: "
            "--gpus decides)", SRV + ("testbed",), local_only=True,
@@ -384,9 +391,9 @@ def compression_config(args: argparse.Namespace, program: str):
     """The module knobs ``program`` reads, from its arguments."""
     from .compression import CompressionConfig
     from .compression.registry import knobs
-    from .data import NUM_CLASSES
+    from .data import class_count
 
-    return CompressionConfig(classes=NUM_CLASSES[args.dataset], model=args.model, program=program,
+    return CompressionConfig(classes=class_count(args.dataset, args.classes), model=args.model, program=program,
                              **{k.dest: getattr(args, k.dest) for k in knobs() if program in k.roles})
 
 

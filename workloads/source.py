@@ -46,7 +46,7 @@ import torch
 
 from . import settings
 from .compression import create_source, schedule_for
-from .data import NUM_CLASSES, DataError, load_dataset, to_tensor_batch
+from .data import DataError, augment_batch, augmenting, class_count, load_dataset, to_tensor_batch
 from .models import build_split_model
 from .protocol import Message, ProtocolError
 from .trace import TraceWriter
@@ -54,6 +54,7 @@ from .transport import Connection, Exchange, ServerError, ServerGone, ServerTime
 
 EXIT_ERROR = 2        # a bad setting, bad data, a refused request, no reply within --timeout
 EXIT_SERVER_GONE = 3  # the connection to the server was lost (heartbeat timeout or closed)
+AUGMENT_STREAM = 1    # the augmentation's generator: [seed, source id, this], apart from the data order's
 
 
 class SourceError(RuntimeError):
@@ -75,17 +76,18 @@ class Source:
         torch.manual_seed(args.seed)  # every source starts from the same weights
         if args.threads:
             torch.set_num_threads(args.threads)
+        self.classes = class_count(args.dataset, args.classes)
         data = load_dataset(args.dataset, args.data_dir or None, seed=args.seed,
                             train_size=args.batch_size * args.batches, test_size=args.eval_samples,
                             download=args.download, part=args.source_id, parts=args.sources,
-                            difficulty=args.difficulty)
+                            difficulty=args.difficulty, classes=self.classes)
         if data.name != args.dataset:
             print(f"source {args.source_id}: no CIFAR-10 under {args.data_dir or '(no --data-dir)'}; "
                   f"using the synthetic dataset instead", file=sys.stderr)
         self.data_origin = data.origin
         self.train = data.train
         self.test = data.test
-        self.classes = NUM_CLASSES[data.name]
+        self.augment = augmenting(args.augment, data.name)
         split = build_split_model(args.model, args.split, self.classes)
         self.head = split.head
         self.cut_shape = split.cut_shape
@@ -96,6 +98,7 @@ class Source:
         self.sgd, own = self._optimizers()
         self.optimizers = ([self.sgd] if self.sgd else []) + own
         self.rng = np.random.default_rng([args.seed, args.source_id])
+        self.augment_rng = np.random.default_rng([args.seed, args.source_id, AUGMENT_STREAM])
         self.connection = connection if connection is not None else self._connect()
         self.seq = 0
 
@@ -147,7 +150,12 @@ class Source:
     def _pretrain_batches(self):
         for _ in range(self.args.pretrain_epochs):
             for _, picked in self._epoch_batches():
-                yield to_tensor_batch(self.train.images[picked]), torch.from_numpy(self.train.labels[picked])
+                yield self._training_batch(picked), torch.from_numpy(self.train.labels[picked])
+
+    def _training_batch(self, picked) -> torch.Tensor:
+        """The training images ``picked``, augmented when ``--augment`` says so, as the model's input."""
+        images = self.train.images[picked]
+        return to_tensor_batch(augment_batch(images, self.augment_rng) if self.augment else images)
 
     def _epoch_batches(self):
         """(batch number, sample indices) of one epoch in a fresh order; wraps around a
@@ -179,8 +187,8 @@ class Source:
         started = time.perf_counter()
         train_mode(self.head)
         train_mode(self.module)
-        x = to_tensor_batch(self.train.images[picked])
-        labels = self.train.labels[picked].astype(np.uint8)
+        x = self._training_batch(picked)
+        labels = self.train.labels[picked].astype(np.uint8 if self.classes <= 256 else np.int64)
         computing = time.perf_counter()
         sent, side = self.module(self.head(x))
         computed = time.perf_counter()

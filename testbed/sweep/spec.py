@@ -9,18 +9,7 @@ module). Keys are ``testbed run``'s options, spelt as the
 flag without its dashes (``batch-size`` or ``batch_size``). A trial is one arm's run with
 one value of each list: an ordinary run directory of one arm.
 
-```toml
-backend = "inproc"            # inproc (accuracy) or local (throughput, latency, links)
-[base]
-sources = 2
-[grid]
-seed = [0, 1]
-[[arms]]
-module = "none"
-[[arms]]
-module = "filter"
-budget = [2, 8]               # filter's knob: one trial per value (and per seed)
-```
+The README ("Sweeps on Ray") shows one; ``experiments/`` holds more.
 """
 from __future__ import annotations
 
@@ -99,7 +88,7 @@ def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict 
     scales = raw.get("scale") or {}
     _table(scales, f"{where}: [scale]")
     if scale is not None and scale not in scales and scales:
-        raise SweepSpecError(f"{where} has no [scale.{scale}]; it has {', '.join(sorted(scales)) or 'none'}")
+        raise SweepSpecError(f"{where} has no [scale.{scale}]; it has {', '.join(sorted(scales)) or 'no scales'}")
     overrides = scales.get(scale, {}) if scale else {}
     base = {**_settings(raw.get("base") or {}, f"{where}: [base]"),
             **_settings({k: v for k, v in overrides.items() if k not in ("grid", "arms")}, f"{where}: [scale.{scale}]")}
