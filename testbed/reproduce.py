@@ -38,9 +38,11 @@ def reproduce_command(name: str, *, scale: str, out: str = "", data_dir: str = "
     if code in (EXIT_BAD_INPUT, EXIT_INTERRUPTED) or not (folder / "sweep.json").exists():
         return code
     claims = spec.raw.get("reproduce", {})
-    if claims.get("run_report"):  # the figures of `testbed report` over every trial (traffic, throughput)
-        trials = sorted(p for p in (folder / "trials").iterdir() if (p / "summary.json").exists())
-        report([str(p) for p in trials], str(folder / "report" / "runs"), lambda *a, **k: None)
+    for group, series in claims.get("run_reports", {}).items():  # `testbed report`'s figures over those trials
+        trials = [folder / "trials" / t.id for t in spec.trials if t.series in series]
+        finished = [str(p) for p in trials if (p / "summary.json").exists()]
+        if finished:
+            report(finished, str(folder / "report" / group), lambda *a, **k: None)
     command = "testbed reproduce " + shlex.join([name, "--scale", scale] + (["--data-dir", data_dir] if data_dir else []))
     try:
         result = reproduce(folder, claims, scale=scale, command=command)

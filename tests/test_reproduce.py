@@ -33,6 +33,8 @@ def test_each_experiment_expands_and_names_only_its_own_series(name, scale):
         assert {n for n in named if n} <= series, (claim, series)
     for row in spec.raw["reproduce"].get("table", []):
         assert row["series"] in series
+    for group in spec.raw["reproduce"].get("run_reports", {}).values():
+        assert set(group) <= series
     if spec.backend == "inproc":
         check_trials(spec)  # every trial passes testbed run's own validation
     if scale == "paper":
