@@ -15,15 +15,15 @@ much, e.g. "deprune reached none's accuracy (0.91 vs 0.92) with 3.9x fewer bytes
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .sweep import SeriesError, Sweep
 
 PIXELS = 32 * 32  # bits per input pixel (bpp) divide a sample's bits by its pixels (CIFAR's 32x32)
 
 
-class ReproduceError(ValueError):
-    """A claim or table row the sweep cannot answer (a series it has no trial of)."""
+ReproduceError = SeriesError  # a claim or table row the sweep cannot answer (a series it has no trial of)
 
 
 @dataclass
@@ -40,69 +40,6 @@ class Reproduction:
     verdicts: list[Verdict] = field(default_factory=list)
     table: list[dict] = field(default_factory=list)
     markdown: Path | None = None
-
-
-class Sweep:
-    """The finished trials of a sweep, by series, and each trial's accuracy per epoch."""
-
-    def __init__(self, sweep_dir: str | Path):
-        self.dir = Path(sweep_dir)
-        data = json.loads((self.dir / "sweep.json").read_text())
-        self.rows = [r for r in data["trials"] if r["status"] in ("ok", "lost-sources")]
-        self.failed = [r for r in data["trials"] if r["status"] not in ("ok", "lost-sources")]
-
-    def points(self, series: str) -> list[dict]:
-        """The series' points, one per knob value: metrics averaged over seeds (with ``n``
-        seeds and ``accuracy_std``), sorted by bytes per sample."""
-        rows = [r for r in self.rows if r["series"] == series]
-        if not rows:
-            known = sorted({r["series"] for r in self.rows})
-            why = " (its trials failed)" if any(r["series"] == series for r in self.failed) else ""
-            raise ReproduceError(f"no finished trial of series {series!r}{why}; the sweep has {', '.join(known)}")
-        by_value: dict = {}
-        for row in rows:
-            by_value.setdefault(json.dumps(row["knob_value"]), []).append(row)
-        points = []
-        for group in by_value.values():
-            point = {"series": series, "knob": group[0]["knob"], "knob_value": group[0]["knob_value"],
-                     "n": len(group), "trials": [r["trial"] for r in group]}
-            for metric in group[0]["metrics"]:
-                values = [r["metrics"][metric] for r in group if r["metrics"].get(metric) is not None]
-                point[metric] = sum(values) / len(values) if values else None
-            accuracies = [r["metrics"]["test_accuracy"] for r in group if r["metrics"].get("test_accuracy") is not None]
-            point["accuracy_std"] = _std(accuracies)
-            points.append(point)
-        return sorted(points, key=lambda p: p.get("bytes_per_sample_sent") or 0)
-
-    def point(self, series: str, knob_value=None) -> dict:
-        points = self.points(series)
-        if knob_value is None:
-            if len(points) > 1:
-                raise ReproduceError(f"series {series!r} has {len(points)} knob values: name one")
-            return points[0]
-        for point in points:
-            if point["knob_value"] == knob_value:
-                return point
-        raise ReproduceError(f"series {series!r} has no trial at {points[0]['knob']} {knob_value}")
-
-    def curve(self, series: str, knob_value=None) -> list[float]:
-        """Test accuracy after each epoch (mean over the series' sources and seeds)."""
-        from .load import load_runs
-
-        trials = self.point(series, knob_value)["trials"]
-        per_trial = []
-        for trial in trials:
-            evals = load_runs([self.dir / "trials" / trial]).evals
-            per_trial.append(evals.groupby("epoch")["accuracy"].mean().sort_index().tolist())
-        epochs = min(len(c) for c in per_trial)
-        return [sum(c[e] for c in per_trial) / len(per_trial) for e in range(epochs)]
-
-
-def _std(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _acc(point: dict) -> str:

@@ -132,3 +132,29 @@ def test_an_unknown_experiment_is_one_line():
                             text=True, timeout=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "002-nothing" in result.stderr
+
+
+def test_the_sweep_report_draws_the_series_and_names_the_failed(sweep_dir, tmp_path):
+    import shutil
+
+    from analysis.sweep import SweepError, load_sweep, write_sweep_report
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    data = json.loads((copy / "sweep.json").read_text())
+    data["trials"].append({**data["trials"][0], "trial": "crbq", "series": "crbq", "module": "crbq",
+                           "status": "failed", "error": "killed by SIGKILL"})
+    (copy / "sweep.json").write_text(json.dumps(data))
+    table = load_sweep(copy)
+    assert list(table["trial"]) == ["none", "filter-budget-2", "filter-budget-8", "prune", "crbq"]
+    assert {"param.budget", "test_accuracy", "bytes_per_sample_sent"} <= set(table.columns)
+    report = write_sweep_report(copy)
+    assert sorted(p.name for p in report.figures) == sorted(f"{n}.{e}" for n in ("rate_accuracy", "accuracy_vs_bytes",
+                                                                                  "time_to_accuracy")
+                                                            for e in ("png", "svg"))
+    text = report.markdown.read_text()
+    assert "| filter | budget | 2 | 1 |" in text and "- `crbq` (failed): killed by SIGKILL" in text
+    assert report.problems == ["trial crbq failed: killed by SIGKILL (left out of the figures)"]
+    (copy / "sweep.json").write_text("{not json")
+    with pytest.raises(SweepError, match="sweep.json is not valid JSON"):
+        load_sweep(copy)

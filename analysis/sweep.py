@@ -1,0 +1,301 @@
+"""A sweep's table and figures (what ``testbed sweep`` writes: ``sweep.json``, and each
+trial's run directory under ``trials/``).
+
+    from analysis.sweep import Sweep, load_sweep, write_sweep_report
+    table = load_sweep("runs/sweep-x")          # one row per trial: params and metrics as columns
+    sweep = Sweep("runs/sweep-x")                 # the finished trials by series and knob value
+    sweep.points("filter"), sweep.curve("filter", 4)
+
+A series is one line: an arm's label in the spec, else its module; its points are its knob
+values, each averaged over the seeds (the spread: the standard deviation). Figures:
+``rate_accuracy`` (final accuracy against bytes per sample sent, log x), ``accuracy_vs_bytes``
+(accuracy after each epoch against cumulative training traffic: paper 002's figures 8-10)
+and ``time_to_accuracy`` (accuracy after each epoch against seconds since the arm started:
+figures 12-13), and ``sweep.md`` with the table, the time and bytes each series needed to
+reach a target accuracy, and the failed trials.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .load import RunDirError  # noqa: E402
+from .plots import STYLES, _save, module_colour  # noqa: E402
+
+FINISHED = ("ok", "lost-sources")
+TARGET_SHARE = 0.95  # the target accuracy of the time-to-accuracy table: this share of the reference's best
+
+
+class SweepError(RunDirError):
+    """A sweep folder that cannot be read; the message names it."""
+
+
+class SeriesError(ValueError):
+    """A series (or a knob value of it) the sweep has no finished trial of."""
+
+
+def _read(sweep_dir: Path) -> dict:
+    path = Path(sweep_dir) / "sweep.json"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SweepError(f"{path}: cannot read it ({exc.strerror}): is {sweep_dir} a sweep folder?") from None
+    except ValueError as exc:
+        raise SweepError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("trials"), list):
+        raise SweepError(f"{path} has no list of trials")
+    for row in data["trials"]:
+        if not isinstance(row, dict) or not {"trial", "status", "series", "metrics"} <= set(row):
+            raise SweepError(f"{path}: a trial row lacks trial, status, series or metrics: {str(row)[:80]}")
+    return data
+
+
+def load_sweep(sweep_dir) -> pd.DataFrame:
+    """One row per trial: trial, status, error, series, module, knob, knob_value, seed,
+    seconds, run_dir, then ``param.<setting>`` and every metric."""
+    rows = []
+    for row in _read(Path(sweep_dir))["trials"]:
+        flat = {k: row.get(k) for k in ("trial", "status", "error", "series", "module", "knob", "knob_value", "seed",
+                                        "seconds", "run_dir")}
+        flat.update({f"param.{k}": v for k, v in (row.get("params") or {}).items()})
+        flat.update(row.get("metrics") or {})
+        rows.append(flat)
+    return pd.DataFrame(rows)
+
+
+class Sweep:
+    """The finished trials of a sweep, by series, and each trial's curve over epochs."""
+
+    def __init__(self, sweep_dir):
+        self.dir = Path(sweep_dir)
+        data = _read(self.dir)
+        self.name = data.get("sweep", self.dir.name)
+        self.rows = [r for r in data["trials"] if r["status"] in FINISHED]
+        self.failed = [r for r in data["trials"] if r["status"] not in FINISHED]
+        self.series = list(dict.fromkeys(r["series"] for r in data["trials"]))
+        self.problems: list[str] = []
+
+    def points(self, series: str) -> list[dict]:
+        """The series' points, one per knob value: metrics averaged over seeds (``n`` seeds,
+        ``accuracy_std``), sorted by bytes per sample sent."""
+        rows = [r for r in self.rows if r["series"] == series]
+        if not rows:
+            known = sorted({r["series"] for r in self.rows})
+            why = " (its trials failed)" if any(r["series"] == series for r in self.failed) else ""
+            raise SeriesError(f"no finished trial of series {series!r}{why}; the sweep has {', '.join(known)}")
+        by_value: dict = {}
+        for row in rows:
+            by_value.setdefault(json.dumps(row.get("knob_value")), []).append(row)
+        points = []
+        for group in by_value.values():
+            point = {"series": series, "module": group[0].get("module"), "knob": group[0].get("knob"),
+                     "knob_value": group[0].get("knob_value"), "n": len(group), "trials": [r["trial"] for r in group]}
+            for metric in group[0]["metrics"]:
+                values = [r["metrics"][metric] for r in group if isinstance(r["metrics"].get(metric), (int, float))]
+                point[metric] = sum(values) / len(values) if values else None
+            point["accuracy_std"] = _std([r["metrics"].get("test_accuracy") for r in group])
+            points.append(point)
+        return sorted(points, key=lambda p: p.get("bytes_per_sample_sent") or 0)
+
+    def point(self, series: str, knob_value=None) -> dict:
+        points = self.points(series)
+        if knob_value is None:
+            if len(points) > 1:
+                raise SeriesError(f"series {series!r} has {len(points)} knob values: name one")
+            return points[0]
+        for point in points:
+            if point["knob_value"] == knob_value:
+                return point
+        raise SeriesError(f"series {series!r} has no trial at {points[0]['knob']} {knob_value}")
+
+    def trial_curve(self, trial: str) -> pd.DataFrame:
+        """One trial's accuracy after each epoch (mean over its sources), the cumulative
+        training MB (both directions, all sources) and the seconds since its arm started.
+        Columns: epoch, accuracy, mb_total, t."""
+        from .load import load_runs
+        from .metrics import accuracy_curves
+
+        runs = load_runs([self.dir / "trials" / trial])
+        self.problems += [f"trial {trial}: {p}" for p in runs.problems]
+        curves = accuracy_curves(runs)
+        if curves.empty:
+            return pd.DataFrame(columns=["epoch", "accuracy", "mb_total", "t"])
+        seconds = runs.evals.groupby("epoch")["t"].max()
+        return curves.assign(t=curves["epoch"].map(seconds))[["epoch", "accuracy", "mb_total", "t"]]
+
+    def curve(self, series: str, knob_value=None) -> list[float]:
+        """Test accuracy after each epoch, averaged over the point's seeds."""
+        return self.mean_curve(series, knob_value)["accuracy"].tolist()
+
+    def mean_curve(self, series: str, knob_value=None) -> pd.DataFrame:
+        frames = [self.trial_curve(t) for t in self.point(series, knob_value)["trials"]]
+        frames = [f for f in frames if not f.empty]
+        if not frames:
+            return pd.DataFrame(columns=["epoch", "accuracy", "mb_total", "t"])
+        epochs = min(len(f) for f in frames)
+        return pd.concat([f.iloc[:epochs].reset_index(drop=True) for f in frames]).groupby("epoch").mean().reset_index()
+
+
+def _std(values) -> float | None:
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    if len(numbers) < 2:
+        return None
+    mean = sum(numbers) / len(numbers)
+    return math.sqrt(sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1))
+
+
+def _style(sweep: Sweep, series: str) -> dict:
+    modules = [r.get("module") for r in sweep.rows if r["series"] == series]
+    module = modules[0] if modules else series
+    same = [s for s in sweep.series if any(r.get("module") == module and r["series"] == s for r in sweep.rows)]
+    return {"color": module_colour(module), "linestyle": STYLES[same.index(series) % len(STYLES)] if series in same
+            else "-"}
+
+
+def _finished_series(sweep: Sweep) -> list[str]:
+    return [s for s in sweep.series if any(r["series"] == s for r in sweep.rows)]
+
+
+def rate_accuracy(sweep: Sweep, out: Path) -> list[Path]:
+    """Final test accuracy against bytes per sample sent (log x), one line per series
+    across its knob, mean over seeds with the spread as error bars."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for series in _finished_series(sweep):
+        points = [p for p in sweep.points(series) if p.get("bytes_per_sample_sent") and p.get("test_accuracy") is not None]
+        if not points:
+            continue
+        x = [p["bytes_per_sample_sent"] for p in points]
+        y = [100 * p["test_accuracy"] for p in points]
+        errors = [100 * (p["accuracy_std"] or 0) for p in points]
+        knob = points[0]["knob"]
+        ax.errorbar(x, y, yerr=errors if any(errors) else None, marker="o", markersize=4, capsize=3,
+                    label=series + (f" ({knob.replace('_', '-')})" if knob else ""), **_style(sweep, series))
+        for p, xi, yi in zip(points, x, y):
+            if knob:
+                ax.annotate(f"{p['knob_value']:g}" if isinstance(p["knob_value"], float) else str(p["knob_value"]),
+                            (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per sample sent (log)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    seeds = max((p["n"] for s in _finished_series(sweep) for p in sweep.points(s)), default=1)
+    ax.set_title(f"Rate against accuracy — {sweep.name}" + (f" (mean ± sd over {seeds} seeds)" if seeds > 1 else ""))
+    fig.tight_layout()
+    return _save(fig, out, "rate_accuracy")
+
+
+def _curves_figure(sweep: Sweep, out: Path, name: str, column: str, xlabel: str, title: str, log: bool) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for series in _finished_series(sweep):
+        style = _style(sweep, series)
+        points = sweep.points(series)
+        for i, point in enumerate(points):
+            curve = sweep.mean_curve(series, point["knob_value"] if len(points) > 1 else None)
+            if curve.empty:
+                continue
+            knob = f" {point['knob'].replace('_', '-')} {point['knob_value']}" if point["knob"] else ""
+            alpha = 0.45 + 0.55 * (i + 1) / len(points)
+            ax.plot(curve[column], 100 * curve["accuracy"], marker="o", markersize=3, alpha=alpha,
+                    label=series + knob, **style)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{title} — {sweep.name}")
+    fig.tight_layout()
+    return _save(fig, out, name)
+
+
+def accuracy_vs_bytes(sweep: Sweep, out: Path) -> list[Path]:
+    """Accuracy after each epoch against the cumulative training traffic (paper 002, figures 8-10)."""
+    return _curves_figure(sweep, out, "accuracy_vs_bytes", "mb_total",
+                          "cumulative training traffic, both directions, all sources (MB, log)",
+                          "Accuracy against network usage", log=True)
+
+
+def time_to_accuracy(sweep: Sweep, out: Path) -> list[Path]:
+    """Accuracy after each epoch against the seconds since the arm started (paper 002, figures 12-13)."""
+    return _curves_figure(sweep, out, "time_to_accuracy", "t", "seconds since the arm started",
+                          "Time to accuracy", log=False)
+
+
+def reach_table(sweep: Sweep, target: float) -> list[dict]:
+    """Per series and knob value: the first epoch, second and MB at which the mean curve
+    reached ``target`` (None where it never did)."""
+    rows = []
+    for series in _finished_series(sweep):
+        points = sweep.points(series)
+        for point in points:
+            curve = sweep.mean_curve(series, point["knob_value"] if len(points) > 1 else None)
+            hit = curve[curve["accuracy"] >= target]
+            first = hit.iloc[0] if len(hit) else None
+            rows.append({"series": series, "knob_value": point["knob_value"],
+                         "epoch": int(first["epoch"]) + 1 if first is not None else None,
+                         "seconds": round(float(first["t"]), 1) if first is not None else None,
+                         "mb": round(float(first["mb_total"]), 2) if first is not None else None})
+    return rows
+
+
+@dataclass
+class SweepReport:
+    markdown: Path
+    figures: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def write_sweep_report(sweep_dir, out=None) -> SweepReport:
+    """The sweep's figures (PNG and SVG) and ``sweep.md`` into ``out`` (default
+    ``<sweep_dir>/report``)."""
+    sweep = Sweep(sweep_dir)
+    target_dir = Path(out) if out else sweep.dir / "report"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    figures: list[Path] = []
+    problems = [f"trial {r['trial']} {r['status']}: {r.get('error') or 'not run'} (left out of the figures)"
+                for r in sweep.failed]
+    lines = [f"# Sweep {sweep.name}", "", "| series | knob | value | seeds | bytes per sample sent | accuracy |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    if sweep.rows:
+        for draw in (rate_accuracy, accuracy_vs_bytes, time_to_accuracy):
+            figures += draw(sweep, target_dir)
+        for series in _finished_series(sweep):
+            for p in sweep.points(series):
+                std = f" ± {100 * p['accuracy_std']:.1f}" if p["accuracy_std"] is not None else ""
+                accuracy = f"{100 * p['test_accuracy']:.1f}%{std}" if p.get("test_accuracy") is not None else "-"
+                sent = f"{p['bytes_per_sample_sent']:,.0f}" if p.get("bytes_per_sample_sent") else "-"
+                lines.append(f"| {series} | {(p['knob'] or '-').replace('_', '-')} | "
+                             f"{'' if p['knob_value'] is None else p['knob_value']} | {p['n']} | {sent} | {accuracy} |")
+        reference = "none" if "none" in _finished_series(sweep) else None
+        best = max((p["test_accuracy"] for s in ([reference] if reference else _finished_series(sweep))
+                    for p in sweep.points(s) if p.get("test_accuracy") is not None), default=None)
+        if best is not None:
+            target = TARGET_SHARE * best
+            lines += ["", f"## Time and bytes to {100 * target:.1f}% accuracy ({100 * TARGET_SHARE:g}% of the best "
+                      f"final accuracy of {reference or 'any series'})", "",
+                      "| series | value | epoch | seconds since the arm started | MB (training, both directions) |",
+                      "| --- | --- | --- | --- | --- |"]
+            for row in reach_table(sweep, target):
+                never = "not reached"
+                lines.append(f"| {row['series']} | {'' if row['knob_value'] is None else row['knob_value']} | "
+                             f"{row['epoch'] or never} | {row['seconds'] if row['seconds'] is not None else never} | "
+                             f"{row['mb'] if row['mb'] is not None else never} |")
+    if sweep.failed:
+        lines += ["", "## Failed trials", ""] + [f"- `{r['trial']}` ({r['status']}): {r.get('error') or 'not run'}"
+                                                  for r in sweep.failed]
+    names = list(dict.fromkeys(p.stem for p in figures))
+    lines += [""] + [f"![{n}]({n}.png)" for n in names]
+    markdown = target_dir / "sweep.md"
+    markdown.write_text("\n".join(lines) + "\n")
+    return SweepReport(markdown, figures, problems + sweep.problems)
