@@ -115,7 +115,7 @@ def test_notebooks_run_headless(notebook, tiny_run, monkeypatch):
 
 
 def test_at_least_two_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"traffic_and_throughput", "compare_runs"}
+    assert {p.stem for p in NOTEBOOKS} >= {"traffic_and_throughput", "compare_runs", "sweep"}
 
 
 # -- one implementation of every figure: summary.json, the printed table, report.md ------------
