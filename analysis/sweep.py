@@ -4,7 +4,7 @@ trial's run directory under ``trials/``).
     from analysis.sweep import Sweep, load_sweep, write_sweep_report
     table = load_sweep("runs/sweep-x")          # one row per trial: params and metrics as columns
     sweep = Sweep("runs/sweep-x")                 # the finished trials by series and knob value
-    sweep.points("filter"), sweep.curve("filter", 4)
+    sweep.points(SERIES), sweep.curve(SERIES, KNOB_VALUE)
 
 A series is one line: an arm's label in the spec, else its module; its points are its knob
 values, each averaged over the seeds (the spread: the standard deviation). Figures:
