@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -164,6 +165,13 @@ def _finished_series(sweep: Sweep) -> list[str]:
     return [s for s in sweep.series if any(r["series"] == s for r in sweep.rows)]
 
 
+def _log_x(ax) -> None:
+    """A log x axis labelled at its decades only, in plain numbers."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def rate_accuracy(sweep: Sweep, out: Path) -> list[Path]:
     """Final test accuracy against bytes per sample sent (log x), one line per series
     across its knob, mean over seeds with the spread as error bars."""
@@ -182,7 +190,7 @@ def rate_accuracy(sweep: Sweep, out: Path) -> list[Path]:
             if knob:
                 ax.annotate(f"{p['knob_value']:g}" if isinstance(p["knob_value"], float) else str(p["knob_value"]),
                             (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("bytes per sample sent (log)")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -208,7 +216,7 @@ def _curves_figure(sweep: Sweep, out: Path, name: str, column: str, xlabel: str,
             ax.plot(curve[column], 100 * curve["accuracy"], marker="o", markersize=3, alpha=alpha,
                     label=series + knob, **style)
     if log:
-        ax.set_xscale("log")
+        _log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
