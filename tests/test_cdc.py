@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from workloads.compression import CompressionConfig, create_server, create_source
-from workloads.compression.cdc import bits_per_value, dequantize, levels, pack, quantize, unpack
+from workloads.compression.cdc import (bits_per_value, dequantize, from_codes, levels, pack, quantize, to_codes,
+                                       unpack)
 from workloads.data import synthetic_dataset, to_tensor_batch
 from workloads.trace import TraceWriter
 
@@ -17,13 +18,16 @@ CPU = torch.device("cpu")
 
 
 def test_quantizer_follows_the_paper():
-    z = torch.tensor([0.0, 0.01, 0.26, 0.5, 0.99, 1.0])
+    z = torch.tensor([-0.99, -0.3, 0.0, 0.01, 0.26, 0.5, 0.99, 1.0])  # the encoder's output lies in (-1, 1)
     assert levels(0) == 16 and levels(4) == 1
-    q = quantize(z, 2, noisy=False)  # L = 4: Q(x) = ceil(4x)
-    assert q.tolist() == [0, 1, 2, 2, 4, 4]
-    assert dequantize(q, 2).tolist() == pytest.approx([-0.125, 0.125, 0.375, 0.375, 0.875, 0.875])
-    noisy = quantize(torch.rand(10_000), 0, noisy=True)
-    assert noisy.min() >= 0 and noisy.max() <= 16 and len(noisy.unique()) == 17
+    q = quantize(z, 2, noisy=False)  # L = 4: Q(x) = ceil(4x), clipped to -3..4
+    assert q.tolist() == [-3, -1, 0, 1, 2, 2, 4, 4]
+    assert dequantize(q, 2).tolist() == pytest.approx([-0.875, -0.375, -0.125, 0.125, 0.375, 0.375, 0.875, 0.875])
+    assert to_codes(q, 2).tolist() == [0, 2, 3, 4, 5, 5, 7, 7] and from_codes(to_codes(q, 2), 2).tolist() == q.tolist()
+    # m = 4, one bit: the sign of the latent (it used to be 1 for every value in (0, 1): nothing crossed)
+    assert quantize(torch.tensor([-0.5, -0.01, 0.01, 0.7]), 4, noisy=False).tolist() == [0, 0, 1, 1]
+    noisy = quantize(torch.rand(10_000) * 2 - 1, 0, noisy=True)
+    assert noisy.min() >= -15 and noisy.max() <= 16 and len(noisy.unique()) == 32  # 2^(5-m) levels
     assert [bits_per_value(m) for m in range(5)] == [5, 4, 3, 2, 1]
     with pytest.raises(ValueError, match="mask number must be between 0 and 4"):
         levels(5)
@@ -31,7 +35,7 @@ def test_quantizer_follows_the_paper():
 
 @pytest.mark.parametrize("mask", range(5))
 def test_packing_is_lossless_in_the_fewest_bits(mask):
-    codes = np.random.default_rng(mask).integers(0, levels(mask) + 1, size=1001).astype(np.uint8)
+    codes = np.random.default_rng(mask).integers(0, 2 * levels(mask), size=1001).astype(np.uint8)
     bits = bits_per_value(mask)
     packed = pack(codes, bits)
     assert packed.nbytes == math.ceil(1001 * bits / 8)

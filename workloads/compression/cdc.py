@@ -3,8 +3,11 @@
 At the source, a light convolutional autoencoder with the adjustable stochastic
 quantizer of mask number m (L = 2^(4-m) steps):
 
-    Q(x) = clip(ceil(x * L + eps), 0, L),  eps ~ U(-0.5, 0.5) while training, 0 otherwise
+    Q(x) = clip(ceil(x * L + eps), -L + 1, L),  eps ~ U(-0.5, 0.5) while training, 0 otherwise
     Q'(q) = (q - 0.5) / L
+
+on the encoder's output in (-1, 1) (paper 000, section 3.3): 2L = 2^(5-m) levels, sent as
+q + L - 1 in 5 - m bits (m = 4: one bit, the sign of the latent).
 
 and an elementary classifier (EC) on the autoencoder's output, whose loss, attenuated
 by 1/alpha, guides the autoencoder: loss = MSE(x, D(Q'(Q(E(x))))) + CE(EC(...), y) / alpha.
@@ -64,14 +67,24 @@ def mask_for_epoch(schedule, epoch: int, default: int) -> int:
 
 
 def bits_per_value(mask: int) -> int:
-    """Values 0..L need ceil(log2(L + 1)) bits."""
-    return math.ceil(math.log2(levels(mask) + 1))
+    """The 2L levels -L+1..L, sent as 0..2L-1: 5 - m bits."""
+    return int(math.log2(2 * levels(mask)))
 
 
 def quantize(z: torch.Tensor, mask: int, noisy: bool) -> torch.Tensor:
+    """The level -L+1..L of each value of z in (-1, 1)."""
     step = levels(mask)
     noise = torch.rand_like(z) - 0.5 if noisy else torch.zeros_like(z)
-    return torch.clamp(torch.ceil(z * step + noise), 0, step)
+    return torch.clamp(torch.ceil(z * step + noise), -step + 1, step)
+
+
+def to_codes(q: torch.Tensor, mask: int) -> torch.Tensor:
+    """Levels -L+1..L as the unsigned codes 0..2L-1 that cross the network."""
+    return q + levels(mask) - 1
+
+
+def from_codes(codes: torch.Tensor, mask: int) -> torch.Tensor:
+    return codes - levels(mask) + 1
 
 
 def dequantize(q: torch.Tensor, mask: int) -> torch.Tensor:
@@ -96,7 +109,7 @@ def _halved(size: int) -> int:
 
 def _encoder() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(32, LATENT_CHANNELS, 3, stride=2, padding=1), nn.Sigmoid())
+                         nn.Conv2d(32, LATENT_CHANNELS, 3, stride=2, padding=1), nn.Tanh())  # E: into (-1, 1)
 
 
 def _decoder() -> nn.Module:
@@ -167,7 +180,7 @@ class CdcSource(SourcePart):
     def forward(self, maps):
         with torch.no_grad():
             _, q = self.autoencode(maps, noisy=False)
-        return q, {}
+        return to_codes(q, self.mask), {}
 
     def encode(self, sent, side) -> Arrays:
         codes = sent.to(torch.uint8).cpu().numpy()
@@ -214,9 +227,9 @@ class CdcServer(ServerPart):
         count = n * c * h * w
         if codes.dtype != np.uint8 or codes.size != math.ceil(count * bits / 8):
             raise ValueError(f"{count} values of {bits} bits need {math.ceil(count * bits / 8)} bytes, got {codes.size}")
-        q = torch.from_numpy(unpack(codes, bits, count).astype(np.float32)).view(n, c, h, w).to(device)
+        q = from_codes(torch.from_numpy(unpack(codes, bits, count).astype(np.float32)), int(mask[0]))
         with torch.no_grad():
-            restored = decoder(dequantize(q, int(mask[0])))
+            restored = decoder(dequantize(q.view(n, c, h, w).to(device), int(mask[0])))
         return restored, restored
 
 
