@@ -119,6 +119,19 @@ Latency (new traces' per-step parts; None in traces written before them)
     local backend (only there do source and server share a clock). latency_parts_infer —
     the same over the ``infer`` events, without backward_s. A part not traced is None; the
     whole dict is None when no part is (6 decimals).
+Adaptive compression (``--adapt``: the sources' ``adapt_start`` and ``adapt`` events; every
+figure here is None for an arm that did not adapt)
+    adapt_policy, adapt_level_name ("budget", "mask number", "quality"), adapt_levels (most
+    compression first), adapt_target_samples_per_s — as the first source's ``adapt_start``
+    event says.
+    adapt_decisions — intervals decided, over all sources; adapt_changes — those that changed
+    the level; adapt_changes_per_min — changes per minute of training steps (each source's
+    intervals' seconds, summed).
+    adapt_time_at_level — {level: seconds of training steps at it}, over all sources: each
+    interval counts at the level in force while it ran (its ``previous``).
+    adapt_within_target — the share of intervals, over all sources, whose samples/s reached
+    at least 1 - TARGET_TOLERANCE (75%) of the target (4 decimals).
+    adapt_samples_per_s_min, adapt_samples_per_s_median — over those intervals (3 decimals).
 All per-source figures are None (JSON null) where the traces do not hold what they need
 (e.g. ``cpu_s``/``wait_s`` in traces written before they existed).
 
@@ -716,6 +729,80 @@ def bandwidth_sweep(runs: Runs, figures: Mapping[str, dict] | None = None) -> pd
     return frame.sort_values(["module", "up_bps", "down_bps"], kind="stable").reset_index(drop=True)
 
 
+TARGET_TOLERANCE = 0.25  # an interval within the target: at least 75% of it
+ADAPT_KEYS = ("adapt_policy", "adapt_level_name", "adapt_levels", "adapt_target_samples_per_s", "adapt_decisions",
+              "adapt_changes", "adapt_changes_per_min", "adapt_time_at_level", "adapt_within_target",
+              "adapt_samples_per_s_min", "adapt_samples_per_s_median")
+ADAPT_COLUMNS = ["run", "arm", "label", "source", "t", "interval", "samples", "bytes", "network_s", "compute_s",
+                 "samples_per_s", "bandwidth_mbit_s", "level", "value", "previous", "changed", "reason"]
+
+
+def adaptations(runs: Runs) -> pd.DataFrame:
+    """One row per decision of ``--adapt`` (the sources' ``adapt`` events), ADAPT_COLUMNS;
+    ``t`` (s since the arm started) is when the interval closed, ``previous`` the level
+    in force during it, ``value`` the one after."""
+    events = runs.events
+    if "event" not in events:
+        return pd.DataFrame(columns=ADAPT_COLUMNS)
+    rows = events[(events["event"] == "adapt") & (events["role"] == "source")].copy()
+    rows["t"] = rows["t_rel"]
+    for column in ADAPT_COLUMNS:
+        if column not in rows:
+            rows[column] = pd.NA
+    return rows[ADAPT_COLUMNS].sort_values(["run", "arm", "source", "t"]).reset_index(drop=True)
+
+
+def adapt_starts(runs: Runs) -> dict[tuple[str, str], dict]:
+    """(run, arm) -> the first source's ``adapt_start`` event (policy, levels, target)."""
+    events = runs.events
+    if "event" not in events:
+        return {}
+    rows = events[(events["event"] == "adapt_start") & (events["role"] == "source")].sort_values("source")
+    return {key: group.iloc[0].to_dict() for key, group in rows.groupby(["run", "arm"], sort=False)}
+
+
+def adapt_figures(runs: Runs) -> dict[tuple[str, str], dict]:
+    """(run, arm) -> the adaptation figures of an arm that adapted (module docstring)."""
+    decisions = adaptations(runs)
+    out = {}
+    for key, start in adapt_starts(runs).items():
+        mine = decisions[(decisions["run"] == key[0]) & (decisions["arm"] == key[1])]
+        seconds = _num(mine["network_s"]).fillna(0) + _num(mine["compute_s"]).fillna(0)
+        target = float(start["target_samples_per_s"])
+        rates = _num(mine["samples_per_s"]).dropna()
+        changes = int(mine["changed"].fillna(False).astype(bool).sum())
+        at_level: dict[str, float] = {}
+        for level, spent in zip(mine["previous"], seconds):
+            at_level[str(int(level))] = round(at_level.get(str(int(level)), 0.0) + float(spent), 3)
+        minutes = float(seconds.sum()) / 60
+        out[key] = {
+            "adapt_policy": start["policy"], "adapt_level_name": start["level_name"],
+            "adapt_levels": list(start["levels"]), "adapt_target_samples_per_s": target,
+            "adapt_decisions": len(mine), "adapt_changes": changes,
+            "adapt_changes_per_min": round(changes / minutes, 3) if minutes > 0 else None,
+            "adapt_time_at_level": {str(v): at_level.get(str(v), 0.0) for v in start["levels"]},
+            "adapt_within_target": round(float((rates >= (1 - TARGET_TOLERANCE) * target).mean()), 4)
+            if len(rates) else None,
+            "adapt_samples_per_s_min": round(float(rates.min()), 3) if len(rates) else None,
+            "adapt_samples_per_s_median": round(float(rates.median()), 3) if len(rates) else None,
+        }
+    return out
+
+
+def binned_rates(batches: pd.DataFrame, label: str, bin_s: float) -> pd.DataFrame:
+    """An arm's samples/s per source in bins of ``bin_s`` seconds (by each step's end): the
+    bin's samples over its steps' seconds, the mean over sources; warm-up steps left out.
+    Columns: t (the bin's end), samples_per_s."""
+    mine = batches[(batches["label"] == label) & ~batches["warmup"].astype(bool)]
+    if mine.empty:
+        return pd.DataFrame(columns=["t", "samples_per_s"])
+    bins = (_num(mine["t"]) // bin_s).astype(int)
+    grouped = mine.assign(bin=bins, seconds=_num(mine["duration_s"]), n=_num(mine["samples"]))
+    per_source = grouped.groupby(["bin", "source"])[["n", "seconds"]].sum()
+    rates = (per_source["n"] / per_source["seconds"].where(per_source["seconds"] > 0)).groupby(level="bin").mean()
+    return pd.DataFrame({"t": (rates.index + 1) * bin_s, "samples_per_s": rates.values})
+
+
 def step_rates(batches: pd.DataFrame) -> pd.DataFrame:
     """Each training step's samples / duration_s, at its end. Columns: label, source, t,
     samples_per_s."""
@@ -792,6 +879,7 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
     servers = server_figures(runs)
     links = link_figures(runs, per_source)
     latencies = latency_figures(runs)
+    adapting = adapt_figures(runs)
     losses = pooled_final_loss(runs.batches)
     lost_all = lost_sources(runs)
     out = {}
@@ -819,6 +907,7 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
                                              "batches_done", "t")}
                 for _, r in lost_all[(lost_all["run"] == run) & (lost_all["arm"] == arm)].iterrows()]
         out[label] = _clean({
+            **adapting.get((run, arm), dict.fromkeys(ADAPT_KEYS)),
             "run": run, "arm": arm, "label": label, "module": s["module"].iloc[0], "sources": len(s),
             "cpu_cap": cap,
             "bytes_sent_total": sent, "bytes_received_total": received, "samples_total": samples,

@@ -315,3 +315,110 @@ def latency(runs: Runs, out: Path, figures=None) -> list[Path]:
     ax.legend(fontsize=8, title="median parts\n(hatched: inference)", bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.set_title("Latency of a training step and of an inference request" + link_suffix(runs, arms))
     return _save(fig, out, "latency")
+
+
+def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
+    """``--adapt``: three stacked panels over time since each arm started — the link's
+    capacity (the first traced direction of each arm with a trace), the level each adapting
+    source chose, and samples/s per interval of every arm (the adapting arms' own intervals;
+    a fixed arm's steps binned into intervals of the same length) against the target —
+    and beside them each arm's final accuracy and MB sent. Drawn only when an arm adapted."""
+    figures = _figures(runs, figures)
+    adapting = [label for label, fig in figures.items() if fig.get("adapt_policy")]
+    if not adapting:
+        return []
+    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(figures)}
+    decisions = metrics.adaptations(runs)
+    capacity = metrics.capacity_over_time(runs)
+    ends = runs.events.groupby(["run", "arm"])["t_rel"].max()
+    fig = plt.figure(figsize=(11, 7.5))
+    grid = fig.add_gridspec(3, 2, width_ratios=(3, 1.15), hspace=0.12, wspace=0.35)
+    link_ax = fig.add_subplot(grid[0, 0])
+    level_ax = fig.add_subplot(grid[1, 0], sharex=link_ax)
+    rate_ax = fig.add_subplot(grid[2, 0], sharex=link_ax)
+    drawn_links = set()
+    for label, arm in figures.items():
+        shown = capacity[(capacity["run"] == arm["run"]) & (capacity["arm"] == arm["arm"])]
+        if shown.empty:
+            continue
+        direction = "up" if (shown["direction"] == "up").any() else shown["direction"].iloc[0]
+        series = shown[shown["direction"] == direction]
+        series = series[series["source"].isna()] if series["source"].isna().all() else \
+            series[series["source"] == series["source"].dropna().min()]
+        key = tuple(series["mbit_s"].round(3))
+        if key in drawn_links:  # the same trace under another arm
+            continue
+        drawn_links.add(key)
+        end = float(ends.get((arm["run"], arm["arm"]), series["t"].max()))
+        link_ax.step([*series["t"], max(end, series["t"].max())], [*series["mbit_s"], series["mbit_s"].iloc[-1]],
+                     where="post", color="black" if len(drawn_links) == 1 else colours[label], linewidth=1.2,
+                     label=f"capacity, {direction}" + ("" if len(drawn_links) == 1 else f" ({label})"))
+    link_ax.set_ylabel("link (Mbit/s)")
+    link_ax.set_ylim(bottom=0)
+    if drawn_links:
+        link_ax.legend(fontsize=8, loc="upper right")
+    else:
+        link_ax.text(0.5, 0.5, "no emulated link traced", transform=link_ax.transAxes, ha="center", va="center")
+    level_names = set()
+    for label in adapting:
+        arm = figures[label]
+        levels = arm["adapt_levels"]
+        level_names.add(arm["adapt_level_name"])
+        mine = decisions[(decisions["run"] == arm["run"]) & (decisions["arm"] == arm["arm"])]
+        for k, (source, rows) in enumerate(mine.groupby("source")):
+            index = [levels.index(int(v)) for v in rows["value"]]
+            first = levels.index(int(rows["previous"].iloc[0]))
+            level_ax.step([0.0, *rows["t"]], [first, *index], where="post", color=colours[label],
+                          linewidth=1.6 if k == 0 else 0.8, alpha=1.0 if k == 0 else 0.6,
+                          label=f"{label}" + (" (one line per source)" if k == 0 and mine["source"].nunique() > 1 else "")
+                          if k == 0 else None)
+        level_ax.set_yticks(range(len(levels)), [str(v) for v in levels])
+    level_ax.set_ylabel(" / ".join(sorted(level_names)) + "\n(more compression below)")
+    level_ax.legend(fontsize=8, loc="lower right")
+    target = figures[adapting[0]]["adapt_target_samples_per_s"]
+    interval = _interval_s(runs)
+    for label, arm in figures.items():
+        if label in adapting:
+            mine = decisions[(decisions["run"] == arm["run"]) & (decisions["arm"] == arm["arm"])]
+            per_t = mine.groupby("t")["samples_per_s"].mean() if len(mine) else pd.Series(dtype=float)
+            rate_ax.plot(per_t.index, per_t.values, color=colours[label], marker=".", markersize=4, linewidth=1.4,
+                         label=f"{label} (adaptive)")
+        else:
+            binned = metrics.binned_rates(runs.batches, label, interval)
+            rate_ax.plot(binned["t"], binned["samples_per_s"], color=colours[label], linewidth=1.2, alpha=0.85,
+                         linestyle="--", label=f"{label} (fixed)")
+    rate_ax.axhline(target, color="black", linestyle="-", linewidth=0.8, label=f"target {target:g}")
+    rate_ax.axhline((1 - metrics.TARGET_TOLERANCE) * target, color="black", linestyle=":", linewidth=0.8,
+                    label=f"{1 - metrics.TARGET_TOLERANCE:.0%} of the target")
+    rate_ax.set_ylabel(f"samples/s per source\n(per {interval:g} s interval)")
+    rate_ax.set_xlabel("time since the arm started (s)")
+    rate_ax.set_xlim(left=0)
+    rate_ax.set_ylim(bottom=0)
+    rate_ax.legend(fontsize=7, loc="upper right")
+    for ax in (link_ax, level_ax, rate_ax):
+        ax.grid(True, alpha=0.3)
+    plt.setp(link_ax.get_xticklabels(), visible=False)
+    plt.setp(level_ax.get_xticklabels(), visible=False)
+    acc_ax = fig.add_subplot(grid[:, 1])
+    labels = list(figures)
+    accuracy = [100 * (figures[label].get("test_accuracy") or 0) for label in labels]
+    acc_ax.barh(range(len(labels)), accuracy, color=[colours[label] for label in labels])
+    for y, label in enumerate(labels):
+        arm = figures[label]
+        mb = (arm.get("bytes_sent_total") or 0) / 1e6
+        acc_ax.text(1, y, f"{accuracy[y]:.1f}%  {mb:.2f} MB sent", va="center", fontsize=8, color="white",
+                    fontweight="bold")
+    acc_ax.set_yticks(range(len(labels)), [label + ("\n(adaptive)" if label in adapting else "") for label in labels],
+                      fontsize=8)
+    acc_ax.invert_yaxis()
+    acc_ax.set_xlim(0, 100)
+    acc_ax.set_xlabel("final test accuracy (%)")
+    acc_ax.set_title("at the end", fontsize=10)
+    fig.suptitle("Adaptive compression: the link, the level chosen, samples/s" + link_suffix(runs))
+    return _save(fig, out, "adaptation")
+
+
+def _interval_s(runs: Runs) -> float:
+    """The adapting arms' decision interval (the first one's), for binning the fixed arms."""
+    starts = metrics.adapt_starts(runs)
+    return float(next(iter(starts.values()))["interval_s"]) if starts else 2.0

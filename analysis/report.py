@@ -41,6 +41,9 @@ FIGURES = {
                                 "what the link allows the none arm — where compression starts to pay."),
     "link_trace": ("Trace-driven link", "The link's capacity (step line) and the rate it delivered each second, "
                                         "with the samples/s of every step, over time."),
+    "adaptation": ("Adaptive compression", "Over time: the link's capacity, the level each adapting source chose "
+                                           "(more compression below) and samples/s per interval of every arm "
+                                           "against the target; beside them each arm's final accuracy and MB sent."),
     "latency": ("Latency per arm", "Median parts of a training step and of an inference request (hatched), stacked, with "
                            "the p50 and p95 end to end."),
 }
@@ -141,7 +144,7 @@ def write_report(run_dirs, out: Path) -> Report:
     # drawn only where the runs hold their data (each returns no file otherwise)
     sections += [(name, lambda r, o, draw=draw: draw(r, o, arms)) for name, draw in (
         ("throughput_vs_bandwidth", plots.throughput_vs_bandwidth), ("link_trace", plots.link_trace),
-        ("latency", plots.latency))]
+        ("adaptation", plots.adaptation), ("latency", plots.latency))]
     drawn = []
     for name, draw in sections:
         if runs.batches.empty:

@@ -12,6 +12,7 @@ from .spec import RunSpec, SpecError, validate
 
 
 GROUPS = {"run": "the run", "workload": "the workload", "data": "data", "knob": "compression module knobs",
+          "adapt": "adaptive compression (--adapt: the level follows the measured link)",
           "link": "emulated links (every source behind its own shaped link; Linux, as root)",
           "k8s": "Kubernetes backend (--backend k8s)"}
 

@@ -5,13 +5,13 @@ import os
 import socket
 import sys
 
-from workloads import settings
+from workloads import adapt, settings
 from workloads.compression import CompressionConfig
 from workloads.compression import get as get_module
 from workloads.compression.registry import knobs
 from workloads.data import (DATASETS, LAYOUTS, DataError, augmenting, class_count, class_names, find_cifar10,
                             find_cifar100, folder_classes, list_folder)
-from workloads.models import block_count
+from workloads.models import block_count, build_split_model
 
 from .links.network import probe_kernel
 from .links.plan import plan_links
@@ -89,6 +89,8 @@ class RunSpec:
         """The values of every option the programs read, by dest, for ``module``'s arm."""
         programs = {o.dest for o in settings.options() if set(o.roles) & set(settings.PROGRAMS)}
         values = {dest: v for dest, v in self.values.items() if dest in programs}
+        if get_module(module).levels is None:  # an arm without a level runs at its fixed one
+            values.update(adapt="", **{dest: settings.option(dest).default for dest in adapt.ADAPT_ONLY})
         return {**values, "module": module, "split": self.split_for(module), "classes": run_classes(self)}
 
     def compression_config(self) -> CompressionConfig:
@@ -112,6 +114,7 @@ def validate(spec: RunSpec) -> None:
             get_module(module).check_config(config)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
+    _validate_adapt(spec)
     beyond = sorted(s for s in settings.drops(spec.drop) if s >= spec.sources)
     if beyond:
         raise SpecError(f"--drop names source {beyond[0]}, but sources are 0..{spec.sources - 1} (--sources {spec.sources})")
@@ -160,6 +163,23 @@ ON_K8S_INSTEAD = {"data_dir": "on Kubernetes give a PersistentVolumeClaim holdin
 
 # what --backend inproc has no use for: one process, no sockets, no links
 NOT_INPROC = ("bandwidth", "link", "link_trace", "medium", "delay", "loss", "sweep_bandwidth", "drop", "data_pvc")
+
+
+def _validate_adapt(spec: RunSpec) -> None:
+    """``--adapt``: a target, and for every arm whose module has a level, levels it allows
+    (at least one arm must have one)."""
+    try:
+        adapt.check_unused(spec.values)
+        if not spec.adapt:
+            return
+        adapting = [m for m in spec.modules if get_module(m).levels is not None]
+        if not adapting:
+            adapt.check(spec.values, None, 0)
+        for module in adapting:
+            maps = build_split_model(spec.model, spec.split_for(module), 10).cut_shape[0]  # classes: not at the cut
+            adapt.check(spec.values, get_module(module).levels, maps)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _validate_inproc(spec: RunSpec) -> None:

@@ -44,8 +44,8 @@ import numpy as np
 import psutil
 import torch
 
-from . import settings
-from .compression import create_source, schedule_for
+from . import adapt, settings
+from .compression import create_source, get, schedule_for
 from .data import DataError, augment_batch, augmenting, class_count, load_dataset, to_tensor_batch
 from .models import build_split_model
 from .protocol import Message, ProtocolError
@@ -95,12 +95,18 @@ class Source:
         self.schedule = schedule_for(args.module, args.budget, split.cut_shape[0], args.epochs,
                                      text=args.schedule or None, boost=args.lr_boost,
                                      boost_epochs=args.boost_epochs)
+        levels = get(args.module).levels
+        self.levels = adapt.check(vars(args), levels, split.cut_shape[0]) if args.adapt else ()
+        self.level_name = levels.name if levels is not None else ""
+        self.controller: adapt.Controller | None = None
+        self.boost_steps = 0  # steps left at the lr boost after an adaptive change
         self.sgd, own = self._optimizers()
         self.optimizers = ([self.sgd] if self.sgd else []) + own
         self.rng = np.random.default_rng([args.seed, args.source_id])
         self.augment_rng = np.random.default_rng([args.seed, args.source_id, AUGMENT_STREAM])
         self.connection = connection if connection is not None else self._connect()
         self.seq = 0
+        self._nic: tuple[int, int] | None = None
 
     def _optimizers(self) -> tuple[torch.optim.Optimizer | None, list[torch.optim.Optimizer]]:
         """SGD for the head and the module's plain parameters, plus the module's own
@@ -170,18 +176,82 @@ class Source:
         started = time.perf_counter()
         self.module.prepare(self.head, self._pretrain_batches, self.trace)
         self.trace.event("prepared", duration_s=round(time.perf_counter() - started, 6))
+        if self.levels:
+            self.controller = self._controller()
         first = True
         for epoch in range(a.epochs):
-            budget, lr_scale = self.schedule.budget(epoch), self.schedule.lr_scale(epoch)
-            self.module.set_budget(budget)
+            if self.controller is None:  # the schedule decides
+                budget, lr_scale = self.schedule.budget(epoch), self.schedule.lr_scale(epoch)
+                self.module.set_budget(budget)
             self.module.start_epoch(epoch)
-            if self.sgd is not None:
-                for group in self.sgd.param_groups:
-                    group["lr"] = self.args.lr * lr_scale
             for batch, picked in self._epoch_batches():
+                if self.controller is not None:  # the controller decides, step by step
+                    budget, lr_scale = self._adapted()
+                self._set_lr(lr_scale)
                 self._train_step(epoch, batch, picked, budget, lr_scale, warmup=first)
                 first = False
             self._evaluate(epoch, budget)
+
+    def _set_lr(self, lr_scale: float) -> None:
+        if self.sgd is not None:
+            for group in self.sgd.param_groups:
+                group["lr"] = self.args.lr * lr_scale
+
+    # -- --adapt ------------------------------------------------------------------
+    def _controller(self) -> adapt.Controller:
+        """The controller, starting at the least compression; each level's bytes per sample
+        from the module, on the head's output of one training batch."""
+        a = self.args
+        _, picked = next(self._epoch_batches())
+        with torch.no_grad():
+            self.head.eval()
+            costs = self.module.level_bytes(self.head(self._training_batch(picked)), self.levels)
+        target = adapt.target_samples_per_s(a.target, a.target_latency, a.batch_size)
+        controller = adapt.Controller(a.adapt, self.levels, costs, target, a.adapt_interval, a.adapt_dwell)
+        self.module.set_level(controller.value)
+        self.trace.event("adapt_start", policy=a.adapt, level_name=self.level_name, levels=list(self.levels),
+                         bytes_per_sample=[round(c, 1) for c in costs], target_samples_per_s=round(target, 6),
+                         interval_s=a.adapt_interval, dwell=a.adapt_dwell, value=controller.value)
+        self._nic = nic_bytes()
+        return controller
+
+    def _adapted(self) -> tuple[int, float]:
+        """The budget the step is traced with and its lr scale (paper 002's boost for
+        --boost-epochs epochs of steps after a change of a budget)."""
+        budget = self.controller.value if self.schedule_budgets() else self.cut_shape[0]
+        if self.boost_steps > 0:
+            self.boost_steps -= 1
+            return budget, self.args.lr_boost
+        return budget, 1.0
+
+    def schedule_budgets(self) -> bool:
+        return get(self.args.module).schedule is not None
+
+    def _observe(self, samples: int, step_s: float, exchange: Exchange) -> None:
+        """One step for the controller; at the end of an interval its decision, traced with
+        what it was measured on, and taken."""
+        network_s = exchange.parts().get("network_s") or 0.0
+        previous = self.controller.value
+        closed = self.controller.observe(samples, step_s, network_s, exchange.bytes_sent + exchange.bytes_received)
+        if closed is None:
+            return
+        measured, decision = closed
+        nic = nic_bytes()
+        nic_fields = {} if nic is None or self._nic is None else {
+            "nic_tx_bytes": nic[0] - self._nic[0], "nic_rx_bytes": nic[1] - self._nic[1]}
+        self._nic = nic
+        applying = time.perf_counter()
+        if decision.changed:
+            self.module.set_level(self.controller.value)
+            if self.schedule_budgets():
+                self.boost_steps = self.args.boost_epochs * self.args.batches
+        self.trace.event(
+            "adapt", interval=self.controller.intervals, policy=self.args.adapt, samples=measured.samples,
+            bytes=measured.bytes, network_s=measured.network_s, compute_s=measured.compute_s,
+            samples_per_s=round(measured.samples_per_s, 4),
+            bandwidth_mbit_s=round(measured.bandwidth_bps / 1e6, 4) if measured.network_s > 0 else None,
+            level=decision.level, value=self.controller.value, previous=previous, changed=decision.changed,
+            reason=decision.reason, apply_s=round(time.perf_counter() - applying, 6), **nic_fields)
 
     def _train_step(self, epoch, batch, picked, budget, lr_scale, warmup) -> None:
         started = time.perf_counter()
@@ -227,6 +297,8 @@ class Source:
             loss=exchange.reply.fields.get("loss"), correct=exchange.reply.fields.get("correct"),
             prune_loss=None if prune is None else round(prune.item(), 6),
             budget=budget, phase=self.schedule.phase(epoch), lr_scale=lr_scale, **self.module.describe())
+        if self.controller is not None and not warmup:  # the warm-up step is not the link's
+            self._observe(len(picked), done - started, exchange)
 
     @torch.no_grad()
     def _evaluate(self, epoch, budget) -> None:
@@ -269,6 +341,28 @@ def parts(compute_s: float, encode_s: float, exchange: Exchange, decode_s: float
     are the module's, to which the exchange adds the protocol's."""
     return {"compute_s": round(compute_s, 6), "encode_s": round(encode_s + exchange.encode_s, 6),
             "decode_s": round(exchange.decode_s + decode_s, 6), **exchange.parts()}
+
+
+def own_network() -> bool:
+    """Whether this process's network interfaces carry only its own traffic: a network
+    namespace of its own (an emulated link's) or a pod's."""
+    try:
+        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net") \
+            or "KUBERNETES_SERVICE_HOST" in os.environ
+    except OSError:
+        return False
+
+
+def nic_bytes() -> tuple[int, int] | None:
+    """Bytes sent and received by this network namespace's interfaces other than
+    loopback (an emulated link's veth, a pod's eth0); None where they are not the
+    source's own (see own_network) or there is none."""
+    if not own_network():
+        return None
+    counters = {name: c for name, c in psutil.net_io_counters(pernic=True).items() if name != "lo"}
+    if not counters:
+        return None
+    return sum(c.bytes_sent for c in counters.values()), sum(c.bytes_recv for c in counters.values())
 
 
 def train_mode(part: torch.nn.Module) -> None:

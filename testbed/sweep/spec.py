@@ -7,7 +7,8 @@ is repeated over (``[grid]``: seeds, datasets, bandwidths) and overrides per sca
 (``[scale.smoke]``, ``[scale.paper]``; ``[scale.smoke.arms.NAME]`` for one arm, by its label or
 module). Keys are ``testbed run``'s options, spelt as the
 flag without its dashes (``batch-size`` or ``batch_size``). A trial is one arm's run with
-one value of each list: an ordinary run directory of one arm.
+one value of each list: an ordinary run directory of one arm. A trace file a spec names
+(``link-trace``) is relative to the spec's folder.
 
 The README ("Sweeps on Ray") shows one; ``experiments/`` holds more.
 """
@@ -109,6 +110,8 @@ def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict 
         raise SweepSpecError(f"{where}: [scale.{scale}.arms] names {', '.join(per_arm)}, which is no arm's label "
                              "or module")
     _check_unique(trials, where)
+    for trial in trials:
+        _beside_spec(trial.settings, path.parent, given)
     cpus = raw.get("cpus_per_trial", 1.0 if backend == "inproc" else float(os.cpu_count() or 1))
     if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
         raise SweepSpecError(f"{where}: cpus_per_trial must be a positive number, got {cpus!r}")
@@ -122,6 +125,18 @@ def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict 
     return SweepSpec(name=name, path=path, backend=backend, trials=trials, scale=scale,
                      description=str(raw.get("description", "")), cpus_per_trial=float(cpus),
                      gpus_per_trial=float(gpus), timeout_s=timeout, vary=_varying(trials), raw=raw)
+
+
+FILE_SETTINGS = ("link_trace",)  # files a spec names: relative to the spec's folder
+
+
+def _beside_spec(settings: dict, folder: Path, given: dict) -> None:
+    """A relative trace file the spec names is read from the spec's folder (one given on the
+    command line, from the current folder), so a sweep runs from anywhere."""
+    for key in FILE_SETTINGS:
+        if settings.get(key) and key not in given:
+            settings[key] = ",".join(part if Path(part).is_absolute() else str((folder / part).resolve())
+                                     for part in str(settings[key]).split(","))
 
 
 def _read(path: Path) -> dict:

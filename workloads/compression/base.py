@@ -74,6 +74,15 @@ class SourcePart(nn.Module):
     def set_budget(self, budget: int) -> None:
         """Change the communication budget (modules without one ignore it)."""
 
+    def set_level(self, value: int) -> None:
+        """Take the level ``--adapt`` chose (a module whose registry entry declares ``levels``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no level to change")
+
+    def level_bytes(self, maps: torch.Tensor, values) -> list[float]:
+        """Bytes per sample that cross the network, both ways, at each level of ``values``,
+        for ``maps``: one batch of the head's output."""
+        raise NotImplementedError(f"{type(self).__name__} has no level to change")
+
     def describe(self) -> dict:
         """Small, JSON-able state for every batch's trace event (e.g. the filter's sum)."""
         return {}

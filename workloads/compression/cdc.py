@@ -29,11 +29,12 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart, require_input, state_bytes
 from .shipping import has_state, load_state_arrays, state_arrays
 from ..settings import knob
-from .registry import CompressionConfig, ModuleSpec, register
+from .registry import CompressionConfig, Levels, ModuleSpec, register
 
 LATENT_CHANNELS = 8
 DECODER_PREFIX = "decoder."
 PRETRAIN_LR = 1e-2  # Adam; the autoencoder settles within about a hundred steps
+ADAPT_FINETUNE_STEPS = 32  # under --adapt a new mask number fine-tunes this many steps (the link will not wait)
 
 
 def levels(mask: int) -> int:
@@ -160,12 +161,26 @@ class CdcSource(SourcePart):
             self._fit("finetune")
             self.decoder_sent = False
 
-    def _fit(self, stage: str) -> None:
+    def set_level(self, value: int) -> None:
+        """--adapt's mask number: fine-tuned briefly from the current weights; the decoder crosses again."""
+        if value != self.mask:
+            self.mask, self.bits = value, bits_per_value(value)
+            self._fit("adapt", ADAPT_FINETUNE_STEPS)
+            self.decoder_sent = False
+
+    def level_bytes(self, maps, values):
+        with torch.no_grad():
+            per_sample = self.encoder(maps[:1]).numel()
+        return [per_sample * bits_per_value(m) / 8 for m in values]  # the packed latent; nothing comes back
+
+    def _fit(self, stage: str, steps: int | None = None) -> None:
         for p in self.parameters():
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(self.parameters(), lr=PRETRAIN_LR)
         self.train()
         for step, (x, labels) in enumerate(self._batches()):
+            if steps is not None and step >= steps:
+                break
             loss, reconstruction, guidance = self.loss(x, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -244,4 +259,5 @@ register(ModuleSpec(
     "cdc", "000 (CDC)", "conv autoencoder with the stochastic quantizer of mask number m, guided by an elementary "
     "classifier; trained at the edge first, then frozen; the latent crosses packed in the fewest bits, the decoder "
     "once (again after a change of m)", CdcSource, CdcServer, KNOBS,
-    at_source="encoder, quantizer, elementary classifier", at_server="decoder + the whole model", input_only=True))
+    at_source="encoder, quantizer, elementary classifier", at_server="decoder + the whole model", input_only=True,
+    levels=Levels("mask number", lambda values, maps: (4, 3, 2, 1, 0), low=0, high=4, descending=True)))

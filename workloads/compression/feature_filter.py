@@ -19,7 +19,7 @@ from torch import nn
 
 from .base import Arrays, ServerPart, SourcePart, index_dtype, numel
 from ..settings import knob
-from .registry import CompressionConfig, ModuleSpec, register
+from .registry import CompressionConfig, Levels, ModuleSpec, register
 from .schedules import BUDGET_KNOBS, all_maps_first, budget_first, fixed
 
 FILTER_GRAD_CLIP = 1.0  # max norm of the logits' gradient per step
@@ -72,6 +72,15 @@ class FeatureFilterSource(SourcePart):
         # filter can choose among them again.
         self.reset_filter(None if budget > self.budget else self.filter().detach() > 0.5)
         self.budget = budget
+
+    # -- under --adapt: the budget is the level ----------------------------------
+    def set_level(self, value: int) -> None:
+        self.set_budget(value)
+
+    def level_bytes(self, maps, values):
+        with torch.no_grad():
+            channels, height, width = self.compress(maps[:1]).shape[1:]
+        return [2 * 4 * min(b, channels) * height * width for b in values]  # float32 maps out, their gradient back
 
     # -- how the filter learns -------------------------------------------------
     # The barrier's gradient spans many orders of magnitude (exp of the excess), so the
@@ -159,6 +168,18 @@ KNOBS = BUDGET_KNOBS + (
     knob("filter-init", float, 4.0, "filter logits start uniform in [0, this)", positive=True),
     knob("filter-lr", float, 1.0, "learning rate of the filter logits (SGD on a clipped gradient)", positive=True),
 )
+
+
+def _budgets(values: dict, maps: int) -> tuple[int, ...]:
+    """--budget, doubling, up to all maps."""
+    budgets, budget = [], min(values["budget"], maps)
+    while budget < maps:
+        budgets.append(budget)
+        budget *= 2
+    return (*budgets, maps)
+
+
+LEVELS = Levels("budget", _budgets, low=1)
 AT_SOURCE = "filter f = sigmoid(f_hat), top-B maps and their indices; prune loss"
 AT_SERVER = "maps placed back at their indices (transposed conv with --resolution)"
 
@@ -170,4 +191,4 @@ for _name, _paper, _what, _schedule in (
      all_maps_first),
 ):
     register(ModuleSpec(_name, _paper, _what, FeatureFilterSource, FeatureFilterServer, KNOBS, AT_SOURCE, AT_SERVER,
-                        schedule=_schedule))
+                        schedule=_schedule, levels=LEVELS))

@@ -16,7 +16,7 @@ from PIL import Image
 from ..data import CIFAR_MEAN, CIFAR_STD
 from .base import Arrays, ServerPart, SourcePart, numel, require_input
 from ..settings import knob
-from .registry import CompressionConfig, ModuleSpec, register
+from .registry import CompressionConfig, Levels, ModuleSpec, register
 
 _MEAN = torch.from_numpy(CIFAR_MEAN).view(1, 3, 1, 1)
 _STD = torch.from_numpy(CIFAR_STD).view(1, 3, 1, 1)
@@ -82,11 +82,25 @@ class CodecSource(_InputSource):
     def __init__(self, cut_shape, config: CompressionConfig, name: str):
         self.name = name
         super().__init__(cut_shape, config)
+        self.quality = config.quality
 
     def encode(self, sent, side) -> Arrays:
-        files = [encode_image(image, FORMATS[self.name], self.config.quality) for image in to_pixels(sent)]
+        files = [encode_image(image, FORMATS[self.name], self.quality) for image in to_pixels(sent)]
         return {"data": np.frombuffer(b"".join(files), dtype=np.uint8),
                 "lengths": np.array([len(f) for f in files], dtype=np.uint32)}
+
+
+    def set_level(self, value: int) -> None:
+        self.quality = value
+
+    def level_bytes(self, maps, values):
+        """Counted: the batch coded at each quality (a file and its length per image)."""
+        pixels = to_pixels(maps)
+        return [sum(len(encode_image(image, FORMATS[self.name], q)) + 4 for image in pixels) / len(pixels)
+                for q in values]
+
+    def describe(self):
+        return {"quality": self.quality}
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int) -> bytes:
@@ -135,6 +149,7 @@ class CodecServer(_InputServer):
         return restored, restored
 
 
+QUALITY_LEVELS = Levels("quality", lambda values, maps: (10, 25, 50, 75, 90), low=1, high=100)
 QUALITY = knob("quality", int, 75, "jpeg / webp quality", min=1, max=100)
 
 register(ModuleSpec("raw", "baseline (split 0)", "the uncompressed input image, uint8", RawSource, RawServer,
@@ -144,4 +159,4 @@ for _name in FORMATS:
                         lambda cut, config, n=_name: CodecSource(cut, config, n),
                         lambda cut, config, n=_name: CodecServer(cut, config, n), (QUALITY,),
                         at_source=f"{_name.upper()} encoder", at_server="decoder + the whole model",
-                        input_only=True))
+                        input_only=True, levels=QUALITY_LEVELS))

@@ -2,8 +2,8 @@
 
 A module's file declares its knobs (``settings.knob``) and registers one
 :class:`ModuleSpec` per name: the source and server parts, the paper, whether it
-compresses the input itself, its budget schedule, its server's learning-rate scale,
-and what runs where. Nothing outside a module's file branches on its name.
+compresses the input itself, its budget schedule, the level ``--adapt`` may change
+during a run, its server's learning-rate scale, and what runs where. Nothing outside a module's file branches on its name.
 """
 from __future__ import annotations
 
@@ -14,6 +14,28 @@ from typing import Callable
 from ..settings import Option
 from .base import ServerPart, SourcePart
 from .schedules import Phases
+
+
+@dataclass(frozen=True)
+class Levels:
+    """What ``--adapt`` may change while a module runs (``workloads/adapt.py``): its level,
+    whose source part implements ``set_level`` and ``level_bytes``."""
+    name: str                                         # as decisions and figures name it ("budget")
+    default: Callable[[dict, int], tuple[int, ...]]   # (settings by dest, maps at the cut) -> the levels
+    low: int                                          # the smallest value allowed
+    high: int | None = None                           # the largest (None: the maps at the cut)
+    descending: bool = False                          # a larger value compresses more (cdc's mask number)
+
+    def check(self, values, maps: int) -> tuple[int, ...]:
+        """``values`` in order of compression, most first; a ValueError names a value out of range."""
+        high = self.high if self.high is not None else maps
+        for value in values:
+            if not self.low <= value <= high:
+                raise ValueError(f"--adapt-levels: {self.name} {value} is not in {self.low}..{high}")
+        if len(set(values)) < 2:
+            raise ValueError(f"--adapt-levels needs at least two different values of the {self.name}, got "
+                             f"{','.join(map(str, values)) or 'nothing'}")
+        return tuple(sorted(set(values), reverse=self.descending))
 
 
 @dataclass(frozen=True)
@@ -30,6 +52,7 @@ class ModuleSpec:
     # budget schedule: (budget B, maps at the cut, epochs) -> phases; None: all maps throughout
     schedule: Callable[[int, int, int], Phases] | None = None
     server_lr_scale: float = 1.0    # factor on the server's learning rate
+    levels: Levels | None = None    # what --adapt may change during a run; None: the module has no level
     check: Callable[["CompressionConfig"], None] | None = None  # constraints between knobs
 
     def check_config(self, config: "CompressionConfig") -> None:
