@@ -336,19 +336,22 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
     link_ax = fig.add_subplot(grid[0, 0])
     level_ax = fig.add_subplot(grid[1, 0], sharex=link_ax)
     rate_ax = fig.add_subplot(grid[2, 0], sharex=link_ax)
-    drawn_links = set()
+    drawn_links: list[tuple] = []
+    links = {}
     for label, arm in figures.items():
         shown = capacity[(capacity["run"] == arm["run"]) & (capacity["arm"] == arm["arm"])]
         if shown.empty:
             continue
         direction = "up" if (shown["direction"] == "up").any() else shown["direction"].iloc[0]
         series = shown[shown["direction"] == direction]
-        series = series[series["source"].isna()] if series["source"].isna().all() else \
-            series[series["source"] == series["source"].dropna().min()]
+        links[label] = direction, (series[series["source"].isna()] if series["source"].isna().all() else
+                                   series[series["source"] == series["source"].dropna().min()])
+    for label, (direction, series) in sorted(links.items(), key=lambda item: -len(item[1][1])):
         key = tuple(series["mbit_s"].round(3))
-        if key in drawn_links:  # the same trace under another arm
+        if any(seen[:len(key)] == key for seen in drawn_links):  # the same trace, under an arm that ended sooner
             continue
-        drawn_links.add(key)
+        drawn_links.append(key)
+        arm = figures[label]
         end = float(ends.get((arm["run"], arm["arm"]), series["t"].max()))
         link_ax.step([*series["t"], max(end, series["t"].max())], [*series["mbit_s"], series["mbit_s"].iloc[-1]],
                      where="post", color="black" if len(drawn_links) == 1 else colours[label], linewidth=1.2,
@@ -406,8 +409,9 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
     for y, label in enumerate(labels):
         arm = figures[label]
         mb = (arm.get("bytes_sent_total") or 0) / 1e6
-        acc_ax.text(1, y, f"{accuracy[y]:.1f}%  {mb:.2f} MB sent", va="center", fontsize=8, color="white",
-                    fontweight="bold")
+        inside = accuracy[y] > 60  # the words fit inside the bar, else they follow it
+        acc_ax.text(1 if inside else accuracy[y] + 1, y, f"{accuracy[y]:.1f}%  {mb:.2f} MB sent", va="center",
+                    fontsize=8, color="white" if inside else "black", fontweight="bold")
     acc_ax.set_yticks(range(len(labels)), [label + ("\n(adaptive)" if label in adapting else "") for label in labels],
                       fontsize=8)
     acc_ax.invert_yaxis()

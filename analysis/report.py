@@ -172,6 +172,11 @@ def write_report(run_dirs, out: Path) -> Report:
         lines += ["What bound the throughput:", ""]
         lines += [f"- {row.label}: {row.bound_by or 'not known'}: {row.bound_reason}" for row in table.itertuples()]
         lines += [""]
+    adapted = [(label, fig) for label, fig in arms.items() if fig.get("adapt_policy")]
+    if adapted:
+        lines += ["Adaptive compression (`--adapt`; the figure below draws it over time):", ""]
+        lines += [f"- {label}: {summary.adapt_text(fig)}" for label, fig in adapted]
+        lines += [""]
     partial = [row for row in table.itertuples() if isinstance(getattr(row, "partial_note", None), str)]
     if partial:
         lines += ["Lost sources (the throughput figure marks where each stopped with an x):", ""]

@@ -185,6 +185,9 @@ def format_table(summary: dict) -> str:
             if f:
                 lines.append(f"{name}: link trace {direction}: {fidelity_text(f)}")
     for name in names:
+        if arms[name].get("adapt_policy"):
+            lines.append(f"{name}: {adapt_text(arms[name])}")
+    for name in names:
         if arms[name].get("partial_note"):
             lines.append(f"{name}: {arms[name]['partial_note']}")
     comparison = summary.get("comparison")
@@ -194,6 +197,18 @@ def format_table(summary: dict) -> str:
                          f"(sent {_x(c['traffic_ratio_sent'])}, received {_x(c['traffic_ratio_received'])}), "
                          f"throughput ratio {c['throughput_ratio'] if c['throughput_ratio'] is not None else '-'}")
     return "\n".join(lines)
+
+
+def adapt_text(arm: dict) -> str:
+    """An adapting arm's figures in words (the printed table, report.md)."""
+    levels = ", ".join(f"{k}: {v:.0f} s" for k, v in (arm.get("adapt_time_at_level") or {}).items())
+    within = arm.get("adapt_within_target")
+    return (f"adapted by {arm['adapt_policy']} to {arm['adapt_target_samples_per_s']:g} samples/s: "
+            f"{arm['adapt_decisions']} decisions, {arm['adapt_changes']} changes "
+            f"({arm['adapt_changes_per_min']} per minute of steps), "
+            f"{'-' if within is None else f'{within:.0%}'} of the intervals at 75% of the target or more "
+            f"(worst {arm['adapt_samples_per_s_min']}, median {arm['adapt_samples_per_s_median']} samples/s); "
+            f"seconds at each {arm['adapt_level_name']}: {levels}")
 
 
 def fidelity_text(f: dict) -> str:

@@ -294,7 +294,8 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         for i in range(spec.sources):
             trace = directory / f"source-{i}.jsonl"
             threads = max(1, int(spec.cpus[i] + 0.999))  # a capped source gains nothing from more threads
-            argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace)}, "source")
+            argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace),
+                                     "own_interface": arm_links is not None}, "source")
             proc = fleet.start(f"source-{i}", "workloads.source", argv,
                                join_cap=_then(cap.preexec(i), arm_links and arm_links.source_join(i)),
                                env={"OMP_NUM_THREADS": str(threads)}, trace=trace)

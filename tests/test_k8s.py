@@ -1035,3 +1035,32 @@ def test_one_failed_source_job_is_a_lost_source_not_the_end():
     state = follow(cluster, "rel", 2, timeout_s=60, say=said.append, sleep=lambda _: None)
     assert (state.succeeded, state.failed, state.complete, state.finished) == (1, 1, False, True)
     assert said[1] == "  [rel] sources: 1 running, 0 of 2 done, 1 failed (kept going; their logs are kept)"
+
+
+def test_the_controller_runs_inside_the_rendered_source_pod(tmp_path):
+    """--adapt on a cluster: the chart's values reach the source container, whose controller
+    decides from what it measures itself (the testbed is not there)."""
+    values = {**TINY_VALUES, "sources": 1, "workload": {**TINY_VALUES["workload"], "batches": 12, "adapt": "threshold",
+                                                        "target": 1000000.0, "adaptInterval": 0.01, "adaptDwell": 1}}
+    docs, _ = render(values)
+    keys = mount_secret(docs, tmp_path / "keys")
+    configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
+    container = one(docs, "Job", "source")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container, configmap)
+    assert (env["SPLITTEST_ADAPT"], float(env["SPLITTEST_TARGET"]), env["SPLITTEST_ADAPT_DWELL"]) == ("threshold", 1e6, "1")
+    assert env["SPLITTEST_OWN_INTERFACE"] == "true"
+    port = free_port()
+    server = start_rendered_server(docs, port, keys)
+    command, env = local_command(container, env, service, port, keys)
+    env["SPLITTEST_SOURCE_ID"] = "0"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
+    try:
+        log = subprocess.run(command, env={**base_env, **env}, capture_output=True, text=True, timeout=300).stdout
+        server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    events = [json.loads(e) for e in split_pod_log(log)[0]]
+    decided = [e for e in events if e["event"] == "adapt"]
+    assert events[-1]["status"] == "ok" and decided
+    assert decided[0]["previous"] == 32 and decided[0]["value"] == 16 and "more compression" in decided[0]["reason"]

@@ -117,6 +117,17 @@ def test_yaml_specs_read_like_toml(tmp_path):
         load_spec(write(tmp_path, "x", "spec.txt"))
 
 
+def test_a_trace_file_the_spec_names_is_read_beside_the_spec(tmp_path, monkeypatch):
+    folder = tmp_path / "experiments"
+    (folder / "traces").mkdir(parents=True)
+    (folder / "traces" / "drop.csv").write_text("seconds,mbit_per_s\n0,20\n")
+    spec = write(folder, 'backend = "local"\n[base]\nlink-trace = "traces/drop.csv"\n[[arms]]\nmodule = "filter"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(spec).trials[0].settings["link_trace"] == str(folder / "traces" / "drop.csv")
+    given = load_spec(spec, override={"link_trace": "mine.csv"}).trials[0].settings["link_trace"]
+    assert given == "mine.csv"  # one given on the command line is the user's, from where they are
+
+
 def _kill_when_running(sweep: subprocess.Popen, trial_dir: Path, deadline_s: float = 240) -> bool:
     """SIGKILL the process of the trial that writes into ``trial_dir`` once it has trained a batch."""
     end = time.monotonic() + deadline_s

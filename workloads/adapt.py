@@ -28,8 +28,10 @@ Policies (``POLICIES``, a registry like the modules'):
   the next level, its network time per sample scaled by its bytes, would still meet it.
 - ``harmonic``: predict the next interval's bandwidth as the harmonic mean of the last
   ``window`` intervals' (as adaptive-bitrate players do: one slow interval weighs more
-  than one fast one), predict each level's samples/s from its bytes per sample and the
-  time per sample off the network, and pick the least compression that meets the target.
+  than one fast one), or the last interval's where that is lower (a drop counts at once,
+  a recovery only as the window fills with it), predict each level's samples/s from its
+  bytes per sample and the time per sample off the network, and pick the least
+  compression that meets the target.
 
 Nothing here needs the testbed: on Kubernetes the same controller runs in the source pods.
 """
@@ -72,8 +74,11 @@ class Decision:
 
 class Policy:
     """Picks the next level (an index into ``bytes_per_sample``: each level's bytes per
-    sample, most compression first) to meet ``target`` samples/s; a change no sooner than
-    ``dwell`` intervals after the last. Starts at the least compression unless ``start``."""
+    sample, most compression first) to meet ``target`` samples/s. A change towards less
+    compression waits until ``dwell`` intervals have passed since the last change; one
+    towards more is taken at once (a link that dropped will not wait), so the level can fall
+    fast but cannot rise and fall at every interval. Starts at the least compression unless
+    ``start``."""
     name = ""
 
     def __init__(self, bytes_per_sample: Sequence[float], target: float, start: int | None = None,
@@ -91,7 +96,7 @@ class Policy:
         self.history.append(measured)
         self.since_change += 1
         level, why = self._propose(measured)
-        if level != self.level and self.since_change < self.dwell:
+        if level > self.level and self.since_change < self.dwell:
             why += f"; holding level {self.level}: {self.since_change} of {self.dwell} intervals since the last change"
             level = self.level
         changed = level != self.level
@@ -146,7 +151,8 @@ class Harmonic(Policy):
         recent = [(m, level) for m, level in recent if m.network_s > 0 and m.bytes > 0 and m.samples > 0]
         if not recent:
             return self.level, "no network time measured yet: holding"
-        bandwidth = len(recent) / sum(1 / m.bandwidth_bps for m, _ in recent)
+        mean = len(recent) / sum(1 / m.bandwidth_bps for m, _ in recent)
+        bandwidth = min(mean, recent[-1][0].bandwidth_bps) if recent[-1][0] is measured else mean
         off_network = sum(m.compute_s for m, _ in recent) / sum(m.samples for m, _ in recent)
         # what a sample carried on the wire over what the module says its level sends (the
         # protocol's framing, labels): the same factor is assumed at every level
@@ -155,7 +161,8 @@ class Harmonic(Policy):
         predicted = [1 / (off_network + 8 * overhead * b / bandwidth) for b in self.bytes_per_sample]
         meeting = [i for i, p in enumerate(predicted) if p >= self.target]
         level = max(meeting) if meeting else 0
-        why = (f"bandwidth {bandwidth / 1e6:.2f} Mbit/s (harmonic mean of {len(recent)}), off the network "
+        basis = f"harmonic mean of {len(recent)}" if bandwidth == mean else "the last interval's, below the harmonic mean"
+        why = (f"bandwidth {bandwidth / 1e6:.2f} Mbit/s ({basis}), off the network "
                f"{1000 * off_network:.1f} ms/sample: level {level} predicts {predicted[level]:.1f} samples/s"
                + ("" if meeting else f", below the target {self.target:g} at every level: the most compression"))
         return level, why

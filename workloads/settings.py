@@ -113,7 +113,8 @@ class Option:
             raise ValueError(f"{self.flag} must be of type {self.type.__name__}, got {value!r}")
         allowed = self.allowed()
         if allowed is not None and value not in allowed:
-            raise ValueError(f"unknown {self.name} {value!r}; known: {', '.join(map(str, allowed))}")
+            known = ", ".join("''" if v == "" else str(v) for v in allowed)
+            raise ValueError(f"unknown {self.name} {value!r}; known: {known}")
         if self.positive and not value > 0:
             raise ValueError(f"{self.flag} must be positive, got {value}")
         if self.min is not None and self.max is not None and not self.min <= value <= self.max:
@@ -288,6 +289,9 @@ CORE: tuple[Option, ...] = (
     Option("heartbeat-timeout", float, 5.0, "seconds without a ZMTP heartbeat answer before a connection counts "
            "as lost; a heartbeat waits behind the message in flight, so a slow link needs longer (the local "
            "backend sets it from the emulated link)", BOTH, positive=True, per_process=True, group="process"),
+    Option("own-interface", bool, False, "this source's network interfaces carry only its own traffic (an emulated "
+           "link's namespace, a pod): --adapt records their counters with each decision (the local backend and the "
+           "chart set it)", SRC, per_process=True, group="process"),
     Option("keys", str, "", "folder of the run's CURVE keys (pyzmq format); empty: plaintext, anyone who reaches "
            "the port may take part", BOTH, per_process=True, group="process"),
 )

@@ -30,6 +30,15 @@ What the server reports in its reply (see workloads/server.py), and what follows
     net_down_s     s  the source's time.time() with the reply - the server's replied_at
                       (two wall clocks: meaningful where both share one, as on the local
                       backend; across hosts they may even be negative)
+
+With ``--adapt`` (workloads/adapt.py) the source also traces ``adapt_start`` (policy,
+level_name, levels, bytes_per_sample of each level, target_samples_per_s, interval_s,
+dwell, value: the level it starts at) and, per interval of ``--adapt-interval`` seconds of
+training steps after the warm-up, ``adapt``: interval, samples, bytes (both ways),
+network_s, compute_s (the rest of the steps' time), samples_per_s, bandwidth_mbit_s (bytes
+/ network_s), previous and value (the level before and after), level (its index), changed,
+reason, apply_s (the seconds the change took: cdc fine-tunes), and nic_tx_bytes /
+nic_rx_bytes over the interval where the source has interfaces of its own.
 """
 from __future__ import annotations
 
@@ -212,7 +221,7 @@ class Source:
         self.trace.event("adapt_start", policy=a.adapt, level_name=self.level_name, levels=list(self.levels),
                          bytes_per_sample=[round(c, 1) for c in costs], target_samples_per_s=round(target, 6),
                          interval_s=a.adapt_interval, dwell=a.adapt_dwell, value=controller.value)
-        self._nic = nic_bytes()
+        self._nic = nic_bytes() if a.own_interface else None
         return controller
 
     def _adapted(self) -> tuple[int, float]:
@@ -236,7 +245,7 @@ class Source:
         if closed is None:
             return
         measured, decision = closed
-        nic = nic_bytes()
+        nic = nic_bytes() if self.args.own_interface else None
         nic_fields = {} if nic is None or self._nic is None else {
             "nic_tx_bytes": nic[0] - self._nic[0], "nic_rx_bytes": nic[1] - self._nic[1]}
         self._nic = nic
@@ -343,22 +352,9 @@ def parts(compute_s: float, encode_s: float, exchange: Exchange, decode_s: float
             "decode_s": round(exchange.decode_s + decode_s, 6), **exchange.parts()}
 
 
-def own_network() -> bool:
-    """Whether this process's network interfaces carry only its own traffic: a network
-    namespace of its own (an emulated link's) or a pod's."""
-    try:
-        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net") \
-            or "KUBERNETES_SERVICE_HOST" in os.environ
-    except OSError:
-        return False
-
-
 def nic_bytes() -> tuple[int, int] | None:
     """Bytes sent and received by this network namespace's interfaces other than
-    loopback (an emulated link's veth, a pod's eth0); None where they are not the
-    source's own (see own_network) or there is none."""
-    if not own_network():
-        return None
+    loopback (an emulated link's veth, a pod's eth0); None where there is none."""
     counters = {name: c for name, c in psutil.net_io_counters(pernic=True).items() if name != "lo"}
     if not counters:
         return None
