@@ -328,11 +328,12 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
     if not adapting:
         return []
     colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(figures)}
+    names = _short_labels(figures)
     decisions = metrics.adaptations(runs)
     capacity = metrics.capacity_over_time(runs)
     ends = runs.events.groupby(["run", "arm"])["t_rel"].max()
-    fig = plt.figure(figsize=(11, 7.5))
-    grid = fig.add_gridspec(3, 2, width_ratios=(3, 1.15), hspace=0.12, wspace=0.35)
+    fig = plt.figure(figsize=(12, 7.5))
+    grid = fig.add_gridspec(3, 2, width_ratios=(3, 1.15), hspace=0.12, wspace=0.55)
     link_ax = fig.add_subplot(grid[0, 0])
     level_ax = fig.add_subplot(grid[1, 0], sharex=link_ax)
     rate_ax = fig.add_subplot(grid[2, 0], sharex=link_ax)
@@ -351,11 +352,10 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
         if any(seen[:len(key)] == key for seen in drawn_links):  # the same trace, under an arm that ended sooner
             continue
         drawn_links.append(key)
-        arm = figures[label]
-        end = float(ends.get((arm["run"], arm["arm"]), series["t"].max()))
+        end = max(float(ends.get((f["run"], f["arm"]), series["t"].max())) for f in figures.values())
         link_ax.step([*series["t"], max(end, series["t"].max())], [*series["mbit_s"], series["mbit_s"].iloc[-1]],
                      where="post", color="black" if len(drawn_links) == 1 else colours[label], linewidth=1.2,
-                     label=f"capacity, {direction}" + ("" if len(drawn_links) == 1 else f" ({label})"))
+                     label=f"capacity, {direction}" + ("" if len(drawn_links) == 1 else f" ({names[label]})"))
     link_ax.set_ylabel("link (Mbit/s)")
     link_ax.set_ylim(bottom=0)
     if drawn_links:
@@ -373,7 +373,7 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
             first = levels.index(int(rows["previous"].iloc[0]))
             level_ax.step([0.0, *rows["t"]], [first, *index], where="post", color=colours[label],
                           linewidth=1.6 if k == 0 else 0.8, alpha=1.0 if k == 0 else 0.6,
-                          label=f"{label}" + (" (one line per source)" if k == 0 and mine["source"].nunique() > 1 else "")
+                          label=names[label] + (" (one line per source)" if mine["source"].nunique() > 1 else "")
                           if k == 0 else None)
         level_ax.set_yticks(range(len(levels)), [str(v) for v in levels])
     level_ax.set_ylabel(" / ".join(sorted(level_names)) + "\n(more compression below)")
@@ -385,11 +385,11 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
             mine = decisions[(decisions["run"] == arm["run"]) & (decisions["arm"] == arm["arm"])]
             per_t = mine.groupby("t")["samples_per_s"].mean() if len(mine) else pd.Series(dtype=float)
             rate_ax.plot(per_t.index, per_t.values, color=colours[label], marker=".", markersize=4, linewidth=1.4,
-                         label=f"{label} (adaptive)")
+                         label=f"{names[label]} (adaptive)")
         else:
             binned = metrics.binned_rates(runs.batches, label, interval)
             rate_ax.plot(binned["t"], binned["samples_per_s"], color=colours[label], linewidth=1.2, alpha=0.85,
-                         linestyle="--", label=f"{label} (fixed)")
+                         linestyle="--", label=f"{names[label]} (fixed)")
     rate_ax.axhline(target, color="black", linestyle="-", linewidth=0.8, label=f"target {target:g}")
     rate_ax.axhline((1 - metrics.TARGET_TOLERANCE) * target, color="black", linestyle=":", linewidth=0.8,
                     label=f"{1 - metrics.TARGET_TOLERANCE:.0%} of the target")
@@ -412,14 +412,25 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
         inside = accuracy[y] > 60  # the words fit inside the bar, else they follow it
         acc_ax.text(1 if inside else accuracy[y] + 1, y, f"{accuracy[y]:.1f}%  {mb:.2f} MB sent", va="center",
                     fontsize=8, color="white" if inside else "black", fontweight="bold")
-    acc_ax.set_yticks(range(len(labels)), [label + ("\n(adaptive)" if label in adapting else "") for label in labels],
-                      fontsize=8)
+    acc_ax.set_yticks(range(len(labels)), [names[label] + ("\n(adaptive)" if label in adapting else "")
+                                           for label in labels], fontsize=8)
     acc_ax.invert_yaxis()
     acc_ax.set_xlim(0, 100)
     acc_ax.set_xlabel("final test accuracy (%)")
     acc_ax.set_title("at the end", fontsize=10)
     fig.suptitle("Adaptive compression: the link, the level chosen, samples/s" + link_suffix(runs))
     return _save(fig, out, "adaptation")
+
+
+def _short_labels(figures: dict) -> dict[str, str]:
+    """Arm labels without the module where every arm has the same one ("filter (fixed-b=4)"
+    -> "fixed-b=4": the trials of one module's sweep)."""
+    modules = {fig.get("module") for fig in figures.values()}
+    if len(modules) != 1:
+        return {label: label for label in figures}
+    module = next(iter(modules))
+    return {label: label[len(module) + 2:-1] if label.startswith(f"{module} (") and label.endswith(")") else label
+            for label in figures}
 
 
 def _interval_s(runs: Runs) -> float:

@@ -7,8 +7,8 @@ trials of ``testbed sweep``).
 
 Per arm: MB sent (training steps, all sources), samples/s per source (whole run, warm-up
 left out), samples/s per source while the link was at its lowest rate (binned as the
-controller's intervals, mean over bins, and the worst bin) against the target, final test
-accuracy; for an adapting arm the share of its intervals at >= 75% of the target, its
+controller's intervals, mean over bins, and the worst bin) against the target, and how
+long after the drop every bin was back at 75% of the target or more; final test accuracy; for an adapting arm the share of its intervals at >= 75% of the target, its
 changes per minute and the seconds it spent at each level.
 """
 from __future__ import annotations
@@ -78,6 +78,14 @@ def main(argv=None) -> int:
               f"{100 * (fig.get('test_accuracy') or 0):>7.1f}%")
         print(f"{'':<40} " + (f"lowest capacity from {window[0]:.1f} s to {window[1]:.1f} s" if window else
                               "never at the lowest capacity (it ended before, or has no link)"))
+        if window is not None and target and len(slow):
+            inside = binned[(binned["t"] > window[0]) & (binned["t"] <= window[1])]
+            low = (inside["samples_per_s"] < (1 - metrics.TARGET_TOLERANCE) * target).to_numpy()
+            kept = next((i for i in range(len(low)) if not low[i:].any()), None)
+            print(f"{'':<40} " + ("never back at 75% of the target while the link was slow" if kept is None else
+                                  f"at >= 75% of the target in every {interval:g} s bin from "
+                                  f"{inside['t'].iloc[kept] - interval:.1f} s on: "
+                                  f"{inside['t'].iloc[kept] - interval - window[0]:.1f} s after the drop"))
         if fig.get("adapt_policy"):
             levels = ", ".join(f"{k}: {v:.1f} s" for k, v in fig["adapt_time_at_level"].items())
             print(f"{'':<40} {fig['adapt_policy']}: {fig['adapt_decisions']} decisions, {fig['adapt_changes']} "
