@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, read_jsonl, run_testbed
 from test_links import needs_namespaces, ours
 from testbed.links.schedule import read_schedule
-from workloads.adapt import Controller, Measurement, create_policy, replay
+from workloads.adapt import Controller, Measurement, create_policy, replay, target_samples_per_s
 from workloads.compression import CompressionConfig, create_source, get
 
 LEVELS = [260, 1030, 4100, 8200]  # bytes per sample of budgets 1, 4, 16, 32 (vgg11-slim at split 2)
@@ -146,6 +146,11 @@ def test_the_controller_closes_an_interval_after_its_seconds_of_steps():
     assert measured == Measurement(bytes=3000, network_s=0.4, compute_s=0.8, samples=48)
     assert controller.intervals == 1 and controller.value == 4 and decision.changed  # 40 samples/s: compress
     assert controller.observe(16, 0.4, 0.1, 1000) is None  # a fresh interval
+
+
+def test_a_latency_target_is_a_batch_per_that_many_seconds():
+    assert target_samples_per_s(50.0, 0.0, 16) == 50.0
+    assert target_samples_per_s(0.0, 0.2, 16) == 80.0  # 16 samples a step, a step per 0.2 s
 
 
 # -- each module's level ------------------------------------------------------------------------------
