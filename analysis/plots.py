@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import metrics  # noqa: E402
@@ -396,7 +397,13 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
     rate_ax.set_ylabel(f"samples/s per source\n(per {interval:g} s interval)")
     rate_ax.set_xlabel("time since the arm started (s)")
     rate_ax.set_xlim(left=0)
-    rate_ax.set_ylim(bottom=0)
+    highest = max((float(np.nanmax(np.asarray(line.get_ydata(), dtype=float))) for line in rate_ax.get_lines()
+                   if len(line.get_ydata())), default=0.0)
+    if highest > 20 * target:  # a spread that hides the target on a linear axis (a cellular trace)
+        rate_ax.set_yscale("log")
+        rate_ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        rate_ax.set_ylim(bottom=0)
     rate_ax.legend(fontsize=7, loc="upper right")
     for ax in (link_ax, level_ax, rate_ax):
         ax.grid(True, alpha=0.3)
