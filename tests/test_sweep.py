@@ -176,3 +176,16 @@ def test_a_sweep_on_local_ray_resumes_and_records_a_killed_trial(tmp_path):
     assert "8 trials, 8 finished before (kept), 0 to run" in again.stdout
     assert stamps == {t: (out / "trials" / t / "summary.json").stat().st_mtime_ns for t in stamps}
     assert [r["trial"] for r in json.loads((out / "sweep.json").read_text())["trials"]] == list(stamps)
+
+
+def test_a_sweep_whose_trials_adapt_draws_them_on_one_time_axis(tmp_path):
+    arms = ('[grid]\nseed = [0, 1]\n[[arms]]\nmodule = "filter"\nlabel = "adaptive"\nadapt = "threshold"\n'
+            'target = 1000000.0\nadapt-interval = 0.02\n[[arms]]\nmodule = "filter"\nlabel = "fixed"\nbudget = 4\n')
+    spec = write(tmp_path, TINY.replace("batches = 2", "batches = 6") + arms)
+    out = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out), "--cpus", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = (out / "report" / "runs" / "report.md").read_text()
+    assert (out / "report" / "runs" / "adaptation.png").exists() and "adapted by threshold" in report
+    assert "seed-1" not in report and "adaptive-seed-0" in report and "fixed-seed-0" in report  # the first seed

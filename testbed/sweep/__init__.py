@@ -95,6 +95,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
     else:
         table.write(finished=True)
     _report(out, say)
+    _run_report(spec, out, say)
     failed = table.failed()
     if failed:
         print(f"testbed: error: {len(failed)} of {len(spec.trials)} trials failed: "
@@ -139,6 +140,19 @@ class _Null:
 
     def flush(self):
         pass
+
+
+def _run_report(spec: SweepSpec, out: Path, say) -> None:
+    """Where trials adapted (``--adapt``), ``testbed report`` over the finished trials of the
+    first seed into ``report/runs/``: the adaptation figure puts every arm on one time axis."""
+    if not any(t.settings.get("adapt") for t in spec.trials):
+        return
+    first = min(t.seed for t in spec.trials)
+    finished = [str(out / "trials" / t.id) for t in spec.trials
+                if t.seed == first and (out / "trials" / t.id / "summary.json").exists()]
+    if finished:
+        from ..runner import report
+        report(finished, str(out / "report" / "runs"), say)
 
 
 def _report(out: Path, say) -> None:
