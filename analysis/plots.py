@@ -384,9 +384,10 @@ def adaptation(runs: Runs, out: Path, figures=None) -> list[Path]:
     for label, arm in figures.items():
         if label in adapting:
             mine = decisions[(decisions["run"] == arm["run"]) & (decisions["arm"] == arm["arm"])]
-            per_t = mine.groupby("t")["samples_per_s"].mean() if len(mine) else pd.Series(dtype=float)
-            rate_ax.plot(per_t.index, per_t.values, color=colours[label], marker=".", markersize=4, linewidth=1.4,
-                         label=f"{names[label]} (adaptive)")
+            for k, (_, rows) in enumerate(mine.groupby("source")):  # each source's own intervals
+                rate_ax.plot(rows["t"], rows["samples_per_s"], color=colours[label], marker=".", markersize=4,
+                             linewidth=1.4 if k == 0 else 0.8, alpha=1.0 if k == 0 else 0.6,
+                             label=f"{names[label]} (adaptive, one line per source)" if k == 0 else None)
         else:
             binned = metrics.binned_rates(runs.batches, label, interval)
             rate_ax.plot(binned["t"], binned["samples_per_s"], color=colours[label], linewidth=1.2, alpha=0.85,

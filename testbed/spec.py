@@ -175,6 +175,10 @@ def _validate_adapt(spec: RunSpec) -> None:
         adapting = [m for m in spec.modules if get_module(m).levels is not None]
         if not adapting:
             adapt.check(spec.values, None, 0)
+        kinds = sorted({get_module(m).levels.name for m in adapting})
+        if spec.adapt_levels and len(kinds) > 1:
+            raise SpecError(f"--adapt-levels gives one set of levels, but the arms adapt {' and '.join(kinds)}: "
+                            "run them apart, or leave out --adapt-levels")
         for module in adapting:
             maps = build_split_model(spec.model, spec.split_for(module), 10).cut_shape[0]  # classes: not at the cut
             adapt.check(spec.values, get_module(module).levels, maps)

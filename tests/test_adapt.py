@@ -77,6 +77,8 @@ def test_threshold_does_not_step_up_to_a_level_that_would_miss_the_target():
     decisions = [policy.decide(interval(2.0, LEVELS[policy.level], compute_per_sample=0.004)) for _ in range(6)]
     assert [d.level for d in decisions] == [1] * 6
     assert "level 2 would give" in decisions[0].reason and "holding" in decisions[0].reason
+    slow = create_policy("threshold", LEVELS, target=100.0, start=0)
+    assert "at the most compression already: holding" in slow.decide(interval(0.1, LEVELS[0])).reason
 
 
 def test_the_dwell_keeps_every_policy_from_rising_again_soon_after_a_change():
@@ -216,6 +218,10 @@ def test_a_codec_level_is_its_quality_and_its_bytes_are_counted():
     (["--module", "cdc", "--adapt", "harmonic", "--target", "50", "--adapt-levels", "0,5"],
      "--adapt-levels: mask number 5 is not in 0..4"),
     (["--module", "filter", "--adapt", "pid", "--target", "50"], "unknown adapt 'pid'; known: '', harmonic, threshold"),
+    (["--module", "filter", "--adapt", "harmonic", "--target", "50", "--budget", "32"],
+     "the budget has one level only here (32, with 32 maps at the cut): give a lower --budget or --adapt-levels"),
+    (["--module", "filter,jpeg", "--adapt", "harmonic", "--target", "50", "--adapt-levels", "4,8,32"],
+     "--adapt-levels gives one set of levels, but the arms adapt budget and quality"),
 ])
 def test_bad_adapt_settings_are_one_line_before_anything_starts(args, message, tmp_path):
     result = run_testbed("run", *TINY, "--backend", "inproc", *args, "--out", tmp_path / "run", timeout=120)

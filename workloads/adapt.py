@@ -14,8 +14,11 @@ network: round trip less the server's time and queue, the rest of the steps' tim
 samples). The policy answers with a :class:`Decision`: the level, and the reason in words
 with the numbers behind it. A change takes effect at the next step, through the module's
 own mechanism (the filter's budget change with the lr boost of paper 002, cdc's
-fine-tuning from the current weights, a codec's quality), and never sooner than
-``--adapt-dwell`` intervals after the last one, so that accuracy is not thrashed.
+fine-tuning from the current weights, a codec's quality). It is limited in rate so that
+accuracy is not thrashed: more compression is taken at once (the link will not wait),
+less only ``--adapt-dwell`` intervals after the last change. The controller starts at the
+least compression (``--budget`` is then the lowest budget; ``--quality`` and
+``--mask-number`` give way to the levels).
 
 A policy holds no clock and draws no random number: the same measurements give the
 same decisions (the source traces each interval's inputs with its decision, so a run's
@@ -118,8 +121,12 @@ class Threshold(Policy):
 
     def _propose(self, measured: Measurement) -> tuple[int, str]:
         rate, low, high = measured.samples_per_s, self.target * (1 - self.hysteresis), self.target * (1 + self.hysteresis)
-        if rate < low and self.level > 0:
+        if rate < low and self.level == 0:
+            return 0, f"{rate:.1f} samples/s < {low:.1f}, at the most compression already: holding"
+        if rate < low:
             return self.level - 1, f"{rate:.1f} samples/s < {low:.1f} (target less {self.hysteresis:.0%}): more compression"
+        if rate > high and self.level == len(self.bytes_per_sample) - 1:
+            return self.level, f"{rate:.1f} samples/s > {high:.1f}, at the least compression already: holding"
         if rate > high and self.level < len(self.bytes_per_sample) - 1:
             # one level up only where it would still meet the target: the network time per sample
             # grows with the bytes per sample (else it would step up and down at every dwell)
@@ -139,7 +146,9 @@ class Harmonic(Policy):
     def __init__(self, bytes_per_sample, target, start=None, dwell: int = DWELL, window: int = WINDOW):
         super().__init__(bytes_per_sample, target, start, dwell)
         self.window = window
-        self.levels_of = [start if start is not None else len(bytes_per_sample) - 1]  # the level of each interval
+        # the level in force during each interval: history[i] was measured at levels_of[i] (the
+        # start level first; decide appends each decision after _propose has read the list)
+        self.levels_of = [start if start is not None else len(bytes_per_sample) - 1]
 
     def decide(self, measured: Measurement) -> Decision:
         decision = super().decide(measured)
@@ -215,7 +224,12 @@ def check(values: dict, levels, maps: int) -> tuple[int, ...]:
         raise ValueError("--adapt needs one target: --target SAMPLES_PER_S or --target-latency SECONDS")
     if values.get("schedule") or values.get("mask_schedule"):
         raise ValueError("--adapt chooses the level itself: leave out --schedule and --mask-schedule")
-    chosen = parse_levels(values["adapt_levels"]) if values["adapt_levels"] else levels.default(values, maps)
+    if values["adapt_levels"]:
+        return levels.check(parse_levels(values["adapt_levels"]), maps)
+    chosen = levels.default(values, maps)
+    if len(set(chosen)) < 2:
+        raise ValueError(f"the {levels.name} has one level only here ({','.join(map(str, chosen))}, with {maps} maps "
+                         "at the cut): give a lower --budget or --adapt-levels")
     return levels.check(chosen, maps)
 
 

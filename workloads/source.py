@@ -211,15 +211,16 @@ class Source:
         """The controller, starting at the least compression; each level's bytes per sample
         from the module, on the head's output of one training batch."""
         a = self.args
-        _, picked = next(self._epoch_batches())
+        picked = np.arange(a.batch_size) % len(self.train.labels)  # no draw: the data order stays the fixed arms'
         with torch.no_grad():
             self.head.eval()
-            costs = self.module.level_bytes(self.head(self._training_batch(picked)), self.levels)
+            self.module.eval()  # no BatchNorm statistics updated by this count (train_mode restores it per step)
+            costs = self.module.level_bytes(self.head(to_tensor_batch(self.train.images[picked])), self.levels)
         target = adapt.target_samples_per_s(a.target, a.target_latency, a.batch_size)
         controller = adapt.Controller(a.adapt, self.levels, costs, target, a.adapt_interval, a.adapt_dwell)
         self.module.set_level(controller.value)
         self.trace.event("adapt_start", policy=a.adapt, level_name=self.level_name, levels=list(self.levels),
-                         bytes_per_sample=[round(c, 1) for c in costs], target_samples_per_s=round(target, 6),
+                         bytes_per_sample=list(costs), target_samples_per_s=target,
                          interval_s=a.adapt_interval, dwell=a.adapt_dwell, value=controller.value)
         self._nic = nic_bytes() if a.own_interface else None
         return controller

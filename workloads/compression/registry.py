@@ -21,7 +21,7 @@ class Levels:
     """What ``--adapt`` may change while a module runs (``workloads/adapt.py``): its level,
     whose source part implements ``set_level`` and ``level_bytes``."""
     name: str                                         # as decisions and figures name it ("budget")
-    default: Callable[[dict, int], tuple[int, ...]]   # (settings by dest, maps at the cut) -> the levels
+    default: Callable[[dict, int], tuple[int, ...]]   # (settings by dest, maps at the cut) -> the levels (check orders them)
     low: int                                          # the smallest value allowed
     high: int | None = None                           # the largest (None: the maps at the cut)
     descending: bool = False                          # a larger value compresses more (cdc's mask number)
