@@ -92,11 +92,11 @@ class Policy:
             raise ValueError(f"the target must be positive samples/s, got {target}")
         self.bytes_per_sample, self.target, self.dwell = list(bytes_per_sample), target, dwell
         self.level = len(bytes_per_sample) - 1 if start is None else start
-        self.history: list[Measurement] = []
+        self.history: list[tuple[Measurement, int]] = []  # each interval and the level it ran at
         self.since_change = dwell
 
     def decide(self, measured: Measurement) -> Decision:
-        self.history.append(measured)
+        self.history.append((measured, self.level))
         self.since_change += 1
         level, why = self._propose(measured)
         if level > self.level and self.since_change < self.dwell:
@@ -146,18 +146,10 @@ class Harmonic(Policy):
     def __init__(self, bytes_per_sample, target, start=None, dwell: int = DWELL, window: int = WINDOW):
         super().__init__(bytes_per_sample, target, start, dwell)
         self.window = window
-        # the level in force during each interval: history[i] was measured at levels_of[i] (the
-        # start level first; decide appends each decision after _propose has read the list)
-        self.levels_of = [start if start is not None else len(bytes_per_sample) - 1]
-
-    def decide(self, measured: Measurement) -> Decision:
-        decision = super().decide(measured)
-        self.levels_of.append(decision.level)
-        return decision
 
     def _propose(self, measured: Measurement) -> tuple[int, str]:
-        recent = [(m, level) for m, level in zip(self.history, self.levels_of)][-self.window:]
-        recent = [(m, level) for m, level in recent if m.network_s > 0 and m.bytes > 0 and m.samples > 0]
+        recent = [(m, level) for m, level in self.history[-self.window:]
+                  if m.network_s > 0 and m.bytes > 0 and m.samples > 0]
         if not recent:
             return self.level, "no network time measured yet: holding"
         mean = len(recent) / sum(1 / m.bandwidth_bps for m, _ in recent)

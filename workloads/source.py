@@ -228,13 +228,14 @@ class Source:
     def _adapted(self) -> tuple[int, float]:
         """The budget the step is traced with and its lr scale (paper 002's boost for
         --boost-epochs epochs of steps after a change of a budget)."""
-        budget = self.controller.value if self.schedule_budgets() else self.cut_shape[0]
+        budget = self.controller.value if self._level_is_budget() else self.cut_shape[0]
         if self.boost_steps > 0:
             self.boost_steps -= 1
             return budget, self.args.lr_boost
         return budget, 1.0
 
-    def schedule_budgets(self) -> bool:
+    def _level_is_budget(self) -> bool:
+        """The filter family's level is paper 002's budget, with its lr boost after a change."""
         return get(self.args.module).schedule is not None
 
     def _observe(self, samples: int, step_s: float, exchange: Exchange) -> None:
@@ -253,7 +254,7 @@ class Source:
         applying = time.perf_counter()
         if decision.changed:
             self.module.set_level(self.controller.value)
-            if self.schedule_budgets():
+            if self._level_is_budget():
                 self.boost_steps = self.args.boost_epochs * self.args.batches
         self.trace.event(
             "adapt", interval=self.controller.intervals, policy=self.args.adapt, samples=measured.samples,
