@@ -7,7 +7,8 @@ one or many of them into a :class:`Runs`:
 ``batches`` — one row per training step of a source:
     run, arm, label, module, source, t (s since the arm started), epoch, batch, samples,
     warmup, duration_s, bytes_sent, bytes_received, payload_sent, payload_received,
-    loss, budget, phase, lr_scale, filter_sum, filter_topb_share, wait_s (s of the step spent
+    coded_sent (bytes of the method's own payload: ``SourcePart.coded_arrays``; NA in traces
+    written before it existed), loss, budget, phase, lr_scale, filter_sum, filter_topb_share, wait_s (s of the step spent
     waiting for the server's reply), cpu_s (the source's process CPU seconds at the end of the
     step); wait_s and cpu_s are NA in traces written before they existed; then the step's
     latency parts (seconds, NA in traces written before they existed): compute_s (head and
@@ -18,12 +19,12 @@ one or many of them into a :class:`Runs`:
     server share a clock, the local backend), latency_s (= duration_s, the whole step)
 ``evals`` — one row per end-of-epoch evaluation of a source:
     run, arm, label, module, source, t, epoch, budget, samples, accuracy,
-    bytes_sent, bytes_received (the sums over the evaluation's ``infer`` requests)
+    bytes_sent, bytes_received, coded_sent (the sums over the evaluation's ``infer`` requests)
 ``infers`` — one row per split-inference (evaluation) request of a source (``infer``
     events; empty for traces written before they existed):
     run, arm, label, module, source, t, epoch, samples, latency_s, compute_s, encode_s,
     rtt_s, decode_s, queue_s, server_decode_s, server_compute_s, server_encode_s, server_s,
-    network_s, net_up_s, net_down_s, bytes_sent, bytes_received (parts as for ``batches``)
+    network_s, net_up_s, net_down_s, bytes_sent, bytes_received, coded_sent (parts as for ``batches``)
 ``sources`` — one row per source process:
     run, arm, label, module, source, status, start_s (process start, s since the arm
     started), end_s (its ``end`` event, else its last event), cpu_share (CPU over wall time of
@@ -57,17 +58,17 @@ from pathlib import Path
 import pandas as pd
 
 BATCH_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "batch", "samples", "warmup",
-                 "duration_s", "bytes_sent", "bytes_received", "payload_sent", "payload_received", "loss",
+                 "duration_s", "bytes_sent", "bytes_received", "payload_sent", "payload_received", "coded_sent", "loss",
                  "budget", "phase", "lr_scale", "filter_sum", "filter_topb_share", "wait_s", "cpu_s",
                  "compute_s", "encode_s", "rtt_s", "decode_s", "backward_s", "queue_s", "server_decode_s",
                  "server_compute_s", "server_encode_s", "server_s", "network_s", "net_up_s", "net_down_s",
                  "latency_s"]
 EVAL_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "budget", "samples", "accuracy",
-                "bytes_sent", "bytes_received"]
+                "bytes_sent", "bytes_received", "coded_sent"]
 INFER_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "samples", "latency_s", "compute_s",
                  "encode_s", "rtt_s", "decode_s", "queue_s", "server_decode_s", "server_compute_s",
                  "server_encode_s", "server_s", "network_s", "net_up_s", "net_down_s", "bytes_sent",
-                 "bytes_received"]
+                 "bytes_received", "coded_sent"]
 SOURCE_COLUMNS = ["run", "arm", "label", "module", "source", "status", "start_s", "end_s", "cpu_share",
                   "peak_rss_mb", "pretrain_s"]
 

@@ -13,6 +13,15 @@ Traffic (exact stream bytes the sources traced; eval and control traffic apart)
     evaluation's ``infer`` requests; for an evaluation cut short, with ``infer`` events of an
     epoch but no ``eval`` event, those ``infer`` events);
     control_bytes_total (``connected`` and ``bye`` events, both directions).
+Rate in the paper's unit (the method's own payload: the arrays its source part names in
+``coded_arrays`` — the entropy-coded latent, a codec's entropy-coded data and its tables
+sent once, the filter's maps and indices; not the labels, shapes, lengths, a decoder
+shipped once, the header, framing or encryption, which the stream bytes above include)
+    coded_bytes_sent_total — summed over the training steps of all sources;
+    coded_bytes_per_sample = that / samples_total (3 decimals);
+    eval_coded_bytes_per_sample — the same over every evaluation's ``infer`` requests, per
+    test sample: the rate at inference, which paper 004 plots (crbq quantizes only then).
+    Each is None for traces written before ``coded_sent`` was traced.
 Speed
     samples_per_s_per_source — samples / seconds in training steps (``duration_s``),
     leaving out each source's first (warm-up) batch (3 decimals).
@@ -236,7 +245,8 @@ def cpu_share_computing(batches: pd.DataFrame) -> float | None:
 def source_figures(runs: Runs) -> pd.DataFrame:
     """One row per traced source: the per-source figures of the module docstring.
     Columns: run, arm, label, module, source, status, error, created, ended (absolute s),
-    samples, bytes_sent, bytes_received, payload_sent, payload_received, eval_bytes_sent,
+    samples, bytes_sent, bytes_received, payload_sent, payload_received, coded_sent,
+    eval_coded_sent, eval_bytes_sent,
     eval_bytes_received, eval_samples, control_bytes, control_bytes_sent,
     control_bytes_received, samples_per_s, cpu_share_lifetime, cpu_share_computing,
     reply_wait_share, startup_s, peak_rss_mb, pretrain_s, test_accuracy, split, data, budgets."""
@@ -265,6 +275,8 @@ def source_figures(runs: Runs) -> pd.DataFrame:
             "samples": _int_sum(steps["samples"]),
             "bytes_sent": _int_sum(steps["bytes_sent"]), "bytes_received": _int_sum(steps["bytes_received"]),
             "payload_sent": _int_sum(steps["payload_sent"]), "payload_received": _int_sum(steps["payload_received"]),
+            "coded_sent": _known_sum(steps["coded_sent"]),
+            "eval_coded_sent": _known_sum(pd.concat([source_evals["coded_sent"], cut_short["coded_sent"]])),
             "eval_bytes_sent": _int_sum(source_evals["bytes_sent"]) + _int_sum(cut_short["bytes_sent"]),
             "eval_bytes_received": _int_sum(source_evals["bytes_received"]) + _int_sum(cut_short["bytes_received"]),
             "eval_samples": _int_sum(source_evals["samples"]) + _int_sum(cut_short["samples"]),
@@ -285,6 +297,18 @@ def source_figures(runs: Runs) -> pd.DataFrame:
             "budgets": [_whole(_clean(v)) for v in steps["budget"] if not _missing(v)],
         })
     return pd.DataFrame(rows)
+
+
+def coded_figures(s: pd.DataFrame, samples: int) -> dict:
+    """The method's own payload (the module docstring's "Rate in the paper's unit") over the
+    rows of ``s`` (one per source of an arm); None where a trace does not say."""
+    train = None if s["coded_sent"].isna().any() else int(s["coded_sent"].sum())
+    evaluated = None if s["eval_coded_sent"].isna().any() else int(s["eval_coded_sent"].sum())
+    eval_samples = int(s["eval_samples"].sum())
+    return {"coded_bytes_sent_total": train,
+            "coded_bytes_per_sample": round(train / samples, 3) if train is not None and samples else None,
+            "eval_coded_bytes_per_sample": round(evaluated / eval_samples, 3)
+            if evaluated is not None and eval_samples else None}
 
 
 def lost_sources(runs: Runs) -> pd.DataFrame:
@@ -916,6 +940,7 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
             "split": s["split"].iloc[0],
             "payload_sent_total": int(s["payload_sent"].sum()),
             "payload_received_total": int(s["payload_received"].sum()),
+            **coded_figures(s, samples),
             "eval_bytes_sent_total": int(s["eval_bytes_sent"].sum()),
             "eval_bytes_received_total": int(s["eval_bytes_received"].sum()),
             "control_bytes_total": int(s["control_bytes"].sum()),
@@ -993,7 +1018,8 @@ TABLE_LINK_KEYS = ("link", "nic_bytes_sent_total", "nic_bytes_received_total", "
 def arm_table(runs: Runs, baseline: str = "none", caps: Mapping[str, float] | None = None,
               figures: Mapping[str, dict] | None = None) -> pd.DataFrame:
     """One row per arm (the report's table): label, run, module, sources, mb_sent,
-    mb_received, samples_per_s_per_source (mean over sources), time_to_finish_s
+    mb_received, coded_bytes_per_sample, eval_coded_bytes_per_sample (the method's payload:
+    the rate in its paper's unit), samples_per_s_per_source (mean over sources), time_to_finish_s
     (= duration_s), final_loss, final_accuracy (= test_accuracy), max_cpu_share (lifetime),
     the ``headline`` figures, server_busy_fraction, pretrain_share, server_lr_scale,
     bound_by, bound_reason, lost_sources (the lost sources' ids, "none" when none),
@@ -1006,6 +1032,8 @@ def arm_table(runs: Runs, baseline: str = "none", caps: Mapping[str, float] | No
         rows.append({
             "label": label, "run": fig["run"], "module": fig["module"], "sources": fig["sources"],
             "mb_sent": fig["bytes_sent_total"] / MB, "mb_received": fig["bytes_received_total"] / MB,
+            "coded_bytes_per_sample": fig["coded_bytes_per_sample"],
+            "eval_coded_bytes_per_sample": fig["eval_coded_bytes_per_sample"],
             "samples_per_s_per_source": top["samples_per_s"], "time_to_finish_s": fig["duration_s"],
             "final_loss": fig["final_loss"], "final_accuracy": fig["test_accuracy"],
             "max_cpu_share": top["cpu_share_lifetime_max"], **top,
@@ -1073,6 +1101,12 @@ def _num(series: pd.Series) -> pd.Series:
 
 def _int_sum(series: pd.Series) -> int:
     return int(_num(series).fillna(0).sum()) if len(series) else 0
+
+
+def _known_sum(series: pd.Series) -> int | None:
+    """The sum, or None where a row does not know it (traces written before it was traced)."""
+    values = _num(series)
+    return None if values.isna().any() else int(values.sum())
 
 
 def _column_sum(rows: pd.DataFrame, column: str) -> int:

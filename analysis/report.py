@@ -16,7 +16,10 @@ from .load import load_runs
 # same figures summary.json holds (tests/test_analysis.py checks that they agree)
 TABLE_COLUMNS = [
     ("label", "arm", "{}"), ("sources", "sources", "{}"), ("mb_sent", "MB sent", "{:.3f}"),
-    ("mb_received", "MB received", "{:.3f}"), ("traffic_ratio", "traffic ratio (x)", "{:.2f}"),
+    ("mb_received", "MB received", "{:.3f}"),
+    ("coded_bytes_per_sample", "payload bytes per sample, train", "{:.1f}"),
+    ("eval_coded_bytes_per_sample", "payload bytes per sample, inference", "{:.1f}"),
+    ("traffic_ratio", "traffic ratio (x)", "{:.2f}"),
     ("samples_per_s_per_source", "samples/s per source", "{:.2f}"),
     ("throughput_ratio", "throughput ratio (x)", "{:.3f}"), ("time_to_finish_s", "time to finish (s)", "{:.1f}"),
     ("final_loss", "final loss", "{:.4f}"), ("final_accuracy", "final test accuracy", "{:.3f}"),

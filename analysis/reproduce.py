@@ -8,6 +8,13 @@ the paper's reference values beside the measured ones. This module reads the swe
 files only (``sweep.json`` and the trials' run directories) and writes
 ``reproduce.md`` and ``reproduce.json``.
 
+Every claim compares rates in the unit its paper counts: ``rate`` of ``[reproduce]`` (or of
+one claim) names one of ``RATES`` — "stream" (every byte on the wire, the default: paper
+002's traffic), "payload" (what the method itself codes, per training sample: the coded
+latent of papers 003 and 000) or "payload at inference" (per test sample: paper 004's
+bytes per image); bpp divides that rate's bits by the input's 32x32 pixels. The table
+shows the stream and payload bytes of every row, and the sentences name the unit.
+
 Every claim becomes one sentence that says whether the paper's ordering holds and by how
 much, e.g. "deprune reached none's accuracy (0.91 vs 0.92) with 3.9x fewer bytes; paper:
 5.19x" or "... did not reach ...".
@@ -21,6 +28,15 @@ from pathlib import Path
 from .sweep import SeriesError, Sweep
 
 PIXELS = 32 * 32  # bits per input pixel (bpp) divide a sample's bits by its pixels (CIFAR's 32x32)
+
+# The rate a claim compares, by the name a spec gives it (``rate`` of ``[reproduce]``, or of a
+# claim): the figure of a sweep point and how the sentence names it. Stream bytes are
+# everything on the wire; payload bytes are what the method itself codes (analysis/metrics.py).
+RATES = {
+    "stream": ("bytes_per_sample_sent", "stream bytes per sample"),
+    "payload": ("coded_bytes_per_sample", "payload bytes per sample"),
+    "payload at inference": ("eval_coded_bytes_per_sample", "payload bytes per sample at inference"),
+}
 
 
 ReproduceError = SeriesError  # a claim or table row the sweep cannot answer (a series it has no trial of)
@@ -70,17 +86,39 @@ def ratio(sweep: Sweep, claim: dict) -> Verdict:
                    measured, claim.get("paper"))
 
 
+def rate_of(claim: dict) -> tuple[str, str]:
+    """(figure, name) of the rate ``claim`` compares (its ``rate``, else stream bytes)."""
+    name = claim.get("rate", "stream")
+    if name not in RATES:
+        raise ReproduceError(f"unknown rate {name!r}; known: {', '.join(RATES)}")
+    return RATES[name]
+
+
+def _rate(point: dict, claim: dict) -> float:
+    figure, name = rate_of(claim)
+    value = point.get(figure)
+    if value is None:
+        raise ReproduceError(f"series {point['series']} has no {name} (its trials' traces do not say)")
+    return value
+
+
 def same_accuracy_fewer_bytes(sweep: Sweep, claim: dict) -> Verdict:
-    """``series`` reaches ``against``'s final accuracy (within ``tolerance``) with fewer bytes."""
+    """``series`` reaches ``against``'s final accuracy (within ``tolerance``) with fewer bytes
+    (the whole stream of training, or per sample in the claim's ``rate``)."""
     tolerance = claim.get("tolerance", 0.02)
     mine = sweep.point(claim["series"], claim.get("value"))
     theirs = sweep.point(claim["against"], claim.get("against_value"))
-    fewer = theirs["bytes_sent_total"] / mine["bytes_sent_total"]
+    if "rate" in claim:
+        fewer = _rate(theirs, claim) / _rate(mine, claim)
+    else:
+        fewer = theirs["bytes_sent_total"] / mine["bytes_sent_total"]
     reached = mine["test_accuracy"] >= theirs["test_accuracy"] - tolerance
     verb = "reached" if reached else "did not reach"
     return Verdict("same_accuracy_fewer_bytes", reached and fewer > 1,
                    f"{claim['series']} {verb} {claim['against']}'s accuracy ({_acc(mine)} vs {_acc(theirs)}, "
-                   f"tolerance {tolerance:g}) with {fewer:.2f}× fewer bytes" + _paper(claim), fewer, claim.get("paper"))
+                   f"tolerance {tolerance:g}) with {fewer:.2f}× fewer "
+                   f"{rate_of(claim)[1] if 'rate' in claim else 'stream bytes'}" + _paper(claim),
+                   fewer, claim.get("paper"))
 
 
 def accuracy_gain(sweep: Sweep, claim: dict) -> Verdict:
@@ -132,14 +170,15 @@ def monotone(sweep: Sweep, claim: dict) -> Verdict:
     """Along ``series`` sorted by bytes per sample, accuracy does not fall by more than
     ``tolerance`` (more bytes, at least as accurate)."""
     tolerance = claim.get("tolerance", 0.02)
-    points = sweep.points(claim["series"])
+    points = sorted(sweep.points(claim["series"]), key=lambda p: _rate(p, claim))
     knob = points[0]["knob"] or "knob"
     falls = [(a, b) for a, b in zip(points, points[1:]) if b["test_accuracy"] < a["test_accuracy"] - tolerance]
-    trail = ", ".join(f"{p['knob_value']}: {p['test_accuracy']:.3f} at {p['bytes_per_sample_sent']:,.0f} B"
+    trail = ", ".join(f"{p['knob_value']}: {p['test_accuracy']:.3f} at {_rate(p, claim):,.0f} B"
                       for p in points)
     verdict = "accuracy rises (or holds) with the bytes" if not falls else \
         f"accuracy falls {len(falls)} time(s) as the bytes grow (beyond {tolerance:g})"
-    return Verdict("monotone", not falls, f"{claim['series']} by {knob.replace('_', '-')}: {verdict} ({trail})"
+    return Verdict("monotone", not falls, f"{claim['series']} by {knob.replace('_', '-')}: {verdict} ({trail}; "
+                   f"{rate_of(claim)[1]})"
                    + _paper(claim), None, claim.get("paper"))
 
 
@@ -151,12 +190,13 @@ def dominates(sweep: Sweep, claim: dict) -> Verdict:
     parts, beaten, total = [], 0, 0
     for other in claim["against"]:
         theirs = sweep.points(other)
-        count = sum(1 for t in theirs if any(m["bytes_per_sample_sent"] <= t["bytes_per_sample_sent"]
+        count = sum(1 for t in theirs if any(_rate(m, claim) <= _rate(t, claim)
                                              and m["test_accuracy"] >= t["test_accuracy"] - tolerance for m in mine))
         parts.append(f"{count} of {len(theirs)} {other} points")
         beaten, total = beaten + count, total + len(theirs)
     return Verdict("dominates", beaten == total,
-                   f"{claim['series']} matched or beat, at no more bytes, {', '.join(parts)}" + _paper(claim),
+                   f"{claim['series']} matched or beat, at no more {rate_of(claim)[1]}, {', '.join(parts)}"
+                   + _paper(claim),
                    beaten / total if total else None, claim.get("paper"))
 
 
@@ -165,22 +205,25 @@ def accuracy_at_rate(sweep: Sweep, claim: dict) -> Verdict:
     in bits per input pixel."""
     tolerance = claim.get("tolerance", 0.02)
     theirs = sweep.point(claim["against"], claim.get("against_value"))
-    good = [p for p in sweep.points(claim["series"]) if p["test_accuracy"] >= theirs["test_accuracy"] - tolerance]
+    good = sorted((p for p in sweep.points(claim["series"]) if p["test_accuracy"] >= theirs["test_accuracy"] - tolerance),
+                  key=lambda p: _rate(p, claim))
     if not good:
         best = max(sweep.points(claim["series"]), key=lambda p: p["test_accuracy"])
         return Verdict("accuracy_at_rate", False,
                        f"{claim['series']} stayed below {claim['against']}'s accuracy less {tolerance:g} at every "
-                       f"rate (best {_acc(best)} at {_bpp(best):.2f} bpp, against {_acc(theirs)})" + _paper(claim),
+                       f"rate (best {_acc(best)} at {_bpp(best, claim):.2f} bpp of {rate_of(claim)[1]}, against "
+                       f"{_acc(theirs)})" + _paper(claim),
                        None, claim.get("paper"))
     point = good[0]
     return Verdict("accuracy_at_rate", True,
                    f"{claim['series']} kept {claim['against']}'s accuracy ({_acc(point)} vs {_acc(theirs)}) down to "
-                   f"{_bpp(point):.2f} bits per input pixel ({point['bytes_per_sample_sent']:,.0f} B per sample, "
-                   f"{point['knob'] or 'knob'} {point['knob_value']})" + _paper(claim), _bpp(point), claim.get("paper"))
+                   f"{_bpp(point, claim):.2f} bits per input pixel ({_rate(point, claim):,.1f} "
+                   f"{rate_of(claim)[1]}, {point['knob'] or 'knob'} {point['knob_value']})" + _paper(claim),
+                   _bpp(point, claim), claim.get("paper"))
 
 
-def _bpp(point: dict) -> float:
-    return 8 * point["bytes_per_sample_sent"] / PIXELS
+def _bpp(point: dict, claim: dict) -> float:
+    return 8 * _rate(point, claim) / PIXELS
 
 
 CLAIMS = {f.__name__: f for f in (ratio, same_accuracy_fewer_bytes, accuracy_gain, speedup_to_accuracy, monotone,
@@ -189,10 +232,11 @@ CLAIMS = {f.__name__: f for f in (ratio, same_accuracy_fewer_bytes, accuracy_gai
 
 # --- the table and the report ---------------------------------------------------------------------------------
 
-def table_rows(sweep: Sweep, rows: list[dict], reference: str | None) -> list[dict]:
+def table_rows(sweep: Sweep, rows: list[dict], reference: str | None, unit: str = "stream") -> list[dict]:
     """Each ``[[reproduce.table]]`` row (``series``, optional ``value``, ``paper``: the
-    paper's columns) with the measured bytes, bpp, accuracy and, with a ``reference``
-    series, the accuracy loss against it."""
+    paper's columns) with the measured stream and payload bytes per sample, bpp in the
+    spec's ``unit`` (a name of ``RATES``), accuracy and, with a ``reference`` series, the
+    accuracy loss against it."""
     base = sweep.point(reference) if reference else None
     out = []
     for row in rows:
@@ -202,8 +246,14 @@ def table_rows(sweep: Sweep, rows: list[dict], reference: str | None) -> list[di
             out.append({"series": row["series"], "value": row.get("value"), "paper": row.get("paper", {}),
                         "measured": None, "missing": str(exc)})
             continue
-        measured = {"bytes per sample": round(point["bytes_per_sample_sent"], 1), "bpp": round(_bpp(point), 3),
-                    "accuracy": _acc(point), "seeds": point["n"]}
+        measured = {"stream bytes per sample": round(point["bytes_per_sample_sent"], 1)}
+        for name, (figure, title) in RATES.items():
+            if name != "stream" and point.get(figure) is not None:
+                measured[title] = round(point[figure], 1)
+        rate = {"rate": unit} if unit != "stream" else {}
+        if point.get(rate_of(rate)[0]) is not None:
+            measured[f"bpp ({rate_of(rate)[1]})"] = round(_bpp(point, rate), 3)
+        measured.update({"accuracy": _acc(point), "seeds": point["n"]})
         if base is not None:
             measured[f"loss vs {reference} (points)"] = round(100 * (base["test_accuracy"] - point["test_accuracy"]), 2)
         out.append({"series": row["series"], "value": row.get("value"), "paper": row.get("paper", {}),
@@ -216,7 +266,10 @@ def reproduce(sweep_dir: str | Path, spec: dict, *, scale: str | None = None, co
     sweep in ``sweep_dir``; write ``reproduce.md`` and ``reproduce.json`` there."""
     sweep = Sweep(sweep_dir)
     result = Reproduction()
+    unit = spec.get("rate", "stream")
     for claim in spec.get("claims", []):
+        if "rate" not in claim and unit != "stream" and claim.get("kind") != "ratio":
+            claim = {**claim, "rate": unit}
         kind = CLAIMS.get(claim.get("kind"))
         if kind is None:
             raise ReproduceError(f"unknown claim kind {claim.get('kind')!r}; known: {', '.join(CLAIMS)}")
@@ -224,7 +277,11 @@ def reproduce(sweep_dir: str | Path, spec: dict, *, scale: str | None = None, co
             result.verdicts.append(kind(sweep, claim))
         except ReproduceError as exc:
             result.verdicts.append(Verdict(claim["kind"], None, str(exc)))
-    result.table = table_rows(sweep, spec.get("table", []), spec.get("reference"))
+    try:
+        rate_of({"rate": unit})
+    except ReproduceError as exc:
+        raise ReproduceError(f"[reproduce] rate: {exc}") from None
+    result.table = table_rows(sweep, spec.get("table", []), spec.get("reference"), unit)
     result.markdown = _write(Path(sweep_dir), spec, result, scale, command, sweep)
     return result
 
@@ -236,7 +293,9 @@ def _write(folder: Path, spec: dict, result: Reproduction, scale, command: str, 
              + (f" Command: `{command}`." if command else ""), ""]
     if spec.get("scale_notes", {}).get(scale or ""):
         lines += [spec["scale_notes"][scale], ""]
-    lines += ["## Does the paper's ordering hold?", ""]
+    lines += [f"Rates are compared as {rate_of({'rate': spec.get('rate', 'stream')})[1]}, the unit the paper "
+              "counts (stream bytes: everything on the wire; payload bytes: what the method itself codes).", "",
+              "## Does the paper's ordering hold?", ""]
     for verdict in result.verdicts:
         mark = {True: "holds", False: "does not hold", None: "cannot say"}[verdict.holds]
         lines.append(f"- **{mark}**: {verdict.statement}")

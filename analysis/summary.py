@@ -7,7 +7,8 @@ so the two always agree.
 
 An arm of ``summary.json`` holds: module, sources, cpu_cap, cap_method, then every
 per-arm figure of :mod:`analysis.metrics` (bytes_*_total, samples_total,
-bytes_per_sample_*, split, payload_*_total, eval_bytes_*_total, control_bytes_total,
+bytes_per_sample_*, split, payload_*_total, coded_bytes_sent_total, coded_bytes_per_sample,
+eval_coded_bytes_per_sample, eval_bytes_*_total, control_bytes_total,
 samples_per_s_per_source, cpu_share_per_source (lifetime), cpu_share_lifetime_per_source,
 cpu_share_computing_per_source, cpu_share_over_cap_per_source,
 reply_wait_share_per_source, startup_s_per_source, peak_rss_mb_per_source,
@@ -114,6 +115,8 @@ ROWS = (
     ("bytes received (MB)", lambda a, h: a["bytes_received_total"] / 1e6, "{:.3f}"),
     ("bytes per sample, sent", lambda a, h: a["bytes_per_sample_sent"], "{:.1f}"),
     ("bytes per sample, received", lambda a, h: a["bytes_per_sample_received"], "{:.1f}"),
+    ("payload bytes per sample, train", lambda a, h: a["coded_bytes_per_sample"], "{:.1f}"),
+    ("payload bytes per sample, inference", lambda a, h: a["eval_coded_bytes_per_sample"], "{:.1f}"),
     ("wire / payload", lambda a, h: (a["bytes_sent_total"] + a["bytes_received_total"])
      / max(1, a["payload_sent_total"] + a["payload_received_total"]), "{:.4f}"),
     ("eval bytes (MB)", lambda a, h: (a["eval_bytes_sent_total"] + a["eval_bytes_received_total"]) / 1e6, "{:.3f}"),

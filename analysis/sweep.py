@@ -8,7 +8,9 @@ trial's run directory under ``trials/``).
 
 A series is one line: an arm's label in the spec, else its module; its points are its knob
 values, each averaged over the seeds (the spread: the standard deviation). Figures:
-``rate_accuracy`` (final accuracy against bytes per sample sent, log x), ``accuracy_vs_bytes``
+``rate_accuracy`` (final accuracy against stream bytes per sample sent, log x; beside it
+``payload_rate_accuracy`` and ``inference_rate_accuracy``, the same against the method's
+payload bytes per training and per test sample), ``accuracy_vs_bytes``
 (accuracy after each epoch against cumulative training traffic: paper 002's figures 8-10)
 and ``time_to_accuracy`` (accuracy after each epoch against seconds since the arm started:
 figures 12-13), and ``sweep.md`` with the table, the time and bytes each series needed to
@@ -172,15 +174,35 @@ def _log_x(ax) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+# name -> (the sweep point's figure, title, x label): the rate each rate-accuracy figure plots
+RATE_FIGURES = {
+    "rate_accuracy": ("bytes_per_sample_sent", "Stream rate",
+                      "stream bytes per sample sent: everything on the wire (log)"),
+    "payload_rate_accuracy": ("coded_bytes_per_sample", "Payload rate",
+                              "payload bytes per training sample: what the method codes (log)"),
+    "inference_rate_accuracy": ("eval_coded_bytes_per_sample", "Payload rate at inference",
+                                "payload bytes per test sample at inference: what the method codes (log)"),
+}
+
+
 def rate_accuracy(sweep: Sweep, out: Path) -> list[Path]:
-    """Final test accuracy against bytes per sample sent (log x), one line per series
-    across its knob, mean over seeds with the spread as error bars."""
+    """Final test accuracy against each rate of ``RATE_FIGURES`` (log x; a figure each,
+    where the trials traced it), one line per series across its knob, mean over seeds with
+    the spread as error bars."""
+    return [path for name in RATE_FIGURES for path in _rate_accuracy(sweep, out, name)]
+
+
+def _rate_accuracy(sweep: Sweep, out: Path, name: str) -> list[Path]:
+    rate, title, xlabel = RATE_FIGURES[name]
+    if not any(p.get(rate) for s in _finished_series(sweep) for p in sweep.points(s)):
+        return []
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for series in _finished_series(sweep):
-        points = [p for p in sweep.points(series) if p.get("bytes_per_sample_sent") and p.get("test_accuracy") is not None]
+        points = sorted((p for p in sweep.points(series) if p.get(rate) and p.get("test_accuracy") is not None),
+                        key=lambda p: p[rate])
         if not points:
             continue
-        x = [p["bytes_per_sample_sent"] for p in points]
+        x = [p[rate] for p in points]
         y = [100 * p["test_accuracy"] for p in points]
         errors = [100 * (p["accuracy_std"] or 0) for p in points]
         knob = points[0]["knob"]
@@ -191,15 +213,15 @@ def rate_accuracy(sweep: Sweep, out: Path) -> list[Path]:
                 ax.annotate(f"{p['knob_value']:g}" if isinstance(p["knob_value"], float) else str(p["knob_value"]),
                             (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     _log_x(ax)
-    ax.set_xlabel("bytes per sample sent (log)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("final test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
     seeds = max((p["n"] for s in _finished_series(sweep) for p in sweep.points(s)), default=1)
-    ax.set_title(f"Rate against accuracy — {sweep.name}" + (f" (mean ± sd over {seeds} seeds)" if seeds > 1 else ""))
+    ax.set_title(f"{title} against accuracy — {sweep.name}" + (f" (mean ± sd over {seeds} seeds)" if seeds > 1 else ""))
     fig.tight_layout()
-    return _save(fig, out, "rate_accuracy")
+    return _save(fig, out, name)
 
 
 def _curves_figure(sweep: Sweep, out: Path, name: str, column: str, xlabel: str, title: str, log: bool) -> list[Path]:

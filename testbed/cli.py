@@ -191,6 +191,8 @@ def modules_table() -> str:
     """The registry on the terminal, a block per module: what a user needs to choose an arm."""
     import textwrap
 
+    from workloads.compression import get
+
     from .generate import module_facts
 
     blocks = []
@@ -198,6 +200,11 @@ def modules_table() -> str:
         lines = [f"{facts['module']}  (paper {facts['paper']})"]
         for key in ("what crosses the cut", "knobs", "at the source", "at the server", "split", "server lr scale"):
             lines += textwrap.wrap(f"{key}: {facts[key]}", 96, initial_indent="  ", subsequent_indent="      ")
+        deviations = get(facts["module"]).deviations
+        lines.append(f"  deviations from paper {facts['paper']}:" + ("" if deviations else " none declared"))
+        for d in deviations:
+            for key, text in (("- the paper", d.paper), ("  here", d.ours), ("  why", d.why)):
+                lines += textwrap.wrap(f"{key}: {text}", 96, initial_indent="    ", subsequent_indent="        ")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -143,6 +143,16 @@ def module_facts() -> list[dict[str, str]]:
              "server lr scale": f"{m.server_lr_scale:g}"} for m in modules()]
 
 
+def deviations_table() -> str:
+    """Every module's declared deviations from its paper (its registry entry's ``deviations``)."""
+    rows = ["| module | the paper | here | why |", "| --- | --- | --- | --- |"]
+    for m in modules():
+        for d in m.deviations:
+            rows.append("| " + " | ".join([f"`{m.name}` ({m.paper})", d.paper, d.ours, d.why]).replace("\n", " ")
+                        + " |")
+    return "\n".join(rows) + "\n"
+
+
 def modules_table() -> str:
     facts = module_facts()
     columns = list(facts[0])
@@ -181,6 +191,7 @@ def outputs() -> dict[Path, str]:
     schema = json.loads((CHART / "values.schema.json").read_text())
     readme = replace_between(readme, "options", options_table(), "<!-- {} -->")
     readme = replace_between(readme, "modules", modules_table(), "<!-- {} -->")
+    readme = replace_between(readme, "deviations", deviations_table(), "<!-- {} -->")
     readme = replace_between(readme, "profiles", profiles_table(), "<!-- {} -->")
     return {
         CHART / "values.yaml": replace_between(values, "workload", values_block(), "# -- {} --"),

@@ -147,6 +147,8 @@ def _expected_report_cells(summary: dict, name: str) -> dict[str, object]:
     return {
         "label": name, "sources": arm["sources"], "mb_sent": arm["bytes_sent_total"] / 1e6,
         "mb_received": arm["bytes_received_total"] / 1e6, "traffic_ratio": ratios["traffic_ratio"],
+        "coded_bytes_per_sample": arm["coded_bytes_sent_total"] / arm["samples_total"],
+        "eval_coded_bytes_per_sample": arm["eval_coded_bytes_per_sample"],
         "samples_per_s_per_source": top["samples_per_s"], "throughput_ratio": ratios["throughput_ratio"],
         "time_to_finish_s": arm["duration_s"], "final_loss": arm["final_loss"],
         "final_accuracy": arm["test_accuracy"], "max_cpu_share": max(arm["cpu_share_lifetime_per_source"]),

@@ -53,7 +53,7 @@ def test_the_decoder_crosses_once_and_the_rate_falls_with_m():
     for mask in range(5):
         config = CompressionConfig(mask_number=mask)
         source, server = create_source("cdc", IMAGE, config), create_server("cdc", IMAGE, config)
-        codes_only = {"codes": np.zeros(1, np.uint8), "latent_shape": np.array([1, 8, 8, 8], "<i4"),
+        codes_only = {"codes": np.zeros(1, np.uint8), "latent_shape": np.array([1, 16, 8, 8], "<i4"),
                       "mask_number": np.array([mask], np.uint8)}
         with pytest.raises(ValueError, match="no decoder received from source 0 yet"):
             server.decode(codes_only, CPU)
@@ -66,7 +66,10 @@ def test_the_decoder_crosses_once_and_the_rate_falls_with_m():
         expected, _ = source.autoencode(x, noisy=False)
         torch.testing.assert_close(restored, expected.detach())  # the server restores what the edge would
         sizes[mask] = sum(a.nbytes for a in second.values())
-        assert second["codes"].nbytes == 8 * 8 * 8 * 8 * bits_per_value(mask) // 8
+        # 8 images x 16 x 8 x 8 latent values: one value per input pixel, so bits per value = paper 000's BPP
+        assert second["codes"].nbytes == 8 * 16 * 8 * 8 * bits_per_value(mask) // 8
+        assert source.coded_bytes(second) == second["codes"].nbytes  # the rate: the packed latent alone
+        assert 8 * second["codes"].nbytes / (8 * 32 * 32) == bits_per_value(mask)
     assert sizes[0] > sizes[1] > sizes[2] > sizes[3] > sizes[4]
 
 

@@ -107,6 +107,16 @@ def test_claims_read_the_measurements(sweep_dir):
     assert speed.measured == 1.0 and speed.holds is False and "1 epoch(s) after its transfer" in speed.statement
     at_rate = CLAIMS["accuracy_at_rate"](sweep, {"series": "filter", "against": "none", "tolerance": 1.0})
     assert at_rate.holds and at_rate.measured == pytest.approx(8 * f2["bytes_per_sample_sent"] / 1024)
+    # in the paper's unit: the method's payload (maps and indices), without labels, header or framing
+    paid = CLAIMS["accuracy_at_rate"](sweep, {"series": "filter", "against": "none", "tolerance": 1.0,
+                                              "rate": "payload"})
+    assert f2["coded_bytes_per_sample"] < f2["bytes_per_sample_sent"]
+    assert paid.measured == pytest.approx(8 * f2["coded_bytes_per_sample"] / 1024)
+    assert "payload bytes per sample" in paid.statement
+    fewer = CLAIMS["same_accuracy_fewer_bytes"](sweep, {"series": "filter", "value": 2, "against": "none",
+                                                        "tolerance": 1.0, "rate": "payload at inference"})
+    assert fewer.measured == pytest.approx(none["eval_coded_bytes_per_sample"] / f2["eval_coded_bytes_per_sample"])
+    assert "fewer payload bytes per sample at inference" in fewer.statement
     assert CLAIMS["monotone"](sweep, {"series": "filter", "tolerance": 1.0}).holds
     dominated = CLAIMS["dominates"](sweep, {"series": "filter", "against": ["none"], "tolerance": 1.0})
     assert dominated.holds and "1 of 1 none points" in dominated.statement
@@ -122,7 +132,10 @@ def test_the_reproduction_writes_the_paper_beside_the_measured(sweep_dir):
     text = result.markdown.read_text()
     assert "- **holds**: bytes_sent_total of none over filter" in text
     assert "- **cannot say**: no finished trial of series 'crbq'; the sweep has filter, none, prune" in text
-    assert "| series | value | paper: accuracy | measured: bytes per sample | measured: bpp | measured: accuracy" in text
+    assert ("| series | value | paper: accuracy | measured: stream bytes per sample | measured: payload bytes per "
+            "sample | measured: payload bytes per sample at inference | measured: bpp (stream bytes per sample) | "
+            "measured: accuracy") in text
+    assert "Rates are compared as stream bytes per sample" in text
     assert result.table[0]["measured"]["loss vs none (points)"] is not None
     assert json.loads((sweep_dir / "reproduce.json").read_text())["verdicts"][0]["holds"] is True
 
@@ -149,9 +162,9 @@ def test_the_sweep_report_draws_the_series_and_names_the_failed(sweep_dir, tmp_p
     assert list(table["trial"]) == ["none", "filter-budget-2", "filter-budget-8", "prune", "crbq"]
     assert {"param.budget", "test_accuracy", "bytes_per_sample_sent"} <= set(table.columns)
     report = write_sweep_report(copy)
-    assert sorted(p.name for p in report.figures) == sorted(f"{n}.{e}" for n in ("rate_accuracy", "accuracy_vs_bytes",
-                                                                                  "time_to_accuracy")
-                                                            for e in ("png", "svg"))
+    drawn = ("rate_accuracy", "payload_rate_accuracy", "inference_rate_accuracy", "accuracy_vs_bytes",
+             "time_to_accuracy")  # the rate against accuracy three ways: stream, payload in training, at inference
+    assert sorted(p.name for p in report.figures) == sorted(f"{n}.{e}" for n in drawn for e in ("png", "svg"))
     text = report.markdown.read_text()
     assert "| filter | budget | 2 | 1 |" in text and "- `crbq` (failed): killed by SIGKILL" in text
     assert report.problems == ["trial crbq failed: killed by SIGKILL (left out of the figures)"]

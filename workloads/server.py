@@ -170,10 +170,12 @@ class Server:
         self.decompress.max_batch = args.batch_size
         self.curve = bool(getattr(args, "keys", ""))
         self.max_request = largest_request(self.decompress, args.batch_size)
-        self.lr_scale = get(args.module).server_lr_scale
+        self.lr_scale = get(args.module).server_lr_scale  # on the module's own parameters, never the tail's
         self.tail = split.tail.to(self.device)
-        params = list(self.decompress.parameters()) + list(self.tail.parameters())
-        self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            [{"params": list(self.tail.parameters()), "lr_scale": 1.0},
+             {"params": list(self.decompress.parameters()), "lr_scale": self.lr_scale}],
+            lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         self.loss = nn.CrossEntropyLoss()
         self.peers: dict[bytes, Peer] = {}   # by connection (the ROUTER's identity)
         self.taken: dict[int, bytes] = {}    # source id -> the connection that said hello with it
@@ -309,8 +311,8 @@ class Server:
         laps.lap("decode")
         self._train_new_parameters()
         labels = self._labels(message.arrays, restored.shape[0])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.args.lr * lr_scale * self.lr_scale
+        for group in self.optimizer.param_groups:  # the source's boost on every group; the module's scale on its own
+            group["lr"] = self.args.lr * lr_scale * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.tail(restored)
         loss = self.loss(logits, labels)
@@ -328,7 +330,7 @@ class Server:
         known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         new = [p for p in self.decompress.parameters() if p.requires_grad and id(p) not in known]
         if new:
-            self.optimizer.add_param_group({"params": new})
+            self.optimizer.add_param_group({"params": new, "lr_scale": self.lr_scale})
 
     @torch.no_grad()
     def _infer(self, message: Message, source: int, laps: Laps) -> Message:

@@ -305,6 +305,7 @@ class Source:
             wait_s=round(exchange.wait_s, 6), cpu_s=round(time.process_time(), 6),
             bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received,
             payload_sent=exchange.payload_sent, payload_received=exchange.payload_received,
+            coded_sent=self.module.coded_bytes(arrays),
             loss=exchange.reply.fields.get("loss"), correct=exchange.reply.fields.get("correct"),
             prune_loss=None if prune is None else round(prune.item(), 6),
             budget=budget, phase=self.schedule.phase(epoch), lr_scale=lr_scale, **self.module.describe())
@@ -317,7 +318,7 @@ class Source:
             return
         self.head.eval()
         self.module.eval()
-        correct = sent_bytes = received_bytes = 0
+        correct = sent_bytes = received_bytes = coded_bytes = 0
         size = self.args.batch_size
         for start in range(0, len(self.test.labels), size):
             x = to_tensor_batch(self.test.images[start:start + size])
@@ -334,13 +335,16 @@ class Source:
             done = time.perf_counter()
             self.trace.event("infer", epoch=epoch, samples=len(labels), latency_s=round(done - computing, 6),
                              **parts(computed - computing, encoded - computed, exchange),
-                             bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
+                             bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received,
+                             coded_sent=self.module.coded_bytes(arrays))
             correct += int((pred.astype(np.int64) == labels).sum())
             sent_bytes += exchange.bytes_sent
             received_bytes += exchange.bytes_received
+            coded_bytes += self.module.coded_bytes(arrays)
         self.trace.event("eval", epoch=epoch, budget=budget, samples=len(self.test.labels),
                          accuracy=round(correct / len(self.test.labels), 6),
-                         bytes_sent=sent_bytes, bytes_received=received_bytes, **self.module.eval_state())
+                         bytes_sent=sent_bytes, bytes_received=received_bytes, coded_sent=coded_bytes,
+                         **self.module.eval_state())
 
     def bye(self) -> None:
         exchange = self.connection.request(Message("bye", {"source": self.args.source_id}))

@@ -35,6 +35,18 @@ def index_dtype(count: int) -> np.dtype:
 class SourcePart(nn.Module):
     """Runs at the data source, after the head."""
 
+    # The arrays of ``encode``'s output that are the method's own payload: what the method
+    # itself codes (the entropy-coded latent, a codec's entropy-coded data with its tables
+    # sent once, the filter's maps and indices). Their bytes are the rate in the unit its
+    # paper counts (``coded_sent`` of every batch); everything else a request carries
+    # (labels, shapes, lengths, a decoder shipped once, the header, framing, encryption) is
+    # stream overhead, counted in the stream bytes only.
+    coded_arrays: tuple[str, ...] = ("maps",)
+
+    def coded_bytes(self, arrays: "Arrays") -> int:
+        """Bytes of the method's payload in ``arrays`` (one request's), exactly."""
+        return sum(int(arrays[name].nbytes) for name in self.coded_arrays if name in arrays)
+
     def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, Arrays]:
         """Return (sent, side): ``sent`` is differentiable, ``side`` is plain arrays."""
         raise NotImplementedError

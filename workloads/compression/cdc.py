@@ -29,9 +29,11 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart, require_input, state_bytes
 from .shipping import has_state, load_state_arrays, state_arrays
 from ..settings import knob
-from .registry import CompressionConfig, Levels, ModuleSpec, register
+from .registry import CompressionConfig, Deviation, Levels, ModuleSpec, register
 
-LATENT_CHANNELS = 8
+# As many latent values as input pixels (16 maps of 8x8 for a 32x32 image), so that m = 4 (one
+# bit per value) is paper 000's 1 BPP and m = 0 its 5 BPP (8 maps made m = 4 half a bit per pixel).
+LATENT_CHANNELS = 16
 DECODER_PREFIX = "decoder."
 PRETRAIN_LR = 1e-2  # Adam; the autoencoder settles within about a hundred steps
 ADAPT_FINETUNE_STEPS = 32  # under --adapt a new mask number fine-tunes this many steps (the link will not wait)
@@ -124,6 +126,8 @@ def _elementary_classifier(classes: int) -> nn.Module:
 
 
 class CdcSource(SourcePart):
+    coded_arrays = ("codes",)  # the packed latent; the decoder crosses once, apart
+
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         require_input(cut_shape, "cdc")
@@ -260,4 +264,13 @@ register(ModuleSpec(
     "classifier; trained at the edge first, then frozen; the latent crosses packed in the fewest bits, the decoder "
     "once (again after a change of m)", CdcSource, CdcServer, KNOBS,
     at_source="encoder, quantizer, elementary classifier", at_server="decoder + the whole model", input_only=True,
-    levels=Levels("mask number", lambda values, maps: (4, 3, 2, 1, 0), low=0, high=4, descending=True)))
+    levels=Levels("mask number", lambda values, maps: (4, 3, 2, 1, 0), low=0, high=4, descending=True),
+    deviations=(
+        Deviation("ResNeXt-29 as the cloud's advanced classifier, trained on the restored images until it converges",
+                  "the run's --model (whole, split 0) as the advanced classifier, for the run's epochs",
+                  "every arm of a comparison trains the same model for the same steps"),
+        Deviation("the autoencoder and elementary classifier trained until they converge",
+                  "trained for --pretrain-epochs passes over the source's shard before streaming (traced as "
+                  "pretraining: steps at the source that the none arm does not get)",
+                  "the run's length bounds it; the summary states the pretraining time"),
+    )))

@@ -1,11 +1,13 @@
 """``crbq``: channel reduction plus 8-bit bottleneck quantization, the split-computing
 baseline (paper 004's CR+BQ).
 
-Source: a 1x1 convolution (with BatchNorm) reduces the cut to ``channels`` maps, which
-are quantized to uint8 with one scale and zero point per tensor. Server: dequantize,
-then a 1x1 convolution (with BatchNorm and ReLU) restores the cut's channels. The
-gradient of the dequantized maps comes back and trains the source through the
-quantizer as if it were the identity (straight-through).
+Source: a 1x1 convolution (with BatchNorm) reduces the cut to ``channels`` maps. Server:
+a 1x1 convolution (with BatchNorm and ReLU) restores the cut's channels. As paper 004
+trains it ("train the bottleneck-injected models and quantize the bottleneck after the
+training session"), training steps send the reduced maps as float32 and get their
+gradient back; inference (every evaluation) sends them quantized to uint8 with one scale
+and offset per tensor, and the server dequantizes them. The rate the paper plots is the
+quantized bottleneck's: an arm's inference bytes per sample.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from .base import Arrays, ServerPart, SourcePart, numel
 from ..settings import knob
-from .registry import CompressionConfig, ModuleSpec, register
+from .registry import CompressionConfig, Deviation, ModuleSpec, register
 
 LEVELS = 255
 
@@ -48,7 +50,11 @@ class CrbqSource(SourcePart):
     def forward(self, maps):
         return self.reduce(maps), {}
 
+    coded_arrays = ("maps", "codes", "qparams")
+
     def encode(self, sent, side) -> Arrays:
+        if self.training:  # quantized after training, as the paper does
+            return super().encode(sent, side)
         codes, params = quantize(sent.detach().cpu().numpy())
         return {"codes": codes, "qparams": params}
 
@@ -62,13 +68,21 @@ class CrbqServer(ServerPart):
                                      nn.ReLU(inplace=True))
 
     def largest_request(self, batch_size: int) -> int:
-        return batch_size * self.channels * numel(self.spatial) + 8  # uint8 codes, scale and offset
+        return 4 * batch_size * self.channels * numel(self.spatial)  # float32 maps in training (uint8 codes after)
 
     def decode(self, arrays: Arrays, device, source: int = 0):
+        if "maps" in arrays:  # a training step: the bottleneck before quantization
+            maps = arrays["maps"]
+            if maps.dtype != np.float32 or maps.ndim != 4 or tuple(maps.shape[1:]) != (self.channels, *self.spatial):
+                raise ValueError(f"expected float32 maps of shape (N, {self.channels}, {self.spatial[0]}, "
+                                 f"{self.spatial[1]}), got {maps.dtype} {maps.shape}")
+            sent = torch.from_numpy(maps).to(device).requires_grad_()
+            return sent, self.restore(sent)
         codes, params = arrays.get("codes"), arrays.get("qparams")
         if codes is None or params is None or codes.dtype != np.uint8 or params.dtype != np.float32 \
                 or params.shape != (2,):
-            raise ValueError("a crbq message needs uint8 'codes' and float32 'qparams' (scale, offset)")
+            raise ValueError("a crbq message needs float32 'maps' (training) or uint8 'codes' and float32 'qparams' "
+                             "(scale, offset)")
         if codes.ndim != 4 or tuple(codes.shape[1:]) != (self.channels, *self.spatial):
             raise ValueError(f"expected codes of shape (N, {self.channels}, {self.spatial[0]}, {self.spatial[1]}), "
                              f"got {codes.shape}")
@@ -78,6 +92,12 @@ class CrbqServer(ServerPart):
 
 CHANNELS = knob("channels", int, 0, "maps after channel reduction (0: an eighth of the cut's)", min=0)
 
-register(ModuleSpec("crbq", "004's CR+BQ baseline", "channel reduction (1x1 conv) + 8-bit quantization, one scale "
-                    "and offset per tensor; gradient straight through the quantizer", CrbqSource, CrbqServer,
-                    (CHANNELS,), at_source="1x1 conv reduction + quantizer", at_server="1x1 conv back to the cut's maps"))
+register(ModuleSpec("crbq", "004's CR+BQ baseline", "channel reduction (1x1 conv); the reduced maps as float32 "
+                    "in training, quantized to 8 bits (one scale and offset per tensor) after it, in every inference", CrbqSource, CrbqServer,
+                    (CHANNELS,), at_source="1x1 conv reduction + quantizer", at_server="1x1 conv back to the cut's maps",
+                    deviations=(
+                        Deviation("a bottleneck of conv layers injected into a trained ResNet-50 and distilled "
+                                  "from it (Matsubara et al.)",
+                                  "one 1x1 convolution with BatchNorm at the source, one back at the server, trained "
+                                  "from scratch with the rest of the split model",
+                                  "the testbed's split points and a common starting point for every arm"),)))

@@ -35,6 +35,8 @@ def _compressed_shape(cut_shape, r: int) -> tuple[int, int, int]:
 
 
 class FeatureFilterSource(SourcePart):
+    coded_arrays = ("maps", "index")
+
     def __init__(self, cut_shape, config: CompressionConfig):
         super().__init__()
         self.config = config

@@ -3,7 +3,8 @@
 A module's file declares its knobs (``settings.knob``) and registers one
 :class:`ModuleSpec` per name: the source and server parts, the paper, whether it
 compresses the input itself, its budget schedule, the level ``--adapt`` may change
-during a run, its server's learning-rate scale, and what runs where. Nothing outside a module's file branches on its name.
+during a run, its server part's learning-rate scale, what runs where, and its
+deviations from its paper. Nothing outside a module's file branches on its name.
 """
 from __future__ import annotations
 
@@ -39,6 +40,16 @@ class Levels:
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """One way a module differs from the paper it names: what the paper does, what this
+    module does instead, and why (`testbed modules` and the README's table show them, so a
+    reader sees how every arm of a plot differs from its paper)."""
+    paper: str                                        # what the paper does
+    ours: str                                         # what this module does
+    why: str                                          # why it must differ here
+
+
+@dataclass(frozen=True)
 class ModuleSpec:
     name: str
     paper: str                      # which paper it comes from ("002", "004 baseline", ...)
@@ -51,9 +62,10 @@ class ModuleSpec:
     input_only: bool = False        # compresses the input image itself: its arm runs at split 0
     # budget schedule: (budget B, maps at the cut, epochs) -> phases; None: all maps throughout
     schedule: Callable[[int, int, int], Phases] | None = None
-    server_lr_scale: float = 1.0    # factor on the server's learning rate
+    server_lr_scale: float = 1.0    # factor on the lr of the server part's own parameters (a shipped decoder), never the tail's
     levels: Levels | None = None    # what --adapt may change during a run; None: the module has no level
     check: Callable[["CompressionConfig"], None] | None = None  # constraints between knobs
+    deviations: tuple[Deviation, ...] = ()  # how it differs from its paper, and why
 
     def check_config(self, config: "CompressionConfig") -> None:
         """Raise ValueError when the knobs do not go together (each knob's own range is
