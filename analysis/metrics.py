@@ -36,6 +36,12 @@ Hidden costs and fidelity
     pretrain_s_per_source — ``duration_s`` of each source's ``prepared`` event (cdc, mcr2,
     entropic train at the source before the first batch; ~0 for the others);
     pretrain_share = max(pretrain_s_per_source) / duration_s.
+    pretrain_steps_per_source, pretrain_samples_per_source — the optimizer steps each source
+    took on its own before streaming (its ``pretrain`` events: a teacher, a distillation, an
+    autoencoder, MCR^2's phase 1) and the samples they saw: the training an arm had besides
+    the steps every arm gets (0 for modules that train nothing at the source; samples 0 in
+    traces written before the events carried them). Beside samples_total, they say how
+    equal the arms' starting points were.
     server_lr_scale — ``lr_scale`` of the server's ``listening`` event (None when the trace
     does not say: traces written before it was recorded).
     cpu_share_lifetime_per_source — CPU seconds / wall seconds of the whole process (its
@@ -249,7 +255,8 @@ def source_figures(runs: Runs) -> pd.DataFrame:
     eval_coded_sent, eval_bytes_sent,
     eval_bytes_received, eval_samples, control_bytes, control_bytes_sent,
     control_bytes_received, samples_per_s, cpu_share_lifetime, cpu_share_computing,
-    reply_wait_share, startup_s, peak_rss_mb, pretrain_s, test_accuracy, split, data, budgets."""
+    reply_wait_share, startup_s, peak_rss_mb, pretrain_s, pretrain_steps, pretrain_samples,
+    test_accuracy, split, data, budgets."""
     b, ev, evals, infers = runs.batches, runs.events, runs.evals, runs.infers
     rows = []
     for src in runs.sources.itertuples():
@@ -291,6 +298,8 @@ def source_figures(runs: Runs) -> pd.DataFrame:
             if len(steps) and _float(src.start_s) is not None else None,
             "peak_rss_mb": _float(src.peak_rss_mb),
             "pretrain_s": _float(src.pretrain_s),
+            "pretrain_steps": len(_rows(kinds, "pretrain")),
+            "pretrain_samples": _column_sum(_rows(kinds, "pretrain"), "samples"),
             "test_accuracy": _float(source_evals["accuracy"].iloc[-1]) if len(source_evals) else None,
             "split": _whole(_value(start, "split")),
             "data": {"origin": _value(data, "origin"), "synthetic": _value(data, "synthetic")},
@@ -953,6 +962,8 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
             "startup_s_per_source": [_clean(v) for v in s["startup_s"]],
             "peak_rss_mb_per_source": [_clean(v) for v in s["peak_rss_mb"]],
             "pretrain_s_per_source": pretrain,
+            "pretrain_steps_per_source": [int(v) for v in s["pretrain_steps"]],
+            "pretrain_samples_per_source": [int(v) for v in s["pretrain_samples"]],
             "pretrain_share": round(max(known_pretrain) / duration, 4) if known_pretrain and duration else None,
             "duration_s": duration,
             "final_loss": losses.get(label),

@@ -254,6 +254,9 @@ def table_rows(sweep: Sweep, rows: list[dict], reference: str | None, unit: str 
         if point.get(rate_of(rate)[0]) is not None:
             measured[f"bpp ({rate_of(rate)[1]})"] = round(_bpp(point, rate), 3)
         measured.update({"accuracy": _acc(point), "seeds": point["n"]})
+        if point.get("samples_total") is not None:  # how equal the starting points were
+            measured["samples trained before streaming (per source)"] = round(point.get("pretrain_samples_per_source") or 0)
+            measured["samples streamed (all sources)"] = round(point["samples_total"])
         if base is not None:
             measured[f"loss vs {reference} (points)"] = round(100 * (base["test_accuracy"] - point["test_accuracy"]), 2)
         out.append({"series": row["series"], "value": row.get("value"), "paper": row.get("paper", {}),

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__
 from .runner import EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run, sweep_bandwidth
 from .spec import RunSpec, SpecError, validate
+from .sweep.spec import SCALES
 
 
 GROUPS = {"run": "the run", "workload": "the workload", "data": "data", "knob": "compression module knobs",
@@ -84,8 +85,8 @@ def _sweep_parser(sub) -> None:
     sweep.add_argument("spec", metavar="SPEC", help="the sweep spec, a .toml or .yaml file")
     sweep.add_argument("--out", default="", help="sweep folder (default: ./runs/sweep-<name>[-<scale>]; the same "
                                                  "folder resumes)")
-    sweep.add_argument("--scale", choices=("smoke", "paper"), default=None,
-                       help="apply the spec's [scale.smoke] or [scale.paper] settings")
+    sweep.add_argument("--scale", choices=SCALES, default=None,
+                       help="apply the spec's [scale.smoke], [scale.medium] or [scale.paper] settings")
     sweep.add_argument("--address", default="", help="join this Ray cluster (ray start --head; KubeRay: the head "
                                                      "service, e.g. ray://HEAD:10001) instead of a local Ray")
     sweep.add_argument("--cpus", type=float, default=None,
@@ -103,9 +104,11 @@ def _reproduce_parser(sub) -> None:
                                      "paper's values beside the measured ones, and the figures. Experiments: "
                                      + ", ".join(names) + ".")
     one.add_argument("name", metavar="NAME", choices=names, help="the experiment: " + ", ".join(names))
-    one.add_argument("--scale", choices=("smoke", "paper"), default="smoke",
-                     help="smoke: minutes on 2 CPU cores (small model, small data, few epochs: the shape); paper: "
-                          "the paper's settings, for a GPU or a cluster, CIFAR-10 from --data-dir (default smoke)")
+    one.add_argument("--scale", choices=SCALES, default="smoke",
+                     help="smoke: minutes on 2 CPU cores (small model, small data, few epochs: the shape); medium: at "
+                          "most 30 minutes on 2 CPU cores, two seeds, long enough that the differences exceed the "
+                          "seeds' spread (004-rate-accuracy, 003-duphil, 002-deprune); paper: the paper's settings, "
+                          "for a GPU or a cluster, CIFAR-10 from --data-dir (default smoke)")
     one.add_argument("--data-dir", default="", help="folder holding the dataset (torchvision's layout), for every "
                                                     "trial")
     one.add_argument("--out", default="", help="folder (default: ./runs/reproduce-NAME-SCALE; the same folder "

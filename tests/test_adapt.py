@@ -183,11 +183,11 @@ def test_the_cdc_level_is_its_mask_number_fine_tuned_from_where_it_is():
 
     part.prepare(None, lambda: iter([(images, labels)] * 3), Trace())
     assert get("cdc").levels.check([0, 4, 2], 3) == (4, 2, 0)  # most compression first
-    assert part.level_bytes(images, (4, 0)) == [8 * 8 * 8 * 1 / 8, 8 * 8 * 8 * 5 / 8]
+    assert part.level_bytes(images, (4, 0)) == [16 * 8 * 8 * 1 / 8, 16 * 8 * 8 * 5 / 8]  # one latent value per pixel
     encoder = [p.clone() for p in part.encoder.parameters()]
     part.set_level(4)
     arrays = part.encode(*part(images))
-    assert int(arrays["mask_number"][0]) == 4 and arrays["codes"].size == 8 * 8 * 8 * 8 // 8
+    assert int(arrays["mask_number"][0]) == 4 and arrays["codes"].size == 8 * 16 * 8 * 8 // 8
     assert any(not torch.equal(a, b) for a, b in zip(encoder, part.encoder.parameters()))  # fine-tuned
     assert [f["stage"] for kind, f in Trace.events if kind == "pretrain"].count("adapt") == 3
     assert any(k.startswith("decoder.") for k in arrays)  # the fine-tuned decoder crosses again

@@ -86,3 +86,44 @@ def test_the_server_refuses_latents_before_the_decoder():
     server = create_server("entropic", (32, 8, 8), CompressionConfig())
     with pytest.raises(ValueError, match="no decoder received from source 0"):
         server.decode({"bits": np.zeros(4, np.uint8), "latent_shape": np.array([1, 16, 4, 4], "<i4")}, CPU)
+
+
+def test_the_server_layers_start_from_the_teacher_and_learn_from_its_logits(tmp_path):
+    """Paper 004: the student's layers after the bottleneck start from the teacher's, and
+    fine-tuning adds the KL divergence to the teacher's class distribution."""
+    from workloads import settings
+    from workloads.protocol import Message
+    from workloads.server import Laps, Server
+
+    source, model, x, _ = distilled(1.0, tmp_path)
+    teacher = source._teacher[0]
+    source.train()  # a training step: the teacher's logits go with it
+    first = source.encode(*source(model.head(x[:16])))
+    second = source.encode(*source(model.head(x[:16])))
+    with torch.no_grad():
+        np.testing.assert_allclose(first["teacher"], teacher(model.head(x[:16])).numpy(), rtol=1e-5, atol=1e-6)
+    assert "teacher_tail" in first and "teacher_tail" not in second and second["teacher"].shape == (16, 10)
+    assert source.coded_bytes(first) == first["bits"].nbytes  # the rate is the latent's alone
+
+    args = settings.parse("server", "", ["--module", "entropic", "--model", "vgg11-slim", "--split", "2",
+                                         "--batch-size", "16"])
+    server = Server(args, TraceWriter(str(tmp_path / "server.jsonl"), run="t", role="server"))
+    first["labels"] = np.arange(16, dtype=np.uint8) % 10
+    server._train(Message("train", {"want_grad": False, "lr_scale": 1e-9}, first), 0, Laps())
+    assert server.tail_from == 0
+    mine, theirs = dict(server.tail.named_parameters()), dict(teacher.named_parameters())
+    assert mine.keys() == theirs.keys()
+    for name in mine:  # one step at a negligible lr: still the teacher's weights
+        torch.testing.assert_close(mine[name].detach(), theirs[name], atol=1e-6, rtol=0)
+    server._start_tail_from(np.zeros(3, np.float32), 1)  # a later source's teacher is ignored once training began
+    assert server.tail_from == 0
+
+    part = server.decompress
+    logits = torch.randn(4, 10)
+    part._teacher_logits = logits.clone()
+    assert part.extra_loss(logits).item() == pytest.approx(0.0, abs=1e-6)
+    part._teacher_logits = torch.zeros(4, 10)
+    assert part.extra_loss(logits).item() > 0.01
+    assert part.extra_loss(logits) is None  # each request's target serves its own step only
+    with pytest.raises(ValueError, match="the teacher's logits must be 16 x 10"):
+        part.decode({**second, "teacher": np.zeros((16, 3), np.float32)}, CPU, source=0)

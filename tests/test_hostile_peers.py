@@ -280,7 +280,7 @@ def test_cdc_latent_count_is_checked():
     part = server_part("cdc")
     shipped = state_arrays(_decoder(), "decoder.")
     mask = np.array([2], np.uint8)
-    refused(part, {**shipped, "codes": np.zeros(4, np.uint8), "latent_shape": np.array([10 ** 9, 8, 8, 8], "<i4"),
+    refused(part, {**shipped, "codes": np.zeros(4, np.uint8), "latent_shape": np.array([10 ** 9, 16, 8, 8], "<i4"),
                    "mask_number": mask}, "0..8")
     refused(part, {**shipped, "codes": np.zeros(4, np.uint8), "latent_shape": np.array([1, 8, 30000, 30000], "<i4"),
                    "mask_number": mask}, "is not")

@@ -44,6 +44,21 @@ def test_each_experiment_expands_and_names_only_its_own_series(name, scale):
         assert all(t.settings["model"].endswith("-slim") or spec.backend == "local" for t in spec.trials)
 
 
+MEDIUM = ["002-deprune", "003-duphil", "004-rate-accuracy"]
+
+
+@pytest.mark.parametrize("name", MEDIUM)
+def test_the_medium_scale_has_two_seeds_on_a_small_model(name):
+    """--scale medium: at most 30 minutes on 2 cores, long enough to tell the arms apart beyond
+    the spread of two seeds."""
+    spec = load_spec(EXPERIMENTS / f"{name}.toml", "medium")
+    assert {t.settings["seed"] for t in spec.trials} == {0, 1}
+    assert all(t.settings["dataset"] == "synthetic" and t.settings["model"].endswith("-slim") for t in spec.trials)
+    smoke = load_spec(EXPERIMENTS / f"{name}.toml", "smoke")
+    steps = {t.settings["batches"] * t.settings["epochs"] for t in spec.trials}
+    assert min(steps) > max(t.settings["batches"] * t.settings["epochs"] for t in smoke.trials)
+
+
 SWEEP = """
 backend = "inproc"
 [base]

@@ -57,6 +57,7 @@ from torch import nn
 
 from . import protocol, security, settings
 from .compression import create_server, get
+from .compression.base import state_bytes
 from .data import INPUT_SHAPE, class_count
 from .models import build_split_model
 from .protocol import Message, ProtocolError
@@ -169,7 +170,9 @@ class Server:
         self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args, "server")).to(self.device)
         self.decompress.max_batch = args.batch_size
         self.curve = bool(getattr(args, "keys", ""))
-        self.max_request = largest_request(self.decompress, args.batch_size)
+        self.max_request = largest_request(self.decompress, args.batch_size, split.tail)
+        self.tail_from = None  # the source whose weights the tail started from (a teacher's), if any
+        self.steps = 0         # training steps taken
         self.lr_scale = get(args.module).server_lr_scale  # on the module's own parameters, never the tail's
         self.tail = split.tail.to(self.device)
         self.optimizer = torch.optim.SGD(
@@ -308,6 +311,7 @@ class Server:
         self.decompress.train()
         self.tail.train()
         sent, restored = self.decompress.decode(message.arrays, self.device, source)
+        self._start_tail_from(self.decompress.take_tail_state(), source)
         laps.lap("decode")
         self._train_new_parameters()
         labels = self._labels(message.arrays, restored.shape[0])
@@ -315,14 +319,34 @@ class Server:
             group["lr"] = self.args.lr * lr_scale * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.tail(restored)
-        loss = self.loss(logits, labels)
-        loss.backward()
+        loss = self.loss(logits, labels)  # what every arm reports
+        extra = self.decompress.extra_loss(logits)
+        (loss if extra is None else loss + extra).backward()
         self.optimizer.step()
+        self.steps += 1
         correct = int((logits.argmax(1) == labels).sum())  # waits for the device
         laps.lap("compute")
         arrays = self.decompress.encode_grad(sent) if message.fields.get("want_grad", True) else {}
         laps.lap("encode")
         return Message("grad", {"loss": round(loss.item(), 6), "correct": correct}, arrays)
+
+    def _start_tail_from(self, flat, source: int) -> None:
+        """The tail takes the weights a source sent for it (paper 004: the student's layers
+        start from the teacher's), once, and only before it has trained: later ones are
+        ignored (one tail serves every source)."""
+        if flat is None or self.tail_from is not None or self.steps:
+            return
+        state = self.tail.state_dict()
+        if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != sum(v.numel() for v in state.values()):
+            raise ProtocolError(f"weights for the server's layers must be {sum(v.numel() for v in state.values())} "
+                                f"float32 values, got {flat.dtype} {flat.shape}")
+        start, values = 0, {}
+        for name, value in state.items():
+            values[name] = torch.from_numpy(flat[start:start + value.numel()].copy()).view_as(value).to(value.dtype)
+            start += value.numel()
+        self.tail.load_state_dict(values)
+        self.tail_from = source
+        self.trace.event("tail_from", source=source, values=int(flat.size))
 
     def _train_new_parameters(self) -> None:
         """Modules may add layers when a source first sends them (a decoder per source):
@@ -345,10 +369,12 @@ class Server:
         return Message("pred", {}, {"pred": pred})
 
 
-def largest_request(part, batch_size: int) -> int:
+def largest_request(part, batch_size: int, tail=None) -> int:
     """The largest request frame of a run (the module's largest arrays at its batch size,
-    the labels as 64-bit integers at most, the longest header), with a margin."""
-    return protocol.message_bytes(int(MESSAGE_MARGIN * (part.largest_request(batch_size) + 8 * batch_size)))
+    the labels as 64-bit integers at most, the tail's weights where the module ships them
+    once, the longest header), with a margin."""
+    shipped = state_bytes(tail) if part.ships_tail and tail is not None else 0
+    return protocol.message_bytes(int(MESSAGE_MARGIN * (part.largest_request(batch_size) + 8 * batch_size + shipped)))
 
 
 def listen(sock: zmq.Socket, args, max_request: int):

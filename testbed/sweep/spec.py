@@ -4,7 +4,7 @@ into trials.
 A spec names the settings every trial shares (``[base]``), the arms (``[[arms]]``: a
 module and its knobs; a list gives one trial per value: the arm's knob), a grid every arm
 is repeated over (``[grid]``: seeds, datasets, bandwidths) and overrides per scale
-(``[scale.smoke]``, ``[scale.paper]``; ``[scale.smoke.arms.NAME]`` for one arm, by its label or
+(``[scale.smoke]``, ``[scale.medium]``, ``[scale.paper]``; ``[scale.smoke.arms.NAME]`` for one arm, by its label or
 module). Keys are ``testbed run``'s options, spelt as the
 flag without its dashes (``batch-size`` or ``batch_size``). A trial is one arm's run with
 one value of each list: an ordinary run directory of one arm. A trace file a spec names
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("inproc", "local")
-SCALES = ("smoke", "paper")
+SCALES = ("smoke", "medium", "paper")  # the shape in minutes; in at most 30 min on 2 cores, beyond the seeds' spread; the paper's
 TOP_LEVEL = {"name", "description", "backend", "cpus_per_trial", "gpus_per_trial", "timeout_s", "base", "grid",
              "arms", "scale", "reproduce"}
 ARM_ONLY = {"label"}

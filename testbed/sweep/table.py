@@ -12,7 +12,7 @@ from .spec import SweepSpec, Trial
 
 # copied from the arm's summary (analysis/metrics.py); a per-source list becomes its mean
 METRICS = ("bytes_per_sample_sent", "bytes_per_sample_received", "coded_bytes_per_sample",
-           "eval_coded_bytes_per_sample", "test_accuracy", "final_loss",
+           "eval_coded_bytes_per_sample", "test_accuracy", "final_loss", "samples_total", "pretrain_samples_per_source",
            "samples_per_s_per_source", "duration_s", "bytes_sent_total", "bytes_received_total")
 FINISHED = ("ok", "lost-sources")
 TRIALS = "trials"

@@ -143,3 +143,16 @@ class ServerPart(nn.Module):
 
     def encode_grad(self, sent: torch.Tensor) -> Arrays:
         return {"grad": to_wire(sent.grad)}
+
+    # -- what a module may give the server's own layers (the tail) ------------------------
+    ships_tail = False  # a source may send weights for the tail once (a teacher's): the server sizes requests by it
+
+    def take_tail_state(self) -> np.ndarray | None:
+        """Weights for the server's layers that a source sent (the last decode's), once:
+        the tail's ``state_dict`` values flattened in order as float32; None when none came."""
+        return None
+
+    def extra_loss(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """A term the server adds to the cross-entropy of the last decoded request (a
+        distillation term against a teacher's logits); None: none."""
+        return None

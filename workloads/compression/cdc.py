@@ -189,7 +189,7 @@ class CdcSource(SourcePart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            self._trace.event("pretrain", stage=stage, step=step, loss=round(loss.item(), 6),
+            self._trace.event("pretrain", stage=stage, step=step, samples=len(x), loss=round(loss.item(), 6),
                               reconstruction=round(reconstruction, 6), ec_loss=round(guidance, 6),
                               mask_number=self.mask)
         for p in self.parameters():

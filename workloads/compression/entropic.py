@@ -14,9 +14,12 @@ Training, as the paper does it, in two stages:
    to reproduce the teacher's features at the cut under the rate-distortion loss
    ``MSE(decoder(y~), teacher features) + beta * bits per sample / cut size``.
    (The student keeps the teacher's first layers, the head, and adds the bottleneck.)
-2. The epochs: the encoder and the prior are frozen; the decoder and the prior's
-   parameters cross the network once, and the server fine-tunes the decoder and trains
-   its layers with cross-entropy on what it decodes.
+2. The epochs: the encoder and the prior are frozen; the decoder, the prior's parameters
+   and the teacher's layers after the cut cross the network once. The server's layers
+   start from the teacher's (the first source's: one server model serves every source),
+   and the server fine-tunes the decoder and its layers with cross-entropy plus the KL
+   divergence to the teacher's class distribution, whose logits the source computes with
+   its teacher and sends with every training request (paper 004, section 3.3).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Arrays, ServerPart, SourcePart, state_bytes
+from .base import Arrays, ServerPart, SourcePart, state_bytes, to_wire
 from .shipping import has_state, load_state_arrays, range_encode, state_arrays
 from .shipping import range_decode as decode_symbols
 from ..settings import knob
@@ -39,6 +42,13 @@ SUPPORT = 31            # symbols are coded in [-SUPPORT, SUPPORT]; larger value
 STAGE_LR = 1e-3
 SHIPPED = "decoder."    # arrays that cross once: the decoder's weights
 PRIOR = "prior."        # ... and the prior's parameters
+TAIL = "teacher_tail"   # ... and the teacher's layers after the cut, flattened: the server's layers start from them
+TEACHER = "teacher"     # every training request: the teacher's logits for its samples (the distillation target)
+# Fine-tuning (paper 004, section 3.3): cross-entropy plus the KL divergence between the
+# softened class distributions of student and teacher. The paper's weights and temperature
+# are in its supplement, which we do not have: an equal weight at temperature 1.
+KD_WEIGHT = 1.0
+KD_TEMPERATURE = 1.0
 _FAMILY = constriction.stream.model.QuantizedLaplace(-SUPPORT, SUPPORT)
 
 
@@ -114,10 +124,13 @@ class EntropicSource(SourcePart):
         self.prior = LaplacePrior(config.latent_channels)
         self.decoder = _decoder(cut_shape[0], config.latent_channels)  # trained here, then shipped once
         self.shipped = False
+        self._teacher: list[nn.Module] = []  # the teacher's layers after the cut (a list: not this module's own)
 
     def prepare(self, head, batches, trace) -> None:
         teacher_tail = self._train_teacher(head, batches, trace)
-        del teacher_tail  # only the teacher's features at the cut are distilled
+        for p in teacher_tail.parameters():
+            p.requires_grad_(False)
+        self._teacher = [teacher_tail.eval()]  # its logits teach the student; its weights start the server's layers
         for p in head.parameters():
             p.requires_grad_(False)
         head.eval()
@@ -136,7 +149,7 @@ class EntropicSource(SourcePart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            trace.event("pretrain", stage="distill", step=step, loss=round(loss.item(), 6),
+            trace.event("pretrain", stage="distill", step=step, samples=len(x), loss=round(loss.item(), 6),
                         distortion=round(distortion.item(), 6), bits_per_sample=round(rate.item(), 2))
         for p in params:
             p.requires_grad_(False)
@@ -156,20 +169,26 @@ class EntropicSource(SourcePart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            trace.event("pretrain", stage="teacher", step=step, loss=round(loss.item(), 6))
+            trace.event("pretrain", stage="teacher", step=step, samples=len(x), loss=round(loss.item(), 6))
         return tail
 
     def forward(self, maps):
         with torch.no_grad():
-            return torch.round(self.encoder(maps)), {}
+            side = {}
+            if self.training and self._teacher:  # the head is the teacher's: its features are ``maps``
+                side[TEACHER] = to_wire(self._teacher[0](maps))
+            return torch.round(self.encoder(maps)), side
 
     def encode(self, sent, side) -> Arrays:
         values = sent.cpu().numpy()
         loc, scale = (t.detach().cpu().numpy() for t in self.prior.params(sent))
-        arrays = {"bits": range_code(values, loc, scale), "latent_shape": np.array(values.shape, dtype="<i4")}
-        if not self.shipped:  # the decoder and the prior cross once
+        arrays = {"bits": range_code(values, loc, scale), "latent_shape": np.array(values.shape, dtype="<i4"), **side}
+        if not self.shipped:  # the decoder, the prior and the teacher's layers cross once
             arrays.update(state_arrays(self.decoder, SHIPPED))
             arrays.update(state_arrays(self.prior, PRIOR))
+            if self._teacher:
+                arrays[TAIL] = np.concatenate([v.detach().reshape(-1).to(torch.float32).numpy()
+                                               for v in self._teacher[0].state_dict().values()])
             self.shipped = True
         return arrays
 
@@ -182,11 +201,31 @@ class EntropicServer(ServerPart):
         self.template = _decoder(cut_shape[0], config.latent_channels)
         self.decoders = nn.ModuleDict()     # each source distilled its own; fine-tuned here
         self.priors = nn.ModuleDict()
+        self.classes = config.classes
+        self._tail_state: np.ndarray | None = None   # the last decode's teacher layers, until taken
+        self._teacher_logits: torch.Tensor | None = None  # the last decode's distillation target
+
+    ships_tail = True
+
+    def take_tail_state(self):
+        state, self._tail_state = self._tail_state, None
+        return state
+
+    def extra_loss(self, logits):
+        """KL(teacher || student) of the class distributions softened by KD_TEMPERATURE,
+        times T^2 (Hinton et al.'s scaling), weighted by KD_WEIGHT."""
+        teacher, self._teacher_logits = self._teacher_logits, None
+        if teacher is None:
+            return None
+        t = KD_TEMPERATURE
+        return KD_WEIGHT * t * t * F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                                            reduction="batchmean", log_target=True)
 
     def largest_request(self, batch_size: int) -> int:
         symbols = batch_size * self.latent_channels * (self.cut_shape[1] // 2) * (self.cut_shape[2] // 2)
         shipped = state_bytes(self.template) + state_bytes(LaplacePrior(self.latent_channels))
-        return 4 * symbols + 16 + 16 + shipped  # bits (under 32 per symbol), latent_shape, sent once: the rest
+        teacher = 4 * batch_size * self.classes  # the teacher's logits (its layers once: the server adds them)
+        return 4 * symbols + 16 + 16 + teacher + shipped  # bits (under 32 per symbol), latent_shape, sent once: the rest
 
     def decode(self, arrays: Arrays, device, source: int = 0):
         key = str(source)
@@ -202,6 +241,15 @@ class EntropicServer(ServerPart):
         if c != self.latent_channels or (h, w) != (self.cut_shape[1] // 2, self.cut_shape[2] // 2):
             raise ValueError(f"latent shape {tuple(shape)} does not fit this cut")
         self.check_batch(n, "an entropic message")
+        teacher, tail = arrays.get(TEACHER), arrays.get(TAIL)
+        if teacher is not None and (teacher.dtype != np.float32 or teacher.shape != (n, self.classes)
+                                    or not np.isfinite(teacher).all()):
+            raise ValueError(f"the teacher's logits must be {n} x {self.classes} finite float32 values, got "
+                             f"{teacher.dtype} {teacher.shape}")
+        if tail is not None and (tail.dtype != np.float32 or tail.ndim != 1 or not np.isfinite(tail).all()):
+            raise ValueError("the teacher's layers must come as one array of finite float32 values")
+        self._teacher_logits = None if teacher is None else torch.from_numpy(teacher).to(device)
+        self._tail_state = tail
         if bits.size > 4 * n * c * h * w + 16:  # what no latent of that shape could need
             raise ValueError(f"{bits.size} bytes of bitstream for a latent of {n * c * h * w} values")
         latent = torch.zeros(n, c, h, w)
@@ -222,8 +270,8 @@ class EntropicServer(ServerPart):
 
 register(ModuleSpec(
     "entropic", "004 (Entropic Student)", "GDN encoder to a latent at half the cut's resolution, learned factorized "
-    "Laplace prior, the real range-coded bitstream; teacher then distillation at the source, the decoder crosses "
-    "once and is fine-tuned at the server", EntropicSource, EntropicServer,
+    "Laplace prior, the real range-coded bitstream; teacher then distillation at the source; the decoder and the "
+    "teacher's layers cross once, the server fine-tunes from them with cross-entropy and KL to the teacher's logits", EntropicSource, EntropicServer,
     (knob("beta", float, 1.0, "weight of the rate in the distillation loss (higher: fewer bytes)", positive=True),
      knob("latent-channels", int, 16, "latent maps at half the cut's resolution", min=1)),
     at_source="encoder, prior, range coder", at_server="decoder + the rest",
@@ -231,13 +279,19 @@ register(ModuleSpec(
     # testbed's lr: at 0.01 with momentum the loss rose in our runs. The tail is not scaled.
     server_lr_scale=0.1,
     deviations=(
-        Deviation("one trained teacher; the student's layers after the bottleneck start from the teacher's, and the "
-                  "student is fine-tuned with cross-entropy and a KL term against the teacher",
-                  "each source trains its own teacher on its shard for --pretrain-epochs; the teacher's layers after "
-                  "the cut are dropped: the server's layers start from random weights and train with cross-entropy "
-                  "only",
-                  "the teacher lives at the source and one server model serves every source; shipping a teacher's "
-                  "layers and its logits is not built yet (issue 19)"),
+        Deviation("one teacher pretrained offline on the whole training set; the student's layers after the "
+                  "bottleneck start from the teacher's",
+                  "each source trains its own teacher on its shard for --pretrain-epochs; the server's layers start "
+                  "from the first source's teacher (its weights cross once, counted in the stream bytes)",
+                  "the data lives at the sources and one server model serves every source"),
+        Deviation("fine-tuning with cross-entropy and the KL divergence to the teacher's softened outputs, weights "
+                  "and temperature in the paper's supplement",
+                  f"cross-entropy plus {KD_WEIGHT:g} x KL at temperature {KD_TEMPERATURE:g}; each source computes its "
+                  "teacher's logits and sends them with every training request (stream bytes, not payload)",
+                  "the supplement is not available here; the teacher lives at the source"),
+        Deviation("the teacher's first layers replaced by a light encoder (the student's head is new)",
+                  "the teacher's head kept (frozen) before the encoder, and the decoder restores the cut's features",
+                  "the testbed's split points: the head is the split model's, the bottleneck sits at the cut"),
         Deviation("the bottleneck in the first layers of ResNet-50 on 224x224 ImageNet images, its latent a small "
                   "fraction of the input",
                   "the bottleneck at --split: --latent-channels maps at half the cut's resolution (16 x 16 x 16 = "

@@ -25,6 +25,7 @@ from .schedules import BUDGET_KNOBS, all_maps_first, budget_first, fixed
 FILTER_GRAD_CLIP = 1.0  # max norm of the logits' gradient per step
 FILTER_MOMENTUM = 0.9
 LOGIT_BOUND = 15.0      # sigmoid(15) = 1 - 3e-7: fully on or off, still movable
+ADMIT_LOGIT = -4.0      # a raised budget's new maps: sigmoid(-4) = 0.018, slope 0.018 (low, still movable)
 
 
 def _compressed_shape(cut_shape, r: int) -> tuple[int, int, int]:
@@ -69,13 +70,34 @@ class FeatureFilterSource(SourcePart):
         budget = min(int(budget), self.channels)
         if budget == self.budget:
             return
-        # A raised budget needs maps that were pruned to zero: every logit starts over.
-        # A lowered one re-draws the maps that were on (paper 002's resetprune), so the
-        # filter can choose among them again. (Keeping the maps that were on and bringing the
-        # pruned ones back below one half, as paper 002's "without resetting other parameters"
-        # could be read, did worse: deprune at smoke scale, 4 seeds, 0.811 against 0.869.)
-        self.reset_filter(None if budget > self.budget else self.filter().detach() > 0.5)
+        # A raised budget changes the budget "without resetting other parameters" (paper 002,
+        # section 3.1): the B maps that were sent keep their logits, and what both sides learnt
+        # on them stays valid. The maps pruned to zero sit at the logit floor, where the sigmoid
+        # has no slope and no loss could move them: as many of them as the budget adds are
+        # admitted at a low filter value (ADMIT_LOGIT), where it has one, and the others stay
+        # as they were learnt. The prune loss's lower barrier (sum f is now below B by about
+        # the maps added) and the task loss raise the admitted maps, so they fade in over some
+        # steps of the filter's optimiser instead of reaching the server at full strength at
+        # once, while the lr boost is on. A lowered budget re-draws the maps that were on
+        # (paper 002's resetprune: the entries already on "are randomized" so that they "can
+        # potentially be trained to approach 0"), so the filter chooses among them again.
+        if budget > self.budget:
+            self.admit(budget - self.budget)
+        else:
+            self.reset_filter(self.filter().detach() > 0.5)
         self.budget = budget
+
+    def admit(self, count: int) -> None:
+        """Raise ``count`` of the maps outside the current top-B to at least ADMIT_LOGIT:
+        those with the highest logits, ties (the maps at the floor) broken by a draw."""
+        logits = self.logits.detach()
+        sent = torch.topk(self.filter().detach(), self.budget).indices
+        shuffled = torch.randperm(self.channels)
+        order = shuffled[torch.argsort(logits[shuffled], descending=True, stable=True)]
+        rest = order[~torch.isin(order, sent)]
+        admitted = rest[:count]
+        with torch.no_grad():
+            self.logits[admitted] = logits[admitted].clamp_min(ADMIT_LOGIT)
 
     # -- under --adapt: the budget is the level ----------------------------------
     def set_level(self, value: int) -> None:
