@@ -13,7 +13,9 @@ Traffic (exact stream bytes the sources traced; eval and control traffic apart)
     evaluation's ``infer`` requests; for an evaluation cut short, with ``infer`` events of an
     epoch but no ``eval`` event, those ``infer`` events);
     control_bytes_total (``connected`` and ``bye`` events, both directions).
-Rate in the paper's unit (the method's own payload: the arrays its source part names in
+Rate in the paper's unit (the method's own payload, "payload bytes" in the table and the
+report; not ``payload_*_total`` above, which counts every array of a request, labels and
+one-time shipments included: the arrays its source part names in
 ``coded_arrays`` — the entropy-coded latent, a codec's entropy-coded data and its tables
 sent once, the filter's maps and indices; not the labels, shapes, lengths, a decoder
 shipped once, the header, framing or encryption, which the stream bytes above include)
@@ -37,9 +39,10 @@ Hidden costs and fidelity
     entropic train at the source before the first batch; ~0 for the others);
     pretrain_share = max(pretrain_s_per_source) / duration_s.
     pretrain_steps_per_source, pretrain_samples_per_source — the optimizer steps each source
-    took on its own before streaming (its ``pretrain`` events: a teacher, a distillation, an
-    autoencoder, MCR^2's phase 1) and the samples they saw: the training an arm had besides
-    the steps every arm gets (0 for modules that train nothing at the source; samples 0 in
+    took on its own, without the network (its ``pretrain`` events: a teacher, a distillation,
+    an autoencoder, MCR^2's phase 1 before streaming; cdc's fine-tuning after a change of its
+    mask number too) and the samples they saw: the training an arm had besides the steps
+    every arm gets (0 for modules that train nothing at the source; samples 0 in
     traces written before the events carried them). Beside samples_total, they say how
     equal the arms' starting points were.
     server_lr_scale — ``lr_scale`` of the server's ``listening`` event (None when the trace

@@ -25,18 +25,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sweep import SeriesError, Sweep
+from .sweep import RATES, SeriesError, Sweep
 
 PIXELS = 32 * 32  # bits per input pixel (bpp) divide a sample's bits by its pixels (CIFAR's 32x32)
 
-# The rate a claim compares, by the name a spec gives it (``rate`` of ``[reproduce]``, or of a
-# claim): the figure of a sweep point and how the sentence names it. Stream bytes are
-# everything on the wire; payload bytes are what the method itself codes (analysis/metrics.py).
-RATES = {
-    "stream": ("bytes_per_sample_sent", "stream bytes per sample"),
-    "payload": ("coded_bytes_per_sample", "payload bytes per sample"),
-    "payload at inference": ("eval_coded_bytes_per_sample", "payload bytes per sample at inference"),
-}
 
 
 ReproduceError = SeriesError  # a claim or table row the sweep cannot answer (a series it has no trial of)
@@ -91,7 +83,7 @@ def rate_of(claim: dict) -> tuple[str, str]:
     name = claim.get("rate", "stream")
     if name not in RATES:
         raise ReproduceError(f"unknown rate {name!r}; known: {', '.join(RATES)}")
-    return RATES[name]
+    return RATES[name].figure, RATES[name].name
 
 
 def _rate(point: dict, claim: dict) -> float:
@@ -247,9 +239,9 @@ def table_rows(sweep: Sweep, rows: list[dict], reference: str | None, unit: str 
                         "measured": None, "missing": str(exc)})
             continue
         measured = {"stream bytes per sample": round(point["bytes_per_sample_sent"], 1)}
-        for name, (figure, title) in RATES.items():
-            if name != "stream" and point.get(figure) is not None:
-                measured[title] = round(point[figure], 1)
+        for name, rate in RATES.items():
+            if name != "stream" and point.get(rate.figure) is not None:
+                measured[rate.name] = round(point[rate.figure], 1)
         rate = {"rate": unit} if unit != "stream" else {}
         if point.get(rate_of(rate)[0]) is not None:
             measured[f"bpp ({rate_of(rate)[1]})"] = round(_bpp(point, rate), 3)

@@ -174,26 +174,34 @@ def _log_x(ax) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-# name -> (the sweep point's figure, title, x label): the rate each rate-accuracy figure plots
-RATE_FIGURES = {
-    "rate_accuracy": ("bytes_per_sample_sent", "Stream rate",
-                      "stream bytes per sample sent: everything on the wire (log)"),
-    "payload_rate_accuracy": ("coded_bytes_per_sample", "Payload rate",
-                              "payload bytes per training sample: what the method codes (log)"),
-    "inference_rate_accuracy": ("eval_coded_bytes_per_sample", "Payload rate at inference",
-                                "payload bytes per test sample at inference: what the method codes (log)"),
+@dataclass(frozen=True)
+class Rate:
+    """One way to count an arm's rate: the stream (every byte on the wire) or the payload
+    (what the method itself codes: analysis/metrics.py), per training or test sample."""
+    figure: str     # the sweep point's (and summary's) figure
+    name: str       # as sentences and tables name it
+    title: str      # of its rate-accuracy figure
+    file: str       # that figure's file name
+
+
+# by the name a spec gives it (``rate`` of a reproduction's ``[reproduce]`` or of one claim)
+RATES = {
+    "stream": Rate("bytes_per_sample_sent", "stream bytes per sample", "Stream rate", "rate_accuracy"),
+    "payload": Rate("coded_bytes_per_sample", "payload bytes per sample", "Payload rate", "payload_rate_accuracy"),
+    "payload at inference": Rate("eval_coded_bytes_per_sample", "payload bytes per sample at inference",
+                                 "Payload rate at inference", "inference_rate_accuracy"),
 }
 
 
 def rate_accuracy(sweep: Sweep, out: Path) -> list[Path]:
-    """Final test accuracy against each rate of ``RATE_FIGURES`` (log x; a figure each,
-    where the trials traced it), one line per series across its knob, mean over seeds with
-    the spread as error bars."""
-    return [path for name in RATE_FIGURES for path in _rate_accuracy(sweep, out, name)]
+    """Final test accuracy against each rate of ``RATES`` (log x; a figure each, where the
+    trials traced it), one line per series across its knob, mean over seeds with the spread
+    as error bars."""
+    return [path for rate in RATES.values() for path in _rate_accuracy(sweep, out, rate)]
 
 
-def _rate_accuracy(sweep: Sweep, out: Path, name: str) -> list[Path]:
-    rate, title, xlabel = RATE_FIGURES[name]
+def _rate_accuracy(sweep: Sweep, out: Path, kind: Rate) -> list[Path]:
+    rate, title, xlabel = kind.figure, kind.title, f"{kind.name} (log)"
     if not any(p.get(rate) for s in _finished_series(sweep) for p in sweep.points(s)):
         return []
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -221,7 +229,7 @@ def _rate_accuracy(sweep: Sweep, out: Path, name: str) -> list[Path]:
     seeds = max((p["n"] for s in _finished_series(sweep) for p in sweep.points(s)), default=1)
     ax.set_title(f"{title} against accuracy — {sweep.name}" + (f" (mean ± sd over {seeds} seeds)" if seeds > 1 else ""))
     fig.tight_layout()
-    return _save(fig, out, name)
+    return _save(fig, out, kind.file)
 
 
 def _curves_figure(sweep: Sweep, out: Path, name: str, column: str, xlabel: str, title: str, log: bool) -> list[Path]:
@@ -295,7 +303,7 @@ def write_sweep_report(sweep_dir, out=None) -> SweepReport:
     figures: list[Path] = []
     problems = [f"trial {r['trial']} {r['status']}: {r.get('error') or 'not run'} (left out of the figures)"
                 for r in sweep.failed]
-    lines = [f"# Sweep {sweep.name}", "", "| series | knob | value | seeds | bytes per sample sent | accuracy |",
+    lines = [f"# Sweep {sweep.name}", "", "| series | knob | value | seeds | stream bytes per sample sent | accuracy |",
              "| --- | --- | --- | --- | --- | --- |"]
     if sweep.rows:
         for draw in (rate_accuracy, accuracy_vs_bytes, time_to_accuracy):

@@ -146,10 +146,13 @@ def module_facts() -> list[dict[str, str]]:
 def deviations_table() -> str:
     """Every module's declared deviations from its paper (its registry entry's ``deviations``)."""
     rows = ["| module | the paper | here | why |", "| --- | --- | --- | --- |"]
+    sharing: dict[object, list] = {}  # modules that share one declaration (the filter family) share a row
     for m in modules():
         for d in m.deviations:
-            rows.append("| " + " | ".join([f"`{m.name}` ({m.paper})", d.paper, d.ours, d.why]).replace("\n", " ")
-                        + " |")
+            sharing.setdefault(d, []).append(m)
+    for d, names in sharing.items():
+        who = ", ".join(f"`{m.name}`" for m in names) + f" ({names[0].paper})"
+        rows.append("| " + " | ".join([who, d.paper, d.ours, d.why]).replace("\n", " ") + " |")
     return "\n".join(rows) + "\n"
 
 

@@ -73,7 +73,8 @@ def test_teacher_first_then_distillation_and_rate_falls_with_beta(tmp_path):
         first = source.encode(sent, side)
         assert any(k.startswith("decoder.") for k in first) and any(k.startswith("prior.") for k in first)
         second = source.encode(sent, side)
-        assert set(second) == {"bits", "latent_shape"}  # decoder and prior cross once
+        # the decoder, the prior and the teacher's layers cross once; a training step's teacher logits every time
+        assert set(second) == {"bits", "latent_shape", "teacher"} and "teacher_tail" in first
         server = create_server("entropic", model.cut_shape, CompressionConfig())
         server.decode(first, CPU, source=3)
         _, restored = server.decode(second, CPU, source=3)
@@ -121,9 +122,28 @@ def test_the_server_layers_start_from_the_teacher_and_learn_from_its_logits(tmp_
     part = server.decompress
     logits = torch.randn(4, 10)
     part._teacher_logits = logits.clone()
-    assert part.extra_loss(logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert part.distill_loss(logits).item() == pytest.approx(0.0, abs=1e-6)
     part._teacher_logits = torch.zeros(4, 10)
-    assert part.extra_loss(logits).item() > 0.01
-    assert part.extra_loss(logits) is None  # each request's target serves its own step only
+    assert part.distill_loss(logits).item() > 0.01
+    assert part.distill_loss(logits) is None  # each request's target serves its own step only
     with pytest.raises(ValueError, match="the teacher's logits must be 16 x 10"):
         part.decode({**second, "teacher": np.zeros((16, 3), np.float32)}, CPU, source=0)
+
+
+def test_a_real_run_starts_the_server_from_the_teacher_and_distils_every_training_step(tmp_path):
+    """Through the source program's own training step (in-process): the teacher's layers cross
+    once and start the server's, every training request carries its logits (the server
+    reports the KL term), evaluations carry none."""
+    from conftest import TINY, read_jsonl, run_testbed
+
+    out = tmp_path / "run"
+    result = run_testbed("run", "--sources", 1, "--module", "entropic", "--batches", 2, "--epochs", 1,
+                         "--pretrain-epochs", 1, *TINY, "--backend", "inproc", "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    server = read_jsonl(out / "entropic" / "server.jsonl")
+    assert [e["source"] for e in server if e["event"] == "tail_from"] == [0]
+    steps = [e for e in read_jsonl(out / "entropic" / "source-0.jsonl") if e["event"] == "batch"]
+    assert len(steps) == 2 and all(e["distill_loss"] > 0 for e in steps)
+    arm = json.loads((out / "summary.json").read_text())["arms"]["entropic"]
+    assert arm["pretrain_samples_per_source"] == [2 * 2 * 8]  # teacher and distillation, one pass each
+    assert arm["eval_coded_bytes_per_sample"] < arm["bytes_per_sample_sent"]

@@ -63,3 +63,24 @@ def test_every_declared_deviation_is_shown_by_testbed_modules_and_the_readme():
         for text in (d.paper, d.ours, d.why):
             assert words(text) in printed, (name, text)
             assert words(text) in readme, (name, text)
+
+
+@pytest.mark.parametrize("module", available())
+def test_every_module_names_arrays_it_really_sends_as_its_payload(module):
+    """The payload (the rate in the paper's unit) is counted from arrays the module really
+    sends, in training and in inference; a misspelt name would count nothing."""
+    model = build_split_model("vgg11-slim", get(module).split_for(2), 10)
+    source = create_source(module, model.cut_shape, CompressionConfig(model="vgg11-slim"))
+    if module == "mcr2":  # its entropy model comes from phase 1
+        source.low, source.pmf = np.zeros(source.dim, np.int32), np.full((source.dim, 2), 0.5, np.float32)
+    x = torch.randn(4, 3, 32, 32)
+    sent_names = set()
+    for training in (True, False):
+        source.train(training)
+        with torch.set_grad_enabled(training):
+            arrays = source.encode(*source(model.head(x)))
+        sent_names |= set(arrays)
+        assert source.coded_bytes(arrays) > 0, (module, training)
+        assert source.coded_bytes(arrays) <= sum(a.nbytes for a in arrays.values())
+        assert "labels" not in source.coded_arrays and not any(n.startswith("decoder.") for n in source.coded_arrays)
+    assert set(source.coded_arrays) <= sent_names, module

@@ -311,24 +311,27 @@ class Server:
         self.decompress.train()
         self.tail.train()
         sent, restored = self.decompress.decode(message.arrays, self.device, source)
+        labels = self._labels(message.arrays, restored.shape[0])
         self._start_tail_from(self.decompress.take_tail_state(), source)
         laps.lap("decode")
         self._train_new_parameters()
-        labels = self._labels(message.arrays, restored.shape[0])
         for group in self.optimizer.param_groups:  # the source's boost on every group; the module's scale on its own
             group["lr"] = self.args.lr * lr_scale * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.tail(restored)
         loss = self.loss(logits, labels)  # what every arm reports
-        extra = self.decompress.extra_loss(logits)
-        (loss if extra is None else loss + extra).backward()
+        distill = self.decompress.distill_loss(logits)
+        (loss if distill is None else loss + distill).backward()
         self.optimizer.step()
         self.steps += 1
         correct = int((logits.argmax(1) == labels).sum())  # waits for the device
         laps.lap("compute")
         arrays = self.decompress.encode_grad(sent) if message.fields.get("want_grad", True) else {}
         laps.lap("encode")
-        return Message("grad", {"loss": round(loss.item(), 6), "correct": correct}, arrays)
+        fields = {"loss": round(loss.item(), 6), "correct": correct}
+        if distill is not None:
+            fields["distill_loss"] = round(distill.item(), 6)
+        return Message("grad", fields, arrays)
 
     def _start_tail_from(self, flat, source: int) -> None:
         """The tail takes the weights a source sent for it (paper 004: the student's layers

@@ -152,7 +152,7 @@ class ServerPart(nn.Module):
         the tail's ``state_dict`` values flattened in order as float32; None when none came."""
         return None
 
-    def extra_loss(self, logits: torch.Tensor) -> torch.Tensor | None:
+    def distill_loss(self, logits: torch.Tensor) -> torch.Tensor | None:
         """A term the server adds to the cross-entropy of the last decoded request (a
         distillation term against a teacher's logits); None: none."""
         return None

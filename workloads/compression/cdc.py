@@ -268,7 +268,7 @@ register(ModuleSpec(
     deviations=(
         Deviation("ResNeXt-29 as the cloud's advanced classifier, trained on the restored images until it converges",
                   "the run's --model (whole, split 0) as the advanced classifier, for the run's epochs",
-                  "every arm of a comparison trains the same model for the same steps"),
+                  "every arm of a run trains the run's model; the summary states each arm's training before streaming"),
         Deviation("the autoencoder and elementary classifier trained until they converge",
                   "trained for --pretrain-epochs passes over the source's shard before streaming (traced as "
                   "pretraining: steps at the source that the none arm does not get)",

@@ -100,4 +100,4 @@ register(ModuleSpec("crbq", "004's CR+BQ baseline", "channel reduction (1x1 conv
                                   "from it (Matsubara et al.)",
                                   "one 1x1 convolution with BatchNorm at the source, one back at the server, trained "
                                   "from scratch with the rest of the split model",
-                                  "the testbed's split points and a common starting point for every arm"),)))
+                                  "the testbed's split points; crbq trains from scratch for the run's epochs like none"),)))

@@ -173,10 +173,12 @@ class EntropicSource(SourcePart):
         return tail
 
     def forward(self, maps):
+        # A training step (autograd on; evaluations run without it) carries the teacher's
+        # logits; the head is the teacher's, so its features are ``maps``. (Not
+        # ``self.training``: the source puts a part whose parameters are all frozen in eval mode.)
+        training_step = torch.is_grad_enabled()
         with torch.no_grad():
-            side = {}
-            if self.training and self._teacher:  # the head is the teacher's: its features are ``maps``
-                side[TEACHER] = to_wire(self._teacher[0](maps))
+            side = {TEACHER: to_wire(self._teacher[0](maps))} if training_step and self._teacher else {}
             return torch.round(self.encoder(maps)), side
 
     def encode(self, sent, side) -> Arrays:
@@ -211,7 +213,7 @@ class EntropicServer(ServerPart):
         state, self._tail_state = self._tail_state, None
         return state
 
-    def extra_loss(self, logits):
+    def distill_loss(self, logits):
         """KL(teacher || student) of the class distributions softened by KD_TEMPERATURE,
         times T^2 (Hinton et al.'s scaling), weighted by KD_WEIGHT."""
         teacher, self._teacher_logits = self._teacher_logits, None
@@ -248,8 +250,6 @@ class EntropicServer(ServerPart):
                              f"{teacher.dtype} {teacher.shape}")
         if tail is not None and (tail.dtype != np.float32 or tail.ndim != 1 or not np.isfinite(tail).all()):
             raise ValueError("the teacher's layers must come as one array of finite float32 values")
-        self._teacher_logits = None if teacher is None else torch.from_numpy(teacher).to(device)
-        self._tail_state = tail
         if bits.size > 4 * n * c * h * w + 16:  # what no latent of that shape could need
             raise ValueError(f"{bits.size} bytes of bitstream for a latent of {n * c * h * w} values")
         latent = torch.zeros(n, c, h, w)
@@ -257,6 +257,8 @@ class EntropicServer(ServerPart):
         values = range_decode(bits, loc, scale)
         latent = torch.from_numpy(values.astype(np.float32)).view(n, c, h, w).to(device)
         restored = self.decoders[key](latent)
+        self._teacher_logits = None if teacher is None else torch.from_numpy(teacher).to(device)
+        self._tail_state = tail  # taken (or not) by the server once the request is accepted
         return restored, restored
 
     def _load(self, key: str, arrays: Arrays, device) -> None:
@@ -282,12 +284,16 @@ register(ModuleSpec(
         Deviation("one teacher pretrained offline on the whole training set; the student's layers after the "
                   "bottleneck start from the teacher's",
                   "each source trains its own teacher on its shard for --pretrain-epochs; the server's layers start "
-                  "from the first source's teacher (its weights cross once, counted in the stream bytes)",
-                  "the data lives at the sources and one server model serves every source"),
+                  "from the teacher of the first source whose first request reaches the server (source 0 "
+                  "in-process; the server traces which: its tail_from event); its weights cross once, counted in "
+                  "the stream bytes, and the other sources' teachers are not used there",
+                  "the data lives at the sources and one server model serves every source; the reproductions "
+                  "(004-rate-accuracy) run one source, as the paper"),
         Deviation("fine-tuning with cross-entropy and the KL divergence to the teacher's softened outputs, weights "
                   "and temperature in the paper's supplement",
-                  f"cross-entropy plus {KD_WEIGHT:g} x KL at temperature {KD_TEMPERATURE:g}; each source computes its "
-                  "teacher's logits and sends them with every training request (stream bytes, not payload)",
+                  f"cross-entropy plus {KD_WEIGHT:g} x KL at temperature {KD_TEMPERATURE:g}; each source runs its "
+                  "teacher's layers after the cut on every training batch (compute at the capped source: it shows "
+                  "in samples/s and latency) and sends the logits with the request (stream bytes, not payload)",
                   "the supplement is not available here; the teacher lives at the source"),
         Deviation("the teacher's first layers replaced by a light encoder (the student's head is new)",
                   "the teacher's head kept (frozen) before the encoder, and the decoder restores the cut's features",

@@ -13,13 +13,15 @@ budget schedule (see ``schedules.py``), which their registry entries name.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 from .base import Arrays, ServerPart, SourcePart, index_dtype, numel
 from ..settings import knob
-from .registry import CompressionConfig, Levels, ModuleSpec, register
+from .registry import CompressionConfig, Deviation, Levels, ModuleSpec, register
 from .schedules import BUDGET_KNOBS, all_maps_first, budget_first, fixed
 
 FILTER_GRAD_CLIP = 1.0  # max norm of the logits' gradient per step
@@ -209,6 +211,25 @@ LEVELS = Levels("budget", _budgets, low=1)
 AT_SOURCE = "filter f = sigmoid(f_hat), top-B maps and their indices; prune loss"
 AT_SERVER = "maps placed back at their indices (transposed conv with --resolution)"
 
+DEVIATIONS = (
+    Deviation("f = sigmoid(f_hat) trained with the model (the public code: mask sigmoid(f_hat)^2, f_hat from 15 x "
+              "rand)",
+              "f = sigmoid(f_hat), the logits drawn in [0, --filter-init) and trained by their own SGD (--filter-lr, "
+              f"momentum {FILTER_MOMENTUM:g}) on a gradient clipped to norm {FILTER_GRAD_CLIP:g}, kept within "
+              f"+-{LOGIT_BOUND:g}",
+              "the prune loss's gradient spans orders of magnitude (exp of the excess): unclipped steps flung every "
+              "logit to the floor"),
+    Deviation("a raised budget changes B 'without resetting other parameters'",
+              "every learnt parameter kept; as many pruned maps as the budget adds are lifted from the logit floor "
+              f"(where the sigmoid has no slope and nothing could raise them) to {ADMIT_LOGIT:g} "
+              f"(f = {1 / (1 + math.exp(-ADMIT_LOGIT)):.3f}), from where the prune loss raises them",
+              "the paper does not say how maps pruned to zero come back; this brings them in low"),
+    Deviation("the budget changes between training phases (deprune, prune)",
+              "under --adapt the budget also changes within epochs; a lowered one re-draws the maps that were on "
+              "(the paper's resetprune) each time",
+              "adaptation to the link is the testbed's, not the paper's; it uses the paper's two budget changes"),
+)
+
 for _name, _paper, _what, _schedule in (
     ("filter", "002 (with module)", "learnable per-map filter; only the top-B maps (and their indices) cross", fixed),
     ("deprune", "002 §3.2", "the filter at budget B for most epochs, then all maps; lr boost after the change",
@@ -217,4 +238,4 @@ for _name, _paper, _what, _schedule in (
      all_maps_first),
 ):
     register(ModuleSpec(_name, _paper, _what, FeatureFilterSource, FeatureFilterServer, KNOBS, AT_SOURCE, AT_SERVER,
-                        schedule=_schedule, levels=LEVELS))
+                        schedule=_schedule, levels=LEVELS, deviations=DEVIATIONS))
