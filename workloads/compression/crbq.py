@@ -76,6 +76,9 @@ class CrbqServer(ServerPart):
             if maps.dtype != np.float32 or maps.ndim != 4 or tuple(maps.shape[1:]) != (self.channels, *self.spatial):
                 raise ValueError(f"expected float32 maps of shape (N, {self.channels}, {self.spatial[0]}, "
                                  f"{self.spatial[1]}), got {maps.dtype} {maps.shape}")
+            self.check_batch(maps.shape[0], "a crbq message")
+            if not np.isfinite(maps).all():
+                raise ValueError("crbq maps must be finite")
             sent = torch.from_numpy(maps).to(device).requires_grad_()
             return sent, self.restore(sent)
         codes, params = arrays.get("codes"), arrays.get("qparams")

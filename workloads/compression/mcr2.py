@@ -282,8 +282,8 @@ register(ModuleSpec(
         Deviation("pre-train with cross-entropy, then alternate phase 1 (MCR^2 on the encoder) and phase 2 "
                   "(cross-entropy on the decoder, encoder frozen) every epoch",
                   "phase 1 once at the source from random weights, then the encoder frozen for every epoch",
-                  "alternating needs the server's cross-entropy gradient at the source each epoch; not built yet "
-                  "(issue 19)"),
+                  "alternating needs the server's cross-entropy gradient at the source each epoch, and the "
+                  "cross-entropy pre-training a local classifier: neither is built yet"),
         Deviation("one device's encoder, one decoder",
                   "each source trains and freezes its own encoder on its shard; the server's one decoder serves all "
                   "of their latent spaces",
