@@ -172,8 +172,9 @@ def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, port):
     for name, arm in arms.items():
         assert arm["test_accuracy"] is not None and arm["samples_total"] == 16
         # no gradient comes back to these: a header-only reply (the server's timings and CURVE's 33 bytes
-        # included, 176 bytes) shared by 8 samples
-        assert arm["bytes_per_sample_received"] < (24 if name in ("raw", "jpeg", "webp", "cdc", "mcr2", "entropic")
+        # included, 176 bytes; entropic's also names its distillation loss) shared by 8 samples
+        assert arm["bytes_per_sample_received"] < ({"entropic": 28}.get(name, 24)
+                                                   if name in ("raw", "jpeg", "webp", "cdc", "mcr2", "entropic")
                                                    else 1e9)
     # entropic: the decoder and prior cross once, then a range-coded latent of 16 x 4 x 4 values
     entropic = [e for e in read_jsonl(out / "entropic" / "source-0.jsonl") if e["event"] == "batch"]
