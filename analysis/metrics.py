@@ -314,8 +314,7 @@ def source_figures(runs: Runs) -> pd.DataFrame:
 def coded_figures(s: pd.DataFrame, samples: int) -> dict:
     """The method's own payload (the module docstring's "Rate in the paper's unit") over the
     rows of ``s`` (one per source of an arm); None where a trace does not say."""
-    train = None if s["coded_sent"].isna().any() else int(s["coded_sent"].sum())
-    evaluated = None if s["eval_coded_sent"].isna().any() else int(s["eval_coded_sent"].sum())
+    train, evaluated = _known_sum(s["coded_sent"]), _known_sum(s["eval_coded_sent"])
     eval_samples = int(s["eval_samples"].sum())
     return {"coded_bytes_sent_total": train,
             "coded_bytes_per_sample": round(train / samples, 3) if train is not None and samples else None,

@@ -107,7 +107,7 @@ def _reproduce_parser(sub) -> None:
     one.add_argument("--scale", choices=SCALES, default="smoke",
                      help="smoke: minutes on 2 CPU cores (small model, small data, few epochs: the shape); medium: at "
                           "most 30 minutes on 2 CPU cores, two seeds, long enough that the differences exceed the "
-                          "seeds' spread (004-rate-accuracy, 003-duphil, 002-deprune); paper: the paper's settings, "
+                          "seeds' spread (where the spec has a [scale.medium]); paper: the paper's settings, "
                           "for a GPU or a cluster, CIFAR-10 from --data-dir (default smoke)")
     one.add_argument("--data-dir", default="", help="folder holding the dataset (torchvision's layout), for every "
                                                     "trial")

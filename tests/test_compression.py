@@ -124,11 +124,14 @@ def images(count=4):
 
 
 def round_trip(name, x, training=True, **knobs):
+    """One request through a module's two parts: a training step's (autograd on, as the source
+    computes them) or an evaluation's."""
     config = CompressionConfig(**knobs)
     source, server = create_source(name, x.shape[1:], config), create_server(name, x.shape[1:], config)
     source.train(training)
-    sent, side = source(x)
-    arrays = source.encode(sent, side)
+    with torch.set_grad_enabled(training):
+        sent, side = source(x)
+        arrays = source.encode(sent, side)
     _, restored = server.decode(arrays, CPU)
     return arrays, restored
 

@@ -58,6 +58,7 @@ from torch import nn
 from . import protocol, security, settings
 from .compression import create_server, get
 from .compression.base import state_bytes
+from .compression.shipping import load_flat_state
 from .data import INPUT_SHAPE, class_count
 from .models import build_split_model
 from .protocol import Message, ProtocolError
@@ -339,15 +340,10 @@ class Server:
         ignored (one tail serves every source)."""
         if flat is None or self.tail_from is not None or self.steps:
             return
-        state = self.tail.state_dict()
-        if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != sum(v.numel() for v in state.values()):
-            raise ProtocolError(f"weights for the server's layers must be {sum(v.numel() for v in state.values())} "
-                                f"float32 values, got {flat.dtype} {flat.shape}")
-        start, values = 0, {}
-        for name, value in state.items():
-            values[name] = torch.from_numpy(flat[start:start + value.numel()].copy()).view_as(value).to(value.dtype)
-            start += value.numel()
-        self.tail.load_state_dict(values)
+        try:
+            load_flat_state(self.tail, flat, "weights for the server's layers")
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
         self.tail_from = source
         self.trace.event("tail_from", source=source, values=int(flat.size))
 

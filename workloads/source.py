@@ -307,7 +307,7 @@ class Source:
             payload_sent=exchange.payload_sent, payload_received=exchange.payload_received,
             coded_sent=self.module.coded_bytes(arrays),
             loss=exchange.reply.fields.get("loss"), correct=exchange.reply.fields.get("correct"),
-            **{k: exchange.reply.fields[k] for k in ("distill_loss",) if k in exchange.reply.fields},
+            distill_loss=exchange.reply.fields.get("distill_loss"),
             prune_loss=None if prune is None else round(prune.item(), 6),
             budget=budget, phase=self.schedule.phase(epoch), lr_scale=lr_scale, **self.module.describe())
         if self.controller is not None and not warmup:  # the warm-up step is not the link's

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("inproc", "local")
-SCALES = ("smoke", "medium", "paper")  # the shape in minutes; in at most 30 min on 2 cores, beyond the seeds' spread; the paper's
+SCALES = ("smoke", "medium", "paper")  # minutes on 2 cores; at most 30 of them, 2 seeds; the paper's settings
 TOP_LEVEL = {"name", "description", "backend", "cpus_per_trial", "gpus_per_trial", "timeout_s", "base", "grid",
              "arms", "scale", "reproduce"}
 ARM_ONLY = {"label"}

@@ -47,6 +47,13 @@ class SourcePart(nn.Module):
         """Bytes of the method's payload in ``arrays`` (one request's), exactly."""
         return sum(int(arrays[name].nbytes) for name in self.coded_arrays if name in arrays)
 
+    @staticmethod
+    def training_step() -> bool:
+        """Whether the request being computed is a training step's: the source computes those
+        with autograd on and every evaluation without. (Not ``self.training``: the source puts
+        a part whose parameters are all frozen in eval mode, in training steps too.)"""
+        return torch.is_grad_enabled()
+
     def forward(self, maps: torch.Tensor) -> tuple[torch.Tensor, Arrays]:
         """Return (sent, side): ``sent`` is differentiable, ``side`` is plain arrays."""
         raise NotImplementedError

@@ -53,7 +53,7 @@ class CrbqSource(SourcePart):
     coded_arrays = ("maps", "codes", "qparams")
 
     def encode(self, sent, side) -> Arrays:
-        if self.training:  # quantized after training, as the paper does
+        if self.training_step():  # quantized after training, as the paper does
             return super().encode(sent, side)
         codes, params = quantize(sent.detach().cpu().numpy())
         return {"codes": codes, "qparams": params}

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import Arrays, ServerPart, SourcePart, state_bytes, to_wire
-from .shipping import has_state, load_state_arrays, range_encode, state_arrays
+from .shipping import flat_state, has_state, load_state_arrays, range_encode, state_arrays
 from .shipping import range_decode as decode_symbols
 from ..settings import knob
 from .registry import CompressionConfig, Deviation, ModuleSpec, register
@@ -173,10 +173,9 @@ class EntropicSource(SourcePart):
         return tail
 
     def forward(self, maps):
-        # A training step (autograd on; evaluations run without it) carries the teacher's
-        # logits; the head is the teacher's, so its features are ``maps``. (Not
-        # ``self.training``: the source puts a part whose parameters are all frozen in eval mode.)
-        training_step = torch.is_grad_enabled()
+        # a training step carries the teacher's logits; the head is the teacher's, so its
+        # features are ``maps``
+        training_step = self.training_step()
         with torch.no_grad():
             side = {TEACHER: to_wire(self._teacher[0](maps))} if training_step and self._teacher else {}
             return torch.round(self.encoder(maps)), side
@@ -189,8 +188,7 @@ class EntropicSource(SourcePart):
             arrays.update(state_arrays(self.decoder, SHIPPED))
             arrays.update(state_arrays(self.prior, PRIOR))
             if self._teacher:
-                arrays[TAIL] = np.concatenate([v.detach().reshape(-1).to(torch.float32).numpy()
-                                               for v in self._teacher[0].state_dict().values()])
+                arrays[TAIL] = flat_state(self._teacher[0])
             self.shipped = True
         return arrays
 
@@ -248,8 +246,8 @@ class EntropicServer(ServerPart):
                                     or not np.isfinite(teacher).all()):
             raise ValueError(f"the teacher's logits must be {n} x {self.classes} finite float32 values, got "
                              f"{teacher.dtype} {teacher.shape}")
-        if tail is not None and (tail.dtype != np.float32 or tail.ndim != 1 or not np.isfinite(tail).all()):
-            raise ValueError("the teacher's layers must come as one array of finite float32 values")
+        if tail is not None and (tail.dtype != np.float32 or tail.ndim != 1):  # its size and values: the server's
+            raise ValueError("the teacher's layers must come as one array of float32 values")
         if bits.size > 4 * n * c * h * w + 16:  # what no latent of that shape could need
             raise ValueError(f"{bits.size} bytes of bitstream for a latent of {n * c * h * w} values")
         latent = torch.zeros(n, c, h, w)

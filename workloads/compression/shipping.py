@@ -36,6 +36,26 @@ def state_arrays(module: nn.Module, prefix: str) -> Arrays:
             for name, value in module.state_dict().items()}
 
 
+def flat_state(module: nn.Module) -> np.ndarray:
+    """A module's weights as one float32 array, ``state_dict`` order (for a module with more
+    tensors than a message may hold arrays: a model's layers)."""
+    return np.concatenate([v.detach().reshape(-1).to(torch.float32).cpu().numpy() for v in module.state_dict().values()])
+
+
+def load_flat_state(module: nn.Module, flat: np.ndarray, what: str) -> nn.Module:
+    """Load ``flat_state``'s array into ``module``, checking its type and size first."""
+    state = module.state_dict()
+    size = sum(v.numel() for v in state.values())
+    if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != size or not np.isfinite(flat).all():
+        raise ValueError(f"the {what} must be {size} finite float32 values, got {flat.dtype} {flat.shape}")
+    values, start = {}, 0
+    for name, value in state.items():
+        values[name] = torch.from_numpy(flat[start:start + value.numel()].copy()).view_as(value).to(value.dtype)
+        start += value.numel()
+    module.load_state_dict(values)
+    return module
+
+
 def has_state(arrays: Arrays, prefix: str) -> bool:
     return any(name.startswith(prefix) for name in arrays)
 
