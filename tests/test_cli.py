@@ -154,7 +154,7 @@ def _events(path):
 def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, port):
     out = tmp_path / "run"
     result = run_testbed("run", "--sources", 1, "--cpu", 0.5, "--module", "none,raw,jpeg,webp,crbq,cdc,mcr2,entropic",
-                         "--batches", 2,
+                         "--batches", 2, "--distill-steps", 2,
                          "--epochs", 1, *TINY, "--out", out, "--port", port, "--quiet")
     assert result.returncode == 0, result.stderr
     arms = json.loads((out / "summary.json").read_text())["arms"]

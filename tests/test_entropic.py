@@ -47,7 +47,7 @@ def distilled(beta, tmp_path):
     data = synthetic_dataset(seed=4, train_size=128, test_size=0).train
     x, y = to_tensor_batch(data.images), torch.from_numpy(data.labels)
     model = build_split_model("vgg11-slim", 2, 10)
-    config = CompressionConfig(beta=beta, model="vgg11-slim")
+    config = CompressionConfig(beta=beta, model="vgg11-slim", distill_steps=24)  # 3 passes of 8 batches
     source = create_source("entropic", model.cut_shape, config)
 
     def batches():
@@ -138,12 +138,14 @@ def test_a_real_run_starts_the_server_from_the_teacher_and_distils_every_trainin
 
     out = tmp_path / "run"
     result = run_testbed("run", "--sources", 1, "--module", "entropic", "--batches", 2, "--epochs", 1,
-                         "--pretrain-epochs", 1, *TINY, "--backend", "inproc", "--out", out, "--quiet")
+                         "--pretrain-epochs", 1, "--distill-steps", 5, *TINY, "--backend", "inproc", "--out", out,
+                         "--quiet")
     assert result.returncode == 0, result.stderr
     server = read_jsonl(out / "entropic" / "server.jsonl")
     assert [e["source"] for e in server if e["event"] == "tail_from"] == [0]
     steps = [e for e in read_jsonl(out / "entropic" / "source-0.jsonl") if e["event"] == "batch"]
     assert len(steps) == 2 and all(e["distill_loss"] > 0 for e in steps)
     arm = json.loads((out / "summary.json").read_text())["arms"]["entropic"]
-    assert arm["pretrain_samples_per_source"] == [2 * 2 * 8]  # teacher and distillation, one pass each
+    # the teacher one pass of 2 batches; the distillation whole passes until 5 steps: 3 passes
+    assert arm["pretrain_samples_per_source"] == [(2 + 3 * 2) * 8]
     assert arm["eval_coded_bytes_per_sample"] < arm["bytes_per_sample_sent"]

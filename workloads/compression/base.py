@@ -32,6 +32,18 @@ def index_dtype(count: int) -> np.dtype:
     return np.dtype(np.uint8) if count <= 256 else np.dtype(np.uint16)
 
 
+def at_least(passes, least: int):
+    """The items of ``passes()``, a fresh pass each call, over as many whole passes as it
+    takes to yield ``least`` items (at least one pass; a pass with none ends it)."""
+    count = 0
+    while True:
+        for item in passes():
+            yield item
+            count += 1
+        if count >= least or count == 0:
+            return
+
+
 class SourcePart(nn.Module):
     """Runs at the data source, after the head."""
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Arrays, ServerPart, SourcePart
+from .base import Arrays, ServerPart, SourcePart, at_least
 from .shipping import range_decode as decode_symbols
 from .shipping import range_encode as encode_symbols
 from ..settings import knob
@@ -108,17 +108,6 @@ def range_decode(data: np.ndarray, rows: int, low: np.ndarray, pmf: np.ndarray) 
     return decode_symbols(data, _FAMILY, np.tile(pmf, (rows, 1))).reshape(rows, len(low)) + low
 
 
-def _phase1_steps(batches, least: int):
-    """Grouped batches, over as many passes as phase 1 needs for ``least`` steps."""
-    steps = 0
-    while True:
-        for group in _grouped(batches(), PHASE1_GROUP):
-            yield group
-            steps += 1
-        if steps >= least or steps == 0:
-            return
-
-
 def _grouped(batches, size: int):
     """Concatenate every ``size`` consecutive (images, labels) batches."""
     group = []
@@ -160,7 +149,7 @@ class Mcr2Source(SourcePart):
         head.train()
         self.train()
         seen = []
-        for step, (x, labels) in enumerate(_phase1_steps(batches, self.phase1_steps)):
+        for step, (x, labels) in enumerate(at_least(lambda: _grouped(batches(), PHASE1_GROUP), self.phase1_steps)):
             loss, rate, compressed = mcr2_loss(self.side(self.latent(head(x), noisy=True)), labels, self.classes,
                                                self.eps2)
             optimizer.zero_grad(set_to_none=True)
