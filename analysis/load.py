@@ -19,7 +19,8 @@ one or many of them into a :class:`Runs`:
     server share a clock, the local backend), latency_s (= duration_s, the whole step)
 ``evals`` — one row per end-of-epoch evaluation of a source:
     run, arm, label, module, source, t, epoch, budget, samples, accuracy,
-    bytes_sent, bytes_received, coded_sent (the sums over the evaluation's ``infer`` requests)
+    bytes_sent, bytes_received (the sums over the evaluation's ``infer`` requests and, with
+    --bn-batches, its ``calibrate`` requests), coded_sent (the ``infer`` requests' alone)
 ``infers`` — one row per split-inference (evaluation) request of a source (``infer``
     events; empty for traces written before they existed):
     run, arm, label, module, source, t, epoch, samples, latency_s, compute_s, encode_s,

@@ -10,7 +10,8 @@ Traffic (exact stream bytes the sources traced; eval and control traffic apart)
     sums over the training steps (``batch`` events) of all sources;
     samples_total; bytes_per_sample_sent/received = bytes / samples (3 decimals);
     eval_bytes_sent_total, eval_bytes_received_total (``eval`` events, each the sum of its
-    evaluation's ``infer`` requests; for an evaluation cut short, with ``infer`` events of an
+    evaluation's ``infer`` requests and, with --bn-batches, the ``calibrate`` requests that
+    recomputed its BatchNorm statistics; for an evaluation cut short, with ``infer`` events of an
     epoch but no ``eval`` event, those ``infer`` events);
     control_bytes_total (``connected`` and ``bye`` events, both directions).
 Rate in the paper's unit (the method's own payload, "payload bytes" in the table and the

@@ -38,7 +38,8 @@ MAX_ARRAYS = 16
 MAX_DIMS = 8
 # Only plain numeric types cross the wire.
 ALLOWED_DTYPES = frozenset({"<f4", "<f2", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<i8"})
-OPS = frozenset({"hello", "welcome", "train", "grad", "infer", "pred", "bye", "ping", "pong", "error"})
+OPS = frozenset({"hello", "welcome", "train", "grad", "calibrate", "calibrated", "infer", "pred", "bye", "ping", "pong",
+                 "error"})
 NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")
 _PREFIX = struct.Struct("<I")
 

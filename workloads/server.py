@@ -35,6 +35,11 @@ and the ``request`` trace event has (as numbers, 6 decimals, with server_s):
     arrived_at        s  (reply only) time.time() as the request was taken off the socket
     replied_at        s  (reply only) time.time() as server_s ended
 
+Requests, after ``hello``: ``train`` (a training step: the gradient back), ``infer`` (split
+inference: the predictions back), ``calibrate`` (with --bn-batches, before an evaluation:
+training batches through the current weights, for that source's BatchNorm statistics,
+workloads/batchnorm.py), ``bye``; ``ping`` at any time.
+
 ``duration_s`` of the ``request`` event is from beginning on the request to its reply
 encoded (server_s and the protocol's encode of the reply).
 """
@@ -55,7 +60,7 @@ import torch
 import zmq
 from torch import nn
 
-from . import protocol, security, settings
+from . import batchnorm, protocol, security, settings
 from .compression import create_server, get
 from .compression.base import state_bytes
 from .compression.shipping import load_flat_state
@@ -184,6 +189,7 @@ class Server:
         self.peers: dict[bytes, Peer] = {}   # by connection (the ROUTER's identity)
         self.taken: dict[int, bytes] = {}    # source id -> the connection that said hello with it
         self.served: Counter = Counter()
+        self.calibrated: dict[int, batchnorm.Statistics] = {}  # source id -> its next evaluation's statistics
         self.stopping = False
 
     # -- the loop ----------------------------------------------------------------
@@ -271,6 +277,8 @@ class Server:
             raise ProtocolError(f"out of order: expected seq {peer.seq + 1}, got {seq!r}")
         if message.op == "train":
             reply = self._train(message, peer.source, laps)
+        elif message.op == "calibrate":
+            reply = self._calibrate(message, peer.source, laps)
         elif message.op == "infer":
             reply = self._infer(message, peer.source, laps)
         else:
@@ -309,6 +317,7 @@ class Server:
         lr_scale = message.fields.get("lr_scale", 1.0)
         if not isinstance(lr_scale, (int, float)) or not 0 < lr_scale <= 1000:
             raise ProtocolError(f"lr_scale must be a number in (0, 1000], got {lr_scale!r}")
+        self.calibrated.pop(source, None)  # the weights move on: its next evaluation calibrates again
         self.decompress.train()
         self.tail.train()
         sent, restored = self.decompress.decode(message.arrays, self.device, source)
@@ -356,13 +365,35 @@ class Server:
             self.optimizer.add_param_group({"params": new, "lr_scale": self.lr_scale})
 
     @torch.no_grad()
+    def _calibrate(self, message: Message, source: int, laps: Laps) -> Message:
+        """One of the source's --bn-batches training batches through the current weights,
+        adding to the BatchNorm statistics of its next evaluation (workloads/batchnorm.py);
+        batch 0 starts them anew, a training step of the source drops them."""
+        batch = message.fields.get("batch")
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
+            raise ProtocolError(f"calibrate needs a batch number, got {batch!r}")
+        if batch == 0:
+            self.calibrated[source] = batchnorm.fresh(self.decompress, self.tail)
+        elif source not in self.calibrated:
+            raise ProtocolError(f"calibrate batch {batch} before batch 0")
+        self.decompress.eval()
+        self.tail.eval()
+        with batchnorm.using(self.calibrated[source], self.decompress, self.tail, accumulate=True):
+            _, restored = self.decompress.decode(message.arrays, self.device, source)
+            laps.lap("decode")
+            self.tail(restored)
+            laps.lap("compute")
+        return Message("calibrated", {})
+
+    @torch.no_grad()
     def _infer(self, message: Message, source: int, laps: Laps) -> Message:
         self.decompress.eval()
         self.tail.eval()
-        _, restored = self.decompress.decode(message.arrays, self.device, source)
-        laps.lap("decode")
-        pred = self.tail(restored).argmax(1).to("cpu")
-        laps.lap("compute")
+        with batchnorm.using(self.calibrated.get(source, {}), self.decompress, self.tail):
+            _, restored = self.decompress.decode(message.arrays, self.device, source)
+            laps.lap("decode")
+            pred = self.tail(restored).argmax(1).to("cpu")
+            laps.lap("compute")
         pred = pred.numpy().astype(np.uint8 if self.classes <= 256 else np.int32)
         laps.lap("encode")
         return Message("pred", {}, {"pred": pred})

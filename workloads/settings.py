@@ -240,6 +240,10 @@ CORE: tuple[Option, ...] = (
            chart="workload.difficulty", group="data"),
     Option("eval-samples", int, 256, "held-out samples evaluated at the end of each epoch", SRC, min=0,
            chart="workload.evalSamples"),
+    Option("bn-batches", int, 0, "before each evaluation, recompute BatchNorm statistics over this many training "
+           "batches with the current weights, at the source and the server, apart from training's (precise BN: "
+           "steadier accuracy from short runs; 0: evaluate with training's running statistics)", SRC, min=0,
+           chart="workload.bnBatches"),
     Option("pretrain-epochs", int, 3, "epochs a module that trains at the source (cdc, mcr2, entropic) trains "
            "there on its own before streaming", SRC, min=1, chart="workload.pretrainEpochs"),
     Option("adapt", str, "", "adapt the module's level (the filter family's budget, cdc's mask number, the "

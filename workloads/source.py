@@ -7,7 +7,9 @@ evaluates test accuracy by split inference over the same connection.
 
 Each request's round trip is traced in parts (seconds, 6 decimals): a ``batch`` event per
 training step, an ``infer`` event per split-inference request (besides the epoch's
-``eval`` event). One step, in order (what is measured at the source, on one clock):
+``eval`` event; with ``--bn-batches``, a ``calibrate`` event before it: batches, samples,
+duration_s, bytes_sent, bytes_received of the requests that recomputed the BatchNorm
+statistics, whose bytes the ``eval`` event's include). One step, in order (what is measured at the source, on one clock):
 
     latency_s      s  the whole step (batch: = duration_s, from the step's start to the
                       optimizer steps done; infer: from the head's forward to the prediction
@@ -53,7 +55,7 @@ import numpy as np
 import psutil
 import torch
 
-from . import adapt, settings
+from . import adapt, batchnorm, settings
 from .compression import create_source, get, schedule_for
 from .data import DataError, augment_batch, augmenting, class_count, load_dataset, to_tensor_batch
 from .models import build_split_model
@@ -64,6 +66,7 @@ from .transport import Connection, Exchange, ServerError, ServerGone, ServerTime
 EXIT_ERROR = 2        # a bad setting, bad data, a refused request, no reply within --timeout
 EXIT_SERVER_GONE = 3  # the connection to the server was lost (heartbeat timeout or closed)
 AUGMENT_STREAM = 1    # the augmentation's generator: [seed, source id, this], apart from the data order's
+CALIBRATION_STREAM = 2  # --bn-batches' draws: [seed, source id, this, epoch], apart from training's
 
 
 class SourceError(RuntimeError):
@@ -319,6 +322,42 @@ class Source:
             return
         self.head.eval()
         self.module.eval()
+        stats, sent_bytes, received_bytes = self._calibrate(epoch) if self.args.bn_batches else ({}, 0, 0)
+        with batchnorm.using(stats, self.head, self.module):
+            correct, sent, received, coded_bytes = self._split_inference(epoch)
+        sent_bytes += sent
+        received_bytes += received
+        self.trace.event("eval", epoch=epoch, budget=budget, samples=len(self.test.labels),
+                         accuracy=round(correct / len(self.test.labels), 6),
+                         bytes_sent=sent_bytes, bytes_received=received_bytes, coded_sent=coded_bytes,
+                         **self.module.eval_state())
+
+    def _calibrate(self, epoch: int) -> tuple[batchnorm.Statistics, int, int]:
+        """--bn-batches training batches (drawn apart from the data order, without
+        augmentation) through the current weights, here and at the server (``calibrate``
+        requests): the BatchNorm statistics this evaluation uses (workloads/batchnorm.py)."""
+        a = self.args
+        rng = np.random.default_rng([a.seed, a.source_id, CALIBRATION_STREAM, epoch])
+        stats = batchnorm.fresh(self.head, self.module)
+        sent_bytes = received_bytes = 0
+        started = time.perf_counter()
+        with batchnorm.using(stats, self.head, self.module, accumulate=True):
+            for batch in range(a.bn_batches):
+                picked = rng.integers(0, len(self.train.labels), a.batch_size)
+                sent, side = self.module(self.head(to_tensor_batch(self.train.images[picked])))
+                exchange = self._request("calibrate", self.module.encode(sent, side), batch=batch)
+                if exchange.reply.op != "calibrated":
+                    raise ProtocolError(f"expected 'calibrated', got {exchange.reply.op!r}")
+                sent_bytes += exchange.bytes_sent
+                received_bytes += exchange.bytes_received
+        self.trace.event("calibrate", epoch=epoch, batches=a.bn_batches, samples=a.bn_batches * a.batch_size,
+                         duration_s=round(time.perf_counter() - started, 6), bytes_sent=sent_bytes,
+                         bytes_received=received_bytes)
+        return stats, sent_bytes, received_bytes
+
+    def _split_inference(self, epoch: int) -> tuple[int, int, int, int]:
+        """Every test sample through the head, the module and the server: (correct, bytes
+        sent, bytes received, payload bytes), an ``infer`` event per request."""
         correct = sent_bytes = received_bytes = coded_bytes = 0
         size = self.args.batch_size
         for start in range(0, len(self.test.labels), size):
@@ -342,10 +381,7 @@ class Source:
             sent_bytes += exchange.bytes_sent
             received_bytes += exchange.bytes_received
             coded_bytes += self.module.coded_bytes(arrays)
-        self.trace.event("eval", epoch=epoch, budget=budget, samples=len(self.test.labels),
-                         accuracy=round(correct / len(self.test.labels), 6),
-                         bytes_sent=sent_bytes, bytes_received=received_bytes, coded_sent=coded_bytes,
-                         **self.module.eval_state())
+        return correct, sent_bytes, received_bytes, coded_bytes
 
     def bye(self) -> None:
         exchange = self.connection.request(Message("bye", {"source": self.args.source_id}))

@@ -271,8 +271,10 @@ register(ModuleSpec(
         Deviation("pre-train with cross-entropy, then alternate phase 1 (MCR^2 on the encoder) and phase 2 "
                   "(cross-entropy on the decoder, encoder frozen) every epoch",
                   "phase 1 once at the source from random weights, then the encoder frozen for every epoch",
-                  "alternating needs the server's cross-entropy gradient at the source each epoch, and the "
-                  "cross-entropy pre-training a local classifier: neither is built yet"),
+                  "not built yet: the cross-entropy pre-training trains the encoder end to end, through the "
+                  "server's gradient (the encoder would have to learn from the returned gradient before it is "
+                  "frozen), and alternating refits the entropy model and sends it again every epoch; at the "
+                  "source's CPU cap each phase 1 is also the run's longest step"),
         Deviation("one device's encoder, one decoder",
                   "each source trains and freezes its own encoder on its shard; the server's one decoder serves all "
                   "of their latent spaces",

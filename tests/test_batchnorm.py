@@ -1,0 +1,127 @@
+"""Precise BatchNorm statistics before evaluation (--bn-batches, workloads/batchnorm.py):
+recomputed apart from training's, at the source and at the server, from the same batches."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workloads import batchnorm, settings
+from workloads.models import build_split_model
+from workloads.protocol import Message, ProtocolError
+from workloads.server import Laps, Server
+from workloads.trace import TraceWriter
+
+from conftest import TINY, read_jsonl, run_testbed
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+
+
+def test_the_statistics_are_the_plain_average_over_the_batches_and_training_keeps_its_own():
+    model = _model()
+    model(torch.randn(2, 3, 6, 6))  # the lazy layer
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    own = copy.deepcopy(bn.state_dict())
+    batches = [torch.randn(8, 3, 6, 6) * (i + 1) + i for i in range(3)]
+    model.eval()
+    stats = batchnorm.fresh(model)
+    with torch.no_grad(), batchnorm.using(stats, model, accumulate=True):
+        for x in batches:
+            model(x)
+    assert not bn.training and bn.momentum == pytest.approx(0.1)  # the layer as it was
+    for key, value in own.items():
+        torch.testing.assert_close(bn.state_dict()[key], value)  # training's statistics untouched
+    with torch.no_grad():
+        means = torch.stack([model[0](x).mean(dim=(0, 2, 3)) for x in batches])
+        variances = torch.stack([model[0](x).var(dim=(0, 2, 3), unbiased=True) for x in batches])
+    mean, var, count = stats["0.1"]
+    torch.testing.assert_close(mean, means.mean(0))
+    torch.testing.assert_close(var, variances.mean(0))
+    assert int(count) == 3
+
+    x = torch.randn(4, 3, 6, 6)
+    expected = copy.deepcopy(model)
+    expected[1].running_mean.copy_(mean)
+    expected[1].running_var.copy_(var)
+    with torch.no_grad(), batchnorm.using(stats, model):
+        torch.testing.assert_close(model(x), expected(x))
+    with torch.no_grad():
+        assert not torch.allclose(model(x), expected(x))  # and without them, training's again
+
+
+def _server(tmp_path):
+    args = settings.parse("server", "", ["--module", "none", "--model", "vgg11-slim", "--split", "2",
+                                         "--batch-size", "4"])
+    return Server(args, TraceWriter(str(tmp_path / "server.jsonl"), run="t", role="server"))
+
+
+def _maps(seed):
+    return {"maps": np.random.default_rng(seed).normal(size=(4, 32, 8, 8)).astype(np.float32)}
+
+
+def test_the_server_calibrates_per_source_and_a_training_step_of_that_source_drops_it(tmp_path):
+    server = _server(tmp_path)
+    infer = Message("infer", {}, _maps(9))
+    before = server._infer(infer, 0, Laps()).arrays["pred"]
+    layers = {name: tensor.clone() for name, tensor in server.tail.state_dict().items() if "running" in name}
+    for batch in range(3):
+        reply = server._calibrate(Message("calibrate", {"batch": batch}, {k: v * 10 + 3 for k, v in _maps(batch).items()}),
+                                  0, Laps())
+        assert reply.op == "calibrated"
+    for name, tensor in server.tail.state_dict().items():
+        if "running" in name:
+            torch.testing.assert_close(tensor, layers[name])  # training's statistics untouched
+    assert set(server.calibrated) == {0}
+    assert all(int(count) == 3 for _, _, count in server.calibrated[0].values())
+    logits = {}
+    for source in (0, 1):  # source 1 has not calibrated: training's statistics
+        with torch.no_grad(), batchnorm.using(server.calibrated.get(source, {}), server.decompress, server.tail):
+            logits[source] = server.tail(torch.from_numpy(_maps(9)["maps"]))
+    assert not torch.allclose(logits[0], logits[1])
+    np.testing.assert_array_equal(server._infer(infer, 1, Laps()).arrays["pred"], before)
+
+    train = Message("train", {"want_grad": False, "lr_scale": 1.0}, {**_maps(5), "labels": np.arange(4, dtype=np.uint8)})
+    server._train(train, 1, Laps())
+    assert set(server.calibrated) == {0}  # another source's step leaves it
+    server._train(train, 0, Laps())
+    assert not server.calibrated
+
+
+@pytest.mark.parametrize("fields, problem", [({"batch": 1}, "calibrate batch 1 before batch 0"),
+                                             ({}, "calibrate needs a batch number, got None"),
+                                             ({"batch": True}, "calibrate needs a batch number, got True"),
+                                             ({"batch": -1}, "calibrate needs a batch number, got -1")])
+def test_a_calibration_out_of_order_is_refused(tmp_path, fields, problem):
+    with pytest.raises(ProtocolError, match=problem):
+        _server(tmp_path)._calibrate(Message("calibrate", fields, _maps(0)), 0, Laps())
+
+
+def test_a_run_that_calibrates_trains_exactly_as_one_that_does_not(tmp_path):
+    """In-process, the real source and server: the calibration draws nothing from the data
+    order and changes no weight or running statistic, so every training step's loss is
+    the same with and without it; its bytes are in the evaluation's."""
+    arms = {}
+    for bn in (0, 2):
+        out = tmp_path / f"bn{bn}"
+        result = run_testbed("run", "--sources", 1, "--module", "none", "--batches", 3, "--epochs", 2, *TINY,
+                             "--bn-batches", bn, "--backend", "inproc", "--out", out, "--quiet")
+        assert result.returncode == 0, result.stderr
+        arms[bn] = read_jsonl(out / "none" / "source-0.jsonl")
+    losses = {bn: [e["loss"] for e in events if e["event"] == "batch"] for bn, events in arms.items()}
+    assert len(losses[0]) == 6 and losses[0] == losses[2]
+    assert not [e for e in arms[0] if e["event"] == "calibrate"]
+    calibrations = [e for e in arms[2] if e["event"] == "calibrate"]
+    assert [(e["epoch"], e["batches"], e["samples"]) for e in calibrations] == [(0, 2, 16), (1, 2, 16)]
+    evals = {bn: [e for e in events if e["event"] == "eval"] for bn, events in arms.items()}
+    for plain, calibrated, calibration in zip(evals[0], evals[2], calibrations):
+        assert calibration["bytes_sent"] > 2 * 8 * 32 * 8 * 8 * 4  # two batches of 8 float32 cuts
+        assert calibrated["bytes_sent"] == plain["bytes_sent"] + calibration["bytes_sent"]
+        assert calibrated["coded_sent"] == plain["coded_sent"]  # the payload at inference is the test set's
+    server = read_jsonl(tmp_path / "bn2" / "none" / "server.jsonl")
+    assert sum(e.get("op") == "calibrated" for e in server if e["event"] == "request") == 4
