@@ -11,8 +11,8 @@ Traffic (exact stream bytes the sources traced; eval and control traffic apart)
     samples_total; bytes_per_sample_sent/received = bytes / samples (3 decimals);
     eval_bytes_sent_total, eval_bytes_received_total (``eval`` events, each the sum of its
     evaluation's ``infer`` requests and, with --bn-batches, the ``calibrate`` requests that
-    recomputed its BatchNorm statistics; for an evaluation cut short, with ``infer`` events of an
-    epoch but no ``eval`` event, those ``infer`` events);
+    recomputed its BatchNorm statistics; for an evaluation cut short, with ``infer`` or
+    ``calibrate`` events of an epoch but no ``eval`` event, those events);
     control_bytes_total (``connected`` and ``bye`` events, both directions).
 Rate in the paper's unit (the method's own payload, "payload bytes" in the table and the
 report; not ``payload_*_total`` above, which counts every array of a request, labels and
@@ -279,6 +279,9 @@ def source_figures(runs: Runs) -> pd.DataFrame:
         source_evals = mine(evals).sort_values("epoch")
         source_infers = mine(infers)
         cut_short = source_infers[~source_infers["epoch"].isin(source_evals["epoch"])]  # no eval event
+        calibrations = _rows(kinds, "calibrate")
+        if len(calibrations):  # --bn-batches: an evaluation cut short may have got no further
+            calibrations = calibrations[~calibrations["epoch"].isin(source_evals["epoch"])]
         rows.append({
             "run": src.run, "arm": src.arm, "label": src.label, "module": src.module, "source": src.source,
             "status": src.status, "error": _value(end, "error"),
@@ -288,8 +291,10 @@ def source_figures(runs: Runs) -> pd.DataFrame:
             "payload_sent": _int_sum(steps["payload_sent"]), "payload_received": _int_sum(steps["payload_received"]),
             "coded_sent": _known_sum(steps["coded_sent"]),
             "eval_coded_sent": _known_sum(pd.concat([source_evals["coded_sent"], cut_short["coded_sent"]])),
-            "eval_bytes_sent": _int_sum(source_evals["bytes_sent"]) + _int_sum(cut_short["bytes_sent"]),
-            "eval_bytes_received": _int_sum(source_evals["bytes_received"]) + _int_sum(cut_short["bytes_received"]),
+            "eval_bytes_sent": _int_sum(source_evals["bytes_sent"]) + _int_sum(cut_short["bytes_sent"])
+            + _column_sum(calibrations, "bytes_sent"),
+            "eval_bytes_received": _int_sum(source_evals["bytes_received"]) + _int_sum(cut_short["bytes_received"])
+            + _column_sum(calibrations, "bytes_received"),
             "eval_samples": _int_sum(source_evals["samples"]) + _int_sum(cut_short["samples"]),
             "control_bytes": _column_sum(control, "bytes_sent") + _column_sum(control, "bytes_received"),
             "control_bytes_sent": _column_sum(control, "bytes_sent"),

@@ -208,3 +208,13 @@ def test_crbq_gradient_reaches_the_source_through_the_bottleneck():
     assert grad.shape == (2, 8, 8, 8)
     sent.backward(source.decode_grad({"grad": grad}, sent))
     assert source.reduce[0].weight.grad is not None and source.reduce[0].weight.grad.abs().sum() > 0
+
+
+def test_a_pretraining_phase_takes_whole_passes_until_it_has_its_steps():
+    from workloads.compression.base import at_least
+
+    assert list(at_least(lambda: iter([1, 2]), 5)) == [1, 2, 1, 2, 1, 2]
+    assert list(at_least(lambda: iter([1, 2]), 1)) == [1, 2]  # one pass at least
+    passes = iter([[1], []])
+    assert list(at_least(lambda: next(passes), 5)) == [1]  # a pass with nothing ends it
+    assert list(at_least(lambda: [], 3)) == []

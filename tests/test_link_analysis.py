@@ -289,6 +289,22 @@ def test_an_evaluation_cut_short_counts_its_infer_requests(tmp_path):
     assert arm["nic_bytes_per_sample"] == pytest.approx(19776 / 120, abs=1e-3)  # the 10 samples each still count
 
 
+def test_an_evaluation_cut_short_counts_its_calibrate_requests_too(tmp_path):
+    """--bn-batches: the requests that recomputed the BatchNorm statistics are evaluation
+    traffic; an evaluation cut short after them (no eval event) still counts them."""
+    folder = write_link_arm(tmp_path / "run" / "none")
+    for i in range(2):
+        path = folder / f"source-{i}.jsonl"
+        events = [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] != "eval"]
+        infer = next(e for e in events if e["event"] == "infer")
+        calibrations = [{"t": infer["t"] - 0.5, "role": "source", "event": "calibrate",
+                         "epoch": infer["epoch"], "batch": b, "samples": 5, "duration_s": 0.1, "bytes_sent": 50,
+                         "bytes_received": 5} for b in range(2)]
+        _write(path, events[:events.index(infer)] + calibrations + events[events.index(infer):])
+    arm = summarise_arm(folder, "none", 2, 0.4, "test")
+    assert arm["eval_bytes_sent_total"] == 800 + 2 * 2 * 50 and arm["eval_bytes_received_total"] == 80 + 2 * 2 * 5
+
+
 # -- trace-driven links ----------------------------------------------------------------------
 
 SHARED_TRACE = dict(medium="shared", duplex="full", channel={"up_bps": 1_000_000, "down_bps": 19_200},

@@ -189,7 +189,8 @@ class Server:
         self.peers: dict[bytes, Peer] = {}   # by connection (the ROUTER's identity)
         self.taken: dict[int, bytes] = {}    # source id -> the connection that said hello with it
         self.served: Counter = Counter()
-        self.calibrated: dict[int, batchnorm.Statistics] = {}  # source id -> its next evaluation's statistics
+        # source id -> the statistics of its next evaluation, and the calibrate batches in them
+        self.calibrated: dict[int, tuple[batchnorm.Statistics, int]] = {}
         self.stopping = False
 
     # -- the loop ----------------------------------------------------------------
@@ -270,6 +271,7 @@ class Server:
             if said != peer.source:
                 raise ProtocolError(f"bye for source {said!r} from the connection of source {peer.source}")
             peer.done = True
+            self.calibrated.pop(peer.source, None)
             self.trace.event("bye", peer=peer.source)
             return Message("bye", {})
         seq = message.fields.get("seq")
@@ -370,26 +372,28 @@ class Server:
         adding to the BatchNorm statistics of its next evaluation (workloads/batchnorm.py);
         batch 0 starts them anew, a training step of the source drops them."""
         batch = message.fields.get("batch")
+        stats, done = self.calibrated.get(source, (None, 0))
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
             raise ProtocolError(f"calibrate needs a batch number, got {batch!r}")
         if batch == 0:
-            self.calibrated[source] = batchnorm.fresh(self.decompress, self.tail)
-        elif source not in self.calibrated:
-            raise ProtocolError(f"calibrate batch {batch} before batch 0")
+            stats, done = batchnorm.fresh(self.decompress, self.tail), 0
+        elif batch != done or stats is None:
+            raise ProtocolError(f"calibrate batch {batch}, expected {done if stats is not None else 0}")
         self.decompress.eval()
         self.tail.eval()
-        with batchnorm.using(self.calibrated[source], self.decompress, self.tail, accumulate=True):
+        with batchnorm.using(stats, self.decompress, self.tail, accumulate=True):
             _, restored = self.decompress.decode(message.arrays, self.device, source)
             laps.lap("decode")
             self.tail(restored)
             laps.lap("compute")
+        self.calibrated[source] = (stats, batch + 1)  # only a batch that went through counts
         return Message("calibrated", {})
 
     @torch.no_grad()
     def _infer(self, message: Message, source: int, laps: Laps) -> Message:
         self.decompress.eval()
         self.tail.eval()
-        with batchnorm.using(self.calibrated.get(source, {}), self.decompress, self.tail):
+        with batchnorm.using(self.calibrated.get(source, ({}, 0))[0], self.decompress, self.tail):
             _, restored = self.decompress.decode(message.arrays, self.device, source)
             laps.lap("decode")
             pred = self.tail(restored).argmax(1).to("cpu")

@@ -7,9 +7,9 @@ evaluates test accuracy by split inference over the same connection.
 
 Each request's round trip is traced in parts (seconds, 6 decimals): a ``batch`` event per
 training step, an ``infer`` event per split-inference request (besides the epoch's
-``eval`` event; with ``--bn-batches``, a ``calibrate`` event before it: batches, samples,
-duration_s, bytes_sent, bytes_received of the requests that recomputed the BatchNorm
-statistics, whose bytes the ``eval`` event's include). One step, in order (what is measured at the source, on one clock):
+``eval`` event; with ``--bn-batches``, before them, a ``calibrate`` event per request that
+recomputes the BatchNorm statistics: epoch, batch, samples, duration_s, bytes_sent,
+bytes_received, which the ``eval`` event's bytes include). One step, in order (what is measured at the source, on one clock):
 
     latency_s      s  the whole step (batch: = duration_s, from the step's start to the
                       optimizer steps done; infer: from the head's forward to the prediction
@@ -269,8 +269,8 @@ class Source:
 
     def _train_step(self, epoch, batch, picked, budget, lr_scale, warmup) -> None:
         started = time.perf_counter()
-        train_mode(self.head)
-        train_mode(self.module)
+        batchnorm.train_mode(self.head)
+        batchnorm.train_mode(self.module)
         x = self._training_batch(picked)
         labels = self.train.labels[picked].astype(np.uint8 if self.classes <= 256 else np.int64)
         computing = time.perf_counter()
@@ -340,19 +340,19 @@ class Source:
         rng = np.random.default_rng([a.seed, a.source_id, CALIBRATION_STREAM, epoch])
         stats = batchnorm.fresh(self.head, self.module)
         sent_bytes = received_bytes = 0
-        started = time.perf_counter()
         with batchnorm.using(stats, self.head, self.module, accumulate=True):
             for batch in range(a.bn_batches):
+                started = time.perf_counter()
                 picked = rng.integers(0, len(self.train.labels), a.batch_size)
                 sent, side = self.module(self.head(to_tensor_batch(self.train.images[picked])))
                 exchange = self._request("calibrate", self.module.encode(sent, side), batch=batch)
                 if exchange.reply.op != "calibrated":
                     raise ProtocolError(f"expected 'calibrated', got {exchange.reply.op!r}")
+                self.trace.event("calibrate", epoch=epoch, batch=batch, samples=len(picked),
+                                 duration_s=round(time.perf_counter() - started, 6),
+                                 bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
                 sent_bytes += exchange.bytes_sent
                 received_bytes += exchange.bytes_received
-        self.trace.event("calibrate", epoch=epoch, batches=a.bn_batches, samples=a.bn_batches * a.batch_size,
-                         duration_s=round(time.perf_counter() - started, 6), bytes_sent=sent_bytes,
-                         bytes_received=received_bytes)
         return stats, sent_bytes, received_bytes
 
     def _split_inference(self, epoch: int) -> tuple[int, int, int, int]:
@@ -402,17 +402,6 @@ def nic_bytes() -> tuple[int, int] | None:
     if not counters:
         return None
     return sum(c.bytes_sent for c in counters.values()), sum(c.bytes_recv for c in counters.values())
-
-
-def train_mode(part: torch.nn.Module) -> None:
-    """Training mode, except for the parts whose parameters are all frozen (a module
-    may freeze the head or its encoder after pre-training): their BatchNorm statistics
-    must stay those the frozen weights were fitted with."""
-    part.train()
-    for child in part.modules():
-        params = list(child.parameters())
-        if params and not any(p.requires_grad for p in params):
-            child.eval()
 
 
 def _resources(created: float) -> dict:

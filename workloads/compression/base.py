@@ -37,10 +37,11 @@ def at_least(passes, least: int):
     takes to yield ``least`` items (at least one pass; a pass with none ends it)."""
     count = 0
     while True:
+        before = count
         for item in passes():
             yield item
             count += 1
-        if count >= least or count == 0:
+        if count >= least or count == before:
             return
 
 

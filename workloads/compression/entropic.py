@@ -275,8 +275,9 @@ register(ModuleSpec(
     "teacher's layers cross once, the server fine-tunes from them with cross-entropy and KL to the teacher's logits", EntropicSource, EntropicServer,
     (knob("beta", float, 1.0, "weight of the rate in the distillation loss (higher: fewer bytes)", positive=True),
      knob("latent-channels", int, 16, "latent maps at half the cut's resolution", min=1),
-     knob("distill-steps", int, 500, "the distillation at the source takes at least this many batches, passing over "
-          "the shard as often as that needs (the teacher trains --pretrain-epochs)", ("source",), min=1)),
+     knob("distill-steps", int, 500, "the distillation at the source takes at least this many batches, in whole "
+          "passes of the pre-training batches (--pretrain-epochs x --batches), as many as that needs; the teacher "
+          "trains one such pass", ("source",), min=1)),
     at_source="encoder, prior, range coder", at_server="decoder + the rest",
     # Fine-tuning a distilled decoder (the paper's second stage) at a tenth of the
     # testbed's lr: at 0.01 with momentum the loss rose in our runs. The tail is not scaled.
@@ -309,8 +310,8 @@ register(ModuleSpec(
                   "the range coder (constriction) codes a quantized Laplace exactly; the rate is the real bitstream "
                   "either way"),
         Deviation("the student distilled for as long as the paper's training on ImageNet",
-                  "the distillation at the source at least --distill-steps batches (default 500), passing over the "
-                  "shard as often as that needs; the teacher --pretrain-epochs passes",
+                  "the distillation at the source at least --distill-steps batches (default 500), in whole passes of "
+                  "--pretrain-epochs x --batches batches; the teacher one such pass",
                   "an autoencoder does not learn in a smoke run's few passes (vgg11-slim, 96 steps: 0.38 accuracy "
                   "against none's 0.82); a spec sets the length its scale can afford"),
         Deviation("beta chosen per experiment on ImageNet",
