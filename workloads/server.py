@@ -366,39 +366,41 @@ class Server:
         if new:
             self.optimizer.add_param_group({"params": new, "lr_scale": self.lr_scale})
 
+    def _inference(self, message: Message, source: int, laps: Laps, stats: batchnorm.Statistics,
+                   accumulate: bool = False) -> torch.Tensor:
+        """The inference path (eval mode) of a request's arrays to the logits, with the
+        BatchNorm statistics ``stats`` (empty: training's), accumulating into them with
+        ``accumulate``."""
+        self.decompress.eval()
+        self.tail.eval()
+        with batchnorm.using(stats, self.decompress, self.tail, accumulate=accumulate):
+            _, restored = self.decompress.decode(message.arrays, self.device, source)
+            laps.lap("decode")
+            logits = self.tail(restored)
+            laps.lap("compute")
+        return logits
+
     @torch.no_grad()
     def _calibrate(self, message: Message, source: int, laps: Laps) -> Message:
         """One of the source's --bn-batches training batches through the current weights,
         adding to the BatchNorm statistics of its next evaluation (workloads/batchnorm.py);
         batch 0 starts them anew, a training step of the source drops them."""
         batch = message.fields.get("batch")
-        stats, done = self.calibrated.get(source, (None, 0))
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
             raise ProtocolError(f"calibrate needs a batch number, got {batch!r}")
+        stats, done = self.calibrated.get(source, (None, 0))  # no set: 0 comes first
         if batch == 0:
-            stats, done = batchnorm.fresh(self.decompress, self.tail), 0
-        elif batch != done or stats is None:
-            raise ProtocolError(f"calibrate batch {batch}, expected {done if stats is not None else 0}")
-        self.decompress.eval()
-        self.tail.eval()
-        with batchnorm.using(stats, self.decompress, self.tail, accumulate=True):
-            _, restored = self.decompress.decode(message.arrays, self.device, source)
-            laps.lap("decode")
-            self.tail(restored)
-            laps.lap("compute")
+            stats = batchnorm.fresh(self.decompress, self.tail)
+        elif batch != done:
+            raise ProtocolError(f"calibrate batch {batch}, expected {done}")
+        self._inference(message, source, laps, stats, accumulate=True)
         self.calibrated[source] = (stats, batch + 1)  # only a batch that went through counts
         return Message("calibrated", {})
 
     @torch.no_grad()
     def _infer(self, message: Message, source: int, laps: Laps) -> Message:
-        self.decompress.eval()
-        self.tail.eval()
-        with batchnorm.using(self.calibrated.get(source, ({}, 0))[0], self.decompress, self.tail):
-            _, restored = self.decompress.decode(message.arrays, self.device, source)
-            laps.lap("decode")
-            pred = self.tail(restored).argmax(1).to("cpu")
-            laps.lap("compute")
-        pred = pred.numpy().astype(np.uint8 if self.classes <= 256 else np.int32)
+        logits = self._inference(message, source, laps, self.calibrated.get(source, ({}, 0))[0])
+        pred = logits.argmax(1).to("cpu").numpy().astype(np.uint8 if self.classes <= 256 else np.int32)
         laps.lap("encode")
         return Message("pred", {}, {"pred": pred})
 

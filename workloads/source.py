@@ -9,7 +9,8 @@ Each request's round trip is traced in parts (seconds, 6 decimals): a ``batch`` 
 training step, an ``infer`` event per split-inference request (besides the epoch's
 ``eval`` event; with ``--bn-batches``, before them, a ``calibrate`` event per request that
 recomputes the BatchNorm statistics: epoch, batch, samples, duration_s, bytes_sent,
-bytes_received, which the ``eval`` event's bytes include). One step, in order (what is measured at the source, on one clock):
+bytes_received, which the ``eval`` event's bytes include). One step, in order (what is
+measured at the source, on one clock):
 
     latency_s      s  the whole step (batch: = duration_s, from the step's start to the
                       optimizer steps done; infer: from the head's forward to the prediction
