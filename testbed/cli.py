@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .runner import EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run, sweep_bandwidth
+from .runner import (EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run, run_on_this_machine,
+                     sweep_bandwidth)
 from .spec import RunSpec, SpecError, validate
 from .sweep.spec import SCALES
 
@@ -41,7 +42,9 @@ def _run_parser(sub) -> argparse.ArgumentParser:
 
 
 def _cluster_options(parser) -> None:
-    from workloads.settings import add_argument, option
+    from workloads.settings import add_argument
+
+    from .options import option
 
     for name in ("namespace", "kube-context"):
         declared = option(name)
@@ -178,16 +181,6 @@ def main(argv=None) -> int:
             return sweep_bandwidth(spec, say, backend_for)
         return run(spec, say, backend_for(spec))
     return run_on_this_machine(spec, say)
-
-
-def run_on_this_machine(spec: RunSpec, say=print) -> int:
-    """A validated spec on the local or inproc backend (``testbed run``, and each trial of a sweep)."""
-    if spec.backend == "inproc":
-        from .inproc import InprocBackend
-        return run(spec, say, InprocBackend(spec, say))
-    if spec.sweep_bandwidth:
-        return sweep_bandwidth(spec, say)
-    return run(spec, say)
 
 
 def modules_table() -> str:

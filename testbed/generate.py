@@ -25,7 +25,7 @@ from workloads.compression.registry import readers
 from workloads.settings import Option
 
 from .links.values import RATE_UNITS
-from .options import run_options
+from .options import options, run_options
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts"
@@ -34,7 +34,7 @@ JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
 def chart_options() -> list[Option]:
-    return [o for o in settings.options() if o.chart]
+    return [o for o in options() if o.chart]
 
 
 def yaml_scalar(value) -> str:

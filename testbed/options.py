@@ -4,7 +4,7 @@ values and the manifest come from the same declarations."""
 from __future__ import annotations
 
 from workloads import settings
-from workloads.settings import Option
+from workloads.option import Option
 
 from .cpucap import METHODS
 from .links.profiles import PROFILES
@@ -68,9 +68,26 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
            "at /data in the source pods (empty: the synthetic dataset)", TB, chart="data.pvc", group="k8s"),
 )
 
-settings.add_declarations(lambda: TESTBED_OPTIONS)
+
+
+def options() -> list[Option]:
+    """Every option: the programs' (``workloads.settings``), then the testbed's own."""
+    found = {o.name: o for o in settings.options()}
+    for option in TESTBED_OPTIONS:
+        if option.name in found:
+            raise ValueError(f"option --{option.name} is declared twice")
+        found[option.name] = option
+    return list(found.values())
+
+
+def option(name: str) -> Option:
+    """The option named ``name`` (``link-trace`` or ``link_trace``), a program's or the testbed's."""
+    for o in options():
+        if o.name == name or o.dest == name:
+            return o
+    raise KeyError(name)
 
 
 def run_options() -> list[Option]:
     """The options of ``testbed run``: every option that is a choice of the run."""
-    return [o for o in settings.options() if not o.per_process]
+    return [o for o in options() if not o.per_process]

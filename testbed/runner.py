@@ -82,6 +82,16 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     return code
 
 
+def run_on_this_machine(spec: RunSpec, say=print) -> int:
+    """A validated spec on the local or inproc backend (``testbed run``, and each trial of a sweep)."""
+    if spec.backend == "inproc":
+        from .inproc import InprocBackend
+        return run(spec, say, InprocBackend(spec, say))
+    if spec.sweep_bandwidth:
+        return sweep_bandwidth(spec, say)
+    return run(spec, say)
+
+
 def sweep_bandwidth(spec: RunSpec, say=print, backend_for=None) -> int:
     """``--sweep-bandwidth``: every arm once per rate, each rate an ordinary run folder
     (``<out>/<rate>``), then one report over them all (``<out>/report``: throughput

@@ -15,7 +15,7 @@ from workloads.models import block_count, build_split_model
 
 from .links.network import probe_kernel
 from .links.plan import plan_links
-from .options import run_options
+from .options import option as declaration, run_options
 
 DEFAULT_ARMS = tuple(settings.option("module").run_default.split(","))
 
@@ -188,7 +188,7 @@ def _validate_adapt(spec: RunSpec) -> None:
 
 def _validate_inproc(spec: RunSpec) -> None:
     """One process holds the arm: no link to emulate, no process of a source to kill."""
-    given = [settings.option(dest).flag for dest in NOT_INPROC if spec.values[dest]]
+    given = [declaration(dest).flag for dest in NOT_INPROC if spec.values[dest]]
     if given:
         raise SpecError(f"{', '.join(given)} cannot be used with --backend inproc: it runs each arm in one process, "
                         "without sockets or links (use --backend local)")

@@ -2,9 +2,8 @@
 release's name."""
 from __future__ import annotations
 
-from workloads import settings
 
-from ..options import TESTBED_OPTIONS  # noqa: F401  (declares the testbed's chart values)
+from ..options import options
 from ..spec import RunSpec
 from .links import link_values
 
@@ -17,7 +16,7 @@ def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str =
     what a cluster cannot enforce with a ValueError)."""
     arm = {**spec.values, **spec.workload_options(module), "run_id": run_id}
     values: dict = {}
-    for option in settings.options():
+    for option in options():
         if option.chart and option.dest in arm:
             put(values, option.chart, arm[option.dest])
     # CURVE unless --insecure: the chart makes the release's keys (a Secret) and mounts them

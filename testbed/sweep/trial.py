@@ -83,8 +83,7 @@ def _arm_summary(folder: Path, module: str) -> dict | None:
 
 def main(argv=None) -> int:
     """The trial's own process: one ``testbed run`` of the settings into the folder."""
-    from ..cli import run_on_this_machine
-    from ..runner import EXIT_BAD_INPUT
+    from ..runner import EXIT_BAD_INPUT, run_on_this_machine
     from ..spec import RunSpec, SpecError, validate
 
     folder, settings = argv if argv is not None else sys.argv[1:]

@@ -7,8 +7,9 @@ import importlib
 import pkgutil
 
 from .base import Arrays, ServerPart, SourcePart
-from .registry import CompressionConfig, ModuleSpec, available, create_server, create_source, get, modules
-from .schedules import BudgetSchedule, schedule_for
+from .registry import (CompressionConfig, ModuleSpec, available, create_server, create_source, get, modules,
+                       schedule_for)
+from .schedules import BudgetSchedule
 
 MACHINERY = {"base", "registry", "schedules", "shipping"}  # shared by the modules, registers nothing
 

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from .base import Arrays, ServerPart, SourcePart, require_input, state_bytes
 from .shipping import has_state, load_state_arrays, state_arrays
-from ..settings import knob
+from ..option import knob
 from .registry import CompressionConfig, Deviation, Levels, ModuleSpec, register
 
 # As many latent values as input pixels (16 maps of 8x8 for a 32x32 image), so that m = 4 (one

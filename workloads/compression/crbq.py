@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import Arrays, ServerPart, SourcePart, numel
-from ..settings import knob
+from ..option import knob
 from .registry import CompressionConfig, Deviation, ModuleSpec, register
 
 LEVELS = 255

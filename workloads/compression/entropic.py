@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart, at_least, state_bytes, to_wire
 from .shipping import flat_state, has_state, load_state_arrays, range_encode, state_arrays
 from .shipping import range_decode as decode_symbols
-from ..settings import knob
+from ..option import knob
 from .registry import CompressionConfig, Deviation, ModuleSpec, register
 
 HIDDEN = 64

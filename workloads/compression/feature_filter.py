@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .base import Arrays, ServerPart, SourcePart, index_dtype, numel
-from ..settings import knob
+from ..option import knob
 from .registry import CompressionConfig, Deviation, Levels, ModuleSpec, register
 from .schedules import BUDGET_KNOBS, all_maps_first, budget_first, fixed
 

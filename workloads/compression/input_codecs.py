@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..data import CIFAR_MEAN, CIFAR_STD
 from .base import Arrays, ServerPart, SourcePart, numel, require_input
-from ..settings import knob
+from ..option import knob
 from .registry import CompressionConfig, Deviation, Levels, ModuleSpec, register
 
 _MEAN = torch.from_numpy(CIFAR_MEAN).view(1, 3, 1, 1)

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart, at_least
 from .shipping import range_decode as decode_symbols
 from .shipping import range_encode as encode_symbols
-from ..settings import knob
+from ..option import knob
 from .registry import CompressionConfig, Deviation, ModuleSpec, register
 
 SIDE_DIM = 128

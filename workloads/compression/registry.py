@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
 
-from ..settings import Option
+from ..option import Option
 from .base import ServerPart, SourcePart
-from .schedules import Phases
+from .schedules import BudgetSchedule, Phases, parse_schedule
 
 
 @dataclass(frozen=True)
@@ -150,3 +150,17 @@ def create_server(name: str, cut_shape, config: CompressionConfig) -> ServerPart
     """The server part (the constraints between knobs were checked where the run was
     validated and at the source, which reads every knob a constraint names)."""
     return get(name).server(cut_shape, config)
+
+
+def schedule_for(module: str, budget: int, maps: int, epochs: int, *, text: str | None = None,
+                 boost: float = 1.0, boost_epochs: int = 0) -> BudgetSchedule:
+    """The budget schedule of ``module`` over ``epochs`` (its registry entry's), or the
+    one given as text; modules without a budget send all maps throughout."""
+    default = get(module).schedule
+    if text and default is not None:
+        phases = parse_schedule(text)
+    elif default is not None:
+        phases = default(budget, maps, epochs)
+    else:
+        phases = ((maps, epochs),)
+    return BudgetSchedule(tuple((min(b, maps), e) for b, e in phases), boost, boost_epochs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..settings import knob
+from ..option import knob
 
 Phases = tuple[tuple[int, int], ...]
 
@@ -74,22 +74,6 @@ def all_maps_first(budget: int, maps: int, epochs: int) -> Phases:
     for i, b in enumerate(steps):
         phases.append((b, rest // len(steps) + (1 if i < rest % len(steps) else 0)))
     return tuple(phases)
-
-
-def schedule_for(module: str, budget: int, maps: int, epochs: int, *, text: str | None = None,
-                 boost: float = 1.0, boost_epochs: int = 0) -> BudgetSchedule:
-    """The budget schedule of ``module`` over ``epochs`` (its registry entry's), or the
-    one given as text; modules without a budget send all maps throughout."""
-    from .registry import get
-
-    default = get(module).schedule
-    if text and default is not None:
-        phases = parse_schedule(text)
-    elif default is not None:
-        phases = default(budget, maps, epochs)
-    else:
-        phases = ((maps, epochs),)
-    return BudgetSchedule(tuple((min(b, maps), e) for b, e in phases), boost, boost_epochs)
 
 
 # The knobs of the modules with a budget (the filter family).
