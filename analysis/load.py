@@ -4,39 +4,33 @@ A run directory holds ``manifest.json``, ``summary.json`` and one folder per arm
 ``server.jsonl`` and ``source-N.jsonl`` (one JSON event per line). ``load_runs`` reads
 one or many of them into a :class:`Runs`:
 
-``batches`` — one row per training step of a source:
+``batches`` — one row per training step of a source (its ``batch`` events):
     run, arm, label, module, source, t (s since the arm started), epoch, batch, samples,
     warmup, duration_s, bytes_sent, bytes_received, payload_sent, payload_received,
-    coded_sent (bytes of the method's own payload: ``SourcePart.coded_arrays``; NA in traces
-    written before it existed), loss, budget, phase, lr_scale, filter_sum, filter_topb_share, wait_s (s of the step spent
-    waiting for the server's reply), cpu_s (the source's process CPU seconds at the end of the
-    step); wait_s and cpu_s are NA in traces written before they existed; then the step's
-    latency parts (seconds, NA in traces written before they existed): compute_s (head and
-    module forward), encode_s, rtt_s (= wait_s: request sent to reply received), decode_s,
-    backward_s, queue_s (waiting at the server), server_decode_s, server_compute_s,
-    server_encode_s, server_s (= the three server parts), network_s (= rtt_s - server_s -
-    queue_s), net_up_s, net_down_s (wall-clock one-way times: meaningful only when source and
-    server share a clock, the local backend), latency_s (= duration_s, the whole step)
-``evals`` — one row per end-of-epoch evaluation of a source:
+    coded_sent, loss, budget, phase, lr_scale, filter_sum, filter_topb_share, wait_s, cpu_s,
+    compute_s, encode_s, rtt_s, decode_s, backward_s, queue_s, server_decode_s,
+    server_compute_s, server_encode_s, server_s, network_s, net_up_s, net_down_s, latency_s
+``evals`` — one row per end-of-epoch evaluation of a source (``eval`` events):
     run, arm, label, module, source, t, epoch, budget, samples, accuracy,
-    bytes_sent, bytes_received (the sums over the evaluation's ``infer`` requests and, with
-    --bn-batches, its ``calibrate`` requests), coded_sent (the ``infer`` requests' alone)
+    bytes_sent, bytes_received, coded_sent
 ``infers`` — one row per split-inference (evaluation) request of a source (``infer``
-    events; empty for traces written before they existed):
-    run, arm, label, module, source, t, epoch, samples, latency_s, compute_s, encode_s,
-    rtt_s, decode_s, queue_s, server_decode_s, server_compute_s, server_encode_s, server_s,
-    network_s, net_up_s, net_down_s, bytes_sent, bytes_received, coded_sent (parts as for ``batches``)
+    events): run, arm, label, module, source, t, epoch, samples, latency_s, compute_s,
+    encode_s, rtt_s, decode_s, queue_s, server_decode_s, server_compute_s, server_encode_s,
+    server_s, network_s, net_up_s, net_down_s, bytes_sent, bytes_received, coded_sent
 ``sources`` — one row per source process:
     run, arm, label, module, source, status, start_s (process start, s since the arm
-    started), end_s (its ``end`` event, else its last event), cpu_share (CPU over wall time of
-    the whole process, from its ``end`` event), peak_rss_mb, pretrain_s (its ``prepared``
-    event's duration_s: the module's training at the source before the first batch)
+    started), end_s (its ``end`` event, else its last event), cpu_share and peak_rss_mb
+    (from its ``end`` event), pretrain_s (its ``prepared`` event's duration_s)
 ``events`` — every event of every process, as read (run, arm, role, source, event, t, ...),
-    and the testbed's own (``testbed.jsonl``, role "testbed": a ``lost`` event per source that
-    died, with its cause, signal, exit_status and whether it was injected by ``--drop``), and
-    the emulated link's (``link.jsonl``, role "link": its ``link``, ``nic``, ``capacity`` and
-    ``sample`` events, schema in ``testbed/links/__init__.py``; the ``link`` event's ``label``
-    is read as ``link_label``, since ``label`` names the arm here).
+    with the testbed's own (``testbed.jsonl``, role "testbed") and the emulated link's
+    (``link.jsonl``, role "link"; its ``link`` event's ``label`` is read as ``link_label``,
+    since ``label`` names the arm here).
+
+Every column taken from an event is that event's field, declared with its unit and
+meaning in workloads/events.py; a column an older trace does not have is NA. The names
+of the events read here are declared once below (``START`` ... ``SAMPLE``); analysis
+imports nothing of workloads (it only reads files), and tests/test_trace_events.py proves
+each of them declared there for the role it is read from.
 
 A lost source's status is "lost" (``sources``), whatever its trace says.
 
@@ -57,6 +51,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from . import jsonl
+
+# The trace events analysis reads, by name (declared in workloads/events.py, which
+# analysis does not import); READ: the role -> the names read from its traces.
+START, DATA, CONNECTED, PRETRAIN, PREPARED = "start", "data", "connected", "pretrain", "prepared"
+ADAPT_START, ADAPT, BATCH, CALIBRATE, INFER, EVAL = "adapt_start", "adapt", "batch", "calibrate", "infer", "eval"
+BYE, END, LISTENING, REQUEST = "bye", "end", "listening", "request"
+LOST = "lost"
+LINK, NIC, CAPACITY, SAMPLE = "link", "nic", "capacity", "sample"
+READ = {"source": (START, DATA, CONNECTED, PRETRAIN, PREPARED, ADAPT_START, ADAPT, BATCH, CALIBRATE, INFER, EVAL,
+                   BYE, END),
+        "server": (START, LISTENING, REQUEST, END),
+        "testbed": (LOST,),
+        "link": (LINK, NIC, CAPACITY, SAMPLE)}
 
 BATCH_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "batch", "samples", "warmup",
                  "duration_s", "bytes_sent", "bytes_received", "payload_sent", "payload_received", "coded_sent", "loss",
@@ -96,25 +105,15 @@ class Runs:
 
 
 def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
-    """Events of one trace; a line that is not JSON (a process killed while writing)
-    is reported and skipped."""
-    events = []
+    """Events of one trace; a line that is not a JSON object (a process killed while
+    writing) is reported and skipped."""
     try:
-        lines = path.read_bytes().split(b"\n")
+        found = jsonl.read(path)
     except OSError as exc:
         problems.append(f"{path}: cannot read ({exc.strerror})")
-        return events
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            problems.append(f"{path}: line {number} is not a complete JSON event (truncated?); skipped")
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+        return []
+    problems += [f"{path}: line {n} is not a complete JSON event (truncated?); skipped" for n in found.bad]
+    return found.objects
 
 
 def _read_json(path: Path, problems: list[str]) -> dict:
@@ -187,7 +186,7 @@ def _runs(events: list[dict], manifests: dict, summaries: dict, problems: list[s
         raise RunDirError(empty)
     _add_labels(frame)
     return Runs(_batches(frame), _evals(frame), _sources(frame, problems), frame, manifests, summaries, problems,
-                infers=_select(frame, "infer", INFER_COLUMNS))
+                infers=_select(frame, INFER, INFER_COLUMNS))
 
 
 def _arm_events(run: str, arm: Path, manifest: dict, problems: list[str]) -> list[dict]:
@@ -222,7 +221,7 @@ def _arm_events(run: str, arm: Path, manifest: dict, problems: list[str]) -> lis
 
 
 def _add_labels(frame: pd.DataFrame) -> None:
-    start_module = frame.loc[frame["event"] == "start", ["run", "arm", "module"]].drop_duplicates(["run", "arm"])
+    start_module = frame.loc[frame["event"] == START, ["run", "arm", "module"]].drop_duplicates(["run", "arm"])
     modules = {(r.run, r.arm): (r.module if isinstance(r.module, str) else r.arm) for r in start_module.itertuples()}
     frame["module"] = [modules.get((r, a), a) for r, a in zip(frame["run"], frame["arm"])]
     pairs = frame[["run", "module"]].drop_duplicates()
@@ -231,7 +230,7 @@ def _add_labels(frame: pd.DataFrame) -> None:
     # time since the arm started: its first source process start (or its first event)
     first = frame.groupby(["run", "arm"])["t"].transform("min")
     if "process_created" in frame:
-        created = frame["process_created"].where((frame["role"] == "source") & (frame["event"] == "start"))
+        created = frame["process_created"].where((frame["role"] == "source") & (frame["event"] == START))
         first = created.groupby([frame["run"], frame["arm"]]).transform("min").fillna(first)
     frame["t0"] = first
     frame["t_rel"] = frame["t"] - frame["t0"]
@@ -250,20 +249,20 @@ def _select(frame: pd.DataFrame, kind: str, columns: list[str]) -> pd.DataFrame:
 
 
 def _batches(frame: pd.DataFrame) -> pd.DataFrame:
-    batches = _select(frame, "batch", BATCH_COLUMNS)
+    batches = _select(frame, BATCH, BATCH_COLUMNS)
     batches["warmup"] = batches["warmup"].fillna(False).astype(bool)
     return batches
 
 
 def _evals(frame: pd.DataFrame) -> pd.DataFrame:
-    return _select(frame, "eval", EVAL_COLUMNS)
+    return _select(frame, EVAL, EVAL_COLUMNS)
 
 
 def lost_events(frame: pd.DataFrame) -> dict[tuple, dict]:
     """(run, arm, source) -> the testbed's ``lost`` event of that source."""
     if "role" not in frame or "source" not in frame:
         return {}
-    lost = frame[(frame["role"] == "testbed") & (frame["event"] == "lost")]
+    lost = frame[(frame["role"] == "testbed") & (frame["event"] == LOST)]
     return {(r["run"], r["arm"], int(r["source"])): r.to_dict() for _, r in lost.iterrows()}
 
 
@@ -272,8 +271,8 @@ def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     lost = lost_events(frame)
     sources = frame[frame["role"] == "source"]
     for (run, arm, source), group in sources.groupby(["run", "arm", "source"], sort=False):
-        end = group[group["event"] == "end"]
-        start = group[group["event"] == "start"]
+        end = group[group["event"] == END]
+        start = group[group["event"] == START]
         status = end["status"].iloc[-1] if len(end) else "no end event"
         if (run, arm, int(source)) in lost:
             event = lost[(run, arm, int(source))]
@@ -286,7 +285,7 @@ def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
                             + (f" ({end['error'].iloc[-1]})" if len(end) and "error" in end and isinstance(end['error'].iloc[-1], str) else "")
                             + "; its traced batches are still drawn")
         created = start["process_created"].iloc[0] - group["t0"].iloc[0] if len(start) and "process_created" in start else None
-        prepared = group[group["event"] == "prepared"]
+        prepared = group[group["event"] == PREPARED]
         rows.append({"run": run, "arm": arm, "label": group["label"].iloc[0], "module": group["module"].iloc[0],
                      "source": int(source), "status": status, "start_s": created,
                      "end_s": end["t_rel"].iloc[-1] if len(end) else group["t_rel"].max(),

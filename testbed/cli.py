@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .runner import (EXIT_BAD_INPUT, EXIT_FAILED, collect_release, report, run, run_on_this_machine,
-                     sweep_bandwidth)
-from .spec import RunSpec, SpecError, validate
+from .errors import Exit, exit_status
+from .runner import collect_release, report, run_spec
+from .spec import RunSpec, validate
 from .sweep.spec import SCALES
 
 
@@ -122,13 +122,9 @@ def _reproduce_parser(sub) -> None:
 
 
 def sweep_command(args, say) -> int:
-    from .sweep import EXIT_BAD_INPUT, SweepSpecError, default_out, load_spec, run_sweep
+    from .sweep import default_out, load_spec, run_sweep
 
-    try:
-        spec = load_spec(args.spec, args.scale)
-    except SweepSpecError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    spec = load_spec(args.spec, args.scale)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     out = Path(args.out) if args.out else default_out(spec)
     return run_sweep(spec, out, address=args.address or None, cpus=args.cpus, say=say, bar=not args.quiet)
@@ -140,47 +136,40 @@ def spec_from_args(args) -> RunSpec:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     say = (lambda *a, **k: None) if getattr(args, "quiet", False) else print
-    if args.command == "modules":
-        print(modules_table())
-        return 0
-    if args.command == "report":
-        return report(args.runs, args.out, say)
-    if args.command == "sweep":
-        return sweep_command(args, say)
-    if args.command == "reproduce":
-        from .reproduce import reproduce_command
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        return reproduce_command(args.name, scale=args.scale, out=args.out, data_dir=args.data_dir,
-                                 address=args.address or None, cpus=args.cpus, say=say, bar=not args.quiet)
-    if args.command == "collect":
-        return collect_release(args.release, namespace=args.namespace, context=args.kube_context or None,
-                               out=args.out, say=say)
-    try:
-        spec = spec_from_args(args)
-        validate(spec)
-    except SpecError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return exit_status(lambda: COMMANDS[args.command](args, say))
+
+
+def run_command(args, say) -> int:
+    spec = spec_from_args(args)
+    validate(spec)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop like Ctrl-C: clean up first
-    if spec.backend == "k8s":
-        from .k8s import Cluster, ClusterError, KubernetesBackend
-        try:
-            cluster = Cluster(namespace=args.namespace, context=args.kube_context or None)
-            say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {cluster.namespace}")
-        except ClusterError as exc:
-            print(f"testbed: error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        def backend_for(one):
-            return KubernetesBackend(one, cluster, keep=args.keep, source_image=args.source_image,
-                                     server_image=args.server_image, wait_s=args.wait,
-                                     pending_timeout_s=args.pending_timeout, say=say)
-        if spec.sweep_bandwidth:
-            return sweep_bandwidth(spec, say, backend_for)
-        return run(spec, say, backend_for(spec))
-    return run_on_this_machine(spec, say)
+    return run_spec(spec, say)
+
+
+def reproduce_command(args, say) -> int:
+    from .reproduce import reproduce_command
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return reproduce_command(args.name, scale=args.scale, out=args.out, data_dir=args.data_dir,
+                             address=args.address or None, cpus=args.cpus, say=say, bar=not args.quiet)
+
+
+def _modules(args, say) -> int:
+    print(modules_table())
+    return Exit.OK
+
+
+COMMANDS = {
+    "run": run_command,
+    "modules": _modules,
+    "report": lambda args, say: report(args.runs, args.out, say),
+    "sweep": sweep_command,
+    "reproduce": reproduce_command,
+    "collect": lambda args, say: collect_release(args.release, namespace=args.namespace,
+                                                 context=args.kube_context or None, out=args.out, say=say),
+}
 
 
 def modules_table() -> str:

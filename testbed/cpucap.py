@@ -30,14 +30,16 @@ from typing import Callable, Sequence
 
 import psutil
 
+from .errors import TestbedError
+
 PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's default
 MIN_QUOTA_US = 1_000         # the kernel refuses quotas below 1 ms
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 METHODS = ("auto", "cgroup", "psutil", "none")
 
 
-class CapError(RuntimeError):
-    pass
+class CapError(TestbedError, RuntimeError):
+    """A CPU cap or pinning could not be set; the message says which and why."""
 
 
 def quota_us(cores: float) -> int:

@@ -16,10 +16,12 @@ from .errors import BackendError
 from .local import POLL_S, Fleet, _describe_exit, server_thread_count
 from .progress import Progress
 from .signals import signals_deferred
-from .spec import RunSpec
+from .spec import RunSpec, refuse_given
 
 NO_CAP = Cap.method  # the cap method that caps nothing (the base Cap's)
 NAME = "arm"  # the arm's one process, in the fleet and as logs/arm.log
+# what it has no use for: one process, no sockets, no links
+NOT_INPROC = ("bandwidth", "link", "link_trace", "medium", "delay", "loss", "sweep_bandwidth", "drop", "data_pvc")
 
 
 def source_threads(cpu: float) -> int:
@@ -62,3 +64,6 @@ class InprocBackend:
                 fleet.stop()
         return ArmResult(module, directory, NO_CAP, "no caps: one process, its sources stepped in turn")
 
+
+def check_spec(spec: RunSpec) -> None:
+    refuse_given(spec, NOT_INPROC, "it runs each arm in one process, without sockets or links (use --backend local)")

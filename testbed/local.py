@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from workloads import settings
+from workloads import events, settings
 
 from .backend import ArmResult
 from .cpucap import Cap, CapError, SuspendResumeCap, available_cpus, make_cap, oversubscription
@@ -25,7 +25,7 @@ from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
 from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
 from .progress import Progress
-from .spec import RunSpec
+from .spec import RunSpec, SpecError, check_host, check_links_here, planned_links
 from .traces import read_events
 
 SERVER_READY_TIMEOUT_S = 180.0
@@ -208,7 +208,7 @@ def exit_cause(returncode: int, trace: Path | None, log: Path) -> str:
             return f"killed by signal {-returncode}"
     if trace is not None:
         for event in reversed(read_events(trace, strict=False)):
-            if event.get("event") == "end" and event.get("status") == "error" and event.get("error"):
+            if event.get("event") == events.END and event.get("status") == "error" and event.get("error"):
                 return str(event["error"])
     try:
         lines = log.read_text(errors="replace").splitlines()
@@ -354,7 +354,7 @@ def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> Non
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise BackendError(_describe_exit("the server", fleet, "server", " before listening"))
-        if any(e.get("event") == "listening" for e in read_events(trace, strict=False)):
+        if any(e.get("event") == events.LISTENING for e in read_events(trace, strict=False)):
             return
         time.sleep(POLL_S)
     raise BackendError(f"the server was not listening after {SERVER_READY_TIMEOUT_S:.0f} s")
@@ -434,8 +434,8 @@ def _record_lost(fleet: Fleet, i: int, directory: Path, cap: Cap | None, run: st
     else:
         cause = f"exit status {code}: {cause}"
     trace = fleet.traces.get(name)
-    injected = trace is not None and any(e.get("event") == "drop" for e in read_events(trace, strict=False))
-    event = {"t": round(time.time(), 6), "run": run, "role": "testbed", "source": i, "event": "lost",
+    injected = trace is not None and any(e.get("event") == events.DROP for e in read_events(trace, strict=False))
+    event = {"t": round(time.time(), 6), "run": run, "role": events.ROLE_TESTBED, "source": i, "event": events.LOST,
              "cause": cause, "signal": signame, "exit_status": code if code >= 0 else None, "injected": injected}
     with open(directory / "testbed.jsonl", "a", encoding="utf-8") as out:
         out.write(json.dumps(event, separators=(",", ":")) + "\n")
@@ -454,3 +454,14 @@ def oom_killed(cap: Cap | None, i: int) -> bool:
         return False
     counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
     return int(counts.get("oom_kill", "0")) > 0
+
+
+def check_spec(spec: RunSpec) -> None:
+    """What only this host can say: its cores and the port, and for emulated links its
+    kernel and rights. A claim is the cluster's."""
+    if spec.data_pvc:
+        raise SpecError("--data-pvc is for the k8s backend; locally give the folder with --data-dir")
+    check_host(spec)
+    links = planned_links(spec)
+    if links is not None:
+        check_links_here(links)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from workloads import settings
 from workloads.option import Option
 
+from .backends import BACKENDS
 from .cpucap import METHODS
 from .links.profiles import PROFILES
 from .links.values import check_list, parse_delay, parse_loss, parse_updown
 
 TB = ("testbed",)
-BACKENDS = ("local", "k8s", "inproc")
 
 TESTBED_OPTIONS: tuple[Option, ...] = (
     Option("cpu", float, 0.4, "CPU cap per source, in cores; a comma list gives one per source, cycled "
@@ -27,10 +27,8 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
            "(0: no pinning)", TB, min=0, group="run"),
     Option("cap-method", str, "auto", "how CPU caps are enforced: auto (cgroup v2, cgroup v1, else psutil with a "
            "warning), cgroup, psutil or none", TB, choices=METHODS, group="run"),
-    Option("backend", str, "local", "local (processes on this machine), k8s (the Helm chart on a cluster) or inproc (each "
-           "arm in one process, its sources stepped in turn: the same bytes and training without sockets, caps "
-           "or links, for fast accuracy sweeps)", TB,
-           choices=BACKENDS, group="run"),
+    Option("backend", str, "local", "; ".join(f"{kind.name}: {kind.help}" for kind in BACKENDS.values()), TB,
+           choices=tuple(BACKENDS), group="run"),
     Option("insecure", bool, False, "no CURVE: plaintext between sources and server, any peer that reaches the port "
            "may talk to the server (for overhead comparisons)", TB, group="run"),
     Option("out", str, "", "run directory (default: a new folder under ./runs/)", TB, group="run"),

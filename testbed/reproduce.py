@@ -6,7 +6,6 @@ the measured ones, the figures)."""
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments" / "reproduce"
@@ -21,21 +20,17 @@ def reproduce_command(name: str, *, scale: str, out: str = "", data_dir: str = "
                       cpus: float | None = None, say=print, bar: bool = True) -> int:
     from analysis.reproduce import ReproduceError, reproduce
 
+    from .errors import BadInput, Exit
     from .runner import report
-    from .sweep import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SweepSpecError, load_spec, run_sweep
+    from .sweep import load_spec, run_sweep
 
     path = EXPERIMENTS / f"{name}.toml"
     if not path.exists():
-        print(f"testbed: error: unknown experiment {name!r}; known: {', '.join(experiments())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        spec = load_spec(path, scale, {"data_dir": data_dir} if data_dir else None)
-    except SweepSpecError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise BadInput(f"unknown experiment {name!r}; known: {', '.join(experiments())}")
+    spec = load_spec(path, scale, {"data_dir": data_dir} if data_dir else None)
     folder = Path(out) if out else Path("runs") / f"reproduce-{name}-{scale}"
     code = run_sweep(spec, folder, address=address, cpus=cpus, say=say, bar=bar)
-    if code in (EXIT_BAD_INPUT, EXIT_INTERRUPTED) or not (folder / "sweep.json").exists():
+    if code == Exit.INTERRUPTED or not (folder / "sweep.json").exists():
         return code
     claims = spec.raw.get("reproduce", {})
     for group, series in claims.get("run_reports", {}).items():  # `testbed report`'s figures over those trials
@@ -47,8 +42,7 @@ def reproduce_command(name: str, *, scale: str, out: str = "", data_dir: str = "
     try:
         result = reproduce(folder, claims, scale=scale, command=command)
     except ReproduceError as exc:
-        print(f"testbed: error: {path}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise BadInput(f"{path}: {exc}") from None
     say("")
     say(f"{claims.get('title', name)} (paper {claims.get('paper', '?')}, {claims.get('figures', '')}), "
         f"scale {scale}:")

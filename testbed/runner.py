@@ -11,15 +11,11 @@ import sys
 import uuid
 from pathlib import Path
 
-from . import __version__
+from . import __version__, backends
 from .backend import Backend
+from .errors import BackendError, BadInput, Exit, LostSources, interrupted, warn
+from .errors import report as report_error
 from .spec import RunSpec, data_in_use
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_LOST_SOURCES = 3  # every arm finished and its summary and report are written, but sources were lost
-EXIT_INTERRUPTED = 130
 
 
 def new_run_id() -> str:
@@ -30,18 +26,12 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     """Every arm of ``spec`` on ``backend`` (default: local processes); the exit status."""
     from analysis.summary import SummaryError, compare, summarise_arm
 
-    from .errors import BackendError
-    from .local import LocalBackend
     from .traces import TraceError
 
+    backend = backend or backends.get(spec.backend).open(spec, say)
     run_id = new_run_id()
     out = Path(spec.out or Path("runs") / run_id)
-    try:
-        out.mkdir(parents=True, exist_ok=False)
-    except OSError as exc:
-        print(f"testbed: error: cannot create run directory {out}: {exc.strerror}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    backend = backend or LocalBackend(spec, say)
+    make_folder(out)
     data = data_in_use(spec)
     if data.startswith("synthetic") and spec.dataset == "cifar10":
         say(f"note: {data}; training on the deterministic synthetic CIFAR-shaped dataset")
@@ -66,58 +56,49 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
         status = "lost-sources" if lost else "ok"
     except KeyboardInterrupt:
         status = "interrupted"
-        print("testbed: interrupted; every process was stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (BackendError, TraceError, SummaryError) as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return interrupted("every process was stopped")
+    except (TraceError, SummaryError) as exc:
+        raise BackendError(str(exc)) from None
     finally:
         manifest["status"] = status
         manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         _write_json(out / "manifest.json", manifest)
     code = _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say)
     if lost:
-        print(f"testbed: error: {lost_message(lost, spec)}; summary and report written", file=sys.stderr)
-        return EXIT_LOST_SOURCES
+        raise LostSources(f"{lost_message(lost, spec)}; summary and report written")
     return code
 
 
-def run_on_this_machine(spec: RunSpec, say=print) -> int:
-    """A validated spec on the local or inproc backend (``testbed run``, and each trial of a sweep)."""
-    if spec.backend == "inproc":
-        from .inproc import InprocBackend
-        return run(spec, say, InprocBackend(spec, say))
-    if spec.sweep_bandwidth:
-        return sweep_bandwidth(spec, say)
-    return run(spec, say)
+def run_spec(spec: RunSpec, say=print) -> int:
+    """A validated spec on its backend (``testbed run``, and each trial of a sweep)."""
+    return sweep_bandwidth(spec, say) if spec.sweep_bandwidth else run(spec, say)
 
 
-def sweep_bandwidth(spec: RunSpec, say=print, backend_for=None) -> int:
+def sweep_bandwidth(spec: RunSpec, say=print) -> int:
     """``--sweep-bandwidth``: every arm once per rate, each rate an ordinary run folder
     (``<out>/<rate>``), then one report over them all (``<out>/report``: throughput
     against bandwidth among its figures). The exit status: failed if a run failed, else
     lost-sources if one lost sources, else 0; Ctrl-C stops the sweep."""
     parent = Path(spec.out or Path("runs") / f"sweep-{new_run_id()}")
-    try:
-        parent.mkdir(parents=True, exist_ok=False)
-    except OSError as exc:
-        print(f"testbed: error: cannot create run directory {parent}: {exc.strerror}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    make_folder(parent)
     codes, folders = [], []
     for rate in [r.strip() for r in spec.sweep_bandwidth.split(",")]:
         one = RunSpec(**{**spec.values, "bandwidth": rate, "sweep_bandwidth": "",
                          "out": str(parent / rate.replace("/", "-"))})
         say(f"sweep: --bandwidth {rate}")
-        code = run(one, say, backend_for(one) if backend_for else None)
-        if code == EXIT_INTERRUPTED:
+        try:
+            code = run(one, say)
+        except (BackendError, LostSources) as exc:  # the next rate runs
+            code = report_error(exc)
+        if code == Exit.INTERRUPTED:
             return code
         codes.append(code)
         if (Path(one.out) / "summary.json").exists():
             folders.append(one.out)
     if folders:
         report(folders, str(parent / "report"), say)
-    return EXIT_FAILED if EXIT_FAILED in codes else EXIT_LOST_SOURCES if EXIT_LOST_SOURCES in codes else \
-        max(codes, default=EXIT_OK)
+    return Exit.FAILED if Exit.FAILED in codes else Exit.LOST_SOURCES if Exit.LOST_SOURCES in codes else \
+        max(codes, default=Exit.OK)
 
 
 def lost_message(lost: list[tuple[str, dict]], spec=None) -> str:
@@ -150,7 +131,7 @@ def collect_release(release: str, *, namespace: str = "", context: str | None = 
     """`testbed collect RELEASE`: a run directory from a release installed by hand."""
     from analysis.summary import SummaryError, compare, summarise_arm
 
-    from .k8s import Cluster, ClusterError, collect
+    from .k8s import Cluster, collect
     from .k8s.collect import placement
     from .traces import TraceError
 
@@ -169,15 +150,13 @@ def collect_release(release: str, *, namespace: str = "", context: str | None = 
                     "cap": {"method": "kubernetes", "detail": "resources.limits.cpu per source pod"}}
         _write_json(out / "manifest.json", manifest)
         arms = {module: summarise_arm(out / module, module, found["sources"], found["cpu_cap"], "kubernetes")}
-    except (ClusterError, TraceError, SummaryError, OSError) as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (TraceError, SummaryError, OSError) as exc:
+        raise BackendError(str(exc)) from None
     say(f"collected {found['pods']} pods of release {release} -> {out}")
     code = _finish(out, {"run": release, "arms": arms, "comparison": compare(arms)}, say)
     lost = [(module, e) for e in arms[module].get("lost_sources") or []]
     if lost:
-        print(f"testbed: error: {lost_message(lost)}; summary and report written", file=sys.stderr)
-        return EXIT_LOST_SOURCES
+        raise LostSources(f"{lost_message(lost)}; summary and report written")
     return code
 
 
@@ -189,12 +168,11 @@ def report(run_dirs, out: str, say=print) -> int:
     try:
         result = write_report(run_dirs, target)
     except RunDirError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise BadInput(str(exc)) from None
     for problem in result.problems:
-        print(f"testbed: warning: {problem}", file=sys.stderr)
+        warn(problem)
     say(f"report: {result.markdown} ({len(result.figures) // 2} figures)")
-    return 0
+    return Exit.OK
 
 
 def _manifest(spec: RunSpec, run_id: str, data: str, backend: str) -> dict:
@@ -213,7 +191,7 @@ def _manifest(spec: RunSpec, run_id: str, data: str, backend: str) -> dict:
         "versions": {"splittest": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "numpy": numpy.__version__},
         **({"testbed_host": host, "host": {"nodes": "recorded as each arm ends (its pods' nodes)"}}
-           if backend == "k8s" else {"host": host}),
+           if getattr(backends.BACKENDS.get(backend), "cluster_host", False) else {"host": host}),
         "backend": backend,
     }
 
@@ -232,6 +210,14 @@ def _cluster_host(arms: dict) -> dict:
         if where.get("server_gpu") and where["server_gpu"] not in gpus:
             gpus.append(where["server_gpu"])
     return {"nodes": nodes, "server_gpu": gpus[0] if len(gpus) == 1 else (gpus or None)}
+
+
+def make_folder(folder: Path, what: str = "run directory", *, exist_ok: bool = False) -> None:
+    """``folder`` made, or bad input naming it (a run directory must be new)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as exc:
+        raise BadInput(f"cannot create {what} {folder}: {exc.strerror}") from None
 
 
 def _write_json(path: Path, value) -> None:

@@ -13,6 +13,8 @@ from workloads.data import (DATASETS, LAYOUTS, DataError, augmenting, class_coun
                             find_cifar100, folder_classes, list_folder)
 from workloads.models import block_count, build_split_model
 
+from . import backends
+from .errors import BadInput
 from .links.network import probe_kernel
 from .links.plan import plan_links
 from .options import option as declaration, run_options
@@ -20,7 +22,7 @@ from .options import option as declaration, run_options
 DEFAULT_ARMS = tuple(settings.option("module").run_default.split(","))
 
 
-class SpecError(ValueError):
+class SpecError(BadInput):
     """A bad argument; the message names it."""
 
 
@@ -118,51 +120,35 @@ def validate(spec: RunSpec) -> None:
     beyond = sorted(s for s in settings.drops(spec.drop) if s >= spec.sources)
     if beyond:
         raise SpecError(f"--drop names source {beyond[0]}, but sources are 0..{spec.sources - 1} (--sources {spec.sources})")
-    if spec.backend == "k8s" and isinstance(spec.cpu, tuple):
-        raise SpecError("--cpu with one value per source is for the local backend: the chart gives every "
-                        "source pod the same CPU limit")
-    if spec.backend == "k8s":
-        from .k8s.links import link_values  # a cluster enforces a fixed rate per source pod, no more
-        try:
-            link_values(spec)
-        except ValueError as exc:
-            raise SpecError(str(exc)) from None
-    if spec.backend == "inproc":  # before the links are planned: there are none to plan
-        _validate_inproc(spec)
-    values = spec.values
-    if spec.sweep_bandwidth:
-        if spec.bandwidth or spec.link_trace:
-            raise SpecError("--sweep-bandwidth sets each run's --bandwidth: leave out --bandwidth and --link-trace")
-        values = {**values, "bandwidth": spec.sweep_bandwidth.split(",")[0]}
-    try:
-        links = plan_links(values, spec.sources)
-    except ValueError as exc:  # LinkError, TraceFileError, a bad profile
-        raise SpecError(str(exc)) from None
+    backend = backends.get(spec.backend)
+    backend.check(spec)  # what this backend refuses; then what every backend needs
+    if spec.sweep_bandwidth and (spec.bandwidth or spec.link_trace):
+        raise SpecError("--sweep-bandwidth sets each run's --bandwidth: leave out --bandwidth and --link-trace")
+    planned_links(spec)
     if spec.download and not spec.data_dir:
         raise SpecError("--download needs --data-dir: the folder to download CIFAR-10 into")
     _validate_dataset(spec)
-    if spec.backend == "local":
-        if spec.data_pvc:
-            raise SpecError("--data-pvc is for the k8s backend; locally give the folder with --data-dir")
-        _validate_local(spec)
-        if links is not None:
-            _validate_links(links)
-    elif spec.backend == "k8s":
-        for option in run_options():
-            if option.local_only and spec.values[option.dest] != option.default:
-                instead = ON_K8S_INSTEAD.get(option.dest)
-                raise SpecError(f"{option.flag} is for the local backend only: "
-                                + (instead or option.help))
+    if not backend.cluster_host:
+        check_data_dir(spec)
 
 
-# what a local-only option's user gives on Kubernetes instead
-ON_K8S_INSTEAD = {"data_dir": "on Kubernetes give a PersistentVolumeClaim holding CIFAR-10 with --data-pvc NAME "
-                              "(mounted read-only at /data in the source pods; by hand: the chart's data.pvc or "
-                              "data.volume)"}
+def planned_links(spec: RunSpec):
+    """The emulated links of the spec's (first) run, or None for loopback; bad link
+    settings are a SpecError."""
+    values = spec.values
+    if spec.sweep_bandwidth:
+        values = {**values, "bandwidth": spec.sweep_bandwidth.split(",")[0]}
+    try:
+        return plan_links(values, spec.sources)
+    except ValueError as exc:  # LinkError, TraceFileError, a bad profile
+        raise SpecError(str(exc)) from None
 
 
-# what --backend inproc has no use for: one process, no sockets, no links
-NOT_INPROC = ("bandwidth", "link", "link_trace", "medium", "delay", "loss", "sweep_bandwidth", "drop", "data_pvc")
+def refuse_given(spec: RunSpec, dests, why: str) -> None:
+    """A SpecError naming every option of ``dests`` the spec gives (not at its empty value)."""
+    given = [declaration(dest).flag for dest in dests if spec.values[dest]]
+    if given:
+        raise SpecError(f"{', '.join(given)} cannot be used with --backend {spec.backend}: {why}")
 
 
 def _validate_adapt(spec: RunSpec) -> None:
@@ -186,26 +172,17 @@ def _validate_adapt(spec: RunSpec) -> None:
         raise SpecError(str(exc)) from None
 
 
-def _validate_inproc(spec: RunSpec) -> None:
-    """One process holds the arm: no link to emulate, no process of a source to kill."""
-    given = [declaration(dest).flag for dest in NOT_INPROC if spec.values[dest]]
-    if given:
-        raise SpecError(f"{', '.join(given)} cannot be used with --backend inproc: it runs each arm in one process, "
-                        "without sockets or links (use --backend local)")
-    _validate_data_dir(spec)
-
-
 def _validate_dataset(spec: RunSpec) -> None:
     """What the dataset needs on every backend: cifar100 and folder have no synthetic
     stand-in, so their data must be given; --classes must agree with the dataset."""
-    if DATASETS[spec.dataset] is not None:  # a folder's number lies in its data (_validate_data_dir checks it)
+    if DATASETS[spec.dataset] is not None:  # a folder's number lies in its data (check_data_dir checks it)
         try:
             class_count(spec.dataset, spec.classes)
         except DataError as exc:
             raise SpecError(str(exc)) from None
     if spec.download and spec.dataset not in ("cifar10", "cifar100"):
         raise SpecError(f"--download is for cifar10 and cifar100, not --dataset {spec.dataset}")
-    if spec.backend == "k8s" and spec.dataset in LAYOUTS:
+    if backends.get(spec.backend).cluster_host and spec.dataset in LAYOUTS:
         if not spec.data_pvc:
             raise SpecError(f"--dataset {spec.dataset} on Kubernetes needs --data-pvc: a claim holding "
                             f"{LAYOUTS[spec.dataset]}")
@@ -214,7 +191,7 @@ def _validate_dataset(spec: RunSpec) -> None:
                             "under train/ on the claim (the testbed cannot count them there)")
 
 
-def _validate_data_dir(spec: RunSpec) -> None:
+def check_data_dir(spec: RunSpec) -> None:
     """``--data-dir`` on this host, for the dataset asked for: it exists (or will be
     downloaded into) and holds CIFAR-10's layout, CIFAR-100's, or an image folder's
     (the last two are required: they have no synthetic stand-in)."""
@@ -249,18 +226,17 @@ def run_classes(spec: RunSpec) -> int:
     return class_count(spec.dataset, spec.classes)
 
 
-def _validate_local(spec: RunSpec) -> None:
-    """What only this host can check."""
+def check_host(spec: RunSpec) -> None:
+    """The cores and the port, which only this host can check."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if max(spec.cpus) > cores:
         raise SpecError(f"--cpu {max(spec.cpus):g} is more than this host's {cores} cores")
     if spec.server_cpus >= cores:
         raise SpecError(f"--server-cpus {spec.server_cpus} leaves no core for the sources: this host has {cores}")
-    _validate_data_dir(spec)
     check_port_free(spec.port)
 
 
-def _validate_links(links) -> None:
+def check_links_here(links) -> None:
     """What only this host's kernel and rights can say about emulated links."""
     if not sys.platform.startswith("linux"):
         raise SpecError("emulated links (--bandwidth, --link, --link-trace) need Linux network namespaces")
@@ -297,7 +273,7 @@ def data_in_use(spec: RunSpec) -> str:
 def _data_source(spec: RunSpec) -> str:
     if spec.dataset == "synthetic":
         return "synthetic"
-    if spec.backend == "k8s":
+    if backends.get(spec.backend).cluster_host:
         if spec.data_pvc:
             classes = f", {spec.classes} classes" if DATASETS[spec.dataset] is None else ""
             return (f"{spec.dataset} from PersistentVolumeClaim {spec.data_pvc} (read-only at /data in the "

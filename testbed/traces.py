@@ -1,8 +1,10 @@
-"""Reading trace files (JSON lines) back."""
+"""Reading trace files (JSON lines) back while a run goes on, with the project's one
+reader (analysis/jsonl.py); the events are declared in workloads/events.py."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from analysis import jsonl
 
 
 class TraceError(ValueError):
@@ -10,29 +12,17 @@ class TraceError(ValueError):
 
 
 def read_events(path: Path, *, strict: bool = True, start: int = 0) -> list[dict]:
-    """Events of one trace file. Non-strict skips a line still being written."""
+    """Events of one trace file. Non-strict skips a line still being written (and a
+    missing file); strict raises TraceError for either."""
     try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read()
+        found = jsonl.read(path, start=start)
     except FileNotFoundError:
         if strict:
             raise TraceError(f"trace {path} is missing") from None
         return []
-    events = []
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-            if not isinstance(event, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            if strict:
-                raise TraceError(f"{path}: line {number} is not a JSON event ({exc})") from None
-            continue
-        events.append(event)
-    return events
+    if strict and found.bad:
+        raise TraceError(f"{path}: line {found.bad[0]} is not a JSON event")
+    return found.objects
 
 
 class Tail:
@@ -43,17 +33,8 @@ class Tail:
 
     def new_events(self) -> list[dict]:
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
+            found = jsonl.read(self.path, start=self.offset, complete=True)  # a partly written line: next time
         except FileNotFoundError:
             return []
-        complete = data.rfind(b"\n") + 1  # leave a partly written line for next time
-        self.offset += complete
-        events = []
-        for line in data[:complete].splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-        return events
+        self.offset = found.end
+        return found.objects

@@ -43,9 +43,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-DWELL = 2          # intervals between two changes
-HYSTERESIS = 0.1   # threshold: the band around the target in which it holds
-WINDOW = 5         # harmonic: intervals in the mean
+from .option import Option
+
+SOURCE = ("source",)
+
+
+def _policy_choices() -> list[str]:
+    return ["", *policy_names()]
+
+
+def _levels(text: str):
+    return parse_levels(text)
+
+
+# The options of adaptation, declared here (workloads.settings lists them with the core's);
+# the policies' defaults are theirs.
+ADAPT = Option("adapt", str, "", "adapt the module's level (the filter family's budget, cdc's mask number, the "
+               "quality of jpeg and webp) to what each source measures of its link, with this policy: threshold or "
+               "harmonic (empty: the level is fixed; arms without a level run fixed)", SOURCE, choices=_policy_choices,
+               chart="workload.adapt", group="adapt")
+TARGET = Option("target", float, 0.0, "what --adapt aims at: samples/s per source", SOURCE, min=0,
+                chart="workload.target", group="adapt")
+TARGET_LATENCY = Option("target-latency", float, 0.0, "what --adapt aims at, instead of --target: seconds per "
+                        "training step", SOURCE, min=0, chart="workload.targetLatency", group="adapt")
+INTERVAL = Option("adapt-interval", float, 2.0, "seconds of training steps between two decisions of --adapt", SOURCE,
+                  positive=True, chart="workload.adaptInterval", group="adapt")
+DWELL = Option("adapt-dwell", int, 2, "intervals between two changes of level (the rate limit)", SOURCE, min=1,
+               chart="workload.adaptDwell", group="adapt")
+HYSTERESIS = Option("adapt-hysteresis", float, 0.1, "threshold: the band around the target in which the level "
+                    "holds, as a share of the target", SOURCE, min=0, max=0.9, chart="workload.adaptHysteresis",
+                    group="adapt")
+WINDOW = Option("adapt-window", int, 5, "harmonic: the intervals whose bandwidths are averaged", SOURCE, min=1,
+                chart="workload.adaptWindow", group="adapt")
+LEVELS = Option("adapt-levels", str, "", "the levels --adapt chooses among, comma-separated (default, the module's: "
+                "budgets from --budget doubling up to all maps; mask numbers 4..0; qualities 10,25,50,75,90)", SOURCE,
+                validate=_levels, chart="workload.adaptLevels", group="adapt")
+OPTIONS = (ADAPT, TARGET, TARGET_LATENCY, INTERVAL, DWELL, HYSTERESIS, WINDOW, LEVELS)
 
 
 @dataclass(frozen=True)
@@ -83,9 +116,10 @@ class Policy:
     fast but cannot rise and fall at every interval. Starts at the least compression unless
     ``start``."""
     name = ""
+    options: dict[str, Option] = {}  # the options only this policy reads, by its constructor's keyword
 
     def __init__(self, bytes_per_sample: Sequence[float], target: float, start: int | None = None,
-                 dwell: int = DWELL):
+                 dwell: int = DWELL.default):
         if not bytes_per_sample:
             raise ValueError("a policy needs at least one level")
         if target <= 0:
@@ -114,8 +148,10 @@ class Policy:
 
 class Threshold(Policy):
     name = "threshold"
+    options = {"hysteresis": HYSTERESIS}
 
-    def __init__(self, bytes_per_sample, target, start=None, dwell: int = DWELL, hysteresis: float = HYSTERESIS):
+    def __init__(self, bytes_per_sample, target, start=None, dwell: int = DWELL.default,
+                 hysteresis: float = HYSTERESIS.default):
         super().__init__(bytes_per_sample, target, start, dwell)
         self.hysteresis = hysteresis
 
@@ -142,8 +178,10 @@ class Threshold(Policy):
 
 class Harmonic(Policy):
     name = "harmonic"
+    options = {"window": WINDOW}
 
-    def __init__(self, bytes_per_sample, target, start=None, dwell: int = DWELL, window: int = WINDOW):
+    def __init__(self, bytes_per_sample, target, start=None, dwell: int = DWELL.default,
+                 window: int = WINDOW.default):
         super().__init__(bytes_per_sample, target, start, dwell)
         self.window = window
 
@@ -173,9 +211,13 @@ POLICIES: dict[str, Callable[..., Policy]] = {p.name: p for p in (Threshold, Har
 
 
 def create_policy(name: str, bytes_per_sample: Sequence[float], target: float, **options) -> Policy:
+    """Policy ``name``; ``options`` by keyword (start, dwell, and the policies' own options:
+    those of another policy are left out, so a source can pass every value it was given)."""
     if name not in POLICIES:
         raise ValueError(f"unknown adaptation policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name](bytes_per_sample, target, **options)
+    chosen = POLICIES[name]
+    others = {keyword for policy in POLICIES.values() for keyword in policy.options} - set(chosen.options)
+    return chosen(bytes_per_sample, target, **{k: v for k, v in options.items() if k not in others})
 
 
 def policy_names() -> list[str]:
@@ -195,7 +237,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
         raise ValueError(f"expected whole numbers separated by commas, got {text!r}") from None
 
 
-ADAPT_ONLY = ("target", "target_latency", "adapt_levels")  # what has no use without --adapt
+ADAPT_ONLY = (TARGET.dest, TARGET_LATENCY.dest, LEVELS.dest)  # what has no use without --adapt
 
 
 def check_unused(values: dict) -> None:
@@ -231,9 +273,9 @@ class Controller:
     compression first; ``bytes_per_sample``: what each sends per sample (both ways)."""
 
     def __init__(self, policy: str, values: Sequence[int], bytes_per_sample: Sequence[float], target: float,
-                 interval_s: float, dwell: int = DWELL):
+                 interval_s: float, dwell: int = DWELL.default, **options):
         self.values = tuple(values)
-        self.policy = create_policy(policy, bytes_per_sample, target, dwell=dwell)
+        self.policy = create_policy(policy, bytes_per_sample, target, dwell=dwell, **options)
         self.interval_s = interval_s
         self.intervals = 0
         self._reset()
@@ -261,7 +303,7 @@ class Controller:
 
 
 def replay(policy: str, bytes_per_sample: Sequence[float], target: float, measured: Iterable[Measurement],
-           dwell: int = DWELL) -> list[Decision]:
+           dwell: int = DWELL.default, **options) -> list[Decision]:
     """The decisions a fresh policy makes on ``measured`` (e.g. the inputs a run traced)."""
-    chosen = create_policy(policy, bytes_per_sample, target, dwell=dwell)
+    chosen = create_policy(policy, bytes_per_sample, target, dwell=dwell, **options)
     return [chosen.decide(m) for m in measured]

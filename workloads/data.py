@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import WorkloadError
+
 # CIFAR-10 statistics, used to standardise inputs.
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
@@ -76,7 +78,7 @@ class Dataset:
     classes: int  # labels lie in 0..classes-1
 
 
-class DataError(ValueError):
+class DataError(WorkloadError, ValueError):
     """The dataset cannot be loaded; the message says why."""
 
 

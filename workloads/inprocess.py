@@ -41,13 +41,12 @@ from pathlib import Path
 import psutil
 import torch
 
-from . import settings
-from .data import DataError
-from .protocol import ProtocolError
+from . import events, settings
+from .errors import Exit, WorkloadError
 from .server import Request, Server
-from .source import EXIT_ERROR, Source, SourceError, _resources, check
+from .source import Source, _resources, check
 from .trace import TraceWriter
-from .transport import InProcessConnection, ServerError, ServerTimeout
+from .transport import InProcessConnection
 
 ADDRESS = "inproc"
 PROG = "python -m workloads.inprocess"
@@ -154,11 +153,11 @@ class Arm:
 
     def start_server(self) -> None:
         args = role_args(self.args, "server")
-        self.trace.event("start", pid=os.getpid(), module=args.module, transport=ADDRESS,
+        self.trace.event(events.START, pid=os.getpid(), module=args.module, transport=ADDRESS,
                          settings=settings.effective(args, "server"))
         self.server = server = Server(args, self.trace)
         self.server_rng = torch.get_rng_state()
-        self.trace.event("listening", port=None, bind=ADDRESS, curve=False, max_request=server.max_request,
+        self.trace.event(events.LISTENING, port=None, bind=ADDRESS, curve=False, max_request=server.max_request,
                          device=str(server.device), module=args.module, model=args.model, split=args.split,
                          cut=list(server.cut_shape), torch=torch.__version__, threads=torch.get_num_threads(),
                          lr_scale=server.lr_scale)
@@ -178,7 +177,7 @@ class Arm:
             self.server_rng = torch.get_rng_state()
             torch.set_rng_state(mine)
             torch.set_num_threads(threads)
-        self.trace.event("request", **traced)
+        self.trace.event(events.REQUEST, **traced)
         return out
 
     def run_source(self, i: int) -> None:
@@ -189,28 +188,28 @@ class Arm:
         status, error = "error", ""
         try:
             check(args)
-            trace.event("start", pid=os.getpid(), module=args.module, model=args.model, split=args.split,
+            trace.event(events.START, pid=os.getpid(), module=args.module, model=args.model, split=args.split,
                         process_created=self.created, torch=torch.__version__, threads=torch.get_num_threads(),
                         transport=ADDRESS, settings=settings.effective(args, "source"))
             identity = f"source-{i}".encode()
             connection = InProcessConnection(lambda frames: self.respond(identity, frames),
                                              before_send=lambda: self.turns.take_turn(i), address=ADDRESS)
             source = Source(args, trace, connection)
-            trace.event("data", origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
+            trace.event(events.DATA, origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
                         train_samples=len(source.train.labels), test_samples=len(source.test.labels))
             source.hello()
             source.run()
             source.bye()
             status = "ok"
-            trace.event("end", status="ok", **_resources(self.created))
-        except (SourceError, DataError, ServerError, ServerTimeout, ProtocolError, ValueError) as exc:
+            trace.event(events.END, status="ok", **_resources(self.created))
+        except (WorkloadError, ValueError) as exc:  # as the source program catches them
             error = str(exc)
             print(f"source {i}: {exc}", file=sys.stderr)
-            trace.event("end", status="error", error=error, **_resources(self.created))
+            trace.event(events.END, status="error", error=error, **_resources(self.created))
         except BaseException as exc:  # noqa: BLE001 - a bug: its traceback in the log, its end in the trace
             error = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
-            trace.event("end", status="error", error=error, **_resources(self.created))
+            trace.event(events.END, status="error", error=error, **_resources(self.created))
         finally:
             self.ended[i] = (status, error)
             trace.close()
@@ -229,11 +228,11 @@ class Arm:
         peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         if failed:
             error = "; ".join(f"source {i}: {e or 'failed'}" for i, e in failed)
-            self.trace.event("end", status="error", error=error, served=served, peak_rss_mb=peak)
+            self.trace.event(events.END, status="error", error=error, served=served, peak_rss_mb=peak)
             print(f"inprocess: {error}", file=sys.stderr)
-            return EXIT_ERROR
-        self.trace.event("end", status="ok", served=served, peak_rss_mb=peak)
-        return 0
+            return Exit.ERROR
+        self.trace.event(events.END, status="ok", served=served, peak_rss_mb=peak)
+        return Exit.OK
 
 
 def _interrupt(signum, frame):
@@ -246,11 +245,11 @@ def main(argv=None) -> int:
     args = parse(argv)
     if not args.trace_dir:
         print(f"{PROG}: error: --trace-dir must name the arm folder the traces go to", file=sys.stderr)
-        return EXIT_ERROR
+        return Exit.ERROR
     if args.drop:
         print(f"{PROG}: error: --drop kills a source's process; in one process it would end them all",
               file=sys.stderr)
-        return EXIT_ERROR
+        return Exit.ERROR
     folder = Path(args.trace_dir)
     folder.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -260,12 +259,12 @@ def main(argv=None) -> int:
             arm.start_server()
         except ValueError as exc:
             print(f"server: {exc}", file=sys.stderr)
-            arm.trace.event("end", status="error", error=str(exc))
-            return EXIT_ERROR
+            arm.trace.event(events.END, status="error", error=str(exc))
+            return Exit.ERROR
         return arm.run()
     except KeyboardInterrupt:
-        arm.trace.event("end", status="interrupted")
-        return 130
+        arm.trace.event(events.END, status="interrupted")
+        return Exit.INTERRUPTED
     finally:
         arm.trace.close()
 

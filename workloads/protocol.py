@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import WorkloadError
+
 VERSION = 2
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 16
@@ -55,7 +57,7 @@ SERVER_PARTS = ("queue_s", "server_decode_s", "server_compute_s", "server_encode
 SERVER_TIMES = SERVER_PARTS + ("arrived_at", "replied_at")                            # and its wall clock
 
 
-class ProtocolError(ValueError):
+class ProtocolError(WorkloadError, ValueError):
     """A message that does not follow the protocol."""
 
 

@@ -40,11 +40,13 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .errors import WorkloadError
+
 SERVER, SOURCE = "server", "source"
 DOMAIN = "splittest"
 
 
-class KeysError(ValueError):
+class KeysError(WorkloadError, ValueError):
     """The key folder is missing a file or holds one that is not a key."""
 
 

@@ -18,30 +18,17 @@ socket as soon as it has fully arrived (also while the model computes: torch rel
 GIL), stamps that moment, and queues it; the main thread answers the requests one by one
 and hands each reply back to the receiver, which sends it (over an inproc socket pair: a
 ZeroMQ socket is used by one thread only). So every reply can say how long its request
-queued. Its ``times`` field carries (protocol.SERVER_TIMES; as text, see workloads/protocol.py),
-and the ``request`` trace event has (as numbers, 6 decimals, with server_s):
-
-    queue_s           s  from the request having fully arrived (taken off the socket) to the
-                         server beginning on it: the requests before it, and the hand-over
-    server_decode_s   s  the protocol's decode of the request and the module's decode
-    server_compute_s  s  the tail's forward (and backward and optimizer step when training);
-                         all the handling of hello, bye, ping and of a refused request
-    server_encode_s   s  the module's encode of the reply (the gradient or the predictions)
-    server_s          s  (trace only; the source adds it up too) server_decode_s +
-                         server_compute_s + server_encode_s: from beginning on the request to
-                         the reply's times being written. The protocol's encode of the reply,
-                         which writes them, and the hand-over to the receiver come after: the
-                         source counts them in its network_s
-    arrived_at        s  (reply only) time.time() as the request was taken off the socket
-    replied_at        s  (reply only) time.time() as server_s ended
+queued. Its ``times`` field carries (protocol.SERVER_TIMES; as text, see workloads/protocol.py)
+queue_s, server_decode_s, server_compute_s and server_encode_s, as the ``request`` trace
+event has them (with server_s, their sum; the event's fields and units are declared in
+workloads/events.py), then ``arrived_at`` (time.time() as the request was taken off the
+socket) and ``replied_at`` (time.time() as server_s ended), from which the source derives
+its one-way times.
 
 Requests, after ``hello``: ``train`` (a training step: the gradient back), ``infer`` (split
 inference: the predictions back), ``calibrate`` (with --bn-batches, before an evaluation:
 training batches through the current weights, for that source's BatchNorm statistics,
 workloads/batchnorm.py), ``bye``; ``ping`` at any time.
-
-``duration_s`` of the ``request`` event is from beginning on the request to its reply
-encoded (server_s and the protocol's encode of the reply).
 """
 from __future__ import annotations
 
@@ -60,11 +47,12 @@ import torch
 import zmq
 from torch import nn
 
-from . import batchnorm, protocol, security, settings
+from . import batchnorm, events, protocol, security, settings
 from .compression import create_server, get
 from .compression.base import state_bytes
 from .compression.shipping import load_flat_state
 from .data import INPUT_SHAPE, class_count
+from .errors import Exit, WorkloadError
 from .models import build_split_model
 from .protocol import Message, ProtocolError
 from .trace import TraceWriter
@@ -208,7 +196,7 @@ class Server:
                     continue
                 out, traced = self.respond(request)
                 receiver.reply(request.identity, out)
-                self.trace.event("request", **traced)  # after the reply is on its way
+                self.trace.event(events.REQUEST, **traced)  # after the reply is on its way
                 expected = self.args.expect_sources
                 if expected and sum(p.done for p in self.peers.values()) >= expected:
                     break
@@ -232,7 +220,7 @@ class Server:
             reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
             reply = Message("error", {"reason": reason})
             print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {reason}", file=sys.stderr)
-            self.trace.event("error", peer=self._who(identity), op=op, reason=reason)
+            self.trace.event(events.ERROR, peer=self._who(identity), op=op, reason=reason)
         laps.lap("compute")  # what the handling did not count elsewhere
         times = {"queue_s": laps.began - request.arrived, "server_decode_s": laps.parts["decode"],
                  "server_compute_s": laps.parts["compute"], "server_encode_s": laps.parts["encode"]}
@@ -272,7 +260,7 @@ class Server:
                 raise ProtocolError(f"bye for source {said!r} from the connection of source {peer.source}")
             peer.done = True
             self.calibrated.pop(peer.source, None)
-            self.trace.event("bye", peer=peer.source)
+            self.trace.event(events.BYE, peer=peer.source)
             return Message("bye", {})
         seq = message.fields.get("seq")
         if seq != peer.seq + 1:
@@ -304,7 +292,7 @@ class Server:
             raise ProtocolError(f"source {source} has already said hello")
         self.peers[identity] = Peer(source)
         self.taken[source] = identity
-        self.trace.event("hello", peer=source)
+        self.trace.event(events.HELLO, peer=source)
         return Message("welcome", {"device": str(self.device), **mine})
 
     def _labels(self, arrays, count: int) -> torch.Tensor:
@@ -356,7 +344,7 @@ class Server:
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
         self.tail_from = source
-        self.trace.event("tail_from", source=source, values=int(flat.size))
+        self.trace.event(events.TAIL_FROM, source=source, values=int(flat.size))
 
     def _train_new_parameters(self) -> None:
         """Modules may add layers when a source first sends them (a decoder per source):
@@ -444,7 +432,7 @@ def pick_device(name: str) -> torch.device:
 def main(argv=None) -> int:
     args = settings.parse("server", "splittest offload server", argv)
     trace = TraceWriter(args.trace or None, run=args.run_id, role="server", copy_dir=args.trace_dir)
-    trace.event("start", pid=os.getpid(), module=args.module, settings=settings.effective(args, "server"))
+    trace.event(events.START, pid=os.getpid(), module=args.module, settings=settings.effective(args, "server"))
     context = zmq.Context.instance()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -459,21 +447,21 @@ def main(argv=None) -> int:
     try:
         server = Server(args, trace)
         auth = listen(sock, args, server.max_request)
-        trace.event("listening", port=args.port, bind=args.bind, curve=server.curve, max_request=server.max_request,
-                    device=str(server.device), module=args.module,
+        trace.event(events.LISTENING, port=args.port, bind=args.bind, curve=server.curve,
+                    max_request=server.max_request, device=str(server.device), module=args.module,
                     model=args.model, split=args.split, cut=list(server.cut_shape), torch=torch.__version__,
                     threads=torch.get_num_threads(), lr_scale=server.lr_scale)
         server.serve(sock)
-        trace.event("end", status="ok", served={str(k): v for k, v in sorted(server.served.items())},
+        trace.event(events.END, status="ok", served={str(k): v for k, v in sorted(server.served.items())},
                     peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-        return 0
-    except ValueError as exc:
+        return Exit.OK
+    except (WorkloadError, ValueError) as exc:
         print(f"server: {exc}", file=sys.stderr)
-        trace.event("end", status="error", error=str(exc))
-        return 2
+        trace.event(events.END, status="error", error=str(exc))
+        return Exit.ERROR
     except KeyboardInterrupt:
-        trace.event("end", status="interrupted")
-        return 130
+        trace.event(events.END, status="interrupted")
+        return Exit.INTERRUPTED
     finally:
         sock.close(linger=0)
         if auth is not None:

@@ -24,6 +24,7 @@ import os
 import re
 from typing import Any
 
+from . import adapt
 from .option import ENV_PREFIX, PROGRAMS, Option, camel, flag, knob  # noqa: F401 (the declarations' machinery)
 
 def drops(text: str) -> dict[int, float]:
@@ -53,16 +54,6 @@ def _modules() -> list[str]:
 def _models() -> list[str]:
     from .models import MODELS
     return sorted(MODELS)
-
-
-def _policies() -> list[str]:
-    from .adapt import policy_names
-    return ["", *policy_names()]
-
-
-def _levels(text: str):
-    from .adapt import parse_levels
-    return parse_levels(text)
 
 
 def _datasets() -> list[str]:
@@ -113,21 +104,7 @@ CORE: tuple[Option, ...] = (
            chart="workload.bnBatches"),
     Option("pretrain-epochs", int, 3, "epochs a module that trains at the source (cdc, mcr2, entropic) trains "
            "there on its own before streaming", SRC, min=1, chart="workload.pretrainEpochs"),
-    Option("adapt", str, "", "adapt the module's level (the filter family's budget, cdc's mask number, the "
-           "quality of jpeg and webp) to what each source measures of its link, with this policy: threshold or harmonic "
-           "(empty: the level is fixed; arms without a level run fixed)", SRC, choices=_policies,
-           chart="workload.adapt", group="adapt"),
-    Option("target", float, 0.0, "what --adapt aims at: samples/s per source", SRC, min=0,
-           chart="workload.target", group="adapt"),
-    Option("target-latency", float, 0.0, "what --adapt aims at, instead of --target: seconds per training step", SRC,
-           min=0, chart="workload.targetLatency", group="adapt"),
-    Option("adapt-interval", float, 2.0, "seconds of training steps between two decisions of --adapt", SRC,
-           positive=True, chart="workload.adaptInterval", group="adapt"),
-    Option("adapt-dwell", int, 2, "intervals between two changes of level (the rate limit)", SRC, min=1,
-           chart="workload.adaptDwell", group="adapt"),
-    Option("adapt-levels", str, "", "the levels --adapt chooses among, comma-separated (default, the module's: "
-           "budgets from --budget doubling up to all maps; mask numbers 4..0; qualities 10,25,50,75,90)", SRC,
-           validate=_levels, chart="workload.adaptLevels", group="adapt"),
+    *adapt.OPTIONS,
     Option("lr", float, 0.01, "learning rate (SGD)", positive=True, chart="workload.lr"),
     Option("momentum", float, 0.9, "SGD momentum", min=0, max=1, chart="workload.momentum"),
     Option("weight-decay", float, 5e-4, "SGD weight decay", min=0, chart="workload.weightDecay"),

@@ -5,43 +5,13 @@ own shard of the data; each step sends the cut to the server and finishes the
 backward pass with the gradient that comes back. At the end of every epoch it
 evaluates test accuracy by split inference over the same connection.
 
-Each request's round trip is traced in parts (seconds, 6 decimals): a ``batch`` event per
-training step, an ``infer`` event per split-inference request (besides the epoch's
-``eval`` event; with ``--bn-batches``, before them, a ``calibrate`` event per request that
-recomputes the BatchNorm statistics: epoch, batch, samples, duration_s, bytes_sent,
-bytes_received, which the ``eval`` event's bytes include). One step, in order (what is
-measured at the source, on one clock):
-
-    latency_s      s  the whole step (batch: = duration_s, from the step's start to the
-                      optimizer steps done; infer: from the head's forward to the prediction
-                      in hand)
-    compute_s      s  the head's forward and the module's forward
-    encode_s       s  the module's encode and the protocol's encode of the request
-    rtt_s          s  from handing the request to the socket to having the reply (= wait_s)
-    decode_s       s  the protocol's decode of the reply (and the module's decode_grad)
-    backward_s     s  (batch only) the prune loss, backward, the optimizer steps
-                      compute_s + encode_s + rtt_s + decode_s (+ backward_s) <= latency_s
-
-What the server reports in its reply (see workloads/server.py), and what follows:
-
-    queue_s        s  the request's wait at the server, arrived to begun on
-    server_decode_s, server_compute_s, server_encode_s
-                   s  the server's parts; server_s their sum (queue_s + server_s <= rtt_s)
-    network_s      s  rtt_s - server_s - queue_s: the wire both ways and the sockets (one
-                      clock each side, so it holds across hosts; clamped at 0)
-    net_up_s       s  the server's arrived_at - the source's time.time() at the send
-    net_down_s     s  the source's time.time() with the reply - the server's replied_at
-                      (two wall clocks: meaningful where both share one, as on the local
-                      backend; across hosts they may even be negative)
-
-With ``--adapt`` (workloads/adapt.py) the source also traces ``adapt_start`` (policy,
-level_name, levels, bytes_per_sample of each level, target_samples_per_s, interval_s,
-dwell, value: the level it starts at) and, per interval of ``--adapt-interval`` seconds of
-training steps after the warm-up, ``adapt``: interval, samples, bytes (both ways),
-network_s, compute_s (the rest of the steps' time), samples_per_s, bandwidth_mbit_s (bytes
-/ network_s), previous and value (the level before and after), level (its index), changed,
-reason, apply_s (the seconds the change took: cdc fine-tunes), and nic_tx_bytes /
-nic_rx_bytes over the interval where the source has interfaces of its own.
+Its trace: ``start``, ``data``, ``connected``, the module's ``pretrain`` steps and
+``prepared``, then a ``batch`` event per training step and, per epoch, a ``calibrate``
+event per request with ``--bn-batches``, an ``infer`` event per split-inference request
+and the ``eval`` event; with ``--adapt`` (workloads/adapt.py) ``adapt_start`` and an
+``adapt`` event per interval; ``bye`` and ``end``. Each request's round trip is traced in
+parts, measured at the source on one clock, with what the server reports in its reply
+(see workloads/server.py). Every event, its fields and their units: workloads/events.py.
 """
 from __future__ import annotations
 
@@ -56,21 +26,20 @@ import numpy as np
 import psutil
 import torch
 
-from . import adapt, batchnorm, settings
+from . import adapt, batchnorm, events, settings
 from .compression import create_source, get, schedule_for
-from .data import DataError, augment_batch, augmenting, class_count, load_dataset, to_tensor_batch
+from .data import augment_batch, augmenting, class_count, load_dataset, to_tensor_batch
+from .errors import Exit, WorkloadError
 from .models import build_split_model
 from .protocol import Message, ProtocolError
 from .trace import TraceWriter
-from .transport import Connection, Exchange, ServerError, ServerGone, ServerTimeout, largest_reply
+from .transport import Connection, Exchange, ServerGone, ServerTimeout, largest_reply
 
-EXIT_ERROR = 2        # a bad setting, bad data, a refused request, no reply within --timeout
-EXIT_SERVER_GONE = 3  # the connection to the server was lost (heartbeat timeout or closed)
 AUGMENT_STREAM = 1    # the augmentation's generator: [seed, source id, this], apart from the data order's
 CALIBRATION_STREAM = 2  # --bn-batches' draws: [seed, source id, this, epoch], apart from training's
 
 
-class SourceError(RuntimeError):
+class SourceError(WorkloadError, RuntimeError):
     pass
 
 
@@ -163,7 +132,7 @@ class Source:
             except ServerTimeout:
                 raise ServerTimeout(f"no answer from the server {a.server} within --connect-timeout "
                                     f"{max(a.connect_timeout, a.timeout):g} s") from None
-        self.trace.event("connected", server=a.server, bytes_sent=exchange.bytes_sent,
+        self.trace.event(events.CONNECTED, server=a.server, bytes_sent=exchange.bytes_sent,
                          bytes_received=exchange.bytes_received, **exchange.reply.fields)
 
     def _pretrain_batches(self):
@@ -188,7 +157,7 @@ class Source:
         a = self.args
         started = time.perf_counter()
         self.module.prepare(self.head, self._pretrain_batches, self.trace)
-        self.trace.event("prepared", duration_s=round(time.perf_counter() - started, 6))
+        self.trace.event(events.PREPARED, duration_s=round(time.perf_counter() - started, 6))
         if self.levels:
             self.controller = self._controller()
         first = True
@@ -221,9 +190,10 @@ class Source:
             self.module.eval()  # no BatchNorm statistics updated by this count (train_mode restores it per step)
             costs = self.module.level_bytes(self.head(to_tensor_batch(self.train.images[picked])), self.levels)
         target = adapt.target_samples_per_s(a.target, a.target_latency, a.batch_size)
-        controller = adapt.Controller(a.adapt, self.levels, costs, target, a.adapt_interval, a.adapt_dwell)
+        controller = adapt.Controller(a.adapt, self.levels, costs, target, a.adapt_interval, a.adapt_dwell,
+                                      hysteresis=a.adapt_hysteresis, window=a.adapt_window)
         self.module.set_level(controller.value)
-        self.trace.event("adapt_start", policy=a.adapt, level_name=self.level_name, levels=list(self.levels),
+        self.trace.event(events.ADAPT_START, policy=a.adapt, level_name=self.level_name, levels=list(self.levels),
                          bytes_per_sample=list(costs), target_samples_per_s=target,
                          interval_s=a.adapt_interval, dwell=a.adapt_dwell, value=controller.value)
         self._nic = nic_bytes() if a.own_interface else None
@@ -261,7 +231,7 @@ class Source:
             if self._level_is_budget():
                 self.boost_steps = self.args.boost_epochs * self.args.batches
         self.trace.event(
-            "adapt", interval=self.controller.intervals, policy=self.args.adapt, samples=measured.samples,
+            events.ADAPT, interval=self.controller.intervals, policy=self.args.adapt, samples=measured.samples,
             bytes=measured.bytes, network_s=measured.network_s, compute_s=measured.compute_s,
             samples_per_s=round(measured.samples_per_s, 4),
             bandwidth_mbit_s=round(measured.bandwidth_bps / 1e6, 4) if measured.network_s > 0 else None,
@@ -302,7 +272,7 @@ class Source:
             self.module.after_step()
         done = time.perf_counter()
         self.trace.event(
-            "batch", epoch=epoch, batch=batch, samples=len(picked), warmup=warmup,
+            events.BATCH, epoch=epoch, batch=batch, samples=len(picked), warmup=warmup,
             duration_s=round(done - started, 6), latency_s=round(done - started, 6),
             **parts(computed - computing, encoded - computed, exchange, decoded - replied),
             backward_s=round(done - decoded, 6),
@@ -328,7 +298,7 @@ class Source:
             correct, sent, received, coded_bytes = self._split_inference(epoch)
         sent_bytes += sent
         received_bytes += received
-        self.trace.event("eval", epoch=epoch, budget=budget, samples=len(self.test.labels),
+        self.trace.event(events.EVAL, epoch=epoch, budget=budget, samples=len(self.test.labels),
                          accuracy=round(correct / len(self.test.labels), 6),
                          bytes_sent=sent_bytes, bytes_received=received_bytes, coded_sent=coded_bytes,
                          **self.module.eval_state())
@@ -349,7 +319,7 @@ class Source:
                 exchange = self._request("calibrate", self.module.encode(sent, side), batch=batch)
                 if exchange.reply.op != "calibrated":
                     raise ProtocolError(f"expected 'calibrated', got {exchange.reply.op!r}")
-                self.trace.event("calibrate", epoch=epoch, batch=batch, samples=len(picked),
+                self.trace.event(events.CALIBRATE, epoch=epoch, batch=batch, samples=len(picked),
                                  duration_s=round(time.perf_counter() - started, 6),
                                  bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
                 sent_bytes += exchange.bytes_sent
@@ -374,7 +344,7 @@ class Source:
             if pred is None or pred.shape != labels.shape:
                 raise ProtocolError(f"prediction of shape {None if pred is None else pred.shape}, expected {labels.shape}")
             done = time.perf_counter()
-            self.trace.event("infer", epoch=epoch, samples=len(labels), latency_s=round(done - computing, 6),
+            self.trace.event(events.INFER, epoch=epoch, samples=len(labels), latency_s=round(done - computing, 6),
                              **parts(computed - computing, encoded - computed, exchange),
                              bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received,
                              coded_sent=self.module.coded_bytes(arrays))
@@ -386,11 +356,11 @@ class Source:
 
     def bye(self) -> None:
         exchange = self.connection.request(Message("bye", {"source": self.args.source_id}))
-        self.trace.event("bye", bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
+        self.trace.event(events.BYE, bytes_sent=exchange.bytes_sent, bytes_received=exchange.bytes_received)
 
 
 def parts(compute_s: float, encode_s: float, exchange: Exchange, decode_s: float = 0.0) -> dict:
-    """One request's parts as traced (see the module docstring): ``encode_s`` and ``decode_s``
+    """One request's parts as traced (their meaning: workloads/events.py): ``encode_s`` and ``decode_s``
     are the module's, to which the exchange adds the protocol's."""
     return {"compute_s": round(compute_s, 6), "encode_s": round(encode_s + exchange.encode_s, 6),
             "decode_s": round(exchange.decode_s + decode_s, 6), **exchange.parts()}
@@ -424,7 +394,7 @@ def arm_drop(args, created: float, trace: TraceWriter) -> threading.Thread | Non
 
     def drop() -> None:
         time.sleep(max(0.0, created + after - time.time()))
-        trace.event("drop", after_s=after)
+        trace.event(events.DROP, after_s=after)
         os.kill(os.getpid(), signal.SIGKILL)
 
     thread = threading.Thread(target=drop, name="drop", daemon=True)
@@ -441,28 +411,28 @@ def main(argv=None) -> int:
     try:
         check(args)
         arm_drop(args, created, trace)
-        trace.event("start", pid=psutil.Process().pid, module=args.module, model=args.model, split=args.split,
+        trace.event(events.START, pid=psutil.Process().pid, module=args.module, model=args.model, split=args.split,
                     process_created=created, torch=torch.__version__, threads=torch.get_num_threads(),
                     settings=settings.effective(args, "source"))
         source = Source(args, trace)
-        trace.event("data", origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
+        trace.event(events.DATA, origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
                     train_samples=len(source.train.labels), test_samples=len(source.test.labels))
         source.hello()
         source.run()
         source.bye()
-        trace.event("end", status="ok", **_resources(created))
-        return 0
+        trace.event(events.END, status="ok", **_resources(created))
+        return Exit.OK
     except ServerGone as exc:
         print(f"source {args.source_id}: {exc}", file=sys.stderr)
-        trace.event("end", status="server-gone", error=str(exc), **_resources(created))
-        return EXIT_SERVER_GONE
-    except (SourceError, DataError, ServerError, ServerTimeout, ProtocolError, ValueError) as exc:
+        trace.event(events.END, status="server-gone", error=str(exc), **_resources(created))
+        return Exit.SERVER_GONE
+    except (WorkloadError, ValueError) as exc:  # a module's ValueError: a setting it cannot take
         print(f"source {args.source_id}: {exc}", file=sys.stderr)
-        trace.event("end", status="error", error=str(exc), **_resources(created))
-        return EXIT_ERROR
+        trace.event(events.END, status="error", error=str(exc), **_resources(created))
+        return Exit.ERROR
     except KeyboardInterrupt:
-        trace.event("end", status="interrupted", **_resources(created))
-        return 130
+        trace.event(events.END, status="interrupted", **_resources(created))
+        return Exit.INTERRUPTED
     finally:
         if source is not None:
             source.connection.close()

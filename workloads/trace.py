@@ -2,6 +2,9 @@
 
 Locally each process appends to its own file; with no file (as in a pod) the events
 go to stdout, where the Kubernetes backend collects them. One schema serves both.
+Every event is declared, with its fields and their units, in workloads/events.py; a
+writer names it by its constant there (``trace.event(events.BATCH, ...)``), and an
+undeclared name is refused.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import IO
+
+from . import events
 
 
 class TraceWriter:
@@ -27,6 +32,8 @@ class TraceWriter:
             self._copy = open(Path(copy_dir) / name, "a", buffering=1, encoding="utf-8")
 
     def event(self, kind: str, **fields) -> dict:
+        """Write one event: ``kind`` must be declared for this role (events.UndeclaredEvent if not)."""
+        events.check(self.role, kind)
         record = {"t": round(time.time(), 6), "run": self.run, "role": self.role,
                   "source": self.source, "event": kind, **fields}
         line = json.dumps(record, separators=(",", ":")) + "\n"

@@ -10,6 +10,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol, security, settings
+from .errors import Exit, WorkloadError
 from .protocol import Message, ProtocolError
 
 # A source has one request in flight; a high-water mark of a few messages keeps
@@ -28,17 +29,18 @@ PROBE_S = 1.0
 FROM_SERVER = protocol.SERVER_PARTS + ("server_s", "network_s", "net_up_s", "net_down_s")
 
 
-class ServerError(RuntimeError):
+class ServerError(WorkloadError, RuntimeError):
     """The server answered with an error message."""
 
 
-class ServerTimeout(RuntimeError):
+class ServerTimeout(WorkloadError, RuntimeError):
     """No reply within the timeout."""
 
 
-class ServerGone(RuntimeError):
+class ServerGone(WorkloadError, RuntimeError):
     """The connection to the server was lost while a reply was awaited (no heartbeat
     within the heartbeat timeout, or the server closed it): it is not coming back."""
+    status = Exit.SERVER_GONE
 
 
 @dataclass

@@ -105,3 +105,13 @@ class KubernetesBackend(Backend):
             # Ctrl-C or a bug: let the original propagate as it is, and say what was left behind.
             what = "interrupted" if isinstance(failure, KeyboardInterrupt) else f"{type(failure).__name__}: {failure}"
             self.warn(f"testbed: warning: {what}; then {left}")
+
+
+def open_backend(spec: RunSpec, say=print) -> KubernetesBackend:
+    """The backend of ``testbed run --backend k8s``: the cluster of the kube context (its
+    namespace), reachable, with the spec's images, waits and ``--keep``."""
+    cluster = Cluster(namespace=spec.namespace, context=spec.kube_context or None)
+    say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {cluster.namespace}")
+    return KubernetesBackend(spec, cluster, keep=spec.keep, source_image=spec.source_image,
+                             server_image=spec.server_image, wait_s=spec.wait, pending_timeout_s=spec.pending_timeout,
+                             say=say)

@@ -11,6 +11,9 @@ import json
 import signal
 from pathlib import Path
 
+from analysis.jsonl import parse
+from workloads.events import DROP, END, LOST, ROLE_TESTBED, START
+
 from .cluster import Cluster, ClusterError
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -24,11 +27,8 @@ def split_pod_log(text: str) -> tuple[list[str], list[str]]:
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("{"):
-            try:
-                parsed = json.loads(stripped)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict) and "event" in parsed:
+            parsed = parse(stripped)
+            if parsed is not None and "event" in parsed:
                 events.append(stripped)
                 continue
         if stripped:
@@ -82,9 +82,9 @@ def collect(cluster: Cluster, release: str, directory: Path, streamed=None) -> d
         events, other = split_pod_log(text)
         (directory / f"{name}.jsonl").write_text("".join(e + "\n" for e in events))
         (directory / "logs" / f"{name}.log").write_text("".join(o + "\n" for o in other))
-        parsed = [json.loads(line) for line in events]
+        parsed = [parse(line) for line in events]
         for event in parsed:
-            if event.get("event") == "start" and event.get("module"):
+            if event.get("event") == START and event.get("module"):
                 module = event["module"]
         if component == "source" and (pod.status.phase if pod.status else None) == "Failed":
             lost.append(lost_event(pod, int(name.split("-")[1]), parsed))
@@ -99,7 +99,7 @@ def lost_event(pod, source: int, events: list[dict]) -> dict:
     """The ``lost`` event of a failed source pod, its cause from the pod's status (as the
     local backend words it: "killed by SIGKILL", "exit status 2: <the error>", with the
     container's reason when Kubernetes gives one: OOMKilled, Error, ...)."""
-    end = [e for e in events if e.get("event") == "end"]
+    end = [e for e in events if e.get("event") == END]
     if end and end[-1].get("status") == "server-gone":
         raise ClusterError(f"the server is gone: source pod {pod.metadata.name} (source {source}) ended with: "
                            f"{end[-1].get('error')}")
@@ -130,9 +130,9 @@ def lost_event(pod, source: int, events: list[dict]) -> dict:
     finished = terminated.finished_at if terminated and terminated.finished_at else None
     when = finished.timestamp() if finished else max((e.get("t", 0) for e in events), default=0)
     run = next((e.get("run") for e in events if e.get("run")), None)
-    return {"t": round(when, 6), "run": run, "role": "testbed", "source": source, "event": "lost", "cause": cause,
+    return {"t": round(when, 6), "run": run, "role": ROLE_TESTBED, "source": source, "event": LOST, "cause": cause,
             "signal": signame, "exit_status": None if signame else code, "reason": reason,
-            "injected": any(e.get("event") == "drop" for e in events)}
+            "injected": any(e.get("event") == DROP for e in events)}
 
 
 def _cpu_limit(pod) -> float | None:

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from workloads import events
+
 from .network import SERVER_ADDRESS, Network, NetworkError, source_address
 from .plan import LinkPlan
 
@@ -45,7 +47,7 @@ class ArmLinks:
         for entry, source in zip(facts["sources"], self.plan.sources):  # the delay each source's link got
             entry.update(interface="eth0", address=source_address(entry["source"]),
                          delay_ms=self.plan.delay_ms(source, delay_emulated))
-        self._event("link", **facts, server_address=SERVER_ADDRESS,
+        self._event(events.LINK, **facts, server_address=SERVER_ADDRESS,
                     kernel={"qdiscs": self.kernel.get("qdiscs", []), "netem": delay_emulated},
                     delay_emulated=delay_emulated or not (self.plan.profile_delay_ms or self.plan.needs_netem),
                     namespaces={"hub": self.network.hub, "server": self.network.server_ns,
@@ -100,9 +102,10 @@ class ArmLinks:
 
     def _counters(self, phase: str) -> None:
         for s in self.plan.sources:
-            self._event("nic", source=s.source, phase=phase, **self.network.counters(s.source))
+            self._event(events.NIC, source=s.source, phase=phase, **self.network.counters(s.source))
 
     def _event(self, kind: str, **fields) -> None:
+        events.check(events.ROLE_LINK, kind)
         with open(self.path, "a", encoding="utf-8") as out:
             out.write(json.dumps({"t": round(time.time(), 6), "event": kind, **fields}, separators=(",", ":")) + "\n")
 

@@ -7,7 +7,7 @@ A small process the testbed starts right before the sources and stops after them
   trace's schedule (every ``bin_s``, only when the rate changes) and records each change;
 - samples every source's interface counters every ``sample_s`` (``sample`` events).
 
-Events go to the arm's ``link.jsonl`` (schema: testbed/links/__init__.py). It runs until
+Events go to the arm's ``link.jsonl`` (declared in workloads/events.py). It runs until
 SIGTERM or SIGINT, then records a last sample and exits 0.
 
 PLAN.json: ``{"out": path, "sample_s": s, "shapers": [{namespace, device, direction,
@@ -20,6 +20,8 @@ import json
 import signal
 import sys
 import time
+
+from workloads import events
 
 from .network import _burst, _index, _ipr, _rate
 from .schedule import Schedule
@@ -43,12 +45,13 @@ class Controller:
         return self.sockets[namespace]
 
     def event(self, kind: str, **fields) -> None:
+        events.check(events.ROLE_LINK, kind)
         self.out.write(json.dumps({"t": round(time.time(), 6), "event": kind, **fields}, separators=(",", ":")) + "\n")
 
     def run(self) -> None:
         shapers = self.plan["shapers"]
         for shaper in shapers:
-            self.event("capacity", direction=shaper["direction"], source=shaper["source"], bps=shaper["bps"])
+            self.event(events.CAPACITY, direction=shaper["direction"], source=shaper["source"], bps=shaper["bps"])
         start = time.monotonic()
         bins = [s.bin_s for s in self.schedules.values()]
         tick = min([self.sample_s, *bins])
@@ -75,13 +78,13 @@ class Controller:
         ip.tc("change-class", "htb", index=_index(ip, shaper["device"]), handle="1:10", parent="1:",
               rate=_rate(bps), ceil=_rate(bps), burst=_burst(bps), cburst=_burst(bps))
         shaper["bps"] = bps
-        self.event("capacity", direction=shaper["direction"], source=shaper["source"], bps=bps)
+        self.event(events.CAPACITY, direction=shaper["direction"], source=shaper["source"], bps=bps)
 
     def sample(self) -> None:
         for source in self.plan["sources"]:
             ip = self._ip(source["namespace"])
             stats = ip.get_links(_index(ip, "eth0"))[0].get_attr("IFLA_STATS64")
-            self.event("sample", source=source["source"], tx_bytes=int(stats["tx_bytes"]),
+            self.event(events.SAMPLE, source=source["source"], tx_bytes=int(stats["tx_bytes"]),
                        rx_bytes=int(stats["rx_bytes"]))
 
     def close(self) -> None:

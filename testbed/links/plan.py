@@ -92,7 +92,7 @@ class LinkPlan:
         return round(min(600.0, max(floor_s, 4 * wire_s)), 1)
 
     def describe(self) -> dict:
-        """The ``link`` event's facts (testbed/links/__init__.py)."""
+        """The ``link`` event's facts (declared in workloads/events.py)."""
         return {"medium": self.medium, "duplex": self.duplex, "profile": self.profile, "label": self.label,
                 "channel": None if self.channel is None else {"up_bps": self.channel.up, "down_bps": self.channel.down},
                 "trace_up": self.trace_up.name if self.trace_up else None,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .. import backends
+from ..errors import Exit, TrialsFailed, interrupted, warn
+from ..errors import report as report_error
 from .spec import SweepSpec, SweepSpecError, Trial, load_spec  # noqa: F401
 from .table import FINISHED, SweepTable
-
-EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def default_out(spec: SweepSpec) -> Path:
@@ -26,7 +27,7 @@ def trial_settings(spec: SweepSpec, trial: Trial, index: int) -> dict:
     """What a trial's ``testbed run`` gets: the spec's settings, the backend, quiet. Trials of
     the local fleet that may run side by side get ports of their own."""
     settings = {**trial.settings, "backend": spec.backend, "quiet": False}
-    if spec.backend == "local":
+    if backends.get(spec.backend).own_ports:
         from workloads.settings import option
         settings["port"] = settings.get("port", option("port").default) + index
     return settings
@@ -44,18 +45,15 @@ def check_trials(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: float | None = None,
-              say=print, bar: bool = True) -> int:
-    from .pool import RayError, run_trials, start_ray, stop_ray
+              say=print, bar: bool = True) -> Exit:
+    """Every trial of ``spec`` not finished before; raises bad input (SweepSpecError) before
+    anything starts, and an error when Ray cannot be started or joined. Failed trials are
+    reported in one line: the status is then Exit.FAILED."""
+    from ..runner import make_folder
+    from .pool import run_trials, start_ray, stop_ray
 
-    try:
-        check_trials(spec)
-        out.mkdir(parents=True, exist_ok=True)
-    except SweepSpecError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        print(f"testbed: error: cannot create sweep folder {out}: {exc.strerror}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    check_trials(spec)
+    make_folder(out, "sweep folder", exist_ok=True)
     table = SweepTable(out, spec)
     todo = table.todo()
     kept = f", {len(table.kept)} finished before (kept)" if table.kept else ""
@@ -64,11 +62,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
         f"{f', {spec.gpus_per_trial:g} GPU' if spec.gpus_per_trial else ''} each) -> {out}")
     table.write()
     if todo:
-        try:
-            offered = start_ray(address, cpus)
-        except RayError as exc:
-            print(f"testbed: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        offered = start_ray(address, cpus)
         say(f"ray: {offered['address']}, {offered['nodes']} node(s), {offered['cpus']:g} CPU, "
             f"{offered['gpus']:g} GPU: up to {_at_once(spec, offered)} trials at once")
         progress = _progress_bar(len(spec.trials), len(table.kept), enabled=bar)
@@ -86,8 +80,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
                        on_done=finished)
         except KeyboardInterrupt:
             progress.close()
-            print("testbed: interrupted; every trial was stopped (the next invocation resumes)", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return interrupted("every trial was stopped (the next invocation resumes)")
         finally:
             progress.close()
             table.write(finished=True)
@@ -98,11 +91,11 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
     _run_report(spec, out, say)
     failed = table.failed()
     if failed:
-        print(f"testbed: error: {len(failed)} of {len(spec.trials)} trials failed: "
-              + "; ".join(f"{r['trial']} ({r['error']})" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
-              + " (sweep.json has every error; run the command again to retry them)", file=sys.stderr)
-        return EXIT_TRIALS_FAILED
-    return EXIT_OK
+        return report_error(TrialsFailed(
+            f"{len(failed)} of {len(spec.trials)} trials failed: "
+            + "; ".join(f"{r['trial']} ({r['error']})" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
+            + " (sweep.json has every error; run the command again to retry them)"))
+    return Exit.OK
 
 
 def _pending(table: SweepTable) -> int:
@@ -162,5 +155,5 @@ def _report(out: Path, say) -> None:
         return
     result = write_sweep_report(out)
     for problem in result.problems:
-        print(f"testbed: warning: {problem}", file=sys.stderr)
+        warn(problem)
     say(f"report: {result.markdown} ({len(result.figures) // 2} figures)")

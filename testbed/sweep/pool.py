@@ -10,14 +10,16 @@ import os
 import time
 from typing import Callable, Iterable
 
+from ..errors import TestbedError
 from .trial import execute
 
 OBJECT_STORE_BYTES = 200 * 1024 ** 2  # results are small dicts: keep Ray's store (shared memory) small
 CANCEL_WAIT_S = 60.0
 
 
-class RayError(RuntimeError):
-    """Ray could not be started or joined; the message says why."""
+class RayError(TestbedError, RuntimeError):
+    """Ray could not be started or joined; the message says why (the run failed: exit 1,
+    whether a local Ray could not start or a cluster could not be reached)."""
 
 
 def start_ray(address: str | None, cpus: float | None) -> dict:

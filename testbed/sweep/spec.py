@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BACKENDS = ("inproc", "local")
+from .. import backends
+from ..errors import BadInput
 SCALES = ("smoke", "medium", "paper")  # minutes on 2 cores; at most 30 of them, 2 seeds; the paper's settings
 TOP_LEVEL = {"name", "description", "backend", "cpus_per_trial", "gpus_per_trial", "timeout_s", "base", "grid",
              "arms", "scale", "reproduce"}
@@ -29,7 +30,7 @@ ARM_ONLY = {"label"}
 NOT_IN_SPEC = {"out", "quiet", "backend", "sweep_bandwidth"}  # the sweep sets these for every trial
 
 
-class SweepSpecError(ValueError):
+class SweepSpecError(BadInput):
     """A bad sweep spec; the message names the file and the problem."""
 
 
@@ -82,8 +83,8 @@ def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict 
         raise SweepSpecError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(TOP_LEVEL))}")
     backend = raw.get("backend", "inproc")
-    if backend not in BACKENDS:
-        raise SweepSpecError(f"{where}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in backends.sweepable():
+        raise SweepSpecError(f"{where}: backend must be one of {', '.join(backends.sweepable())}, got {backend!r}")
     if scale is not None and scale not in SCALES:
         raise SweepSpecError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     scales = raw.get("scale") or {}
@@ -112,7 +113,7 @@ def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict 
     _check_unique(trials, where)
     for trial in trials:
         _beside_spec(trial.settings, path.parent, given)
-    cpus = raw.get("cpus_per_trial", 1.0 if backend == "inproc" else float(os.cpu_count() or 1))
+    cpus = raw.get("cpus_per_trial", backends.get(backend).trial_cpus or float(os.cpu_count() or 1))
     if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
         raise SweepSpecError(f"{where}: cpus_per_trial must be a positive number, got {cpus!r}")
     gpus = raw.get("gpus_per_trial", 0.0)

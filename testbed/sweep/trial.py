@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import Exit, exit_status
 from ..local import child_environment, die_with_parent
 
 LOG = "sweep-trial.log"  # the trial's terminal output, in its run directory
-STATUS_BY_CODE = {0: "ok", 3: "lost-sources"}
+STATUS_BY_CODE = {Exit.OK: "ok", Exit.LOST_SOURCES: "lost-sources"}
 
 
 def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> dict:
@@ -83,18 +84,17 @@ def _arm_summary(folder: Path, module: str) -> dict | None:
 
 def main(argv=None) -> int:
     """The trial's own process: one ``testbed run`` of the settings into the folder."""
-    from ..runner import EXIT_BAD_INPUT, run_on_this_machine
-    from ..spec import RunSpec, SpecError, validate
+    from ..runner import run_spec
+    from ..spec import RunSpec, validate
 
     folder, settings = argv if argv is not None else sys.argv[1:]
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
+
+    def trial() -> int:
         spec = RunSpec(**{**json.loads(settings), "out": folder})
         validate(spec)
-    except SpecError as exc:
-        print(f"testbed: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return run_on_this_machine(spec, say=print)
+        return run_spec(spec, say=print)
+    return exit_status(trial)
 
 
 def _interrupt(signum, frame):

@@ -36,7 +36,6 @@ from .registry import CompressionConfig, Deviation, Levels, ModuleSpec, register
 LATENT_CHANNELS = 16
 DECODER_PREFIX = "decoder."
 PRETRAIN_LR = 1e-2  # Adam; the autoencoder settles within about a hundred steps
-ADAPT_FINETUNE_STEPS = 32  # under --adapt a new mask number fine-tunes this many steps (the link will not wait)
 
 
 def levels(mask: int) -> int:
@@ -134,6 +133,7 @@ class CdcSource(SourcePart):
         self.mask_schedule = parse_mask_schedule(config.mask_schedule)
         first = self.mask_schedule[0][0] if self.mask_schedule else config.mask_number
         self.mask, self.bits, self.alpha = first, bits_per_value(first), config.alpha
+        self.adapt_steps = config.adapt_finetune_steps
         self.encoder, self.decoder = _encoder(), _decoder()
         self.classifier = _elementary_classifier(config.classes)
         self.decoder_sent = False
@@ -169,7 +169,7 @@ class CdcSource(SourcePart):
         """--adapt's mask number: fine-tuned briefly from the current weights; the decoder crosses again."""
         if value != self.mask:
             self.mask, self.bits = value, bits_per_value(value)
-            self._fit("adapt", ADAPT_FINETUNE_STEPS)
+            self._fit("adapt", self.adapt_steps)
             self.decoder_sent = False
 
     def level_bytes(self, maps, values):
@@ -257,6 +257,8 @@ KNOBS = (
     knob("mask-schedule", str, "", "mask numbers over epochs, M:EPOCHS,... (a change fine-tunes the autoencoder)",
          ("source",), validate=parse_mask_schedule),
     knob("alpha", float, 48.0, "the elementary classifier's loss is attenuated by 1/alpha", positive=True),
+    knob("adapt-finetune-steps", int, 32, "under --adapt, a new mask number fine-tunes the autoencoder this many "
+         "steps from its current weights (the link will not wait for a whole pass)", ("source",), min=1),
 )
 
 register(ModuleSpec(
