@@ -39,6 +39,9 @@ BACKENDS: dict[str, BackendKind] = {kind.name: kind for kind in (
 )}
 
 
+SWEEP_DEFAULT = "inproc"  # a sweep spec that names no backend: accuracy sweeps are the common case
+
+
 def get(name: str) -> BackendKind:
     try:
         return BACKENDS[name]

@@ -51,6 +51,10 @@ class BackendError(TestbedError, RuntimeError):
     """A process, pod or cluster call of the run failed; the message says which and why."""
 
 
+class CapError(TestbedError, RuntimeError):
+    """A CPU cap or pinning could not be set; the message says which and why."""
+
+
 class LostSources(TestbedError):
     """Every arm finished, but sources were lost (the summary and report are written)."""
     status = Exit.LOST_SOURCES

@@ -13,7 +13,7 @@ from pathlib import Path
 from .backend import ArmResult
 from .cpucap import Cap
 from .errors import BackendError
-from .local import POLL_S, Fleet, _describe_exit, server_thread_count
+from .processes import POLL_S, Fleet, describe_exit, server_thread_count, torch_threads
 from .progress import Progress
 from .signals import signals_deferred
 from .spec import RunSpec, refuse_given
@@ -22,11 +22,6 @@ NO_CAP = Cap.method  # the cap method that caps nothing (the base Cap's)
 NAME = "arm"  # the arm's one process, in the fleet and as logs/arm.log
 # what it has no use for: one process, no sockets, no links
 NOT_INPROC = ("bandwidth", "link", "link_trace", "medium", "delay", "loss", "sweep_bandwidth", "drop", "data_pvc")
-
-
-def source_threads(cpu: float) -> int:
-    """A source's torch threads on the local backend: its cap rounded up."""
-    return max(1, int(cpu + 0.999))
 
 
 class InprocBackend:
@@ -47,7 +42,7 @@ class InprocBackend:
         # the torch threads the local backend gives each program, so that the arithmetic is the same
         options = {**s.workload_options(module), "run_id": f"{run_id}/{module}", "trace_dir": str(directory),
                    "threads": server_thread_count(s)}
-        argv = to_argv(options) + ["--source-threads", ",".join(str(source_threads(c)) for c in s.cpus)]
+        argv = to_argv(options) + ["--source-threads", ",".join(str(torch_threads(c)) for c in s.cpus)]
         fleet = Fleet(directory)
         try:
             proc = fleet.start(NAME, "workloads.inprocess", argv, trace=directory / "server.jsonl")
@@ -58,7 +53,7 @@ class InprocBackend:
             if progress is not None:
                 progress.update()
             if proc.returncode != 0:
-                raise BackendError(_describe_exit("the in-process arm", fleet, NAME))
+                raise BackendError(describe_exit("the in-process arm", fleet, NAME))
         finally:
             with signals_deferred():  # a second Ctrl-C or a SIGTERM waits for the cleanup
                 fleet.stop()

@@ -5,9 +5,7 @@ and on Ctrl-C, and a second Ctrl-C or a SIGTERM during that cleanup waits for it
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,24 +15,21 @@ from pathlib import Path
 from workloads import events, settings
 
 from .backend import ArmResult
-from .cpucap import Cap, CapError, SuspendResumeCap, available_cpus, make_cap, oversubscription
+from .cpucap import Cap, CapError, available_cpus, make_cap, oversubscription
 from .errors import BackendError
 from .signals import signals_deferred
 from .keys import make_run_keys
 from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
 from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
+from .processes import (POLL_S, STOP_GRACE_S, Fleet, chain, describe_exit, server_cpus, server_thread_count,
+                        signal_group, torch_threads)
 from .progress import Progress
 from .spec import RunSpec, SpecError, check_host, check_links_here, planned_links
 from .traces import read_events
 
 SERVER_READY_TIMEOUT_S = 180.0
 SERVER_EXIT_TIMEOUT_S = 30.0
-STOP_GRACE_S = 5.0
-POLL_S = 0.25
-PR_SET_PDEATHSIG = 1
-PREEXEC_MARK = "testbed: before exec: "  # how a child's preexec failure reaches its log
-ENV_PREFIX = "SPLITTEST_"
 
 
 class LocalBackend:
@@ -72,11 +67,6 @@ class LocalBackend:
                        links=self.links, kernel=self.kernel)
 
 
-def server_cpus(spec) -> int:
-    """``--server-cpus`` (0: the server is not pinned)."""
-    return int(getattr(spec, "server_cpus", 0) or 0)
-
-
 def largest_message(spec, module: str) -> int:
     """The largest message of an arm on the wire: the float32 gradient of a batch at the cut."""
     from workloads.data import INPUT_SHAPE
@@ -85,166 +75,6 @@ def largest_message(spec, module: str) -> int:
 
     cut = build_split_model(spec.model, spec.split_for(module), 10).cut_shape if spec.split_for(module) else INPUT_SHAPE
     return largest_reply(spec.batch_size, cut)
-
-
-def server_thread_count(spec) -> int:
-    """The server's torch threads: its own cores when pinned, else the cores the sources'
-    caps leave free (at least 1). More threads than free cores make each step wait for
-    threads preempted by the sources: measured here with 2 sources at 0.4 CPU on 2 cores,
-    the filter arm's server step took 0.79 s with 2 threads against 0.19 s for the same
-    tail while the sources idled."""
-    pinned = server_cpus(spec)
-    if pinned:
-        return pinned
-    return max(1, int(len(available_cpus()) - sum(spec.cpus) + 1e-9))
-
-
-def child_environment(extra: dict | None = None) -> dict:
-    """This environment without any SPLITTEST_* variable: every option the programs
-    get is on their command line, none comes silently from the user's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env.update(extra or {})
-    return env
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to end this child if the testbed itself dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not glibc/Linux: the reply timeouts still end the sources
-        pass
-
-
-class Fleet:
-    """The processes of one arm; ``stop`` ends whatever still runs."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        (directory / "logs").mkdir(parents=True, exist_ok=True)
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.traces: dict[str, Path] = {}
-        self._logs = []
-
-    def log_path(self, name: str) -> Path:
-        return self.directory / "logs" / f"{name}.log"
-
-    def start(self, name: str, module: str, argv: list[str], *, join_cap=None, env=None,
-              trace: Path | None = None) -> subprocess.Popen:
-        """Start ``python -m module argv`` with a log of its own, in a session of its own,
-        joined to its cgroups (``join_cap``) before exec, with an environment free of
-        SPLITTEST_* variables. A failure is a BackendError that says what failed."""
-        log = open(self.log_path(name), "wb")
-        self._logs.append(log)
-
-        def preexec() -> None:  # in the child, between fork and exec
-            die_with_parent()
-            if join_cap is not None:
-                try:
-                    join_cap()
-                except BaseException as exc:
-                    # subprocess only says "Exception occurred in preexec_fn": fd 2 is the log already
-                    os.write(2, f"{PREEXEC_MARK}{exc}\n".encode(errors="replace"))
-                    raise
-
-        with signals_deferred():  # a process started is a process recorded, for stop()
-            try:
-                proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec,
-                                        start_new_session=True, env=child_environment(env))
-            except subprocess.SubprocessError as exc:  # the preexec failed; the child has been reaped
-                raise BackendError(f"cannot start {name}: {self._preexec_failure(name) or exc}") from None
-            except OSError as exc:
-                raise BackendError(f"cannot start {name}: {exc.strerror or exc}") from None
-            self.procs[name] = proc
-            if trace is not None:
-                self.traces[name] = trace
-        return proc
-
-    def _preexec_failure(self, name: str) -> str:
-        try:
-            lines = self.log_path(name).read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        found = [line[len(PREEXEC_MARK):] for line in lines if line.startswith(PREEXEC_MARK)]
-        return found[-1].strip() if found else ""
-
-    def log_tail(self, name: str, lines: int = 5) -> str:
-        try:
-            text = self.log_path(name).read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text[-lines:])
-
-    def exit_cause(self, name: str) -> str:
-        """Why ``name`` ended: see ``exit_cause``."""
-        proc = self.procs[name]
-        return exit_cause(proc.returncode, self.traces.get(name), self.log_path(name))
-
-    def stop(self, cap: Cap | None = None) -> None:
-        if isinstance(cap, SuspendResumeCap):
-            cap.resume_all()  # a suspended process would not see SIGTERM
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
-            _signal(proc, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal(proc, signal.SIGKILL)
-                proc.wait()
-        for log in self._logs:
-            log.close()
-
-
-def exit_cause(returncode: int, trace: Path | None, log: Path) -> str:
-    """The cause of a process's end, best first: the signal that killed it, the error
-    of its trace's ``end`` event, the last line of a Python traceback in its log, and
-    only then the log's last lines."""
-    if returncode is not None and returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    if trace is not None:
-        for event in reversed(read_events(trace, strict=False)):
-            if event.get("event") == events.END and event.get("status") == "error" and event.get("error"):
-                return str(event["error"])
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    raised = _traceback_line(lines)
-    if raised:
-        return raised
-    tail = " | ".join(line.strip() for line in lines[-5:] if line.strip())
-    return f"no error recorded; its log ends: {tail}" if tail else "no error recorded and no output"
-
-
-def _traceback_line(lines: list[str]) -> str:
-    """The exception line of the last Python traceback in ``lines`` ('' if none)."""
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
-    if not starts:
-        return ""
-    for line in lines[starts[-1] + 1:]:
-        if line.strip() and not line[0].isspace():
-            return line.strip()
-    return ""
-
-
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the child leads its own session
-    except ProcessLookupError:
-        pass
-
-
-def _describe_exit(who: str, fleet: Fleet, name: str, when: str = "") -> str:
-    proc = fleet.procs[name]
-    cause = fleet.exit_cause(name)
-    if proc.returncode < 0:
-        return f"{who} was {cause}{when}"
-    return f"{who} exited with status {proc.returncode}{when}: {cause}"
 
 
 def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progress: Progress | None,
@@ -283,8 +113,9 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         server_threads = server_thread_count(spec)
         server_options["threads"] = server_threads
         server_env = {"OMP_NUM_THREADS": str(server_threads)}
+        # the cgroup first, then the namespace: a cgroup is joined through the host's cgroup filesystem
         server = fleet.start("server", "workloads.server", settings.to_argv(server_options, "server"),
-                             join_cap=_then(cap.server_preexec(), arm_links and arm_links.server_join()),
+                             join_cap=chain(cap.server_preexec(), arm_links and arm_links.server_join()),
                              env=server_env, trace=server_trace)
         _wait_for_server(fleet, server, server_trace)
         controller = None
@@ -293,11 +124,11 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         sources = []
         for i in range(spec.sources):
             trace = directory / f"source-{i}.jsonl"
-            threads = max(1, int(spec.cpus[i] + 0.999))  # a capped source gains nothing from more threads
+            threads = torch_threads(spec.cpus[i])
             argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace),
                                      "own_interface": arm_links is not None}, "source")
             proc = fleet.start(f"source-{i}", "workloads.source", argv,
-                               join_cap=_then(cap.preexec(i), arm_links and arm_links.source_join(i)),
+                               join_cap=chain(cap.preexec(i), arm_links and arm_links.source_join(i)),
                                env={"OMP_NUM_THREADS": str(threads)}, trace=trace)
             cap.started(i, proc.pid)
             sources.append(proc)
@@ -310,14 +141,14 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
             except NetworkError as exc:
                 raise BackendError(str(exc)) from None
         if lost:  # the server waits for byes that will never come: finish it
-            _signal(server, signal.SIGTERM)
+            signal_group(server, signal.SIGTERM)
         try:
             server.wait(timeout=SERVER_EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise BackendError("the server did not exit after every source said bye"
                                + (" and it was told to finish" if lost else "")) from None
         if server.returncode != 0:
-            raise BackendError(_describe_exit("the server", fleet, "server"))
+            raise BackendError(describe_exit("the server", fleet, "server"))
         result = ArmResult(module, directory, cap.method, cap.describe(), cap.pinning.as_dict())
         return result
     finally:
@@ -336,24 +167,11 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                             warn(f"testbed: warning: {exc}")
 
 
-def _then(first, second):
-    """Both preexec steps, in order: the cgroup first, then the network namespace (a
-    cgroup is joined by the host's cgroup filesystem, which the child still sees)."""
-    steps = [step for step in (first, second) if step]
-    if len(steps) < 2:
-        return steps[0] if steps else None
-
-    def both() -> None:
-        for step in steps:
-            step()
-    return both
-
-
 def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> None:
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise BackendError(_describe_exit("the server", fleet, "server", " before listening"))
+            raise BackendError(describe_exit("the server", fleet, "server", " before listening"))
         if any(e.get("event") == events.LISTENING for e in read_events(trace, strict=False)):
             return
         time.sleep(POLL_S)
@@ -381,7 +199,7 @@ def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: 
     while pending:
         if server.poll() not in (None, 0):  # 0: it left after the last bye
             _let_sources_notice([sources[i] for i in pending], notice_s)
-            raise BackendError(_describe_exit("the server", fleet, "server", " while sources were running"))
+            raise BackendError(describe_exit("the server", fleet, "server", " while sources were running"))
         for i in sorted(pending):
             code = sources[i].poll()
             if code is None:
@@ -393,7 +211,7 @@ def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: 
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     server.wait(timeout=STOP_GRACE_S)
                 if server.returncode not in (None, 0):
-                    raise BackendError(_describe_exit("the server", fleet, "server", " while sources were running"))
+                    raise BackendError(describe_exit("the server", fleet, "server", " while sources were running"))
                 raise BackendError(f"the server stopped answering: source {i} exited with status {code}: "
                                    f"{fleet.exit_cause(f'source-{i}')}")
             lost.append(_record_lost(fleet, i, directory, cap, run))

@@ -11,6 +11,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from workloads.data import dataset_kind
+
 from . import __version__, backends
 from .backend import Backend
 from .errors import BackendError, BadInput, Exit, LostSources, interrupted, warn
@@ -33,7 +35,7 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     out = Path(spec.out or Path("runs") / run_id)
     make_folder(out)
     data = data_in_use(spec)
-    if data.startswith("synthetic") and spec.dataset == "cifar10":
+    if data.startswith("synthetic") and dataset_kind(spec.dataset).real:  # a real dataset's stand-in
         say(f"note: {data}; training on the deterministic synthetic CIFAR-shaped dataset")
     manifest = _manifest(spec, run_id, data, backend.name)
     _write_json(out / "manifest.json", manifest)
@@ -131,7 +133,7 @@ def collect_release(release: str, *, namespace: str = "", context: str | None = 
     """`testbed collect RELEASE`: a run directory from a release installed by hand."""
     from analysis.summary import SummaryError, compare, summarise_arm
 
-    from .k8s import Cluster, collect
+    from .k8s import Cluster, KubernetesBackend, collect
     from .k8s.collect import placement
     from .traces import TraceError
 
@@ -143,7 +145,7 @@ def collect_release(release: str, *, namespace: str = "", context: str | None = 
         module = found["module"] or "unknown"
         staging.rename(out / module)
         where = placement(cluster, cluster.pods(release))
-        manifest = {"run": release, "backend": "k8s", "release": release, "namespace": cluster.namespace,
+        manifest = {"run": release, "backend": KubernetesBackend.name, "release": release, "namespace": cluster.namespace,
                     "arms": {module: {"cluster": where}}, "host": _cluster_host({module: {"cluster": where}}),
                     "collected": dt.datetime.now().isoformat(timespec="seconds"),
                     "spec": {"sources": found["sources"], "cpu": found["cpu_cap"], "modules": [module]},

@@ -9,8 +9,8 @@ from workloads import adapt, settings
 from workloads.compression import CompressionConfig
 from workloads.compression import get as get_module
 from workloads.compression.registry import knobs
-from workloads.data import (DATASETS, LAYOUTS, DataError, augmenting, class_count, class_names, find_cifar10,
-                            find_cifar100, folder_classes, list_folder)
+from workloads.data import DATASETS, DataError, augmenting, class_count, dataset_kind, describe_data
+from workloads.data import check_data_dir as data_dir_checked
 from workloads.models import block_count, build_split_model
 
 from . import backends
@@ -173,46 +173,29 @@ def _validate_adapt(spec: RunSpec) -> None:
 
 
 def _validate_dataset(spec: RunSpec) -> None:
-    """What the dataset needs on every backend: cifar100 and folder have no synthetic
-    stand-in, so their data must be given; --classes must agree with the dataset."""
-    if DATASETS[spec.dataset] is not None:  # a folder's number lies in its data (check_data_dir checks it)
+    """What the dataset needs on every backend: a dataset without a synthetic stand-in
+    must have its data given; --classes must agree with the dataset."""
+    kind = dataset_kind(spec.dataset)
+    if kind.classes is not None:  # a folder's number lies in its data (check_data_dir checks it)
         try:
             class_count(spec.dataset, spec.classes)
         except DataError as exc:
             raise SpecError(str(exc)) from None
-    if spec.download and spec.dataset not in ("cifar10", "cifar100"):
-        raise SpecError(f"--download is for cifar10 and cifar100, not --dataset {spec.dataset}")
-    if backends.get(spec.backend).cluster_host and spec.dataset in LAYOUTS:
+    if spec.download and not kind.download:
+        fetched = " and ".join(k.name for k in DATASETS.values() if k.download)
+        raise SpecError(f"--download is for {fetched}, not --dataset {spec.dataset}")
+    if backends.get(spec.backend).cluster_host and kind.required:
         if not spec.data_pvc:
-            raise SpecError(f"--dataset {spec.dataset} on Kubernetes needs --data-pvc: a claim holding "
-                            f"{LAYOUTS[spec.dataset]}")
-        if DATASETS[spec.dataset] is None and not spec.classes:
+            raise SpecError(f"--dataset {spec.dataset} on Kubernetes needs --data-pvc: a claim holding {kind.layout}")
+        if kind.classes is None and not spec.classes:
             raise SpecError(f"--dataset {spec.dataset} on Kubernetes needs --classes: the number of class folders "
                             "under train/ on the claim (the testbed cannot count them there)")
 
 
 def check_data_dir(spec: RunSpec) -> None:
-    """``--data-dir`` on this host, for the dataset asked for: it exists (or will be
-    downloaded into) and holds CIFAR-10's layout, CIFAR-100's, or an image folder's
-    (the last two are required: they have no synthetic stand-in)."""
-    if spec.dataset in LAYOUTS and not spec.data_dir:
-        raise SpecError(f"--dataset {spec.dataset} needs --data-dir: a folder holding {LAYOUTS[spec.dataset]}")
-    if not spec.data_dir:
-        return
-    if not os.path.exists(spec.data_dir) and not spec.download:
-        raise SpecError(f"data folder {spec.data_dir} does not exist")
+    """``--data-dir`` on this host, for the dataset asked for (workloads.data.check_data_dir)."""
     try:
-        if spec.dataset == "folder":
-            counted = len(list_folder(spec.data_dir).classes)
-            if spec.classes and spec.classes != counted:
-                raise SpecError(f"--classes {spec.classes} does not match {spec.data_dir}, which has {counted} "
-                                "class folders under train/")
-        elif spec.dataset == "cifar100":
-            if find_cifar100(spec.data_dir) is None and not spec.download:
-                raise SpecError(f"no CIFAR-100 under {spec.data_dir}: expected {LAYOUTS['cifar100']} there, "
-                                "or --download")
-        else:
-            find_cifar10(spec.data_dir)
+        data_dir_checked(spec.dataset, spec.data_dir, spec.classes, spec.download)
     except DataError as exc:
         raise SpecError(str(exc)) from None
 
@@ -221,8 +204,9 @@ def run_classes(spec: RunSpec) -> int:
     """The classes the run's model predicts, which every program gets as --classes:
     --classes, else the dataset's own number, else (an image folder on this host) its
     class folders under --data-dir."""
-    if DATASETS.get(spec.dataset, 0) is None and not spec.classes and spec.data_dir:
-        return len(folder_classes(spec.data_dir))
+    kind = dataset_kind(spec.dataset)
+    if kind.count is not None and not spec.classes and spec.data_dir:
+        return kind.count(spec.data_dir)
     return class_count(spec.dataset, spec.classes)
 
 
@@ -262,7 +246,7 @@ def check_port_free(port: int) -> None:
 
 def data_in_use(spec: RunSpec) -> str:
     """What data the sources will train on, for the terminal and the manifest (a
-    validated spec: cifar100 and folder have their data)."""
+    validated spec: a dataset without a stand-in has its data)."""
     data = _data_source(spec)
     dataset = "synthetic" if data.startswith("synthetic") else spec.dataset
     if augmenting(spec.augment, dataset):
@@ -271,21 +255,11 @@ def data_in_use(spec: RunSpec) -> str:
 
 
 def _data_source(spec: RunSpec) -> str:
-    if spec.dataset == "synthetic":
-        return "synthetic"
-    if backends.get(spec.backend).cluster_host:
+    kind = dataset_kind(spec.dataset)
+    if kind.real and backends.get(spec.backend).cluster_host:
         if spec.data_pvc:
-            classes = f", {spec.classes} classes" if DATASETS[spec.dataset] is None else ""
+            classes = f", {spec.classes} classes" if kind.classes is None else ""
             return (f"{spec.dataset} from PersistentVolumeClaim {spec.data_pvc} (read-only at /data in the "
                     f"source pods{classes})")
-        return "synthetic (no CIFAR-10 on the cluster; give --data-pvc)"  # cifar10: the others need the claim
-    if spec.dataset == "folder":
-        classes = folder_classes(spec.data_dir)
-        return f"folder {spec.data_dir} ({len(classes)} classes: {class_names(classes)})"
-    find = find_cifar10 if spec.dataset == "cifar10" else find_cifar100
-    found = find(spec.data_dir) if spec.data_dir else None
-    if found is not None:
-        return f"{spec.dataset} from {found}"
-    if spec.dataset == "cifar10" and not spec.download:
-        return "synthetic (no CIFAR-10 found" + (f" under {spec.data_dir})" if spec.data_dir else "; give --data-dir)")
-    return f"{spec.dataset}, downloaded into {spec.data_dir}"
+        return f"synthetic (no {kind.title} on the cluster; give --data-pvc)"  # only a stand-in's dataset gets here
+    return describe_data(spec.dataset, spec.data_dir, spec.download)

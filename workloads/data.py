@@ -41,6 +41,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -50,11 +51,6 @@ from .errors import WorkloadError
 # CIFAR-10 statistics, used to standardise inputs.
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
-# Every dataset and its number of classes; None: its data says (an image folder: its class folders).
-DATASETS: dict[str, int | None] = {"cifar10": 10, "cifar100": 100, "folder": None, "synthetic": 10}
-# What --data-dir must hold for the datasets that have no synthetic stand-in.
-LAYOUTS = {"cifar100": "cifar-100-python/ (torchvision's layout)",
-           "folder": "train/<class>/* and test/<class>/* (torchvision's ImageFolder layout)"}
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # ImageFolder's
 AUGMENT_PADDING = 4     # zero pixels on every side before the random 32x32 crop
 NOISE_STD = 0.35        # the synthetic set's pixel noise (in pattern units)
@@ -82,17 +78,37 @@ class DataError(WorkloadError, ValueError):
     """The dataset cannot be loaded; the message says why."""
 
 
-def check_dataset(name: str) -> None:
+@dataclass(frozen=True)
+class DatasetKind:
+    """One dataset, declared once (``DATASETS``): what the programs load and what the
+    testbed checks and records come from here."""
+    name: str
+    title: str                  # in messages: "CIFAR-100"
+    classes: int | None         # None: its data says (count)
+    layout: str | None          # what --data-dir holds for it (None: it needs no folder)
+    required: bool              # no synthetic stand-in: without its data a run is refused
+    find: Callable[[str], Path | None] | None = None  # its data under a --data-dir (None: not there)
+    load: Callable[..., Dataset] | None = None        # (found, part=, parts=, test_size=) -> the shard in use
+    count: Callable[[str], int] | None = None         # its classes, from its data (for classes None)
+    download: str | None = None  # torchvision's class that --download fetches it with (None: it cannot be)
+    real: bool = True            # real images (--augment auto augments them); False: the synthetic set
+
+
+def dataset_kind(name: str) -> DatasetKind:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def check_dataset(name: str) -> None:
+    dataset_kind(name)
 
 
 def class_count(dataset: str, classes: int = 0) -> int:
     """The classes a model for ``dataset`` predicts: the dataset's own number, or for an
     image folder, whose number lies in its data, ``classes`` (``--classes``; testbed run
     counts the class folders and passes it)."""
-    check_dataset(dataset)
-    own = DATASETS[dataset]
+    own = dataset_kind(dataset).classes
     if own is None and not classes:
         raise DataError(f"--dataset {dataset} needs --classes: the number of class folders under its train/ "
                         "(testbed run counts them in --data-dir)")
@@ -114,8 +130,7 @@ def load_dataset(name: str, data_dir: str | None, *, seed: int = 0, train_size: 
     run declared; data with another number is a DataError.
     """
     check_dataset(name)
-    data = None if name == "synthetic" else _real_dataset(name, data_dir, download=download, part=part,
-                                                          parts=parts, test_size=test_size)
+    data = _real_dataset(name, data_dir, download=download, part=part, parts=parts, test_size=test_size)
     if data is None:  # asked for, or cifar10 without its files
         data = synthetic_dataset(seed=seed, train_size=train_size, test_size=test_size, part=part,
                                  difficulty=difficulty)
@@ -128,27 +143,71 @@ def _real_dataset(name: str, data_dir: str | None, *, download: bool, part: int,
                   test_size: int) -> Dataset | None:
     """``name`` from ``data_dir``: the training shard and the test samples in use; None
     for cifar10 without its files (the caller falls back to the synthetic set)."""
-    if name == "folder":
-        return load_folder(_required_dir(name, data_dir), part=part, parts=parts, test_size=test_size)
-    find, load = (find_cifar10, load_cifar10) if name == "cifar10" else (find_cifar100, load_cifar100)
-    if download and data_dir and find(data_dir) is None:
-        _download(name, data_dir)
-    found = find(data_dir) if data_dir else None
+    kind = dataset_kind(name)
+    if kind.find is None:  # the synthetic set
+        return None
+    if kind.required and not data_dir:
+        raise DataError(f"--dataset {name} needs --data-dir: a folder holding {kind.layout}")
+    if download and kind.download and data_dir and kind.find(data_dir) is None:
+        _download(kind, data_dir)
+    found = kind.find(data_dir) if data_dir else None
     if found is None:
-        if name == "cifar10":
+        if not kind.required:  # cifar10: the synthetic set stands in
             return None
-        _required_dir(name, data_dir)
-        raise DataError(f"no CIFAR-100 under {data_dir}: expected {LAYOUTS[name]} there, or --download")
-    data = load(found)
-    data.train = shard(data.train, part, parts)
-    data.test = Split(data.test.images[:test_size], data.test.labels[:test_size])
-    return data
+        raise DataError(missing_data(kind, data_dir))
+    return kind.load(found, part=part, parts=parts, test_size=test_size)
 
 
-def _required_dir(name: str, data_dir: str | None) -> str:
+def missing_data(kind: DatasetKind, data_dir: str) -> str:
+    return (f"no {kind.title} under {data_dir}: expected {kind.layout} there"
+            + (", or --download" if kind.download else ""))
+
+
+def check_data_dir(name: str, data_dir: str, classes: int = 0, download: bool = False) -> None:
+    """What a run can check of ``--data-dir`` before it starts (on the host that holds it):
+    the folder exists (or will be downloaded into) and holds the dataset, and a folder's
+    class count agrees with ``classes``; a DataError in one line."""
+    kind = dataset_kind(name)
+    if kind.required and not data_dir:
+        raise DataError(f"--dataset {name} needs --data-dir: a folder holding {kind.layout}")
     if not data_dir:
-        raise DataError(f"--dataset {name} needs --data-dir: a folder holding {LAYOUTS[name]}")
-    return data_dir
+        return
+    if not os.path.exists(data_dir) and not download:
+        raise DataError(f"data folder {data_dir} does not exist")
+    if kind.count is not None:
+        counted = kind.count(data_dir)
+        if classes and classes != counted:
+            raise DataError(f"--classes {classes} does not match {data_dir}, which has {counted} class folders "
+                            "under train/")
+    elif kind.find is not None and kind.find(data_dir) is None and kind.required and not download:
+        raise DataError(missing_data(kind, data_dir))
+
+
+def describe_data(name: str, data_dir: str, download: bool = False) -> str:
+    """What the sources will train on, in words, for the terminal and the manifest (a
+    checked ``--data-dir``, on the host that holds it)."""
+    kind = dataset_kind(name)
+    if not kind.real:
+        return name
+    if kind.count is not None:
+        listing = folder_classes(data_dir)
+        return f"{name} {data_dir} ({len(listing)} classes: {class_names(listing)})"
+    found = kind.find(data_dir) if data_dir else None
+    if found is not None:
+        return f"{name} from {found}"
+    if not kind.required and not download:
+        return f"synthetic (no {kind.title} found" + (f" under {data_dir})" if data_dir else "; give --data-dir)")
+    return f"{name}, downloaded into {data_dir}"
+
+
+def _cifar(load: Callable[[Path], Dataset]) -> Callable[..., Dataset]:
+    """A CIFAR loader that keeps the source's shard of train and the test samples in use."""
+    def shard_of(found: Path, *, part: int, parts: int, test_size: int) -> Dataset:
+        data = load(found)
+        data.train = shard(data.train, part, parts)
+        data.test = Split(data.test.images[:test_size], data.test.labels[:test_size])
+        return data
+    return shard_of
 
 
 def _readable_root(data_dir: str | os.PathLike) -> Path | None:
@@ -260,11 +319,11 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _download(name: str, data_dir: str) -> None:
-    """``--download``: torchvision fetches ``name`` (cifar10, cifar100) into ``data_dir``."""
-    from torchvision.datasets import CIFAR10, CIFAR100  # only for --download
+def _download(kind: DatasetKind, data_dir: str) -> None:
+    """``--download``: torchvision fetches the dataset into ``data_dir``."""
+    import torchvision.datasets  # only for --download
 
-    (CIFAR10 if name == "cifar10" else CIFAR100)(root=data_dir, train=True, download=True)
+    getattr(torchvision.datasets, kind.download)(root=data_dir, train=True, download=True)
 
 
 @dataclass(frozen=True)
@@ -310,7 +369,7 @@ def _existing_root(data_dir: str | os.PathLike) -> Path:
 def _split_folder(root: Path, split: str) -> Path:
     folder = root / split
     if not folder.is_dir():
-        raise DataError(f"{root} has no {split}/ folder: a folder dataset needs {LAYOUTS['folder']}")
+        raise DataError(f"{root} has no {split}/ folder: a folder dataset needs {DATASETS['folder'].layout}")
     return folder
 
 
@@ -376,7 +435,7 @@ def read_image(path: Path) -> np.ndarray:
 def augmenting(augment: str, dataset: str) -> bool:
     """Whether training batches are augmented: ``--augment`` on or off, or auto (the
     default): on for real data, off for the synthetic set (``dataset`` is what was loaded)."""
-    return augment == "on" or augment == "auto" and dataset != "synthetic"
+    return augment == "on" or augment == "auto" and DATASETS[dataset].real
 
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -450,3 +509,16 @@ def to_tensor_batch(images: np.ndarray):
 def shard(split: Split, part: int, parts: int) -> Split:
     """The ``part``-th of ``parts`` disjoint shards (every parts-th sample)."""
     return Split(split.images[part::parts], split.labels[part::parts])
+
+
+DATASETS: dict[str, DatasetKind] = {kind.name: kind for kind in (
+    DatasetKind("cifar10", "CIFAR-10", 10, "cifar-10-batches-bin/ or cifar-10-batches-py/ (torchvision's layout)",
+                required=False, find=find_cifar10, load=_cifar(load_cifar10), download="CIFAR10"),
+    DatasetKind("cifar100", "CIFAR-100", 100, "cifar-100-python/ (torchvision's layout)", required=True,
+                find=find_cifar100, load=_cifar(load_cifar100), download="CIFAR100"),
+    DatasetKind("folder", "an image folder", None,
+                "train/<class>/* and test/<class>/* (torchvision's ImageFolder layout)", required=True,
+                find=lambda data_dir: _existing_root(data_dir), load=lambda found, **shard: load_folder(found, **shard),
+                count=lambda data_dir: len(list_folder(data_dir).classes)),
+    DatasetKind("synthetic", "the synthetic set", 10, None, required=False, real=False),
+)}

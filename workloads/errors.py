@@ -19,6 +19,7 @@ class Exit(IntEnum):
         return member
 
     OK = 0, "done"
+    BUG = 1, "an unexpected error (a bug): its traceback in the log, its message in the trace's `end` event"
     ERROR = 2, ("an error, said in one line on stderr and in the trace's `end` event: a bad setting or bad data, "
                 "a refused request, no reply within `--timeout`")
     SERVER_GONE = 3, ("a source lost its server (ZeroMQ heartbeats every second: a server that dies or hangs is "

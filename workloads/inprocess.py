@@ -35,16 +35,15 @@ import resource
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import psutil
 import torch
 
 from . import events, settings
-from .errors import Exit, WorkloadError
-from .server import Request, Server
-from .source import Source, _resources, check
+from .errors import Exit
+from .server import Request, Server, trace_listening
+from .source import live
 from .trace import TraceWriter
 from .transport import InProcessConnection
 
@@ -157,10 +156,7 @@ class Arm:
                          settings=settings.effective(args, "server"))
         self.server = server = Server(args, self.trace)
         self.server_rng = torch.get_rng_state()
-        self.trace.event(events.LISTENING, port=None, bind=ADDRESS, curve=False, max_request=server.max_request,
-                         device=str(server.device), module=args.module, model=args.model, split=args.split,
-                         cut=list(server.cut_shape), torch=torch.__version__, threads=torch.get_num_threads(),
-                         lr_scale=server.lr_scale)
+        trace_listening(self.trace, server, args, port=None, bind=ADDRESS)
 
     def respond(self, identity: bytes, frames: list) -> list:
         """The server's reply frames to one request, answered in the calling source's thread
@@ -185,33 +181,14 @@ class Arm:
         args = role_args(self.args, "source", source_id=i, server=ADDRESS, threads=self.threads[i])
         trace = TraceWriter(str(self.folder / f"source-{i}.jsonl"), run=args.run_id, role="source", source=i)
         self.turns.wait(i)
-        status, error = "error", ""
+        status, error = Exit.BUG, "did not end"
         try:
-            check(args)
-            trace.event(events.START, pid=os.getpid(), module=args.module, model=args.model, split=args.split,
-                        process_created=self.created, torch=torch.__version__, threads=torch.get_num_threads(),
-                        transport=ADDRESS, settings=settings.effective(args, "source"))
             identity = f"source-{i}".encode()
             connection = InProcessConnection(lambda frames: self.respond(identity, frames),
                                              before_send=lambda: self.turns.take_turn(i), address=ADDRESS)
-            source = Source(args, trace, connection)
-            trace.event(events.DATA, origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
-                        train_samples=len(source.train.labels), test_samples=len(source.test.labels))
-            source.hello()
-            source.run()
-            source.bye()
-            status = "ok"
-            trace.event(events.END, status="ok", **_resources(self.created))
-        except (WorkloadError, ValueError) as exc:  # as the source program catches them
-            error = str(exc)
-            print(f"source {i}: {exc}", file=sys.stderr)
-            trace.event(events.END, status="error", error=error, **_resources(self.created))
-        except BaseException as exc:  # noqa: BLE001 - a bug: its traceback in the log, its end in the trace
-            error = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-            trace.event(events.END, status="error", error=error, **_resources(self.created))
+            status, error = live(args, trace, self.created, connection, transport=ADDRESS)
         finally:
-            self.ended[i] = (status, error)
+            self.ended[i] = ("ok" if status == Exit.OK else "error", error)
             trace.close()
             self.turns.leave(i)
 

@@ -429,6 +429,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def trace_listening(trace: TraceWriter, server: Server, args, *, port, bind: str) -> None:
+    """The ``listening`` event: what the server serves, and how (the program's, and the
+    in-process arm's)."""
+    trace.event(events.LISTENING, port=port, bind=bind, curve=server.curve, max_request=server.max_request,
+                device=str(server.device), module=args.module, model=args.model, split=args.split,
+                cut=list(server.cut_shape), torch=torch.__version__, threads=torch.get_num_threads(),
+                lr_scale=server.lr_scale)
+
+
 def main(argv=None) -> int:
     args = settings.parse("server", "splittest offload server", argv)
     trace = TraceWriter(args.trace or None, run=args.run_id, role="server", copy_dir=args.trace_dir)
@@ -447,10 +456,7 @@ def main(argv=None) -> int:
     try:
         server = Server(args, trace)
         auth = listen(sock, args, server.max_request)
-        trace.event(events.LISTENING, port=args.port, bind=args.bind, curve=server.curve,
-                    max_request=server.max_request, device=str(server.device), module=args.module,
-                    model=args.model, split=args.split, cut=list(server.cut_shape), torch=torch.__version__,
-                    threads=torch.get_num_threads(), lr_scale=server.lr_scale)
+        trace_listening(trace, server, args, port=args.port, bind=args.bind)
         server.serve(sock)
         trace.event(events.END, status="ok", served={str(k): v for k, v in sorted(server.served.items())},
                     peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 import psutil
@@ -402,40 +403,58 @@ def arm_drop(args, created: float, trace: TraceWriter) -> threading.Thread | Non
     return thread
 
 
-def main(argv=None) -> int:
-    args = settings.parse("source", "splittest data source", argv)
-    created = psutil.Process().create_time()
-    trace = TraceWriter(args.trace or None, run=args.run_id, role="source", source=args.source_id,
-                        copy_dir=args.trace_dir)
+def live(args, trace: TraceWriter, created: float, connection=None, before_start=None, **start) -> tuple[Exit, str]:
+    """One source from its ``start`` event to its ``end`` event: ``python -m
+    workloads.source``, and each source of ``workloads.inprocess`` (``connection``: its
+    in-process one; ``start``: fields its start event adds). The exit status and the error
+    ('' when none). The end event is traced whatever happens; an error is one line on
+    stderr, a bug its traceback."""
     source = None
     try:
         check(args)
-        arm_drop(args, created, trace)
-        trace.event(events.START, pid=psutil.Process().pid, module=args.module, model=args.model, split=args.split,
+        if before_start is not None:
+            before_start()
+        trace.event(events.START, pid=os.getpid(), module=args.module, model=args.model, split=args.split,
                     process_created=created, torch=torch.__version__, threads=torch.get_num_threads(),
-                    settings=settings.effective(args, "source"))
-        source = Source(args, trace)
+                    settings=settings.effective(args, "source"), **start)
+        source = Source(args, trace, connection)
         trace.event(events.DATA, origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
                     train_samples=len(source.train.labels), test_samples=len(source.test.labels))
         source.hello()
         source.run()
         source.bye()
         trace.event(events.END, status="ok", **_resources(created))
-        return Exit.OK
+        return Exit.OK, ""
     except ServerGone as exc:
         print(f"source {args.source_id}: {exc}", file=sys.stderr)
         trace.event(events.END, status="server-gone", error=str(exc), **_resources(created))
-        return Exit.SERVER_GONE
+        return Exit.SERVER_GONE, str(exc)
     except (WorkloadError, ValueError) as exc:  # a module's ValueError: a setting it cannot take
         print(f"source {args.source_id}: {exc}", file=sys.stderr)
         trace.event(events.END, status="error", error=str(exc), **_resources(created))
-        return Exit.ERROR
+        return Exit.ERROR, str(exc)
     except KeyboardInterrupt:
         trace.event(events.END, status="interrupted", **_resources(created))
-        return Exit.INTERRUPTED
+        return Exit.INTERRUPTED, ""
+    except Exception as exc:  # a bug: its traceback in the log, its end in the trace
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        trace.event(events.END, status="error", error=error, **_resources(created))
+        return Exit.BUG, error
     finally:
-        if source is not None:
+        if source is not None and connection is None:
             source.connection.close()
+
+
+def main(argv=None) -> int:
+    args = settings.parse("source", "splittest data source", argv)
+    created = psutil.Process().create_time()
+    trace = TraceWriter(args.trace or None, run=args.run_id, role="source", source=args.source_id,
+                        copy_dir=args.trace_dir)
+    try:
+        status, _ = live(args, trace, created, before_start=lambda: arm_drop(args, created, trace))
+        return status
+    finally:
         trace.close()
 
 

@@ -82,7 +82,7 @@ def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict 
     if unknown:
         raise SweepSpecError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(TOP_LEVEL))}")
-    backend = raw.get("backend", "inproc")
+    backend = raw.get("backend", backends.SWEEP_DEFAULT)
     if backend not in backends.sweepable():
         raise SweepSpecError(f"{where}: backend must be one of {', '.join(backends.sweepable())}, got {backend!r}")
     if scale is not None and scale not in SCALES:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import Exit, exit_status
-from ..local import child_environment, die_with_parent
+from ..processes import child_environment, die_with_parent
 
 LOG = "sweep-trial.log"  # the trial's terminal output, in its run directory
 STATUS_BY_CODE = {Exit.OK: "ok", Exit.LOST_SOURCES: "lost-sources"}
