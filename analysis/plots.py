@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import metrics  # noqa: E402
+from .figures import COLUMNS  # noqa: E402
 from .load import Runs  # noqa: E402
 
 MODULE_COLOURS = {"none": "#1f77b4", "filter": "#d62728", "deprune": "#2ca02c", "prune": "#9467bd",
@@ -120,13 +121,13 @@ def _over_time(ax, ylabel: str, title: str, legend: str) -> None:
 
 
 def summary(runs: Runs, out: Path, table: pd.DataFrame | None = None) -> list[Path]:
-    """Bars: traffic ratio, throughput ratio, time to finish, final accuracy."""
+    """Bars: traffic ratio, throughput ratio, duration, test accuracy (their declared titles)."""
     palette = Palette(runs)
     table = metrics.arm_table(runs) if table is None else table
-    panels = [("traffic_ratio", "traffic ratio vs none (x)"), ("throughput_ratio", "throughput ratio vs none (x)"),
-              ("time_to_finish_s", "time to finish (s)"), ("final_accuracy", "final test accuracy")]
+    panels = [COLUMNS[name] for name in ("traffic_ratio", "throughput_ratio", "duration_s", "test_accuracy")]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
-    for ax, (column, title) in zip(axes, panels):
+    for ax, declared in zip(axes, panels):
+        column, title = declared.name, declared.title
         values = pd.to_numeric(table[column], errors="coerce")
         colours = [palette.colour(label) for label in table["label"]]
         ax.bar(range(len(table)), values.fillna(0), color=colours)
@@ -188,7 +189,7 @@ def throughput_vs_bandwidth(runs: Runs, out: Path, figures=None) -> list[Path]:
     """Samples/s per source against the link's rate (log axis), one line per module, the
     link limit of the ``none`` arm dashed: where compression starts to pay. Drawn only when
     a module ran behind links of different rates (the run folders of ``--sweep-bandwidth``)."""
-    sweep = metrics.bandwidth_sweep(runs, _figures(runs, figures))
+    sweep = metrics.bandwidth_sweep(_figures(runs, figures))
     sweep["x"] = sweep["up_bps"].fillna(sweep["down_bps"]) / 1e6
     if sweep.empty or sweep.groupby("module")["x"].nunique().max() < 2:  # no module seen at two rates
         return []

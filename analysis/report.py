@@ -10,34 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from . import metrics, plots, summary
+from .figures import FIGURES as DECLARED, cell, shown
 from .load import load_runs
-
-# column of metrics.arm_table, title, format: every number comes from analysis.metrics, the
-# same figures summary.json holds (tests/test_analysis.py checks that they agree)
-TABLE_COLUMNS = [
-    ("label", "arm", "{}"), ("sources", "sources", "{}"), ("mb_sent", "MB sent", "{:.3f}"),
-    ("mb_received", "MB received", "{:.3f}"),
-    ("coded_bytes_per_sample", "payload bytes per sample, train", "{:.1f}"),
-    ("eval_coded_bytes_per_sample", "payload bytes per sample, inference", "{:.1f}"),
-    ("traffic_ratio", "traffic ratio (x)", "{:.2f}"),
-    ("samples_per_s_per_source", "samples/s per source", "{:.2f}"),
-    ("throughput_ratio", "throughput ratio (x)", "{:.3f}"), ("time_to_finish_s", "time to finish (s)", "{:.1f}"),
-    ("final_loss", "final loss", "{:.4f}"), ("final_accuracy", "final test accuracy", "{:.3f}"),
-    ("max_cpu_share", "max CPU share", "{:.3f}"),
-    ("cpu_over_cap_median", "CPU share / cap computing (median)", "{:.0%}"),
-    ("cpu_over_cap_min", "CPU share / cap computing (min)", "{:.0%}"),
-    ("reply_wait_median", "waiting for replies (median)", "{:.0%}"),
-    ("server_busy_fraction", "server busy", "{:.0%}"), ("server_lr_scale", "server lr scale", "{:g}"),
-    ("pretrain_s_max", "pre-training (s, max)", "{:.1f}"), ("pretrain_share", "pre-training / duration", "{:.0%}"),
-    ("bound_by", "bound by", "{}"), ("lost_sources", "lost sources", "{}"),
-]
-
 
 # figure name -> title, one-line caption (report.md lists every figure drawn with them)
 FIGURES = {
     "traffic": ("Data traffic", "Cumulative MB sent by all sources over time, one line per arm."),
     "throughput": ("Throughput", "Samples processed over time by every source, one colour per arm."),
-    "summary": ("Summary", "Traffic ratio, throughput ratio, time to finish and final accuracy per arm."),
+    "summary": ("Summary", "Traffic ratio, throughput ratio, duration and test accuracy per arm."),
     "accuracy": ("Accuracy", "Test accuracy against epoch and against cumulative training traffic."),
     "throughput_vs_bandwidth": ("Throughput against link rate",
                                 "Samples/s per source against the link's rate, one line per module; dashed: "
@@ -51,16 +31,6 @@ FIGURES = {
                            "the p50 and p95 end to end."),
 }
 
-# report.md's link table: column of metrics.arm_table (or headline), title, format
-LINK_COLUMNS = [
-    ("link", "link", "{}"),
-    ("nic_mb", "NIC MB (both directions)", "{:.3f}"),
-    ("nic_bytes_per_sample", "NIC bytes per sample", "{:.1f}"),
-    ("tcpip_overhead", "TCP/IP overhead", "{:.1%}"),
-    ("link_limit_mean", "link limit (samples/s per source)", "{:.2f}"),
-    ("samples_per_s_per_source", "samples/s per source", "{:.2f}"),
-    ("link_use", "link use", "{:.0%}"),
-]
 LATENCY_PARTS_TITLES = {"compute_s": "compute", "encode_s": "encode", "network_s": "network", "queue_s": "queue",
                         "server_s": "server", "decode_s": "decode", "backward_s": "backward",
                         "net_up_s": "net up", "net_down_s": "net down"}
@@ -74,57 +44,45 @@ class Report:
     table: pd.DataFrame | None = None
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |"
-    rule = "|" + "---|" * len(TABLE_COLUMNS)
-    rows = []
-    for row in table.itertuples(index=False):
-        cells = []
-        for column, _, fmt in TABLE_COLUMNS:
-            value = getattr(row, column)
-            cells.append("–" if value is None or (isinstance(value, float) and pd.isna(value)) else fmt.format(value))
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join([header, rule, *rows])
-
-
-def _known(value):
-    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
-
-
-def _cell(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "–"
-    return fmt.format(value)
-
-
-def link_table(table: pd.DataFrame) -> str | None:
-    """The arms' links (arms without one left out); None when no arm had one."""
-    rows = [row for row in table.to_dict("records") if isinstance(row.get("link"), str)]
-    if not rows:
-        return None
-    lines = ["| arm | " + " | ".join(title for _, title, _ in LINK_COLUMNS) + " |",
-             "|" + "---|" * (len(LINK_COLUMNS) + 1)]
+def _table(rows: list[dict], place: str) -> str:
+    """A markdown table of the arms: "arm", then every declaration shown in ``place`` (its
+    title, its value written as declared; "–" where it is not known)."""
+    columns = shown(place)
+    lines = ["| arm | " + " | ".join(d.title for d in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for row in rows:
-        sent, received = _known(row.get("nic_bytes_sent_total")), _known(row.get("nic_bytes_received_total"))
-        row["nic_mb"] = None if sent is None or received is None else (sent + received) / metrics.MB
-        lines.append(f"| {row['label']} | " + " | ".join(_cell(row.get(c), f) for c, _, f in LINK_COLUMNS) + " |")
+        lines.append(f"| {row['label']} | " + " | ".join(cell(d, row.get(d.name), "–") for d in columns) + " |")
     return "\n".join(lines)
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """The arms (metrics.arm_table): every declaration shown in "report"."""
+    return _table(table.to_dict("records"), "report")
+
+
+def link_table(table: pd.DataFrame) -> str | None:
+    """The arms' links (arms without one left out): every declaration shown in "link table";
+    None when no arm had one."""
+    rows = [row for row in table.to_dict("records") if isinstance(row.get("link"), str)]
+    return _table(rows, "link table") if rows else None
+
+
 def latency_table(table: pd.DataFrame) -> str | None:
-    """p50/p95 end to end and the median parts (ms), a row per arm and phase; None when no
-    arm's traces hold them."""
+    """p50/p95 end to end and the median parts, a row per arm and phase, each written as its
+    figure's declaration says (the declarations shown in "latency table"); None when no arm's
+    traces hold them."""
     parts = [*metrics.LATENCY_PARTS, *metrics.ONE_WAY]
     lines = []
     for row in table.to_dict("records"):
         for phase in ("train", "infer"):
-            p50, p95 = (_known(row.get(f"latency_{phase}_{q}_s")) for q in ("p50", "p95"))
-            medians = row.get(f"latency_parts_{phase}")
+            ends = [DECLARED[f"latency_{phase}_{q}_s"] for q in ("p50", "p95")]
+            known = [d for d in ends if cell(d, row.get(d.name)) != "-"]
+            whole = DECLARED[f"latency_parts_{phase}"]
+            medians = row.get(whole.name)
             medians = medians if isinstance(medians, dict) else {}
-            if p50 is None and p95 is None and not medians:
+            if not known and not medians:
                 continue
-            cells = [_cell(None if v is None else 1e3 * v, "{:.1f}") for v in (p50, p95)]
-            cells += [_cell(None if medians.get(p) is None else 1e3 * medians[p], "{:.1f}") for p in parts]
+            cells = [cell(d, row.get(d.name), "–") for d in ends]
+            cells += [cell(whole, medians.get(p), "–") for p in parts]
             lines.append(f"| {row['label']} | {phase} | " + " | ".join(cells) + " |")
     if not lines:
         return None
@@ -169,7 +127,7 @@ def write_report(run_dirs, out: Path) -> Report:
               "directions); throughput ratio = the arm's samples/s / its samples/s (warm-up batch excluded). "
               "CPU share / cap computing: the CPU a source got while computing in its training window over its "
               "cap; waiting for replies: the share of each step spent waiting for the server; server busy: the "
-              "server's time in requests over its serving time (definitions: `analysis/metrics.py`).", "",
+              "server's time in requests over its serving time (definitions: `analysis/figures.py`).", "",
               markdown_table(table), ""]
     if len(table) and "bound_reason" in table:
         lines += ["What bound the throughput:", ""]
@@ -191,7 +149,7 @@ def write_report(run_dirs, out: Path) -> Report:
                   "interface counters, every header and packet included; TCP/IP overhead: NIC bytes over the "
                   "stream bytes the sources traced, minus 1; link limit: the samples/s the link's rate allows a "
                   "source for the wire bytes a training sample carries each way; link use: samples/s over that "
-                  "limit (definitions: `analysis/metrics.py`).", "", links, ""]
+                  "limit (definitions: `analysis/figures.py`).", "", links, ""]
         fidelity = [(label, d, f) for label, fig in arms.items()
                     for d, f in (fig.get("link_trace_fidelity") or {}).items() if f]
         if fidelity:

@@ -1,40 +1,25 @@
 """``summary.json`` and the table ``testbed run`` prints at the end, from an arm's traces.
 
-The figures and their definitions live in :mod:`analysis.metrics` (its docstring is the
-schema); this module only reads one arm folder, checks that every source ended well,
-and lays the figures out. ``report.md`` takes the same figures from the same functions,
-so the two always agree.
+What every figure is (the keys of an arm in ``summary.json``, their definitions, titles and
+formats) is declared in :mod:`analysis.figures`; :mod:`analysis.metrics` computes them. This
+module only reads one arm folder, checks that every source ended well, and lays the figures
+out. ``report.md`` takes the same figures from the same functions, so the two always agree.
 
-An arm of ``summary.json`` holds: module, sources, cpu_cap, cap_method, then every
-per-arm figure of :mod:`analysis.metrics` (bytes_*_total, samples_total,
-bytes_per_sample_*, split, payload_*_total, coded_bytes_sent_total, coded_bytes_per_sample,
-eval_coded_bytes_per_sample, eval_bytes_*_total, control_bytes_total,
-samples_per_s_per_source, cpu_share_per_source (lifetime), cpu_share_lifetime_per_source,
-cpu_share_computing_per_source, cpu_share_over_cap_per_source,
-reply_wait_share_per_source, startup_s_per_source, peak_rss_mb_per_source,
-pretrain_s_per_source, pretrain_steps_per_source, pretrain_samples_per_source, pretrain_share,
-duration_s, final_loss, test_accuracy, budgets,
-requests_served, server_busy_fraction, server_lr_scale, bound_by, bound_reason,
-status_per_source, lost_sources, partial, partial_note, data, the link figures: link,
-link_medium, link_duplex, link_up_bps_per_source, link_down_bps_per_source,
-link_delay_ms_per_source, link_channel_bps, nic_bytes_sent_total, nic_bytes_received_total,
-nic_packets_sent_total, nic_packets_received_total, nic_bytes_per_sample, tcpip_overhead,
-wire_bytes_per_training_sample_sent, wire_bytes_per_training_sample_received,
-link_limit_samples_per_s_per_source, link_use, link_trace_fidelity (None without
-``link.jsonl``), and the latency figures: latency_train_p50_s, latency_train_p95_s,
-latency_infer_p50_s, latency_infer_p95_s, latency_parts_train, latency_parts_infer (None in
-traces without them)). ``comparison`` (from :func:`compare`) holds baseline, module
-(the first other arm) and its traffic_ratio, traffic_ratio_sent, traffic_ratio_received,
-throughput_ratio, and by_module with those ratios for every other arm.
+An arm of ``summary.json`` holds module, sources, cpu_cap, cap_method, then every figure of
+:func:`analysis.metrics.arm_figures`. ``comparison`` (from :func:`compare`) holds baseline,
+module (the first other arm) and its ratios (the figures of family "comparison"), and
+by_module with those ratios for every other arm.
 
-The printed table has a row per ``ROWS`` entry, then the ``LINK_ROWS`` that hold a value
-for at least one arm (runs without a link or latency parts print none of them).
+The printed table has a row per declaration shown in "table" (``ROWS``), then the optional
+ones (``LINK_ROWS``: the link and latency figures) that hold a value for at least one arm
+(runs without a link or latency parts print none of them).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import metrics
+from .figures import cell, shown
 from .load import RunDirError, load_arm
 
 
@@ -105,84 +90,29 @@ def compare(arms: dict[str, dict], baseline: str = "none") -> dict | None:
     return {"baseline": baseline, "module": first, **by_module[first], "by_module": by_module}
 
 
-def _share(value) -> str:
-    return f"{value:.0%}"
-
-
-# label, figure of an arm (its summary.json entry and its headline figures), format
-ROWS = (
-    ("split", lambda a, h: a["split"], "{}"),
-    ("bytes sent (MB)", lambda a, h: a["bytes_sent_total"] / 1e6, "{:.3f}"),
-    ("bytes received (MB)", lambda a, h: a["bytes_received_total"] / 1e6, "{:.3f}"),
-    ("bytes per sample, sent", lambda a, h: a["bytes_per_sample_sent"], "{:.1f}"),
-    ("bytes per sample, received", lambda a, h: a["bytes_per_sample_received"], "{:.1f}"),
-    ("payload bytes per sample, train", lambda a, h: a["coded_bytes_per_sample"], "{:.1f}"),
-    ("payload bytes per sample, inference", lambda a, h: a["eval_coded_bytes_per_sample"], "{:.1f}"),
-    ("wire / payload", lambda a, h: (a["bytes_sent_total"] + a["bytes_received_total"])
-     / max(1, a["payload_sent_total"] + a["payload_received_total"]), "{:.4f}"),
-    ("eval bytes (MB)", lambda a, h: (a["eval_bytes_sent_total"] + a["eval_bytes_received_total"]) / 1e6, "{:.3f}"),
-    ("samples/s per source", lambda a, h: h["samples_per_s"], "{:.2f}"),
-    ("CPU share, lifetime (max)", lambda a, h: h["cpu_share_lifetime_max"], "{:.3f}"),
-    ("CPU share / cap computing (median)", lambda a, h: h["cpu_over_cap_median"], "{:.0%}"),
-    ("CPU share / cap computing (min)", lambda a, h: h["cpu_over_cap_min"], "{:.0%}"),
-    ("waiting for replies (median)", lambda a, h: h["reply_wait_median"], "{:.0%}"),
-    ("server busy", lambda a, h: a["server_busy_fraction"], "{:.0%}"),
-    ("server lr scale", lambda a, h: a["server_lr_scale"], "{:g}"),
-    ("pre-training (s, max)", lambda a, h: h["pretrain_s_max"], "{:.1f}"),
-    ("pre-training / duration", lambda a, h: a["pretrain_share"], "{:.0%}"),
-    ("pre-training samples per source (max)", lambda a, h: max(a["pretrain_samples_per_source"], default=None),
-     "{:,}"),
-    ("start-up to 1st batch (s)", lambda a, h: h["startup_s_mean"], "{:.1f}"),
-    ("peak memory per source (MB)", lambda a, h: h["peak_rss_mb_max"], "{:.0f}"),
-    ("duration (s)", lambda a, h: a["duration_s"], "{:.1f}"),
-    ("final loss", lambda a, h: a["final_loss"], "{:.4f}"),
-    ("test accuracy", lambda a, h: a["test_accuracy"], "{:.3f}"),
-    ("bound by", lambda a, h: a["bound_by"], "{}"),
-    ("lost sources", lambda a, h: metrics.lost_cell(a), "{}"),
-)
-
-# printed after ROWS, each only when some arm has a value for it
-LINK_ROWS = (
-    ("link", lambda a, h: a["link"], "{}"),
-    ("NIC MB, both directions", lambda a, h: (a["nic_bytes_sent_total"] + a["nic_bytes_received_total"]) / 1e6,
-     "{:.3f}"),
-    ("NIC bytes per sample", lambda a, h: a["nic_bytes_per_sample"], "{:.1f}"),
-    ("TCP/IP overhead", lambda a, h: a["tcpip_overhead"], "{:.1%}"),
-    ("link limit (samples/s per source)", lambda a, h: h["link_limit_mean"], "{:.2f}"),
-    ("link use", lambda a, h: a["link_use"], "{:.0%}"),
-    ("latency train p50 (ms)", lambda a, h: a["latency_train_p50_s"] * 1e3, "{:.1f}"),
-    ("latency train p95 (ms)", lambda a, h: a["latency_train_p95_s"] * 1e3, "{:.1f}"),
-    ("latency infer p50 (ms)", lambda a, h: a["latency_infer_p50_s"] * 1e3, "{:.1f}"),
-    ("latency infer p95 (ms)", lambda a, h: a["latency_infer_p95_s"] * 1e3, "{:.1f}"),
-)
+# the printed table's rows: every declaration shown in "table"; the optional ones only where an arm has a value
+ROWS = tuple(d for d in shown("table") if not d.optional)
+LINK_ROWS = tuple(d for d in shown("table") if d.optional)
 
 
 def table_cells(arm: dict, rows=ROWS) -> list[str]:
     """The printed table's cells of one arm, in ROWS order (or ``rows``'; "-" where a figure
     is unknown)."""
-    top = metrics.headline(arm)
-    cells = []
-    for _, get, fmt in rows:
-        try:
-            value = get(arm, top)
-            cells.append(fmt.format(value) if value is not None else "-")
-        except (TypeError, ValueError, KeyError):
-            cells.append("-")
-    return cells
+    return [cell(d, d.one(arm)) for d in rows]
 
 
 def format_table(summary: dict) -> str:
     arms = summary["arms"]
     names = list(arms)
     link_cells = {name: table_cells(arms[name], LINK_ROWS) for name in names}
-    shown = [i for i in range(len(LINK_ROWS)) if any(link_cells[n][i] != "-" for n in names)]
-    rows = list(ROWS) + [LINK_ROWS[i] for i in shown]
-    columns = {name: table_cells(arms[name]) + [link_cells[name][i] for i in shown] for name in names}
+    known = [i for i in range(len(LINK_ROWS)) if any(link_cells[n][i] != "-" for n in names)]
+    rows = list(ROWS) + [LINK_ROWS[i] for i in known]
+    columns = {name: table_cells(arms[name]) + [link_cells[name][i] for i in known] for name in names}
     widths = {name: max(14, len(name) + 2, *(len(c) + 2 for c in columns[name])) for name in names}
-    width = max(len(r[0]) for r in rows) + 2
+    width = max(len(r.title) for r in rows) + 2
     lines = [" " * width + "".join(f"{n:>{widths[n]}}" for n in names)]
-    for row, (label, _, _) in enumerate(rows):
-        lines.append(f"{label:<{width}}" + "".join(f"{columns[n][row]:>{widths[n]}}" for n in names))
+    for row, declared in enumerate(rows):
+        lines.append(f"{declared.title:<{width}}" + "".join(f"{columns[n][row]:>{widths[n]}}" for n in names))
     for name in names:
         if arms[name].get("bound_reason"):
             lines.append(f"{name}: bound by {arms[name].get('bound_by') or 'unknown'}: {arms[name]['bound_reason']}")

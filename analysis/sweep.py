@@ -177,7 +177,7 @@ def _log_x(ax) -> None:
 @dataclass(frozen=True)
 class Rate:
     """One way to count an arm's rate: the stream (every byte on the wire) or the payload
-    (what the method itself codes: analysis/metrics.py), per training or test sample."""
+    (what the method itself codes: analysis/figures.py), per training or test sample."""
     figure: str     # the sweep point's (and summary's) figure
     name: str       # as sentences and tables name it
     title: str      # of its rate-accuracy figure

@@ -10,7 +10,9 @@ exits 1 naming each one that has drifted (the test suite runs it):
   (``$defs.rate``, ``$defs.rates``: ``--bandwidth``'s units, ``testbed.links.values``);
 - ``charts/templates/configmap.yaml``: every chart value the programs read, as their
   ``SPLITTEST_*`` environment variables;
-- ``README.md``: the tables of ``testbed run``'s options, of the modules and of the link profiles.
+- ``README.md``: the tables of ``testbed run``'s options, of the modules, of the link profiles, of
+  the figures of a run (``analysis/figures.py``), of the exit statuses (``testbed/errors.py``,
+  ``workloads/errors.py``) and of the trace events (``workloads/events.py``).
 """
 from __future__ import annotations
 
@@ -177,6 +179,53 @@ def profiles_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def figures_table() -> str:
+    """Every figure of a run (``summary.json``'s keys) and every view the tables show, from
+    their declarations in analysis/figures.py, a table per family."""
+    from analysis.figures import DECLARED, FAMILIES, FIGURES, PLACES, Figure
+
+    def family(d) -> str:
+        return d.family if isinstance(d, Figure) else FIGURES[d.of[0]].family
+
+    def scope(d) -> str:
+        if not isinstance(d, Figure):
+            return "view of " + ", ".join(f"`{name}`" for name in d.of)
+        return d.scope + (f" ({d.reduce} in a cell)" if d.reduce and d.scope == "per source" else "")
+
+    blocks = [f"Where: {'; '.join(f'{k}: {v}' for k, v in PLACES.items())}.\n"]
+    for key, about in FAMILIES.items():
+        rows = [f"**{about}**", "", "| figure | per | unit | decimals | title | where | definition |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for d in (d for d in DECLARED if family(d) == key):
+            places = ", ".join(d.shown_in) or "-"
+            places += " (when known)" if d.optional else ""
+            digits = getattr(d, "decimals", None)
+            cells = [f"`{d.name}`", scope(d), d.unit or "-", "-" if digits is None else str(digits), d.title or "-",
+                     places, d.definition]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        blocks.append("\n".join(rows) + "\n")
+    return "\n".join(blocks)
+
+
+def exits_table(kind: str) -> str:
+    """The exit statuses of ``testbed`` (``kind`` "testbed", testbed/errors.py) or of the
+    programs ("programs", workloads/errors.py)."""
+    from workloads.errors import Exit as ProgramExit
+
+    from .errors import Exit
+
+    rows = ["| status | meaning |", "| --- | --- |"]
+    rows += [f"| {int(e)} | {e.meaning} |" for e in (Exit if kind == "testbed" else ProgramExit)]
+    return "\n".join(rows) + "\n"
+
+
+def events_table() -> str:
+    """Every trace event, from its declaration (workloads/events.py)."""
+    from workloads.events import markdown_table
+
+    return markdown_table().rstrip("\n") + "\n"
+
+
 def replace_between(text: str, name: str, body: str, comment: str) -> str:
     """``text`` with what lies between the markers named ``name`` replaced by ``body``."""
     begin, end = comment.format(f"{BEGIN} ({name})"), comment.format(f"{END} ({name})")
@@ -196,6 +245,10 @@ def outputs() -> dict[Path, str]:
     readme = replace_between(readme, "modules", modules_table(), "<!-- {} -->")
     readme = replace_between(readme, "deviations", deviations_table(), "<!-- {} -->")
     readme = replace_between(readme, "profiles", profiles_table(), "<!-- {} -->")
+    readme = replace_between(readme, "figures", figures_table(), "<!-- {} -->")
+    readme = replace_between(readme, "exit statuses", exits_table("testbed"), "<!-- {} -->")
+    readme = replace_between(readme, "programs' exit statuses", exits_table("programs"), "<!-- {} -->")
+    readme = replace_between(readme, "events", events_table(), "<!-- {} -->")
     return {
         CHART / "values.yaml": replace_between(values, "workload", values_block(), "# -- {} --"),
         CHART / "values.schema.json": json.dumps(schema_with_options(schema), indent=2) + "\n",

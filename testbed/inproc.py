@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .backend import ArmResult
+from .backend import ArmResult, Backend
 from .cpucap import Cap
 from .errors import BackendError
 from .processes import POLL_S, Fleet, describe_exit, server_thread_count, torch_threads
@@ -24,7 +24,7 @@ NAME = "arm"  # the arm's one process, in the fleet and as logs/arm.log
 NOT_INPROC = ("bandwidth", "link", "link_trace", "medium", "delay", "loss", "sweep_bandwidth", "drop", "data_pvc")
 
 
-class InprocBackend:
+class InprocBackend(Backend):
     """Each arm as one process on this machine, its sources stepped in turn."""
     name = "inproc"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from workloads import events, settings
 
-from .backend import ArmResult
+from .backend import ArmResult, Backend
 from .cpucap import Cap, CapError, available_cpus, make_cap, oversubscription
 from .errors import BackendError
 from .signals import signals_deferred
@@ -32,7 +32,7 @@ SERVER_READY_TIMEOUT_S = 180.0
 SERVER_EXIT_TIMEOUT_S = 30.0
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Each arm as processes on this machine."""
     name = "local"
 

@@ -15,7 +15,7 @@ NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("*.ipynb"))
 
 
 def test_analysis_imports_nothing_of_the_programs():
-    for path in (REPO / "analysis").glob("*.py"):
+    for path in (REPO / "analysis").rglob("*.py"):
         text = path.read_text()
         assert "import testbed" not in text and "from testbed" not in text
         assert "import workloads" not in text and "from workloads" not in text
@@ -120,7 +120,7 @@ def test_at_least_two_notebooks():
 
 # -- one implementation of every figure: summary.json, the printed table, report.md ------------
 
-from analysis.report import TABLE_COLUMNS  # noqa: E402
+from analysis.figures import cell, comparison_of, shown  # noqa: E402
 from analysis.summary import ROWS, SummaryError, compare, format_table, summarise_arm, table_cells  # noqa: E402
 
 
@@ -138,52 +138,33 @@ def _report_rows(markdown: str) -> dict[str, dict[str, str]]:
     return rows
 
 
-def _expected_report_cells(summary: dict, name: str) -> dict[str, object]:
-    """What report.md must show for an arm, computed from summary.json alone."""
-    arm = summary["arms"][name]
-    top = metrics.headline(arm)
-    ratios = (summary["comparison"]["by_module"].get(name) if summary["comparison"] else None) or \
-        metrics.comparison(arm, arm)
-    return {
-        "label": name, "sources": arm["sources"], "mb_sent": arm["bytes_sent_total"] / 1e6,
-        "mb_received": arm["bytes_received_total"] / 1e6, "traffic_ratio": ratios["traffic_ratio"],
-        "coded_bytes_per_sample": arm["coded_bytes_sent_total"] / arm["samples_total"],
-        "eval_coded_bytes_per_sample": arm["eval_coded_bytes_per_sample"],
-        "samples_per_s_per_source": top["samples_per_s"], "throughput_ratio": ratios["throughput_ratio"],
-        "time_to_finish_s": arm["duration_s"], "final_loss": arm["final_loss"],
-        "final_accuracy": arm["test_accuracy"], "max_cpu_share": max(arm["cpu_share_lifetime_per_source"]),
-        "cpu_over_cap_median": top["cpu_over_cap_median"],
-        "cpu_over_cap_min": min(arm["cpu_share_over_cap_per_source"]),
-        "reply_wait_median": top["reply_wait_median"], "server_busy_fraction": arm["server_busy_fraction"],
-        "server_lr_scale": arm["server_lr_scale"], "pretrain_s_max": max(arm["pretrain_s_per_source"]),
-        "pretrain_share": arm["pretrain_share"], "bound_by": arm["bound_by"],
-        "lost_sources": metrics.lost_cell(arm),
-    }
-
-
 def test_report_and_summary_show_the_same_figures(tiny_run):
+    """report.md's numbers (from the traces, through metrics.arm_table) are summary.json's, each
+    taken and written as its declaration says; so are the printed table's."""
     out, result = tiny_run
     summary = json.loads((out / "summary.json").read_text())
     markdown = (out / "report" / "report.md").read_text()
-    shown = _report_rows(markdown)
-    assert set(shown) == {"none", "filter"}
+    shown_cells = _report_rows(markdown)
+    assert set(shown_cells) == {"none", "filter"}
     for name in ("none", "filter"):
-        expected = _expected_report_cells(summary, name)
-        assert {column for column, _, _ in TABLE_COLUMNS} == set(expected), "a report column is not checked"
-        for column, title, fmt in TABLE_COLUMNS:
-            value = expected[column]
-            assert value is not None, (name, column)
-            assert shown[name][title] == fmt.format(value), (name, column)
-        assert f"- {name}: {summary['arms'][name]['bound_by']}: {summary['arms'][name]['bound_reason']}" in markdown
+        arm = summary["arms"][name]
+        ratios = comparison_of(summary, name) or metrics.comparison(arm, arm)  # the baseline against itself
+        assert list(shown_cells[name]) == ["arm"] + [d.title for d in shown("report")]
+        for declared in shown("report"):
+            value = declared.one(arm, ratios)
+            assert value is not None, (name, declared.name)
+            assert shown_cells[name][declared.title] == cell(declared, value, "–"), (name, declared.name)
+        assert f"- {name}: {arm['bound_by']}: {arm['bound_reason']}" in markdown
     # the table printed at the end of `testbed run` shows summary.json's figures too
     printed = result.stdout.splitlines()
     header = next(i for i, line in enumerate(printed) if line.split() == ["none", "filter"])
-    for row, (label, _, _) in enumerate(ROWS):
+    for row, declared in enumerate(ROWS):
         line = printed[header + 1 + row]
-        assert line.startswith(label)
-        cells = line[len(label):].split()
+        assert line.startswith(declared.title)
+        cells = line[len(declared.title):].split()
         none, filt = table_cells(summary["arms"]["none"])[row], table_cells(summary["arms"]["filter"])[row]
-        assert " ".join(cells) == f"{none} {filt}", label
+        assert none == cell(declared, declared.one(summary["arms"]["none"]))
+        assert " ".join(cells) == f"{none} {filt}", declared.title
     assert format_table(summary).splitlines()[:len(ROWS) + 1] == printed[header:header + len(ROWS) + 1]
 
 
@@ -398,7 +379,8 @@ def test_a_source_that_did_not_end_well_fails_the_summary(tmp_path, status, mess
 def test_testbed_fails_in_one_line_when_a_source_did_not_end_ok(tmp_path, capsys):
     """`testbed run`'s summary step, behind a backend that leaves a failed source's trace."""
     from testbed.backend import ArmResult
-    from testbed.runner import EXIT_FAILED, run
+    from testbed.errors import Exit, exit_status
+    from testbed.runner import run
     from testbed.spec import RunSpec
 
     class FailedSourceBackend:
@@ -410,7 +392,7 @@ def test_testbed_fails_in_one_line_when_a_source_did_not_end_ok(tmp_path, capsys
 
     spec = RunSpec(sources=2, cpu=0.4, modules=("none",), model="vgg11-slim", batches=3, epochs=2,
                    out=str(tmp_path / "run"))
-    assert run(spec, lambda *a, **k: None, FailedSourceBackend()) == EXIT_FAILED
+    assert exit_status(lambda: run(spec, lambda *a, **k: None, FailedSourceBackend())) == Exit.FAILED
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("testbed: error: ") and "source-1.jsonl" in err
     assert "ended with status error" in err

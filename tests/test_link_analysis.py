@@ -1,4 +1,4 @@
-"""The link and latency figures (analysis/metrics.py) on hand-written traces whose values are
+"""The link and latency figures (analysis/metrics/link.py, latency.py) on hand-written traces whose values are
 known: an arm folder of two sources behind an emulated link (link.jsonl with NIC counters,
 capacity and sample events), batch and infer events with their latency parts."""
 import json
@@ -256,7 +256,7 @@ def test_old_traces_give_none(tmp_path):
     assert runs.infers.empty and list(runs.infers.columns) == INFER_COLUMNS
     assert runs.batches["latency_s"].isna().all()
     printed = format_table({"arms": {"none": arm}, "comparison": None})
-    assert not any(line.startswith(label) for line in printed.splitlines() for label, _, _ in LINK_ROWS)
+    assert not any(line.startswith(row.title) for line in printed.splitlines() for row in LINK_ROWS)
     assert len(printed.splitlines()) == len(ROWS) + 2  # header, rows, the bound-by sentence
 
 
@@ -372,7 +372,7 @@ def test_the_printed_table_shows_the_link_and_latency_rows(tmp_path):
     assert row("TCP/IP overhead") == "20.0%" and row("NIC bytes per sample") == "164.8"
     assert row("link use") == "20%" and row("link limit (samples/s per source)") == "50.00"
     assert row("latency train p95 (ms)") == "1495.0" and row("latency infer p50 (ms)") == "500.0"
-    assert [line.split()[0] for line in lines[1:len(ROWS) + 1]] == [label.split()[0] for label, _, _ in ROWS]
+    assert [line.split()[0] for line in lines[1:len(ROWS) + 1]] == [row.title.split()[0] for row in ROWS]
 
 
 def test_report_lists_link_latency_and_trace_figures(tmp_path):
@@ -406,7 +406,7 @@ def test_throughput_against_bandwidth_from_three_run_folders(tmp_path):
                            label=f"{rate}mbit dedicated", nic=False)
         folders.append(run)
     runs = load_runs(folders)
-    sweep = metrics.bandwidth_sweep(runs)
+    sweep = metrics.bandwidth_sweep(metrics.arm_figures(runs))
     none = sweep[sweep["module"] == "none"]
     assert none["up_bps"].tolist() == [1e6, 5e6, 20e6] and none["samples_per_s"].tolist() == [10.0] * 3
     # stream bytes (no NIC counters): 100 up and 50 down per sample

@@ -56,12 +56,8 @@ def _levels(text: str):
     return parse_levels(text)
 
 
-# The options of adaptation, declared here (workloads.settings lists them with the core's);
-# the policies' defaults are theirs.
-ADAPT = Option("adapt", str, "", "adapt the module's level (the filter family's budget, cdc's mask number, the "
-               "quality of jpeg and webp) to what each source measures of its link, with this policy: threshold or "
-               "harmonic (empty: the level is fixed; arms without a level run fixed)", SOURCE, choices=_policy_choices,
-               chart="workload.adapt", group="adapt")
+# The options of adaptation, declared here (workloads.settings lists them with the core's;
+# --adapt itself below the policies, whose names its help lists); the policies' defaults are theirs.
 TARGET = Option("target", float, 0.0, "what --adapt aims at: samples/s per source", SOURCE, min=0,
                 chart="workload.target", group="adapt")
 TARGET_LATENCY = Option("target-latency", float, 0.0, "what --adapt aims at, instead of --target: seconds per "
@@ -78,7 +74,6 @@ WINDOW = Option("adapt-window", int, 5, "harmonic: the intervals whose bandwidth
 LEVELS = Option("adapt-levels", str, "", "the levels --adapt chooses among, comma-separated (default, the module's: "
                 "budgets from --budget doubling up to all maps; mask numbers 4..0; qualities 10,25,50,75,90)", SOURCE,
                 validate=_levels, chart="workload.adaptLevels", group="adapt")
-OPTIONS = (ADAPT, TARGET, TARGET_LATENCY, INTERVAL, DWELL, HYSTERESIS, WINDOW, LEVELS)
 
 
 @dataclass(frozen=True)
@@ -208,6 +203,13 @@ class Harmonic(Policy):
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {p.name: p for p in (Threshold, Harmonic)}
+
+
+ADAPT = Option("adapt", str, "", "adapt the module's level (the filter family's budget, cdc's mask number, the "
+               "quality of jpeg and webp) to what each source measures of its link, with this policy: "
+               + " or ".join(POLICIES) + " (empty: the level is fixed; arms without a level run fixed)", SOURCE,
+               choices=_policy_choices, chart="workload.adapt", group="adapt")
+OPTIONS = (ADAPT, TARGET, TARGET_LATENCY, INTERVAL, DWELL, HYSTERESIS, WINDOW, LEVELS)
 
 
 def create_policy(name: str, bytes_per_sample: Sequence[float], target: float, **options) -> Policy:

@@ -92,6 +92,7 @@ class DatasetKind:
     count: Callable[[str], int] | None = None         # its classes, from its data (for classes None)
     download: str | None = None  # torchvision's class that --download fetches it with (None: it cannot be)
     real: bool = True            # real images (--augment auto augments them); False: the synthetic set
+    help: str = ""               # where it comes from, for --dataset's help
 
 
 def dataset_kind(name: str) -> DatasetKind:
@@ -513,12 +514,14 @@ def shard(split: Split, part: int, parts: int) -> Split:
 
 DATASETS: dict[str, DatasetKind] = {kind.name: kind for kind in (
     DatasetKind("cifar10", "CIFAR-10", 10, "cifar-10-batches-bin/ or cifar-10-batches-py/ (torchvision's layout)",
-                required=False, find=find_cifar10, load=_cifar(load_cifar10), download="CIFAR10"),
+                required=False, find=find_cifar10, load=_cifar(load_cifar10), download="CIFAR10",
+                help="from --data-dir, else synthetic"),
     DatasetKind("cifar100", "CIFAR-100", 100, "cifar-100-python/ (torchvision's layout)", required=True,
-                find=find_cifar100, load=_cifar(load_cifar100), download="CIFAR100"),
+                find=find_cifar100, load=_cifar(load_cifar100), download="CIFAR100", help="from --data-dir"),
     DatasetKind("folder", "an image folder", None,
                 "train/<class>/* and test/<class>/* (torchvision's ImageFolder layout)", required=True,
                 find=lambda data_dir: _existing_root(data_dir), load=lambda found, **shard: load_folder(found, **shard),
-                count=lambda data_dir: len(list_folder(data_dir).classes)),
+                count=lambda data_dir: len(list_folder(data_dir).classes),
+                help="an image folder from --data-dir: train/<class>/*, test/<class>/*"),
     DatasetKind("synthetic", "the synthetic set", 10, None, required=False, real=False),
 )}

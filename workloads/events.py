@@ -219,7 +219,7 @@ DECLARATIONS: tuple[Event, ...] = (
         rate?             number (mcr2) the coding rate term
         class_rate?       number (mcr2) the class-conditional coding rate
     """),
-    _event(ENTROPY_MODEL, ROLE_SOURCE, "mcr2's entropy model, fitted at the end of its phase 1", """
+    _event(ENTROPY_MODEL, ROLE_SOURCE, "the entropy model of mcr2, fitted at the end of its phase 1", """
         kept              list   the latent dimensions kept (those of highest Fisher power), ascending
         fisher            list   their Fisher power
         model_bytes       bytes  the model's size (its PMF, offsets and the kept indices)
@@ -448,7 +448,7 @@ def check(writer: str, name: str) -> str:
     if (writer, name) not in DECLARED:
         known = sorted(e.name for e in DECLARATIONS if e.writer == writer)
         raise UndeclaredEvent(f"trace event {name!r} is not declared for the {writer} in workloads/events.py "
-                              f"(declared: {', '.join(known) or 'none'})")
+                              f"(declared: {', '.join(known) or 'nothing'})")
     return name
 
 

@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from . import adapt
+from .data import DATASETS
 from .option import ENV_PREFIX, PROGRAMS, Option, camel, flag, knob  # noqa: F401 (the declarations' machinery)
 
 def drops(text: str) -> dict[int, float]:
@@ -56,11 +57,6 @@ def _models() -> list[str]:
     return sorted(MODELS)
 
 
-def _datasets() -> list[str]:
-    from .data import DATASETS
-    return sorted(DATASETS)
-
-
 SRC, SRV, BOTH = ("source",), ("server",), PROGRAMS
 
 # The core: what both programs, or one of them, read whatever the module.
@@ -80,9 +76,8 @@ CORE: tuple[Option, ...] = (
     Option("split", int, 2, "cut after this block: a VGG11 conv block, or the ResNet-18 stem (1) or a stage "
            "(2..5); 0: offload the raw input (input modules always use 0)",
            min=0, chart="workload.split"),
-    Option("dataset", str, "cifar10", "cifar10 (from --data-dir, else synthetic), cifar100 (from --data-dir), "
-           "folder (an image folder from --data-dir: train/<class>/*, test/<class>/*) or synthetic",
-           choices=_datasets, chart="workload.dataset"),
+    Option("dataset", str, "cifar10", ", ".join(f"{d.name} ({d.help})" if d.help else d.name for d in DATASETS.values()),
+           choices=tuple(sorted(DATASETS)), chart="workload.dataset"),
     Option("classes", int, 0, "classes the model predicts; 0: the dataset's own (cifar10, synthetic: 10; "
            "cifar100: 100; folder: testbed run counts the class folders in --data-dir, on Kubernetes give it)",
            min=0, chart="workload.classes", group="data"),

@@ -8,12 +8,13 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from analysis.figures import one, shown
+
 from .spec import SweepSpec, Trial
 
-# copied from the arm's summary (analysis/metrics.py); a per-source list becomes its mean
-METRICS = ("bytes_per_sample_sent", "bytes_per_sample_received", "coded_bytes_per_sample",
-           "eval_coded_bytes_per_sample", "test_accuracy", "final_loss", "samples_total", "pretrain_samples_per_source",
-           "samples_per_s_per_source", "duration_s", "bytes_sent_total", "bytes_received_total")
+# the figures of an arm's summary declared shown in "sweep" (analysis/figures.py), under their
+# names; a per-source one as the one number it declares (its ``reduce``: the mean over sources)
+METRICS = tuple(d.name for d in shown("sweep"))
 FINISHED = ("ok", "lost-sources")
 TRIALS = "trials"
 
@@ -52,7 +53,7 @@ class SweepTable:
         row = self.rows[trial.id]
         summary = result.get("summary") or {}
         row.update(status=result["status"], error=result.get("error"), seconds=result.get("seconds"),
-                   metrics={m: _one_number(summary.get(m)) for m in METRICS})
+                   metrics={m: one(m, summary) for m in METRICS})
         if result["status"] in FINISHED and summary.get("test_accuracy") is None and row["error"] is None:
             row["error"] = "no summary of the arm was written"
         self.write()
@@ -67,14 +68,6 @@ class SweepTable:
         rows = [self.rows[t.id] for t in self.spec.trials]
         _atomic(self.out / "sweep.json", json.dumps({**self.header, "trials": rows}, indent=2) + "\n")
         _atomic(self.out / "sweep.csv", _csv(rows))
-
-
-def _one_number(value):
-    """A metric as one number: the mean where the summary has one per source."""
-    if isinstance(value, list):
-        numbers = [v for v in value if isinstance(v, (int, float))]
-        return round(sum(numbers) / len(numbers), 4) if numbers else None
-    return value
 
 
 def _pending(trial: Trial) -> dict:
