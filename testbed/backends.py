@@ -15,7 +15,9 @@ class BackendKind:
     name: str
     help: str            # what it is, for --backend's help
     opens: str           # "module:callable" that makes it for a validated spec: (spec, say) -> Backend
-    checks: str          # "module:callable" (spec) -> None, raising SpecError for what this backend refuses
+    refuses: str         # "module:callable" (spec) -> None: SpecError for what it cannot take, checked first
+    checks: str          # "module:callable" (spec, links) -> None: SpecError for what only it (its host) can
+                         # say, checked last (``links``: the planned emulated links, None for loopback)
     trials: bool         # a sweep can run its trials (each one a process on a Ray node)
     own_ports: bool      # trials side by side on one host need ports of their own
     trial_cpus: float | None  # a sweep trial's CPUs by default (None: the whole node)
@@ -24,18 +26,21 @@ class BackendKind:
     def open(self, spec, say=print):
         return _resolve(self.opens)(spec, say)
 
-    def check(self, spec) -> None:
-        _resolve(self.checks)(spec)
+    def refuse(self, spec) -> None:
+        _resolve(self.refuses)(spec)
+
+    def check(self, spec, links) -> None:
+        _resolve(self.checks)(spec, links)
 
 
 BACKENDS: dict[str, BackendKind] = {kind.name: kind for kind in (
-    BackendKind("local", "processes on this machine", "testbed.local:LocalBackend", "testbed.local:check_spec",
-                trials=True, own_ports=True, trial_cpus=None),
-    BackendKind("k8s", "the Helm chart on a cluster", "testbed.k8s.backend:open_backend",
+    BackendKind("local", "processes on this machine", "testbed.local:LocalBackend", "testbed.local:refuses",
+                "testbed.local:check_spec", trials=True, own_ports=True, trial_cpus=None),
+    BackendKind("k8s", "the Helm chart on a cluster", "testbed.k8s.backend:open_backend", "testbed.k8s.checks:refuses",
                 "testbed.k8s.checks:check_spec", trials=False, own_ports=False, trial_cpus=None, cluster_host=True),
     BackendKind("inproc", "each arm in one process, its sources stepped in turn: the same bytes and training "
                 "without sockets, caps or links, for fast accuracy sweeps", "testbed.inproc:InprocBackend",
-                "testbed.inproc:check_spec", trials=True, own_ports=False, trial_cpus=1.0),
+                "testbed.inproc:refuses", "testbed.inproc:check_spec", trials=True, own_ports=False, trial_cpus=1.0),
 )}
 
 

@@ -31,7 +31,7 @@ from .options import options, run_options
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts"
-BEGIN, END = "generated from the option declarations by python -m testbed.generate", "end of generated"
+BEGIN, END = "generated from the declarations by python -m testbed.generate", "end of generated"
 JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
@@ -103,7 +103,7 @@ def rate_schemas() -> dict[str, dict]:
 def configmap() -> str:
     """The ConfigMap: the chart values the programs read, as their environment."""
     input_only = " ".join(json.dumps(m.name) for m in modules() if m.input_only)
-    lines = ["# Generated from the option declarations (workloads/settings.py and the modules' knobs) by",
+    lines = ["# Generated from the option declarations (workloads/settings.py, workloads/adapt.py, the modules' knobs) by",
              "# python -m testbed.generate: do not edit. The run spec, as the programs' environment.",
              "apiVersion: v1", "kind: ConfigMap", "metadata:",
              '  name: {{ include "splittest.fullname" . }}-spec', "  labels:",

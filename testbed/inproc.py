@@ -16,7 +16,7 @@ from .errors import BackendError
 from .processes import POLL_S, Fleet, describe_exit, server_thread_count, torch_threads
 from .progress import Progress
 from .signals import signals_deferred
-from .spec import RunSpec, refuse_given
+from .spec import RunSpec, check_data_dir, refuse_given
 
 NO_CAP = Cap.method  # the cap method that caps nothing (the base Cap's)
 NAME = "arm"  # the arm's one process, in the fleet and as logs/arm.log
@@ -60,5 +60,10 @@ class InprocBackend(Backend):
         return ArmResult(module, directory, NO_CAP, "no caps: one process, its sources stepped in turn")
 
 
-def check_spec(spec: RunSpec) -> None:
+def refuses(spec: RunSpec) -> None:
     refuse_given(spec, NOT_INPROC, "it runs each arm in one process, without sockets or links (use --backend local)")
+    check_data_dir(spec)
+
+
+def check_spec(spec: RunSpec, links) -> None:
+    """Nothing more: one process on this machine, no host facts to check."""

@@ -25,7 +25,7 @@ from .links.plan import LinkPlan, plan_links
 from .processes import (POLL_S, STOP_GRACE_S, Fleet, chain, describe_exit, server_cpus, server_thread_count,
                         signal_group, torch_threads)
 from .progress import Progress
-from .spec import RunSpec, SpecError, check_host, check_links_here, planned_links
+from .spec import RunSpec, SpecError, check_host, check_links_here
 from .traces import read_events
 
 SERVER_READY_TIMEOUT_S = 180.0
@@ -274,12 +274,15 @@ def oom_killed(cap: Cap | None, i: int) -> bool:
     return int(counts.get("oom_kill", "0")) > 0
 
 
-def check_spec(spec: RunSpec) -> None:
-    """What only this host can say: its cores and the port, and for emulated links its
-    kernel and rights. A claim is the cluster's."""
+def refuses(spec: RunSpec) -> None:
+    """Nothing: what the local backend cannot take, only this host can say (check_spec)."""
+
+
+def check_spec(spec: RunSpec, links) -> None:
+    """What only this host can say: its cores, the data folder, the port, and for emulated
+    links its kernel and rights. A claim is the cluster's."""
     if spec.data_pvc:
         raise SpecError("--data-pvc is for the k8s backend; locally give the folder with --data-dir")
     check_host(spec)
-    links = planned_links(spec)
     if links is not None:
         check_links_here(links)

@@ -15,7 +15,7 @@ from workloads.data import dataset_kind
 
 from . import __version__, backends
 from .backend import Backend
-from .errors import BackendError, BadInput, Exit, LostSources, interrupted, warn
+from .errors import BackendError, BadInput, Exit, LostSources, TestbedError, interrupted, warn
 from .errors import report as report_error
 from .spec import RunSpec, data_in_use
 
@@ -25,7 +25,8 @@ def new_run_id() -> str:
 
 
 def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
-    """Every arm of ``spec`` on ``backend`` (default: local processes); the exit status."""
+    """Every arm of ``spec`` on ``backend`` (default: the spec's backend, opened from the
+    registry); the exit status, or a TestbedError (BackendError, LostSources, BadInput)."""
     from analysis.summary import SummaryError, compare, summarise_arm
 
     from .traces import TraceError
@@ -82,15 +83,17 @@ def sweep_bandwidth(spec: RunSpec, say=print) -> int:
     against bandwidth among its figures). The exit status: failed if a run failed, else
     lost-sources if one lost sources, else 0; Ctrl-C stops the sweep."""
     parent = Path(spec.out or Path("runs") / f"sweep-{new_run_id()}")
+    rates = [r.strip() for r in spec.sweep_bandwidth.split(",")]
+    specs = [RunSpec(**{**spec.values, "bandwidth": rate, "sweep_bandwidth": "",
+                        "out": str(parent / rate.replace("/", "-"))}) for rate in rates]
+    first = backends.get(spec.backend).open(specs[0], say)  # a cluster that cannot be reached: before any folder
     make_folder(parent)
     codes, folders = [], []
-    for rate in [r.strip() for r in spec.sweep_bandwidth.split(",")]:
-        one = RunSpec(**{**spec.values, "bandwidth": rate, "sweep_bandwidth": "",
-                         "out": str(parent / rate.replace("/", "-"))})
+    for rate, one in zip(rates, specs):
         say(f"sweep: --bandwidth {rate}")
         try:
-            code = run(one, say)
-        except (BackendError, LostSources) as exc:  # the next rate runs
+            code = run(one, say, first if one is specs[0] else None)
+        except TestbedError as exc:  # the next rate runs
             code = report_error(exc)
         if code == Exit.INTERRUPTED:
             return code
@@ -169,8 +172,8 @@ def report(run_dirs, out: str, say=print) -> int:
                                     else Path("runs") / ("report-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
     try:
         result = write_report(run_dirs, target)
-    except RunDirError as exc:
-        raise BadInput(str(exc)) from None
+    except RunDirError as exc:  # reported here: a run, a sweep or a reproduction that reports goes on
+        return report_error(BadInput(str(exc)))
     for problem in result.problems:
         warn(problem)
     say(f"report: {result.markdown} ({len(result.figures) // 2} figures)")

@@ -121,15 +121,14 @@ def validate(spec: RunSpec) -> None:
     if beyond:
         raise SpecError(f"--drop names source {beyond[0]}, but sources are 0..{spec.sources - 1} (--sources {spec.sources})")
     backend = backends.get(spec.backend)
-    backend.check(spec)  # what this backend refuses; then what every backend needs
+    backend.refuse(spec)  # what it cannot take at all (a link in one process), before the links are planned
     if spec.sweep_bandwidth and (spec.bandwidth or spec.link_trace):
         raise SpecError("--sweep-bandwidth sets each run's --bandwidth: leave out --bandwidth and --link-trace")
-    planned_links(spec)
+    links = planned_links(spec)
     if spec.download and not spec.data_dir:
         raise SpecError("--download needs --data-dir: the folder to download CIFAR-10 into")
     _validate_dataset(spec)
-    if not backend.cluster_host:
-        check_data_dir(spec)
+    backend.check(spec, links)  # what only it, or its host, can say
 
 
 def planned_links(spec: RunSpec):
@@ -211,12 +210,13 @@ def run_classes(spec: RunSpec) -> int:
 
 
 def check_host(spec: RunSpec) -> None:
-    """The cores and the port, which only this host can check."""
+    """The cores, the data folder and the port, which only this host can check."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if max(spec.cpus) > cores:
         raise SpecError(f"--cpu {max(spec.cpus):g} is more than this host's {cores} cores")
     if spec.server_cpus >= cores:
         raise SpecError(f"--server-cpus {spec.server_cpus} leaves no core for the sources: this host has {cores}")
+    check_data_dir(spec)
     check_port_free(spec.port)
 
 

@@ -180,7 +180,9 @@ def check_data_dir(name: str, data_dir: str, classes: int = 0, download: bool = 
         if classes and classes != counted:
             raise DataError(f"--classes {classes} does not match {data_dir}, which has {counted} class folders "
                             "under train/")
-    elif kind.find is not None and kind.find(data_dir) is None and kind.required and not download:
+    elif kind.find is None:  # the synthetic set reads nothing there, but a folder given must be one
+        _readable_root(data_dir)
+    elif kind.find(data_dir) is None and kind.required and not download:
         raise DataError(missing_data(kind, data_dir))
 
 

@@ -425,14 +425,12 @@ def live(args, trace: TraceWriter, created: float, connection=None, before_start
         source.bye()
         trace.event(events.END, status="ok", **_resources(created))
         return Exit.OK, ""
-    except ServerGone as exc:
-        print(f"source {args.source_id}: {exc}", file=sys.stderr)
-        trace.event(events.END, status="server-gone", error=str(exc), **_resources(created))
-        return Exit.SERVER_GONE, str(exc)
     except (WorkloadError, ValueError) as exc:  # a module's ValueError: a setting it cannot take
+        status = getattr(exc, "status", Exit.ERROR)
         print(f"source {args.source_id}: {exc}", file=sys.stderr)
-        trace.event(events.END, status="error", error=str(exc), **_resources(created))
-        return Exit.ERROR, str(exc)
+        trace.event(events.END, status="server-gone" if status == Exit.SERVER_GONE else "error", error=str(exc),
+                    **_resources(created))
+        return status, str(exc)
     except KeyboardInterrupt:
         trace.event(events.END, status="interrupted", **_resources(created))
         return Exit.INTERRUPTED, ""

@@ -26,6 +26,7 @@ from .stream import LogStreamer
 from .values import chart_values, release_name
 
 INSTALL_TIMEOUT_S = 300
+_CLUSTERS: dict[tuple[str, str | None], Cluster] = {}  # the clusters this process reached, by namespace and context
 
 
 class KubernetesBackend(Backend):
@@ -110,8 +111,12 @@ class KubernetesBackend(Backend):
 def open_backend(spec: RunSpec, say=print) -> KubernetesBackend:
     """The backend of ``testbed run --backend k8s``: the cluster of the kube context (its
     namespace), reachable, with the spec's images, waits and ``--keep``."""
-    cluster = Cluster(namespace=spec.namespace, context=spec.kube_context or None)
-    say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {cluster.namespace}")
+    key = (spec.namespace, spec.kube_context or None)
+    if key not in _CLUSTERS:  # once per process: each rate of --sweep-bandwidth is a run of its own
+        cluster = Cluster(namespace=key[0], context=key[1])
+        say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {cluster.namespace}")
+        _CLUSTERS[key] = cluster
+    cluster = _CLUSTERS[key]
     return KubernetesBackend(spec, cluster, keep=spec.keep, source_image=spec.source_image,
                              server_image=spec.server_image, wait_s=spec.wait, pending_timeout_s=spec.pending_timeout,
                              say=say)

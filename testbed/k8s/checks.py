@@ -12,7 +12,7 @@ ON_K8S_INSTEAD = {"data_dir": "on Kubernetes give a PersistentVolumeClaim holdin
                               "data.volume)"}
 
 
-def check_spec(spec: RunSpec) -> None:
+def refuses(spec: RunSpec) -> None:
     if isinstance(spec.cpu, tuple):
         raise SpecError("--cpu with one value per source is for the local backend: the chart gives every "
                         "source pod the same CPU limit")
@@ -20,6 +20,9 @@ def check_spec(spec: RunSpec) -> None:
         link_values(spec)  # a cluster enforces a fixed rate per source pod, no more
     except ValueError as exc:
         raise SpecError(str(exc)) from None
+
+
+def check_spec(spec: RunSpec, links) -> None:
     for option in run_options():
         if option.local_only and spec.values[option.dest] != option.default:
             instead = ON_K8S_INSTEAD.get(option.dest)

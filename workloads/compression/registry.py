@@ -1,6 +1,6 @@
 """The registry of compression modules: a name -> everything known about the module.
 
-A module's file declares its knobs (``settings.knob``) and registers one
+A module's file declares its knobs (``workloads.option.knob``) and registers one
 :class:`ModuleSpec` per name: the source and server parts, the paper, whether it
 compresses the input itself, its budget schedule, the level ``--adapt`` may change
 during a run, its server part's learning-rate scale, what runs where, and its
