@@ -53,6 +53,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import jsonl
+from .errors import AnalysisError
 
 # The trace events analysis reads, by name (declared in workloads/events.py, which
 # analysis does not import); READ: the role -> the names read from its traces.
@@ -83,7 +84,7 @@ SOURCE_COLUMNS = ["run", "arm", "label", "module", "source", "status", "start_s"
                   "peak_rss_mb", "pretrain_s"]
 
 
-class RunDirError(ValueError):
+class RunDirError(AnalysisError):
     """Nothing can be read from a path; the message says why."""
 
 

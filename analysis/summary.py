@@ -19,13 +19,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import metrics
+from .errors import AnalysisError
 from .figures import cell, shown
 from .load import RunDirError, load_arm
 
 
-class SummaryError(ValueError):
+class SummaryError(AnalysisError):
     """An arm cannot be summarised: a source did not end well, or a trace is missing or
     damaged. The message is one line and names the trace."""
+    status = 1  # the run failed
 
 
 def summarise_arm(arm_dir, module: str, sources: int, cpu_cap: float, cap_method: str, *,

@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .errors import AnalysisError  # noqa: E402
 from .load import RunDirError  # noqa: E402
 from .plots import STYLES, _save, module_colour  # noqa: E402
 
@@ -41,7 +42,7 @@ class SweepError(RunDirError):
     """A sweep folder that cannot be read; the message names it."""
 
 
-class SeriesError(ValueError):
+class SeriesError(AnalysisError):
     """A series (or a knob value of it) the sweep has no finished trial of."""
 
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from analysis import jsonl
 
+from .errors import TestbedError
 
-class TraceError(ValueError):
-    pass
+
+class TraceError(TestbedError, ValueError):
+    """A trace the testbed reads is missing or damaged; the message names it."""
 
 
 def read_events(path: Path, *, strict: bool = True, start: int = 0) -> list[dict]:

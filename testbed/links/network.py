@@ -32,6 +32,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from ..errors import BackendError
 from .plan import LinkPlan
 
 NETNS_DIR = Path("/run/netns")
@@ -48,7 +49,7 @@ NAME = re.compile(r"^splittest-(\d+)-")
 PROBED_QDISCS = ("htb", "tbf", "netem", "pfifo", "bfifo")
 
 
-class NetworkError(RuntimeError):
+class NetworkError(BackendError):
     """The network could not be built; the message says what and why."""
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import BadInput
 from .profiles import profile
 from .schedule import Schedule, read_schedule
 from .values import Rate, cycle, parse_delay, parse_loss, parse_updown, per_source
 
 
-class LinkError(ValueError):
+class LinkError(BadInput):
     """A link setting that cannot be honoured; the message names it and why."""
 
 

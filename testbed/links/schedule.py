@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BadInput
 from .values import MIN_RATE_BPS
 
 PACKET_BYTES = 1500   # Mahimahi's delivery opportunity: one MTU-sized packet
@@ -30,7 +31,7 @@ FLOOR_BPS = MIN_RATE_BPS
 MAX_LINES = 20_000_000
 
 
-class TraceFileError(ValueError):
+class TraceFileError(BadInput):
     """A trace file that cannot be read; the message names the file and the line."""
 
 
