@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +30,61 @@ def run_testbed(*args, timeout=600, **kwargs):
     """Run the real `testbed` CLI in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "testbed.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=kwargs.pop("cwd", REPO), **kwargs)
+
+
+def _in_process(main, argv, capsys) -> subprocess.CompletedProcess:
+    """``main(argv)`` of a program in this process, as its exit status, stdout and stderr
+    (a CompletedProcess, like ``run_testbed``'s): no interpreter to start, no torch to import.
+    The SIGTERM handler a program installs is put back afterwards."""
+    argv = [str(a) for a in argv]
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's errors and --help
+        code = exc.code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
+@pytest.fixture
+def cli(capsys):
+    """The ``testbed`` command in this process: ``cli("run", "--sources", 0)`` -> CompletedProcess.
+    For what a command says and returns; a test about the process itself (signals, the
+    process tree, the console script) starts it with ``run_testbed``."""
+    from testbed.cli import main
+    return lambda *args: _in_process(main, args, capsys)
+
+
+@pytest.fixture
+def program(capsys):
+    """``python -m workloads.<role>`` in this process: ``program("server", "--port", p)``."""
+    def call(role, *args):
+        import importlib
+        return _in_process(importlib.import_module(f"workloads.{role}").main, args, capsys)
+    return call
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_roots() -> list[Path]:
+    """Where this host lets a run make its cgroups, found as testbed/cpucap.py finds them:
+    cgroup v2's root when it offers the cpu controller, else v1's cpu and cpuset
+    controllers; [] when this process may make none (the run caps with psutil)."""
+    controllers = CGROUP_ROOT / "cgroup.controllers"
+    if controllers.is_file() and "cpu" in controllers.read_text().split():
+        return [CGROUP_ROOT] if os.access(CGROUP_ROOT, os.W_OK) else []
+    if (CGROUP_ROOT / "cpu" / "cpu.cfs_quota_us").is_file() and os.access(CGROUP_ROOT / "cpu", os.W_OK):
+        return [CGROUP_ROOT / "cpu"] + ([CGROUP_ROOT / "cpuset"] if (CGROUP_ROOT / "cpuset").is_dir() else [])
+    return []
+
+
+def cgroups_of(pid) -> list[str]:
+    """The splittest cgroups (cpu, cpuset; v1 or v2) that testbed process ``pid`` made."""
+    roots = (CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpuset", CGROUP_ROOT)
+    return sorted(str(p) for root in roots if root.is_dir() for p in root.glob(f"splittest-{pid}-*"))
 
 
 # Small settings that keep an end-to-end run to seconds on 2 cores.

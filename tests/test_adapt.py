@@ -40,6 +40,7 @@ def run(policy_name, **options):
 
 # -- policies -----------------------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_harmonic_picks_the_least_compression_that_meets_the_target():
     levels = [d.level for d in run("harmonic", window=1)]
     # 20 Mbit/s: all 32 maps (8200 B) allow 1/(5 ms + 3.3 ms) = 121 samples/s. 2 Mbit/s: budget 16 allows
@@ -48,6 +49,7 @@ def test_harmonic_picks_the_least_compression_that_meets_the_target():
     assert "Mbit/s (harmonic mean of 1)" in run("harmonic", window=1)[6].reason
 
 
+@pytest.mark.quick
 def test_harmonic_mean_weighs_the_slow_interval_more_and_a_drop_counts_at_once():
     policy = create_policy("harmonic", LEVELS, target=100.0, window=2)
     policy.decide(interval(2.0, LEVELS[3]))
@@ -59,6 +61,7 @@ def test_harmonic_mean_weighs_the_slow_interval_more_and_a_drop_counts_at_once()
     assert "bandwidth 2.00 Mbit/s (the last interval's, below the harmonic mean)" in decision.reason
 
 
+@pytest.mark.quick
 def test_threshold_steps_one_level_at_a_time_down_at_once_up_after_the_dwell():
     decisions = run("threshold", hysteresis=0.1, dwell=3)
     levels = [d.level for d in decisions]
@@ -70,6 +73,7 @@ def test_threshold_steps_one_level_at_a_time_down_at_once_up_after_the_dwell():
     assert "holding level" in decisions[ups[0] + 1].reason
 
 
+@pytest.mark.quick
 def test_threshold_does_not_step_up_to_a_level_that_would_miss_the_target():
     """At 2 Mbit/s budget 4 gives 110 samples/s, above the band; budget 16 would give 47: it holds
     instead of stepping up and down at every dwell."""
@@ -81,17 +85,20 @@ def test_threshold_does_not_step_up_to_a_level_that_would_miss_the_target():
     assert "at the most compression already: holding" in slow.decide(interval(0.1, LEVELS[0])).reason
 
 
+@pytest.mark.quick
 def test_the_dwell_keeps_every_policy_from_rising_again_soon_after_a_change():
     policy = create_policy("harmonic", LEVELS, target=100.0, window=1, dwell=3)
     levels = [policy.decide(interval(mbit, LEVELS[policy.level])).level for mbit in [20, 2, 20, 20, 20, 2, 20]]
     assert levels == [3, 1, 1, 1, 3, 1, 1]  # down at once; up only 3 intervals after the last change
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", ["threshold", "harmonic"])
 def test_the_same_measurements_give_the_same_decisions(name):
     assert run(name) == run(name)
 
 
+@pytest.mark.quick
 def test_bad_policies_are_one_line():
     with pytest.raises(ValueError, match="unknown adaptation policy 'pid'; known: harmonic, threshold"):
         create_policy("pid", LEVELS, 100.0)
@@ -127,6 +134,7 @@ def drop_csv(tmp_path):
     return path
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("policy", ["threshold", "harmonic"])
 def test_the_same_trace_and_seed_give_the_same_decisions(drop_csv, policy):
     first, levels = simulate(drop_csv, policy, seed=7)
@@ -140,6 +148,7 @@ def test_the_same_trace_and_seed_give_the_same_decisions(drop_csv, policy):
     assert max(during) < 32 and before[-1] == 32 and after[-1] == 32  # the budget follows the link
 
 
+@pytest.mark.quick
 def test_the_controller_closes_an_interval_after_its_seconds_of_steps():
     controller = Controller("threshold", (4, 32), [2048, 16384], target=100.0, interval_s=1.0)
     assert controller.observe(16, 0.4, 0.1, 1000) is None
@@ -150,6 +159,7 @@ def test_the_controller_closes_an_interval_after_its_seconds_of_steps():
     assert controller.observe(16, 0.4, 0.1, 1000) is None  # a fresh interval
 
 
+@pytest.mark.quick
 def test_a_latency_target_is_a_batch_per_that_many_seconds():
     assert target_samples_per_s(50.0, 0.0, 16) == 50.0
     assert target_samples_per_s(0.0, 0.2, 16) == 80.0  # 16 samples a step, a step per 0.2 s
@@ -161,6 +171,7 @@ def _source(module, cut_shape, **knobs):
     return create_source(module, cut_shape, CompressionConfig(program="source", **knobs))
 
 
+@pytest.mark.quick
 def test_the_filter_level_is_its_budget_and_its_bytes_are_exact():
     part = _source("filter", (32, 8, 8), budget=4)
     maps = torch.randn(16, 32, 8, 8)
@@ -171,6 +182,7 @@ def test_the_filter_level_is_its_budget_and_its_bytes_are_exact():
     assert sent.shape[1] == 16 and side["index"].size == 16
 
 
+@pytest.mark.quick
 def test_the_cdc_level_is_its_mask_number_fine_tuned_from_where_it_is():
     part = _source("cdc", (3, 32, 32), classes=10, mask_number=0)
     images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
@@ -193,6 +205,7 @@ def test_the_cdc_level_is_its_mask_number_fine_tuned_from_where_it_is():
     assert any(k.startswith("decoder.") for k in arrays)  # the fine-tuned decoder crosses again
 
 
+@pytest.mark.quick
 def test_a_codec_level_is_its_quality_and_its_bytes_are_counted():
     part = _source("jpeg", (3, 32, 32), quality=75)
     pixels = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32))
@@ -203,6 +216,7 @@ def test_a_codec_level_is_its_quality_and_its_bytes_are_counted():
     assert part.describe() == {"quality": 10}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("args, message", [
     (["--module", "filter", "--adapt", "threshold"], "--adapt needs one target"),
     (["--module", "filter", "--adapt", "threshold", "--target", "50", "--target-latency", "0.2"],
@@ -223,21 +237,21 @@ def test_a_codec_level_is_its_quality_and_its_bytes_are_counted():
     (["--module", "filter,jpeg", "--adapt", "harmonic", "--target", "50", "--adapt-levels", "4,8,32"],
      "--adapt-levels gives one set of levels, but the arms adapt budget and quality"),
 ])
-def test_bad_adapt_settings_are_one_line_before_anything_starts(args, message, tmp_path):
-    result = run_testbed("run", *TINY, "--backend", "inproc", *args, "--out", tmp_path / "run", timeout=120)
+def test_bad_adapt_settings_are_one_line_before_anything_starts(args, message, tmp_path, cli):
+    result = cli("run", *TINY, "--backend", "inproc", *args, "--out", tmp_path / "run")
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
 # -- a real run -----------------------------------------------------------------------------------------
 
-def test_a_run_replays_its_traced_decisions(tmp_path):
+def test_a_run_replays_its_traced_decisions(tmp_path, cli):
     """In one process: the arm without a level runs fixed, the filter adapts; the inputs each
     decision was traced with give a fresh policy the same decisions."""
     out = tmp_path / "run"
-    result = run_testbed("run", *TINY, "--backend", "inproc", "--module", "none,filter", "--sources", "1",
-                         "--batches", "40", "--epochs", "1", "--adapt", "threshold", "--target", "100000",
-                         "--adapt-interval", "0.05", "--adapt-dwell", "1", "--out", out, "--quiet", timeout=300)
+    result = cli("run", *TINY, "--backend", "inproc", "--module", "none,filter", "--sources", "1",
+                 "--batches", "40", "--epochs", "1", "--adapt", "threshold", "--target", "100000",
+                 "--adapt-interval", "0.05", "--adapt-dwell", "1", "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr
     assert not [e for e in read_jsonl(out / "none" / "source-0.jsonl") if e["event"].startswith("adapt")]
     events = read_jsonl(out / "filter" / "source-0.jsonl")

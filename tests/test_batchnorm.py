@@ -15,13 +15,14 @@ from workloads.protocol import Message, ProtocolError
 from workloads.server import Laps, Server
 from workloads.trace import TraceWriter
 
-from conftest import TINY, read_jsonl, run_testbed
+from conftest import TINY, read_jsonl
 
 
 def batchnorm_means(module):
     return [m.running_mean.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
 
 
+@pytest.mark.quick
 def test_a_frozen_head_keeps_its_batchnorm_statistics_and_a_trainable_one_learns_them():
     torch.manual_seed(0)
     frozen = build_split_model("vgg11-slim", 2, 10).head
@@ -41,6 +42,7 @@ def test_a_frozen_head_keeps_its_batchnorm_statistics_and_a_trainable_one_learns
     assert not any(torch.equal(a, b) for a, b in zip(before, batchnorm_means(trainable)))
 
 
+@pytest.mark.quick
 def test_a_frozen_part_keeps_its_statistics_in_a_calibration_too():
     """mcr2 and entropic freeze the head after pre-training: the server trained on what the
     head gives with its own statistics, so an evaluation must see the same."""
@@ -61,6 +63,7 @@ def test_a_frozen_part_keeps_its_statistics_in_a_calibration_too():
             torch.testing.assert_close(head(x), expected)
 
 
+@pytest.mark.quick
 def test_the_statistics_come_back_when_the_model_fails_inside():
     model = _model()
     model(torch.randn(2, 3, 6, 6))
@@ -76,6 +79,7 @@ def _model():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
 
 
+@pytest.mark.quick
 def test_the_statistics_are_the_plain_average_over_the_batches_and_training_keeps_its_own():
     model = _model()
     model(torch.randn(2, 3, 6, 6))  # the lazy layer
@@ -119,6 +123,7 @@ def _maps(seed):
     return {"maps": np.random.default_rng(seed).normal(size=(4, 32, 8, 8)).astype(np.float32)}
 
 
+@pytest.mark.quick
 def test_the_server_calibrates_per_source_and_a_training_step_of_that_source_drops_it(tmp_path):
     server = _server(tmp_path)
     logits = []
@@ -148,6 +153,7 @@ def test_the_server_calibrates_per_source_and_a_training_step_of_that_source_dro
     assert not server.calibrated
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("batches, problem", [([1], "calibrate batch 1, expected 0"),
                                               ([0, 2], "calibrate batch 2, expected 1"),
                                               ([None], "calibrate needs a batch number, got None"),
@@ -163,15 +169,15 @@ def test_a_calibration_out_of_order_is_refused(tmp_path, batches, problem):
         server._calibrate(Message("calibrate", fields, _maps(0)), 0, Laps())
 
 
-def test_a_run_that_calibrates_trains_exactly_as_one_that_does_not(tmp_path):
+def test_a_run_that_calibrates_trains_exactly_as_one_that_does_not(tmp_path, cli):
     """In-process, the real source and server: the calibration draws nothing from the data
     order and changes no weight or running statistic, so every training step's loss is
     the same with and without it; its bytes are in the evaluation's."""
     arms = {}
     for bn in (0, 2):
         out = tmp_path / f"bn{bn}"
-        result = run_testbed("run", "--sources", 1, "--module", "none", "--batches", 3, "--epochs", 2, *TINY,
-                             "--bn-batches", bn, "--backend", "inproc", "--out", out, "--quiet")
+        result = cli("run", "--sources", 1, "--module", "none", "--batches", 3, "--epochs", 2, *TINY,
+                     "--bn-batches", bn, "--backend", "inproc", "--out", out, "--quiet")
         assert result.returncode == 0, result.stderr
         arms[bn] = read_jsonl(out / "none" / "source-0.jsonl")
     losses = {bn: [e["loss"] for e in events if e["event"] == "batch"] for bn, events in arms.items()}

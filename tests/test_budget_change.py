@@ -2,9 +2,12 @@
 ``--adapt`` changes): a raised budget keeps every learnt logit, "without resetting other
 parameters", and the maps it admits enter at a low filter value that the prune loss raises
 step by step; a lowered one is paper 002's resetprune (tests/test_compression.py)."""
+import pytest
 import torch
 
 from workloads.compression import CompressionConfig, create_source
+
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
 
 CUT = (32, 8, 8)  # vgg11-slim at split 2
 ON = [3, 9, 17, 28]  # the maps a budget of 4 learnt to send

@@ -13,6 +13,8 @@ from workloads.compression.cdc import (bits_per_value, dequantize, from_codes, l
 from workloads.data import synthetic_dataset, to_tensor_batch
 from workloads.trace import TraceWriter
 
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
+
 IMAGE = (3, 32, 32)
 CPU = torch.device("cpu")
 

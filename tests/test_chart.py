@@ -12,6 +12,8 @@ from workloads.compression import available
 
 from conftest import REPO
 
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
+
 CHART = REPO / "charts"
 K8S_VERSION = "1.37.0"
 

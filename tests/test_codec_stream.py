@@ -11,6 +11,8 @@ from workloads.compression import CompressionConfig, create_server, create_sourc
 from workloads.compression.input_codecs import MAX_TABLES, encode_image, to_pixels
 from workloads.data import synthetic_dataset, to_tensor_batch
 
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
+
 CPU = torch.device("cpu")
 SHAPE = (3, 32, 32)
 FORMATS = {"jpeg": "JPEG", "webp": "WEBP"}

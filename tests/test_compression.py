@@ -6,6 +6,8 @@ from workloads.compression import CompressionConfig, available, create_server, c
 from workloads.compression.schedules import parse_schedule
 from workloads.models import build_split_model
 
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
+
 CUT = (128, 8, 8)
 CPU = torch.device("cpu")
 

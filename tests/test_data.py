@@ -5,6 +5,8 @@ import pytest
 
 from workloads.data import DataError, find_cifar10, load_cifar10, load_dataset, synthetic_dataset
 
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
+
 
 def make_cifar_py(root, per_batch=5):
     folder = root / "cifar-10-batches-py"

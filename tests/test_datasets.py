@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_jsonl, run_testbed
+from conftest import read_jsonl
 from testbed.spec import RunSpec, SpecError, data_in_use, run_classes, validate
 from workloads import settings
 from workloads.data import (DataError, augment_batch, augmenting, class_count, list_folder, load_dataset,
                             to_tensor_batch)
 from workloads.source import Source
+
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
 
 CLASSES = ("ant", "bee", "cat")
 COLOURS = {"ant": (255, 0, 0), "bee": (0, 255, 0), "cat": (0, 0, 255)}
@@ -189,12 +191,12 @@ def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
 
 
-def test_testbed_run_trains_on_an_image_folder_with_a_model_of_its_classes(tmp_path):
+def test_testbed_run_trains_on_an_image_folder_with_a_model_of_its_classes(tmp_path, cli):
     make_image_folder(tmp_path / "data")
     out = tmp_path / "run"
-    result = run_testbed("run", "--backend", "inproc", "--dataset", "folder", "--data-dir", tmp_path / "data",
-                         "--sources", 1, "--batches", 2, "--epochs", 1, "--eval-samples", 8, "--batch-size", 4,
-                         "--module", "none", "--model", "vgg11-slim", "--quiet", "--out", out)
+    result = cli("run", "--backend", "inproc", "--dataset", "folder", "--data-dir", tmp_path / "data",
+                 "--sources", 1, "--batches", 2, "--epochs", 1, "--eval-samples", 8, "--batch-size", 4,
+                 "--module", "none", "--model", "vgg11-slim", "--quiet", "--out", out)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"].startswith(f"folder {tmp_path / 'data'} (3 classes: ant, bee, cat)")

@@ -15,6 +15,7 @@ from workloads.trace import TraceWriter
 CPU = torch.device("cpu")
 
 
+@pytest.mark.quick
 def test_gdn_follows_its_formula_and_the_inverse_multiplies():
     torch.manual_seed(0)
     gdn, igdn = GDN(3), GDN(3, inverse=True)
@@ -29,6 +30,7 @@ def test_gdn_follows_its_formula_and_the_inverse_multiplies():
     torch.testing.assert_close(igdn(x), x * norm)
 
 
+@pytest.mark.quick
 def test_real_bitstream_is_lossless_and_matches_the_prior_rate():
     prior = LaplacePrior(4)
     with torch.no_grad():
@@ -61,10 +63,24 @@ def distilled(beta, tmp_path):
     return source, model, x, events
 
 
-def test_teacher_first_then_distillation_and_rate_falls_with_beta(tmp_path):
+@pytest.fixture(scope="module")
+def distillations(tmp_path_factory):
+    """``distilled(beta)`` once per beta in this module; each call gets copies of its own."""
+    import copy
+
+    made = {}
+
+    def get(beta):
+        if beta not in made:
+            made[beta] = distilled(beta, tmp_path_factory.mktemp("entropic"))
+        return copy.deepcopy(made[beta])
+    return get
+
+
+def test_teacher_first_then_distillation_and_rate_falls_with_beta(distillations):
     sizes = {}
     for beta in (0.1, 30.0):
-        source, model, x, events = distilled(beta, tmp_path)
+        source, model, x, events = distillations(beta)
         teacher = [e for e in events if e["stage"] == "teacher"]
         distill = [e for e in events if e["stage"] == "distill"]
         assert teacher and distill and events.index(teacher[-1]) < events.index(distill[0])
@@ -83,20 +99,21 @@ def test_teacher_first_then_distillation_and_rate_falls_with_beta(tmp_path):
     assert sizes[30.0] < sizes[0.1]
 
 
+@pytest.mark.quick
 def test_the_server_refuses_latents_before_the_decoder():
     server = create_server("entropic", (32, 8, 8), CompressionConfig())
     with pytest.raises(ValueError, match="no decoder received from source 0"):
         server.decode({"bits": np.zeros(4, np.uint8), "latent_shape": np.array([1, 16, 4, 4], "<i4")}, CPU)
 
 
-def test_the_server_layers_start_from_the_teacher_and_learn_from_its_logits(tmp_path):
+def test_the_server_layers_start_from_the_teacher_and_learn_from_its_logits(tmp_path, distillations):
     """Paper 004: the student's layers after the bottleneck start from the teacher's, and
     fine-tuning adds the KL divergence to the teacher's class distribution."""
     from workloads import settings
     from workloads.protocol import Message
     from workloads.server import Laps, Server
 
-    source, model, x, _ = distilled(1.0, tmp_path)
+    source, model, x, _ = distillations(0.1)  # any beta: the teacher and its logits are the point
     teacher = source._teacher[0]
     source.train()  # a training step: the teacher's logits go with it
     first = source.encode(*source(model.head(x[:16])))
@@ -130,16 +147,16 @@ def test_the_server_layers_start_from_the_teacher_and_learn_from_its_logits(tmp_
         part.decode({**second, "teacher": np.zeros((16, 3), np.float32)}, CPU, source=0)
 
 
-def test_a_real_run_starts_the_server_from_the_teacher_and_distils_every_training_step(tmp_path):
+def test_a_real_run_starts_the_server_from_the_teacher_and_distils_every_training_step(tmp_path, cli):
     """Through the source program's own training step (in-process): the teacher's layers cross
     once and start the server's, every training request carries its logits (the server
     reports the KL term), evaluations carry none."""
-    from conftest import TINY, read_jsonl, run_testbed
+    from conftest import TINY, read_jsonl
 
     out = tmp_path / "run"
-    result = run_testbed("run", "--sources", 1, "--module", "entropic", "--batches", 2, "--epochs", 1,
-                         "--pretrain-epochs", 1, "--distill-steps", 5, *TINY, "--backend", "inproc", "--out", out,
-                         "--quiet")
+    result = cli("run", "--sources", 1, "--module", "entropic", "--batches", 2, "--epochs", 1,
+                 "--pretrain-epochs", 1, "--distill-steps", 5, *TINY, "--backend", "inproc", "--out", out,
+                 "--quiet")
     assert result.returncode == 0, result.stderr
     server = read_jsonl(out / "entropic" / "server.jsonl")
     assert [e["source"] for e in server if e["event"] == "tail_from"] == [0]

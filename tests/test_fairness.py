@@ -12,6 +12,8 @@ from workloads.protocol import Message
 from workloads.server import Laps, Server
 from workloads.trace import TraceWriter
 
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
+
 
 def _server(tmp_path, module: str, lr: float = 0.01) -> Server:
     args = settings.parse("server", "", ["--module", module, "--model", "vgg11-slim", "--split", "2",

@@ -11,8 +11,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, TINY, free_port, read_jsonl
-from test_local_backend import cgroups_of
+from conftest import REPO, TINY, cgroups_of, free_port, read_jsonl
 from testbed.spec import RunSpec, SpecError, validate
 from workloads import settings
 from workloads.protocol import Message
@@ -53,6 +52,7 @@ def _pid(trace):
 
 # -- --drop: declared once, checked against --sources ------------------------------------
 
+@pytest.mark.quick
 def test_drop_is_parsed_and_checked():
     assert settings.drops("3@8, 0@2.5") == {3: 8.0, 0: 2.5} and settings.drops("") == {}
     drop = settings.option("drop")

@@ -14,6 +14,8 @@ from analysis.summary import LINK_ROWS, ROWS, compare, format_table, summarise_a
 from test_analysis import write_arm, write_arm_with_a_lost_source
 from test_link_analysis import SHARED_TRACE, write_link_arm
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -27,10 +27,13 @@ def both(tmp_path_factory):
     root = tmp_path_factory.mktemp("inproc")
     local, inproc = root / "local", root / "inproc"
     arms = ",".join(ARMS)
-    result = run_testbed("run", "--sources", 1, "--module", arms, *RUN, "--insecure", "--out", local,
+    # a whole core for the source (its torch threads, 1, are the in-process run's too): the fleet's
+    # bytes and losses, not its cap, are compared
+    result = run_testbed("run", "--sources", 1, "--cpu", 1, "--module", arms, *RUN, "--insecure", "--out", local,
                          "--port", free_port())
     assert result.returncode == 0, result.stderr
-    result = run_testbed("run", "--sources", 1, "--module", arms, *RUN, "--backend", "inproc", "--out", inproc)
+    result = run_testbed("run", "--sources", 1, "--cpu", 1, "--module", arms, *RUN, "--backend", "inproc",
+                         "--out", inproc)
     assert result.returncode == 0, result.stderr
     return local, inproc
 
@@ -62,9 +65,9 @@ def test_the_summaries_agree_on_bytes_per_sample_and_the_manifest_names_the_back
     assert manifest["backend"] == "inproc" and manifest["status"] == "ok"
 
 
-def test_two_sources_take_turns_and_both_finish(tmp_path):
+def test_two_sources_take_turns_and_both_finish(tmp_path, cli):
     out = tmp_path / "run"
-    result = run_testbed("run", "--sources", 2, "--module", "filter", *RUN, "--backend", "inproc", "--out", out)
+    result = cli("run", "--sources", 2, "--module", "filter", *RUN, "--backend", "inproc", "--out", out)
     assert result.returncode == 0, result.stderr
     arm = json.loads((out / "summary.json").read_text())["arms"]["filter"]
     assert arm["sources"] == 2 and arm["status_per_source"] in (["ok", "ok"], {"0": "ok", "1": "ok"})
@@ -80,26 +83,28 @@ def test_two_sources_take_turns_and_both_finish(tmp_path):
     assert served["status"] == "ok" and set(served["served"]) == {"0", "1"}
 
 
-def test_links_and_drops_are_refused_with_the_inproc_backend(tmp_path):
+@pytest.mark.quick
+def test_links_and_drops_are_refused_with_the_inproc_backend(tmp_path, cli):
     for extra in (["--bandwidth", "5mbit"], ["--link-trace", tmp_path / "x.csv"], ["--drop", "0@1"]):
-        result = run_testbed("run", "--sources", 1, "--backend", "inproc", *extra, "--out", tmp_path / "never")
+        result = cli("run", "--sources", 1, "--backend", "inproc", *extra, "--out", tmp_path / "never")
         assert result.returncode == 2
         assert "cannot be used with --backend inproc" in result.stderr and len(result.stderr.splitlines()) == 1
         assert not (tmp_path / "never").exists()
 
 
-def test_a_failing_arm_names_its_error(tmp_path):
+def test_a_failing_arm_names_its_error(tmp_path, cli):
     import torch
     if torch.cuda.is_available():
         pytest.skip("CUDA is available: --device cuda is no error here")
     out = tmp_path / "run"  # only the server finds out that there is no CUDA: the arm fails and says why
-    result = run_testbed("run", "--sources", 1, "--module", "none", *RUN, "--backend", "inproc", "--device", "cuda",
-                         "--out", out)
+    result = cli("run", "--sources", 1, "--module", "none", *RUN, "--backend", "inproc", "--device", "cuda",
+                 "--out", out)
     assert result.returncode == 1
     assert "the in-process arm exited with status 2: --device cuda asked for, but CUDA is not available" \
         in result.stderr
 
 
+@pytest.mark.quick
 def test_the_in_process_connection_counts_plaintext_bytes_and_raises_a_refusal():
     def echo(frames):
         message = protocol.decode(frames)

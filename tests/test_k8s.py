@@ -250,6 +250,7 @@ def cluster_with(routes, helm=None):
     return Cluster(namespace="bench", api_client=api, helm=helm), recorded
 
 
+@pytest.mark.quick
 def test_a_pod_that_cannot_pull_its_image_is_reported_with_its_events():
     def routes(path, query):
         if path == "/apis/batch/v1/namespaces/bench/jobs":
@@ -269,6 +270,7 @@ def test_a_pod_that_cannot_pull_its_image_is_reported_with_its_events():
         follow(cluster, "rel", 2, timeout_s=60, say=lambda *_: None, sleep=lambda _: None)
 
 
+@pytest.mark.quick
 def test_following_ends_when_the_job_completes_and_times_out_otherwise():
     states = iter([job(active=2), job(active=1, succeeded=1), job(succeeded=2, complete=True)])
 
@@ -288,6 +290,7 @@ def test_following_ends_when_the_job_completes_and_times_out_otherwise():
         follow(cluster, "rel", 2, timeout_s=120, say=lambda *_: None, clock=lambda: next(clock), sleep=lambda _: None)
 
 
+@pytest.mark.quick
 def test_an_unreachable_cluster_is_one_clear_error():
     import urllib3
 
@@ -376,6 +379,7 @@ def no_pods(path, query):
     return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}
 
 
+@pytest.mark.quick
 def test_a_failed_install_is_uninstalled_and_named(tmp_path, capsys):
     """An install that timed out waiting leaves a half-made release: it is removed too."""
     helm = HelmRecorder(install_fails="context deadline exceeded")
@@ -388,13 +392,15 @@ def test_a_failed_install_is_uninstalled_and_named(tmp_path, capsys):
     assert [c[:2] for c in helm.calls] == [("install", release), ("uninstall", release)]
     assert api.calls == []
 
-    from testbed.runner import EXIT_FAILED, run
+    from testbed.errors import Exit, exit_status
+    from testbed.runner import run
     helm.calls.clear()
-    assert run(spec, lambda *a, **k: None, backend) == EXIT_FAILED
+    assert exit_status(lambda: run(spec, lambda *a, **k: None, backend)) == Exit.FAILED
     assert "helm install" in capsys.readouterr().err and [c[0] for c in helm.calls] == ["install", "uninstall"]
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.quick
 def test_when_the_uninstall_fails_too_both_failures_are_in_one_line(tmp_path):
     helm = HelmRecorder(install_fails="context deadline exceeded", uninstall_fails="connection refused")
     cluster, _ = cluster_with(no_pods, helm=helm)
@@ -424,6 +430,7 @@ def test_an_arm_that_went_well_but_cannot_be_uninstalled_says_so(pod_logs, tmp_p
     assert (tmp_path / "filter" / "source-1.jsonl").stat().st_size > 0  # what was collected stays
 
 
+@pytest.mark.quick
 def test_a_failed_collection_is_uninstalled_and_keep_keeps_it(tmp_path):
     helm = HelmRecorder()
     cluster, _ = cluster_with(no_pods, helm=helm)
@@ -442,6 +449,7 @@ def test_a_failed_collection_is_uninstalled_and_keep_keeps_it(tmp_path):
     assert said[-1].endswith("kept (--keep); remove it with: helm uninstall splittest-abc123-filter --namespace bench")
 
 
+@pytest.mark.quick
 def test_ctrl_c_while_following_uninstalls_and_stays_an_interrupt(tmp_path):
     def interrupted(path, query):
         return KeyboardInterrupt()  # Ctrl-C (or SIGTERM, which the CLI raises as it) mid-request
@@ -462,6 +470,7 @@ def test_ctrl_c_while_following_uninstalls_and_stays_an_interrupt(tmp_path):
                       "--namespace bench"]
 
 
+@pytest.mark.quick
 def test_both_backends_offer_the_one_backend_interface(tmp_path):
     from dataclasses import fields
 
@@ -473,6 +482,7 @@ def test_both_backends_offer_the_one_backend_interface(tmp_path):
     assert [(f.name, f.type) for f in fields(ArmResult)] == [(f.name, f.type) for f in fields(local.ArmResult)]
 
 
+@pytest.mark.quick
 def test_insecure_installs_the_chart_without_curve(tmp_path):
     from testbed.k8s.values import chart_values
 
@@ -490,6 +500,7 @@ def test_insecure_installs_the_chart_without_curve(tmp_path):
 
 
 # -- checking a spec for the cluster ---------------------------------------------------------
+@pytest.mark.quick
 def test_cpu_per_source_pod_is_not_bounded_by_this_hosts_cores(monkeypatch):
     """--cpu on Kubernetes is each source pod's limit on a cluster node, not a share of this
     machine: asking 4 cores from a 2-core laptop that drives the cluster is fine."""
@@ -695,6 +706,7 @@ def test_a_source_pod_that_fails_mid_run_leaves_every_pods_trace_before_the_unin
     assert any("the traces so far are in" in line for line in said)
 
 
+@pytest.mark.quick
 def test_the_log_stream_joins_up_reopened_reads_by_their_timestamps(tmp_path):
     from testbed.k8s.stream import stamp_ns
 
@@ -704,6 +716,7 @@ def test_the_log_stream_joins_up_reopened_reads_by_their_timestamps(tmp_path):
 
 
 # -- start-up: pulls take time, sources wait for the server -------------------------------------
+@pytest.mark.quick
 def test_a_transient_pull_error_is_not_fatal_and_the_pending_limit_is_an_option():
     created = "2026-11-21T10:00:00Z"
     start = 1795255200.0  # created, in seconds
@@ -746,23 +759,37 @@ def test_a_source_started_before_its_server_waits_for_it(tmp_path):
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
     common = ["--sources", "1", "--model", "vgg11-slim", "--dataset", "synthetic", "--batch-size", "4"]
     source = subprocess.Popen([sys.executable, "-m", "workloads.source", "--server", f"tcp://127.0.0.1:{port}",
-                               "--timeout", "1", "--connect-timeout", "120", "--batches", "1", "--epochs", "1",
+                               "--timeout", "2", "--connect-timeout", "120", "--batches", "1", "--epochs", "1",
                                "--eval-samples", "4", *common], env=base_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    time.sleep(4)  # longer than --timeout: the server is still "pulling its image"
-    server = subprocess.Popen([sys.executable, "-m", "workloads.server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--device", "cpu", "--expect-sources", "1", *common], env=base_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = None
     try:
-        out = source.communicate(timeout=180)[0]
+        before = []  # the source's lines up to its `data` event: the hello comes next
+        for line in source.stdout:
+            before.append(line)
+            if '"event":"data"' in line:
+                break
+        else:
+            raise AssertionError("the source ended before its hello: " + "".join(before)[-2000:])
+        asking = json.loads(before[-1])["t"]  # the moment its hello began
+        while time.time() < asking + 2.5:  # past --timeout 2 the server is still "pulling its image" ...
+            assert source.poll() is None, "the source did not wait for --connect-timeout"  # ... and it waits
+            time.sleep(0.05)
+        server = subprocess.Popen([sys.executable, "-m", "workloads.server", "--port", str(port), "--bind", "127.0.0.1",
+                                   "--device", "cpu", "--expect-sources", "1", *common], env=base_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = "".join(before) + source.communicate(timeout=180)[0]
         assert source.returncode == 0, out[-2000:]
-        assert any(json.loads(e)["event"] == "connected" for e in split_pod_log(out)[0])
+        events = [json.loads(e) for e in split_pod_log(out)[0]]
+        assert any(e["event"] == "connected" for e in events)
     finally:
-        server.kill()
-        server.communicate()
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.communicate()
 
 
 # -- data, namespace, manifest ------------------------------------------------------------------
+@pytest.mark.quick
 def test_data_reaches_a_cluster_run_through_a_pvc(tmp_path):
     from testbed.k8s.values import chart_values
     from testbed.spec import data_in_use
@@ -779,6 +806,7 @@ def test_data_reaches_a_cluster_run_through_a_pvc(tmp_path):
     assert chart_values(RunSpec(backend="k8s", modules=("filter",)), "filter", "r")["data"]["pvc"] == ""
 
 
+@pytest.mark.quick
 def test_the_namespace_defaults_to_the_kube_contexts(tmp_path, monkeypatch):
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(json.dumps({
@@ -882,6 +910,7 @@ def annotated_links(values):
     return links_by_source(docs)
 
 
+@pytest.mark.quick
 def test_bandwidth_becomes_each_source_pods_annotations_cycled_by_source_index():
     from kubernetes.utils import parse_quantity
 
@@ -909,6 +938,7 @@ def test_bandwidth_becomes_each_source_pods_annotations_cycled_by_source_index()
     assert chart_values(link_spec(), "filter", "r")["link"] == {"bandwidth": "", "perSource": []}
 
 
+@pytest.mark.quick
 def test_a_link_profile_gives_its_rates_and_bandwidth_beside_it_wins():
     from testbed.k8s import link_warnings
     from testbed.k8s.values import chart_values
@@ -926,6 +956,7 @@ def test_a_link_profile_gives_its_rates_and_bandwidth_beside_it_wins():
     assert link_warnings(link_spec()) == []
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("setting, message", [
     ({"delay": "20ms"}, r"^--delay cannot be enforced on Kubernetes: the CNI bandwidth plugin shapes rate only, .*"
                         r"NET_ADMIN.*; use the local backend"),
@@ -951,6 +982,7 @@ def test_what_a_cluster_cannot_enforce_is_refused_in_one_line(setting, message):
         chart_values(spec, "filter", "r")
 
 
+@pytest.mark.quick
 def test_what_a_cluster_can_enforce_or_needs_not_is_not_refused():
     from testbed.k8s import link_values
 
@@ -1022,6 +1054,7 @@ def test_a_run_with_sources_on_different_links_follows_and_collects_a_job_per_so
     assert len(warned) == 1 and "bandwidth plugin" in warned[0]  # once per run, not per poll
 
 
+@pytest.mark.quick
 def test_one_failed_source_job_is_a_lost_source_not_the_end():
     states = iter([two_source_jobs((0, 1, 0), (0, 1, 0)), two_source_jobs((0, 0, 1), (0, 1, 0)),
                    two_source_jobs((0, 0, 1), (1, 0, 0))])

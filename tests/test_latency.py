@@ -148,6 +148,7 @@ def test_requests_that_arrive_together_queue_behind_each_other(tmp_path, port):
     assert b["queue_s"] >= a["queue_s"] + served_a - (b["arrived_at"] - a["arrived_at"]) - ROUNDED
 
 
+@pytest.mark.quick
 def test_the_servers_times_cross_in_one_field_whose_width_does_not_depend_on_the_digits():
     small = dict.fromkeys(protocol.SERVER_PARTS, 0.0) | {"arrived_at": 1.7e9, "replied_at": 1.7e9}
     large = dict.fromkeys(protocol.SERVER_PARTS, 9.123456789) | {"arrived_at": 1799999999.99, "replied_at": 1.8e9 - 1e-7}

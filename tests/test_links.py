@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, TINY, read_jsonl, run_testbed
+from conftest import REPO, TINY, cgroups_of, read_jsonl, run_testbed
 from testbed import local
 from testbed.errors import BackendError
 from testbed.links.network import Network, inside, list_namespaces, probe_kernel, SERVER_ADDRESS, source_address
@@ -48,6 +48,7 @@ def _cmd(p):
 
 # -- values ---------------------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_rates_delays_and_losses_parse_to_exact_values():
     assert parse_rate("5mbit") == 5_000_000
     assert parse_rate("1.5Mbit") == 1_500_000
@@ -62,6 +63,7 @@ def test_rates_delays_and_losses_parse_to_exact_values():
     assert cycle([1, 2], 5) == [1, 2, 1, 2, 1]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("text, parse, message", [
     ("5 mbits", parse_rate, "--bandwidth: '5 mbits' is not a rate"),
     ("fast", parse_rate, "--bandwidth: 'fast' is not a rate"),
@@ -79,6 +81,7 @@ def test_bad_values_are_one_line_errors_naming_the_option(text, parse, message):
 
 # -- trace files ------------------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_a_mahimahi_trace_becomes_a_rate_per_100_ms_that_repeats(tmp_path):
     # 10 packets in each of the first 5 bins (1.2 Mbit/s), none in the next 5, then one at 1000 ms
     lines = [str(ms) for b in range(5) for ms in [b * 100 + 5] * 10] + ["1000"]
@@ -91,6 +94,7 @@ def test_a_mahimahi_trace_becomes_a_rate_per_100_ms_that_repeats(tmp_path):
     assert schedule.rate_at(1.05) == 1_200_000  # it repeats
 
 
+@pytest.mark.quick
 def test_a_csv_trace_holds_each_rate_until_the_next_and_the_last_to_the_end(tmp_path):
     path = tmp_path / "drop.csv"
     path.write_text("seconds,mbit_per_s\n0,20\n10,2\n20,20\n")
@@ -99,6 +103,7 @@ def test_a_csv_trace_holds_each_rate_until_the_next_and_the_last_to_the_end(tmp_
         (20_000_000, 2_000_000, 20_000_000, 20_000_000)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("content, message", [
     ("10\n5\n", "line 2: times must not decrease"),
     ("10\nabc\n", "line 2: 'abc' is not a time in whole milliseconds"),
@@ -115,6 +120,7 @@ def test_a_bad_trace_file_is_one_line_naming_file_and_line(tmp_path, content, me
 
 # -- the plan ------------------------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_lists_give_each_source_its_own_link_and_a_shared_medium_one_channel():
     plan = plan_links({"bandwidth": "2mbit,5mbit/1mbit"}, 3)
     assert [(s.up, s.down) for s in plan.sources] == [(2_000_000, 2_000_000), (5_000_000, 1_000_000),
@@ -325,18 +331,16 @@ def test_ctrl_c_mid_run_leaves_no_namespace_process_or_cgroup(tmp_path, port):
     assert testbed.returncode == 130, stderr
     assert ours(testbed.pid) == []
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    cgroups = [p for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup")
-               for p in __import__("pathlib").Path(root).glob(f"splittest-{testbed.pid}-*")]
-    assert cgroups == []
+    assert cgroups_of(testbed.pid) == []  # v1 or v2
 
 
 # -- what the kernel and the rights allow -------------------------------------------------------
 
+@pytest.mark.quick
 @needs_namespaces
 @pytest.mark.skipif(KERNEL.get("netem"), reason="this kernel has netem: --delay is emulated, not refused")
-def test_delay_without_netem_is_refused_in_one_line_that_says_why(tmp_path, port):
-    result = run_testbed("run", "--bandwidth", "5mbit", "--delay", "20ms", "--out", tmp_path / "run",
-                         "--port", port, *TINY)
+def test_delay_without_netem_is_refused_in_one_line_that_says_why(tmp_path, port, cli):
+    result = cli("run", "--bandwidth", "5mbit", "--delay", "20ms", "--out", tmp_path / "run", "--port", port, *TINY)
     assert result.returncode == 2
     line = result.stderr.strip()
     assert "\n" not in line and "--delay and --loss need the netem qdisc" in line and "htb" in line
@@ -356,6 +360,7 @@ def test_without_the_rights_to_make_namespaces_the_run_is_one_line_exit_2(tmp_pa
     assert "run as root" in line
 
 
+@pytest.mark.quick
 def test_a_profiles_delay_is_one_warning_where_the_kernel_cannot_delay():
     from testbed.links.arm import profile_delay_warning
     wifi = plan_links({"link": "wifi"}, 2)

@@ -15,11 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, TINY, read_jsonl
+from conftest import REPO, TINY, cgroups_of, read_jsonl
 from testbed import local
 from testbed.cpucap import join_cgroup
 from testbed.errors import BackendError
-from testbed.local import Fleet, LocalBackend, exit_cause, run_arm
+from testbed.local import LocalBackend, run_arm
+from testbed.processes import Fleet, exit_cause
 from testbed.spec import RunSpec, SpecError
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -76,12 +77,6 @@ def programs():
     return found
 
 
-def cgroups_of(pid):
-    """The splittest cgroups (cpu, cpuset; v1 or v2) that testbed process ``pid`` made."""
-    return sorted(str(p) for root in (CGROUP / "cpu", CGROUP / "cpuset", CGROUP) if root.is_dir()
-                  for p in root.glob(f"splittest-{pid}-*"))
-
-
 @pytest.fixture
 def leaves_nothing():
     """Fails the test if it leaves a workload process or a splittest cgroup behind
@@ -115,6 +110,7 @@ def test_server_cpus_gives_the_server_cores_of_its_own(tmp_path, port, leaves_no
     assert listening[0]["threads"] == 1  # torch threads: its one core, no more
 
 
+@pytest.mark.quick
 def test_server_cpus_must_leave_a_core_for_the_sources(tmp_path, port, leaves_nothing):
     with pytest.raises(BackendError, match=f"--server-cpus {len(CORES)} leaves no core for the sources"):
         run_arm(make_spec(port, server_cpus=len(CORES)), "none", tmp_path / "arm", "t", progress=None)
@@ -336,6 +332,7 @@ def test_cpu_takes_one_cap_per_source_and_the_summary_judges_each_by_its_own(tmp
         assert "25000/50000 us per 100000 us" in manifest["cap"]["detail"]
 
 
+@pytest.mark.quick
 def test_a_cpu_list_is_cycled_and_refused_on_kubernetes():
     spec = RunSpec(sources=5, cpu="0.4,0.2")
     assert spec.cpus == [0.4, 0.2, 0.4, 0.2, 0.4] and spec.cpu_cap == [0.4, 0.2, 0.4, 0.2, 0.4]

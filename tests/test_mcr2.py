@@ -17,6 +17,7 @@ from workloads.trace import TraceWriter
 CPU = torch.device("cpu")
 
 
+@pytest.mark.quick
 def test_coding_rate_of_identical_unit_vectors_matches_the_paper():
     u = torch.nn.functional.normalize(torch.randn(1, 128, dtype=torch.float64), dim=1)
     for m in (1, 7, 50):  # m identical unit vectors in d = 128 with eps^2 = 0.5
@@ -24,6 +25,7 @@ def test_coding_rate_of_identical_unit_vectors_matches_the_paper():
     assert 0.5 * math.log(1 + 128 / 0.5) == pytest.approx(2.774, abs=1e-3)
 
 
+@pytest.mark.quick
 def test_mcr2_prefers_compact_classes_in_distinct_directions():
     torch.manual_seed(0)
     labels = torch.arange(200) % 4
@@ -35,6 +37,7 @@ def test_mcr2_prefers_compact_classes_in_distinct_directions():
     assert loss_good == pytest.approx((-rate + class_rate).item())
 
 
+@pytest.mark.quick
 def test_fisher_power_ranks_the_discriminative_neuron_first():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 600)
@@ -43,6 +46,7 @@ def test_fisher_power_ranks_the_discriminative_neuron_first():
     assert power[0] > 10 * power[1]
 
 
+@pytest.mark.quick
 def test_range_coding_is_lossless_and_close_to_the_model_entropy():
     rng = np.random.default_rng(1)
     training = rng.integers(-3, 4, size=(2000, 16)) * (rng.random((2000, 16)) < 0.6)
@@ -54,6 +58,7 @@ def test_range_coding_is_lossless_and_close_to_the_model_entropy():
     assert ideal <= data.nbytes <= ideal * 1.01 + 8  # real bytes, within a word or so of the ideal
 
 
+@pytest.mark.quick
 def test_a_stream_that_does_not_decode_is_a_value_error():
     low, pmf = fit_model(np.random.default_rng(2).integers(0, 3, size=(100, 4)))
     server = create_server("mcr2", (128, 8, 8), CompressionConfig(latent_dim=4))
@@ -64,39 +69,11 @@ def test_a_stream_that_does_not_decode_is_a_value_error():
         server.decode({**model, "bits": np.zeros(3, np.uint8), "rows": np.array([2], "<i4")}, CPU, source=0)
 
 
-def test_phase_1_learns_then_fewer_kept_neurons_cost_fewer_bytes(tmp_path):
-    torch.manual_seed(0)
-    data = synthetic_dataset(seed=3, train_size=256, test_size=0).train
-    x, y = to_tensor_batch(data.images), torch.from_numpy(data.labels)
-    model = build_split_model("vgg11-slim", 2, 10)
-
-    def batches():
-        for i in range(0, 256, 16):
-            yield x[i:i + 16], y[i:i + 16]
-    sizes = {}
-    for keep in (0, 16, 4):
-        source = create_source("mcr2", model.cut_shape, CompressionConfig(keep_neurons=keep))
-        server = create_server("mcr2", model.cut_shape, CompressionConfig())
-        trace_path = tmp_path / f"{keep}.jsonl"
-        with TraceWriter(str(trace_path), run="t", role="source", source=0) as trace:
-            source.prepare(model.head, batches, trace)
-        losses = [e for e in map(json.loads, trace_path.read_text().splitlines()) if e["event"] == "pretrain"]
-        if keep == 0:
-            assert len(losses) >= 40 and np.mean([e["loss"] for e in losses[-5:]]) < np.mean([e["loss"] for e in losses[:5]])
-        sent, side = source(model.head(x[:32]))
-        first = source.encode(sent, side)
-        assert "model.pmf" in first and "model.pmf" not in source.encode(sent, side)  # the model crosses once
-        _, restored = server.decode(first, CPU, source=5)
-        assert restored.shape == (32, *model.cut_shape)
-        sizes[keep] = source.encode(sent, side)["bits"].nbytes
-    assert sizes[4] < sizes[16] < sizes[0]
-
-
-def test_the_frozen_latent_separates_classes_it_never_saw(tmp_path):
-    """After phase 1 the rounded latent of held-out samples must carry the class: a
-    nearest-class-mean rule on it (fitted on the training shard) is far above chance. With
-    phase 1 stepping on 8 batches for 40 steps it was not (the server learnt 25% from it
-    on the synthetic set at difficulty 0.6, against none's 97%)."""
+@pytest.fixture(scope="module")
+def phase1(tmp_path_factory):
+    """One phase 1 at the default --phase1-steps (the slow part of mcr2), shared by the tests
+    below: a source (keep all) trained on 256 synthetic samples at difficulty 0.6, the split
+    model whose head it trained, the data and the phase's trace."""
     torch.manual_seed(0)
     data = synthetic_dataset(seed=1, train_size=256, test_size=256, difficulty=0.6)
     x, y = to_tensor_batch(data.train.images), torch.from_numpy(data.train.labels)
@@ -106,8 +83,47 @@ def test_the_frozen_latent_separates_classes_it_never_saw(tmp_path):
     def batches():
         for i in range(0, 256, 16):
             yield x[i:i + 16], y[i:i + 16]
-    with TraceWriter(str(tmp_path / "t.jsonl"), run="t", role="source", source=0) as trace:
+    trace_path = tmp_path_factory.mktemp("mcr2") / "phase1.jsonl"
+    with TraceWriter(str(trace_path), run="t", role="source", source=0) as trace:
         source.prepare(model.head, batches, trace)
+    return model, source, data, batches, trace_path
+
+
+def test_phase_1_learns_then_fewer_kept_neurons_cost_fewer_bytes(phase1, tmp_path):
+    import copy
+
+    trained_model, trained, data, batches, trace_path = phase1
+    losses = [e for e in map(json.loads, trace_path.read_text().splitlines()) if e["event"] == "pretrain"]
+    assert len(losses) >= 40 and np.mean([e["loss"] for e in losses[-5:]]) < np.mean([e["loss"] for e in losses[:5]])
+    x = to_tensor_batch(data.train.images[:32])
+    sizes = {}
+    for keep in (0, 16, 4):
+        model = copy.deepcopy(trained_model)  # the shared one stays as phase 1 left it
+        if keep == 0:
+            source = copy.deepcopy(trained)
+        else:  # the trained encoder, one more step (--phase1-steps 1), then its own ranking and entropy model
+            source = create_source("mcr2", model.cut_shape, CompressionConfig(keep_neurons=keep, phase1_steps=1))
+            source.load_state_dict(trained.state_dict())
+            with TraceWriter(str(tmp_path / f"{keep}.jsonl"), run="t", role="source", source=0) as trace:
+                source.prepare(model.head, batches, trace)
+            assert len(source.kept) == keep
+        server = create_server("mcr2", model.cut_shape, CompressionConfig())
+        sent, side = source(model.head(x))
+        first = source.encode(sent, side)
+        assert "model.pmf" in first and "model.pmf" not in source.encode(sent, side)  # the model crosses once
+        _, restored = server.decode(first, CPU, source=5)
+        assert restored.shape == (32, *model.cut_shape)
+        sizes[keep] = source.encode(sent, side)["bits"].nbytes
+    assert sizes[4] < sizes[16] < sizes[0]
+
+
+def test_the_frozen_latent_separates_classes_it_never_saw(phase1):
+    """After phase 1 the rounded latent of held-out samples must carry the class: a
+    nearest-class-mean rule on it (fitted on the training shard) is far above chance. With
+    phase 1 stepping on 8 batches for 40 steps it was not (the server learnt 25% from it
+    on the synthetic set at difficulty 0.6, against none's 97%)."""
+    model, source, data, _, _ = phase1
+    x, y = to_tensor_batch(data.train.images), torch.from_numpy(data.train.labels)
     model.head.eval()
     source.eval()
     with torch.no_grad():

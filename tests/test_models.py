@@ -6,6 +6,8 @@ import torch
 
 from workloads.models import MODELS, block_count, build_split_model
 
+pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
+
 # model -> the cut shape at each split point 0..block_count(model)
 CUTS = {
     "vgg11": [(3, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2), (512, 1, 1)],

@@ -16,10 +16,12 @@ from testbed.sweep import check_trials, load_spec
 NAMES = ["000-cdc", "002-deprune", "002-prune", "002-traffic", "003-duphil", "004-rate-accuracy"]
 
 
+@pytest.mark.quick
 def test_every_headline_has_an_experiment():
     assert experiments() == NAMES
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("scale", ["smoke", "paper"])
 def test_each_experiment_expands_and_names_only_its_own_series(name, scale):
@@ -47,6 +49,7 @@ def test_each_experiment_expands_and_names_only_its_own_series(name, scale):
 MEDIUM = ["002-deprune", "003-duphil", "004-rate-accuracy"]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name", MEDIUM)
 def test_the_medium_scale_has_two_seeds_on_a_small_model(name):
     """--scale medium: at most 30 minutes on 2 cores, long enough to tell the arms apart beyond
@@ -155,9 +158,9 @@ def test_the_reproduction_writes_the_paper_beside_the_measured(sweep_dir):
     assert json.loads((sweep_dir / "reproduce.json").read_text())["verdicts"][0]["holds"] is True
 
 
-def test_an_unknown_experiment_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "testbed.cli", "reproduce", "002-nothing"], capture_output=True,
-                            text=True, timeout=60)
+@pytest.mark.quick
+def test_an_unknown_experiment_is_one_line(cli):
+    result = cli("reproduce", "002-nothing")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "002-nothing" in result.stderr
 

@@ -1,4 +1,8 @@
-"""The real server program over real ZeroMQ sockets."""
+"""The offload server. Its protocol rules on ``Server.respond`` in this process (the very
+code the serving loop runs for each request, without a process to start); the real
+server program over real ZeroMQ sockets for what needs them (the serving loop and its
+receiver thread, the frame size limit, the bind, CURVE): one plaintext server for the
+module, one per key layout for CURVE, all started at once."""
 import subprocess
 import sys
 import time
@@ -7,24 +11,40 @@ import numpy as np
 import pytest
 import zmq
 
-from workloads import protocol
+from workloads import protocol, settings
 from workloads.protocol import Message
+from workloads.server import Request, Server
+from workloads.trace import TraceWriter
 
-from conftest import read_jsonl
+from conftest import free_port, read_jsonl
 
 HELLO = {"module": "filter", "model": "vgg11-slim", "split": 2, "classes": 10, "cut": [32, 8, 8]}
+pytestmark = pytest.mark.quick  # every test here is fast (one set of servers for the module): the quick tier
+
+SERVER_ARGS = ["--module", "filter", "--model", "vgg11-slim", "--dataset", "synthetic", "--sources", "2",
+               "--batch-size", "4"]
+
+
+def launch(folder, port, *extra, name="server", stderr=subprocess.PIPE):
+    """The server program as a process (not waited for); its trace goes to ``folder/name.jsonl``."""
+    trace = folder / f"{name}.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "workloads.server", *SERVER_ARGS, "--port", str(port),
+                             "--trace", str(trace), *map(str, extra)], stderr=stderr, text=True)
+    return proc, trace
+
+
+def wait_listening(proc, trace, timeout_s=120):
+    """Until the server's trace has its ``listening`` event."""
+    deadline = time.time() + timeout_s
+    while not (trace.exists() and "listening" in trace.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "server did not start: " + (
+            proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        time.sleep(0.05)
 
 
 def start_server(tmp_path, port, *extra, name="server"):
-    trace = tmp_path / f"{name}.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "workloads.server", "--module", "filter", "--model", "vgg11-slim",
-                             "--dataset", "synthetic", "--port", str(port), "--trace", str(trace), "--sources", "2",
-                             "--batch-size", "4", *map(str, extra)], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (trace.exists() and "listening" in trace.read_text()):
-        assert proc.poll() is None and time.time() < deadline, "server did not start: " + (
-            proc.stderr.read() if proc.poll() is not None else "")
-        time.sleep(0.1)
+    proc, trace = launch(tmp_path, port, *extra, name=name)
+    wait_listening(proc, trace)
     return proc, trace
 
 
@@ -32,13 +52,6 @@ def stop(proc):
     if proc.poll() is None:
         proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture
-def server(tmp_path, port):
-    proc, trace = start_server(tmp_path, port)
-    yield proc, port, trace
-    stop(proc)
 
 
 def connect(port):
@@ -64,112 +77,104 @@ def train_message(seq, batch=4):
         "index": np.array([0, 7], np.uint8), "labels": np.arange(batch, dtype=np.uint8)})
 
 
-def test_a_training_step_returns_the_gradient_of_the_sent_maps(server):
-    _, port, _ = server
-    sock = connect(port)
-    assert ask(sock, protocol.encode(Message("hello", {"source": 0, **HELLO}))).op == "welcome"
-    reply = ask(sock, protocol.encode(train_message(1)))
-    assert reply.op == "grad" and reply.arrays["grad"].shape == (4, 2, 8, 8)
-    assert np.abs(reply.arrays["grad"]).sum() > 0 and reply.fields["loss"] > 0
-    sock.close()
+# -- the protocol's rules, on the server's respond() in this process ----------------------------
+class Inline:
+    """A Server in this process; ``ask(connection, frames)`` answers a request as the serving
+    loop does (``respond``: the reply frames, decoded here). ``connection`` stands for the
+    ROUTER's identity of a peer's connection."""
+
+    def __init__(self, tmp_path, *extra):
+        self.trace_path = tmp_path / "server.jsonl"
+        self.server = Server(settings.parse("server", "", [*SERVER_ARGS, *map(str, extra)]),
+                             TraceWriter(str(self.trace_path), run="t", role="server"))
+
+    def ask(self, connection: bytes, frames) -> Message:
+        request = Request(connection, [bytearray(bytes(f)) for f in frames], time.perf_counter(), time.time())
+        out, _ = self.server.respond(request)
+        return protocol.decode([bytes(f) for f in out])
+
+    def events(self, kind):
+        return [e for e in read_jsonl(self.trace_path) if e["event"] == kind]
+
+    def finished(self) -> int:
+        """Sources whose bye counted: the serving loop ends at --expect-sources of them."""
+        return sum(peer.done for peer in self.server.peers.values())
 
 
-def test_bad_messages_get_an_error_reply_and_the_server_keeps_serving(server):
-    proc, port, trace = server
-    sock = connect(port)
-    assert "before hello" in ask(sock, protocol.encode(train_message(1))).fields["reason"]
-    assert "not JSON" in ask(sock, [b"\x08\0\0\0\x80garbage"]).fields["reason"]
-    wrong = ask(sock, protocol.encode(Message("hello", {"source": 0, **HELLO, "split": 3})))
+@pytest.fixture
+def inline(tmp_path):
+    made = []
+
+    def make(*extra):
+        made.append(Inline(tmp_path, *extra))
+        return made[-1]
+    yield make
+    for one in made:
+        one.server.trace.close()
+
+
+def test_bad_messages_get_an_error_reply_and_the_server_keeps_serving(inline):
+    server = inline()
+    me = b"a"
+    assert "before hello" in server.ask(me, protocol.encode(train_message(1))).fields["reason"]
+    assert "not JSON" in server.ask(me, [b"\x08\0\0\0\x80garbage"]).fields["reason"]
+    wrong = server.ask(me, hello(0, split=3))
     assert wrong.op == "error" and "split=3" in wrong.fields["reason"]
-    assert ask(sock, protocol.encode(Message("hello", {"source": 0, **HELLO}))).op == "welcome"
-    out_of_order = ask(sock, protocol.encode(train_message(5)))
+    assert server.ask(me, hello(0)).op == "welcome"
+    out_of_order = server.ask(me, protocol.encode(train_message(5)))
     assert out_of_order.op == "error" and "expected seq 1, got 5" in out_of_order.fields["reason"]
     bad_labels = train_message(1)
     bad_labels.arrays["labels"] = np.array([0, 1, 2, 99], np.uint8)
-    assert "labels must lie in 0..9" in ask(sock, protocol.encode(bad_labels)).fields["reason"]
-    assert ask(sock, protocol.encode(train_message(1))).op == "grad"  # still serving, seq not consumed by errors
-    assert proc.poll() is None
-    errors = [e for e in read_jsonl(trace) if e["event"] == "error"]
-    assert len(errors) == 5
-    sock.close()
+    assert "labels must lie in 0..9" in server.ask(me, protocol.encode(bad_labels)).fields["reason"]
+    assert server.ask(me, protocol.encode(train_message(1))).op == "grad"  # still serving, seq not consumed by errors
+    assert len(server.events("error")) == 5
 
 
-def test_a_silent_source_does_not_stall_the_others(server):
-    _, port, _ = server
-    silent, busy = connect(port), connect(port)
-    assert ask(silent, protocol.encode(Message("hello", {"source": 0, **HELLO}))).op == "welcome"
-    silent.send_multipart(protocol.encode(Message("hello", {"source": 0, **HELLO}))[:1])  # and then nothing
-    assert ask(busy, protocol.encode(Message("hello", {"source": 1, **HELLO}))).op == "welcome"
-    for seq in range(1, 4):
-        assert ask(busy, protocol.encode(train_message(seq))).op == "grad"
-    silent.close()
-    busy.close()
-
-
-def test_the_port_in_use_is_a_one_line_error(server, tmp_path):
-    _, port, _ = server
-    result = subprocess.run([sys.executable, "-m", "workloads.server", "--port", str(port), "--dataset", "synthetic"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"server: cannot listen on port {port}: Address already in use"]
-
-
-# -- only the run's own sources take part ------------------------------------------------
-def test_source_ids_are_0_to_sources_minus_1(server):
-    _, port, _ = server
-    sock = connect(port)
+def test_source_ids_are_0_to_sources_minus_1(inline):
+    server = inline()
     for bad in (2, -1, 99, True, "0"):
-        reply = ask(sock, hello(bad))
+        reply = server.ask(b"a", hello(bad))
         assert reply.op == "error" and "source id in 0..1 (--sources 2)" in reply.fields["reason"]
-    assert ask(sock, hello(1)).op == "welcome"
-    sock.close()
+    assert server.ask(b"a", hello(1)).op == "welcome"
 
 
-def test_a_second_hello_for_an_id_in_use_is_refused(server):
-    _, port, _ = server
-    first, other = connect(port), connect(port)
-    assert ask(first, hello(0)).op == "welcome"
-    taken = ask(other, hello(0))
+def test_a_second_hello_for_an_id_in_use_is_refused(inline):
+    server = inline()
+    first, other = b"first", b"other"
+    assert server.ask(first, hello(0)).op == "welcome"
+    taken = server.ask(other, hello(0))
     assert taken.op == "error" and "source 0 has already said hello" in taken.fields["reason"]
-    again = ask(first, hello(1))  # the same connection, another id: still one source per connection
+    again = server.ask(first, hello(1))  # the same connection, another id: still one source per connection
     assert again.op == "error" and "already said hello as source 0" in again.fields["reason"]
-    again = ask(first, hello(0))
+    again = server.ask(first, hello(0))
     assert again.op == "error"
-    assert ask(first, protocol.encode(train_message(1))).op == "grad"  # the first one's state is intact
-    first.close()
-    other.close()
+    assert server.ask(first, protocol.encode(train_message(1))).op == "grad"  # the first one's state is intact
 
 
-def test_bye_counts_only_from_the_connection_that_said_hello(tmp_path, port):
-    proc, trace = start_server(tmp_path, port, "--expect-sources", "1")
-    try:
-        real, intruder = connect(port), connect(port)
-        assert ask(real, hello(0)).op == "welcome"
-        refused = ask(intruder, protocol.encode(Message("bye", {"source": 0})))
-        assert refused.op == "error" and "bye before hello" in refused.fields["reason"]
-        assert ask(intruder, hello(1)).op == "welcome"
-        wrong = ask(intruder, protocol.encode(Message("bye", {"source": 0})))
-        assert wrong.op == "error" and "bye for source 0" in wrong.fields["reason"]
-        time.sleep(0.5)
-        assert proc.poll() is None  # nobody finished yet
-        assert ask(real, protocol.encode(Message("bye", {"source": 0}))).op == "bye"
-        assert proc.wait(20) == 0
-        real.close()
-        intruder.close()
-    finally:
-        stop(proc)
+def test_bye_counts_only_from_the_connection_that_said_hello(inline):
+    server = inline("--expect-sources", "1")
+    real, intruder = b"real", b"intruder"
+    assert server.ask(real, hello(0)).op == "welcome"
+    refused = server.ask(intruder, protocol.encode(Message("bye", {"source": 0})))
+    assert refused.op == "error" and "bye before hello" in refused.fields["reason"]
+    assert server.ask(intruder, hello(1)).op == "welcome"
+    wrong = server.ask(intruder, protocol.encode(Message("bye", {"source": 0})))
+    assert wrong.op == "error" and "bye for source 0" in wrong.fields["reason"]
+    assert server.finished() == 0  # nobody finished yet: the loop (--expect-sources 1) goes on
+    assert server.ask(real, protocol.encode(Message("bye", {"source": 0}))).op == "bye"
+    assert server.finished() == 1 and [e["peer"] for e in server.events("bye")] == [0]
 
 
-def test_replies_echo_the_seq_and_the_source_checks_it(server):
+def test_replies_echo_the_seq_and_the_source_checks_it(inline):
+    import threading
+
     from workloads.transport import Connection
 
-    _, port, _ = server
-    sock = connect(port)
-    assert ask(sock, hello(0)).op == "welcome"
-    assert ask(sock, protocol.encode(train_message(1))).fields["seq"] == 1
-    error = ask(sock, protocol.encode(train_message(7)))
+    server = inline()
+    assert server.ask(b"a", hello(0)).op == "welcome"
+    assert server.ask(b"a", protocol.encode(train_message(1))).fields["seq"] == 1
+    error = server.ask(b"a", protocol.encode(train_message(7)))
     assert error.op == "error" and error.fields["seq"] == 7
-    sock.close()
     # a reply carrying another seq than the request's is a ProtocolError at the source
     router = zmq.Context.instance().socket(zmq.ROUTER)
     fake = router.bind_to_random_port("tcp://127.0.0.1")
@@ -182,7 +187,6 @@ def test_replies_echo_the_seq_and_the_source_checks_it(server):
             identity, _ = router.recv_multipart()
             router.send_multipart([identity] + protocol.encode(Message("grad", {"seq": seq})))
 
-        import threading
         for seq, expect_error in ((5, False), (4, True)):
             thread = threading.Thread(target=answer, args=(seq,))
             thread.start()
@@ -198,19 +202,96 @@ def test_replies_echo_the_seq_and_the_source_checks_it(server):
         router.close(0)
 
 
-def test_a_frame_beyond_the_largest_legitimate_request_is_never_taken_in(server):
-    proc, port, trace = server
+def test_ping_says_nothing_about_the_run(inline):
+    pong = inline().ask(b"anyone", protocol.encode(Message("ping", {})))
+    assert pong.op == "pong" and not {"module", "model", "split", "cut"} & set(pong.fields)
+
+
+# -- the real program over real sockets ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Three real servers started together: ``plain`` (--sources 8, bound to 127.0.0.1; each
+    test says hello with ids of its own), ``keys`` (CURVE, a local run's key folder) and
+    ``chart`` (CURVE, the chart's Secret layout). Each: (process, port, trace, stderr log,
+    key folder); a test that reads a server's whole log stops that server first."""
+    from testbed.keys import make_run_keys
+
+    folder = tmp_path_factory.mktemp("servers")
+    keys = {"plain": None, "keys": make_run_keys(folder / "run"), "chart": chart_keys(folder / "chart-keys")}
+    started = {}
+    try:
+        for name, key_folder in keys.items():
+            port, log = free_port(), folder / f"{name}.log"
+            extra = ["--sources", "8", "--bind", "127.0.0.1"] if name == "plain" else ["--keys", key_folder]
+            with open(log, "w") as err:
+                proc, trace = launch(folder, port, *extra, name=name, stderr=err)
+            started[name] = (proc, port, trace, log, key_folder)
+        for proc, _, trace, log, _ in started.values():
+            wait_listening(proc, trace)
+        yield started
+    finally:
+        for proc, *_ in started.values():
+            stop(proc)
+
+
+def errors_in(trace):
+    return [e for e in read_jsonl(trace) if e["event"] == "error"]
+
+
+def test_a_training_step_returns_the_gradient_of_the_sent_maps(servers):
+    proc, port, trace, _, _ = servers["plain"]
+    sock = connect(port)
+    known = len(errors_in(trace))
+    assert "not JSON" in ask(sock, [b"\x08\0\0\0\x80garbage"]).fields["reason"]  # the loop answers an error ...
+    assert ask(sock, protocol.encode(Message("hello", {"source": 0, **HELLO}))).op == "welcome"  # ... and goes on
+    reply = ask(sock, protocol.encode(train_message(1)))
+    assert reply.op == "grad" and reply.arrays["grad"].shape == (4, 2, 8, 8)
+    assert np.abs(reply.arrays["grad"]).sum() > 0 and reply.fields["loss"] > 0
+    assert len(errors_in(trace)) == known + 1 and proc.poll() is None
+    requests = [e for e in read_jsonl(trace) if e["event"] == "request" and e["peer"] == 0]
+    assert [e["op"] for e in requests] == ["welcome", "grad"]  # the loop traces what it served
+    sock.close()
+
+
+def test_a_silent_source_does_not_stall_the_others(servers):
+    _, port, _, _, _ = servers["plain"]
+    silent, busy = connect(port), connect(port)
+    assert ask(silent, protocol.encode(Message("hello", {"source": 1, **HELLO}))).op == "welcome"
+    silent.send_multipart(protocol.encode(Message("hello", {"source": 1, **HELLO}))[:1])  # and then nothing
+    assert ask(busy, protocol.encode(Message("hello", {"source": 2, **HELLO}))).op == "welcome"
+    for seq in range(1, 4):
+        assert ask(busy, protocol.encode(train_message(seq))).op == "grad"
+    silent.close()
+    busy.close()
+
+
+def test_the_port_in_use_is_a_one_line_error(servers, program):
+    _, port, _, _, _ = servers["plain"]
+    result = program("server", "--port", port, "--dataset", "synthetic", "--bind", "127.0.0.1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"server: cannot listen on port {port}: Address already in use"]
+
+
+def test_bind_chooses_the_interface(servers):
+    _, port, _, _, _ = servers["plain"]  # --bind 127.0.0.1
+    listening = [line.split()[1] for line in open("/proc/net/tcp").read().splitlines()[1:] if line.split()[3] == "0A"]
+    assert f"0100007F:{port:04X}" in listening and f"00000000:{port:04X}" not in listening
+
+
+def test_a_frame_beyond_the_largest_legitimate_request_is_never_taken_in(servers):
+    proc, port, trace, _, _ = servers["plain"]
     listening = next(e for e in read_jsonl(trace) if e["event"] == "listening")
     largest = listening["max_request"]
     # filter, vgg11-slim at 4 samples: 4 x 32 x 8 x 8 float32 and the index, with room for headers
     assert 32 * 1024 < largest < 200 * 1024
+    known = len(errors_in(trace))
     hostile, real = connect(port), connect(port)
     hostile.send(b"\0" * (largest + 64))
     assert not hostile.poll(2000), "an oversized frame got an answer"
-    assert ask(real, hello(0)).op == "welcome"
+    assert ask(real, hello(3)).op == "welcome"
     assert ask(real, protocol.encode(train_message(1))).op == "grad"
     assert proc.poll() is None
-    assert not [e for e in read_jsonl(trace) if e["event"] == "error"]  # the loop never saw it
+    assert len(errors_in(trace)) == known  # the loop never saw it
     hostile.close()
     real.close()
 
@@ -238,15 +319,6 @@ def test_the_largest_request_of_every_module_fits_a_real_first_message():
         assert largest_request(part, batch) < 64 * 1024 * 1024, module
 
 
-def test_bind_chooses_the_interface(tmp_path, port):
-    proc, _ = start_server(tmp_path, port, "--bind", "127.0.0.1")
-    try:
-        listening = [line.split()[1] for line in open("/proc/net/tcp").read().splitlines()[1:] if line.split()[3] == "0A"]
-        assert f"0100007F:{port:04X}" in listening and f"00000000:{port:04X}" not in listening
-    finally:
-        stop(proc)
-
-
 def test_the_server_socket_has_the_size_limit_and_heartbeats():
     from argparse import Namespace
 
@@ -264,23 +336,14 @@ def test_the_server_socket_has_the_size_limit_and_heartbeats():
         sock.close(0)
 
 
-def test_ping_says_nothing_about_the_run(server):
-    _, port, _ = server
-    sock = connect(port)
-    pong = ask(sock, protocol.encode(Message("ping", {})))
-    assert pong.op == "pong" and not {"module", "model", "split", "cut"} & set(pong.fields)
-    sock.close()
-
-
 # -- CURVE -----------------------------------------------------------------------------------
-def test_with_keys_only_the_runs_sources_get_an_answer_and_keys_never_reach_traces_or_logs(tmp_path, port):
+def test_with_keys_only_the_runs_sources_get_an_answer_and_keys_never_reach_traces_or_logs(servers, tmp_path):
     from testbed.keys import make_run_keys
     from workloads.transport import Connection, ServerGone, ServerTimeout
 
-    keys = make_run_keys(tmp_path / "run")
+    proc, port, trace, log, keys = servers["keys"]  # a local run's keys: make_run_keys
     assert oct(keys.stat().st_mode)[-3:] == "700" and all(oct(p.stat().st_mode)[-3:] == "600" for p in keys.iterdir())
     other = make_run_keys(tmp_path / "other")
-    proc, trace = start_server(tmp_path, port, "--keys", keys)
     try:
         plain = connect(port)  # no CURVE at all
         plain.send_multipart(hello(0))
@@ -307,7 +370,7 @@ def test_with_keys_only_the_runs_sources_get_an_answer_and_keys_never_reach_trac
         intruder.close()
     finally:
         stop(proc)
-    logged = trace.read_text() + proc.stderr.read()
+    logged = trace.read_text() + log.read_text()
     requests = [e for e in read_jsonl(trace) if e["event"] == "request"]
     assert [e["op"] for e in requests] == ["welcome", "grad"]
     for folder in (keys, other):
@@ -318,13 +381,12 @@ def test_with_keys_only_the_runs_sources_get_an_answer_and_keys_never_reach_trac
                     assert secret not in logged
 
 
-def test_bad_key_folders_are_one_line_errors_that_show_no_key(tmp_path, port):
+def test_bad_key_folders_are_one_line_errors_that_show_no_key(tmp_path, port, program):
     from testbed.keys import make_run_keys
 
     keys = make_run_keys(tmp_path / "run")
     (keys / "source.key").unlink()
-    result = subprocess.run([sys.executable, "-m", "workloads.server", "--dataset", "synthetic", "--port", str(port),
-                             "--keys", str(keys)], capture_output=True, text=True, timeout=60)
+    result = program("server", "--dataset", "synthetic", "--port", port, "--keys", keys)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"server: --keys {keys}: no source.key there"]
 
@@ -358,12 +420,11 @@ def test_security_load_reads_the_charts_layout_and_derives_the_public_keys(tmp_p
         assert repr(server) == "Keys(<redacted>)" and server_secret.decode() not in repr(server)
 
 
-def test_the_charts_layout_runs_encrypted_and_only_its_sources_get_an_answer(tmp_path, port):
+def test_the_charts_layout_runs_encrypted_and_only_its_sources_get_an_answer(servers, tmp_path):
     from testbed.keys import make_run_keys
     from workloads.transport import Connection, ServerGone, ServerTimeout
 
-    keys = chart_keys(tmp_path / "keys")
-    proc, trace = start_server(tmp_path, port, "--keys", keys)
+    proc, port, trace, log, keys = servers["chart"]  # keys: chart_keys(), the Secret's layout
     try:
         for stranger in (chart_keys(tmp_path / "other-release"), make_run_keys(tmp_path / "local-run")):
             outsider = Connection(f"tcp://127.0.0.1:{port}", 2, keys=str(stranger))
@@ -378,7 +439,7 @@ def test_the_charts_layout_runs_encrypted_and_only_its_sources_get_an_answer(tmp
     events = read_jsonl(trace)
     assert [e for e in events if e["event"] == "listening"][0]["curve"] is True
     assert [e["op"] for e in events if e["event"] == "request"] == ["welcome"]
-    logged = trace.read_text() + proc.stderr.read()
+    logged = trace.read_text() + log.read_text()
     for path in keys.iterdir():
         assert path.read_text().strip() not in logged
 
@@ -410,13 +471,12 @@ def test_bad_chart_key_files_are_errors_that_name_the_file_never_its_content(tmp
             assert content[:5] not in str(caught.value)
 
 
-def test_a_bad_chart_key_file_is_a_one_line_server_error(tmp_path, port):
+def test_a_bad_chart_key_file_is_a_one_line_server_error(tmp_path, port, program):
     folder = chart_keys(tmp_path / "keys")
     (folder / "server-secret").chmod(0o600)
     secret = "#" * 35 + "Z" * 5
     (folder / "server-secret").write_text(secret)
-    result = subprocess.run([sys.executable, "-m", "workloads.server", "--dataset", "synthetic", "--port", str(port),
-                             "--keys", str(folder)], capture_output=True, text=True, timeout=60)
+    result = program("server", "--dataset", "synthetic", "--port", port, "--keys", folder)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"server: --keys {folder}: server-secret is not a Z85 secret key (40 characters)"]

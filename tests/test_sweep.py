@@ -33,6 +33,7 @@ def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
     return path
 
 
+@pytest.mark.quick
 def test_arms_knobs_and_grid_expand_into_named_trials(tmp_path):
     spec = load_spec(write(tmp_path, TINY + """
 [grid]
@@ -63,6 +64,7 @@ alpha = 1000000.0
     assert spec.backend == "inproc" and spec.cpus_per_trial == 1.0
 
 
+@pytest.mark.quick
 def test_a_scale_overrides_base_and_grid(tmp_path):
     text = TINY + """
 [grid]
@@ -82,6 +84,7 @@ model = "vgg11"
     assert [t.settings["epochs"] for t in load_spec(write(tmp_path, text)).trials] == [1, 1, 1]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("text, message", [
     ('[[arms]]\nmodule = "none"\nbudjet = 4\n', "arm 1: unknown setting 'budjet' (did you mean budget or beta?)"),
     ('[[arms]]\nmodule = "gzip"\n', "trial gzip: unknown module 'gzip'"),
@@ -95,13 +98,11 @@ model = "vgg11"
     ('[[arms]\nmodule = "none"\n', "is not valid TOML"),
     ('', "no arms: give at least one [[arms]] with a module"),
 ])
-def test_a_bad_spec_is_one_line_naming_the_problem(tmp_path, text, message):
+def test_a_bad_spec_is_one_line_naming_the_problem(tmp_path, text, message, cli):
     top, _, text = text.rpartition("---\n")  # what goes before [base]
     path = write(tmp_path, top + TINY + text)
-    result = subprocess.run([sys.executable, "-m", "testbed.cli", "sweep", str(path), "--scale", "paper",
-                             "--out", str(tmp_path / "out")] if "scale.smoke" in text else
-                            [sys.executable, "-m", "testbed.cli", "sweep", str(path), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120)
+    scale = ["--scale", "paper"] if "scale.smoke" in text else []
+    result = cli("sweep", path, *scale, "--out", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"testbed: error: {path}"), result.stderr
@@ -109,6 +110,7 @@ def test_a_bad_spec_is_one_line_naming_the_problem(tmp_path, text, message):
     assert not (tmp_path / "out").exists()  # nothing started, nothing written
 
 
+@pytest.mark.quick
 def test_yaml_specs_read_like_toml(tmp_path):
     spec = load_spec(write(tmp_path, "backend: inproc\nbase: {sources: 1}\narms:\n  - {module: filter, budget: [2, 4]}\n",
                            "spec.yaml"))
@@ -117,6 +119,7 @@ def test_yaml_specs_read_like_toml(tmp_path):
         load_spec(write(tmp_path, "x", "spec.txt"))
 
 
+@pytest.mark.quick
 def test_a_trace_file_the_spec_names_is_read_beside_the_spec(tmp_path, monkeypatch):
     folder = tmp_path / "experiments"
     (folder / "traces").mkdir(parents=True)

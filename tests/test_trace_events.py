@@ -11,6 +11,8 @@ from conftest import REPO
 from workloads import events
 from workloads.trace import TraceWriter
 
+pytestmark = pytest.mark.quick
+
 RUN = ["run", "--backend", "inproc", "--module", "filter", "--sources", 2, "--batches", 3, "--epochs", 2,
        "--model", "vgg11-slim", "--batch-size", 8, "--eval-samples", 16, "--dataset", "synthetic", "--bn-batches", 2,
        "--quiet"]  # filter: the module with fields of its own in batch and eval
