@@ -10,18 +10,13 @@ gives it.
 from __future__ import annotations
 
 import sys
-from enum import IntEnum
 from typing import Callable
 
+from workloads.errors import ExitStatus
 
-class Exit(IntEnum):
-    """What ``testbed``'s exit status says; ``meaning`` is the README's."""
 
-    def __new__(cls, code: int, meaning: str):
-        member = int.__new__(cls, code)
-        member._value_ = code
-        member.meaning = meaning
-        return member
+class Exit(ExitStatus):
+    """What ``testbed``'s exit status says."""
 
     OK = 0, "done: every arm (every trial of a sweep) finished and its summary and report are written"
     FAILED = 1, ("an arm failed (a process, pod or cluster call failed, the server died, or every source was lost); "

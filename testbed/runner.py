@@ -86,13 +86,13 @@ def sweep_bandwidth(spec: RunSpec, say=print) -> int:
     rates = [r.strip() for r in spec.sweep_bandwidth.split(",")]
     specs = [RunSpec(**{**spec.values, "bandwidth": rate, "sweep_bandwidth": "",
                         "out": str(parent / rate.replace("/", "-"))}) for rate in rates]
-    first = backends.get(spec.backend).open(specs[0], say)  # a cluster that cannot be reached: before any folder
+    opened = [backends.get(spec.backend).open(one, say) for one in specs]  # a cluster unreachable: before any folder
     make_folder(parent)
     codes, folders = [], []
-    for rate, one in zip(rates, specs):
+    for rate, one, backend in zip(rates, specs, opened):
         say(f"sweep: --bandwidth {rate}")
         try:
-            code = run(one, say, first if one is specs[0] else None)
+            code = run(one, say, backend)
         except TestbedError as exc:  # the next rate runs
             code = report_error(exc)
         if code == Exit.INTERRUPTED:
@@ -148,7 +148,8 @@ def collect_release(release: str, *, namespace: str = "", context: str | None = 
         module = found["module"] or "unknown"
         staging.rename(out / module)
         where = placement(cluster, cluster.pods(release))
-        manifest = {"run": release, "backend": KubernetesBackend.name, "release": release, "namespace": cluster.namespace,
+        manifest = {"run": release, "backend": KubernetesBackend.name, "release": release,
+                    "namespace": cluster.namespace,
                     "arms": {module: {"cluster": where}}, "host": _cluster_host({module: {"cluster": where}}),
                     "collected": dt.datetime.now().isoformat(timespec="seconds"),
                     "spec": {"sources": found["sources"], "cpu": found["cpu_cap"], "modules": [module]},

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.cgroups import CGROUP_ROOT, has_controller  # noqa: F401 (CGROUP_ROOT: for the tests)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,17 +68,15 @@ def program(capsys):
     return call
 
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def cgroup_roots() -> list[Path]:
-    """Where this host lets a run make its cgroups, found as testbed/cpucap.py finds them:
-    cgroup v2's root when it offers the cpu controller, else v1's cpu and cpuset
-    controllers; [] when this process may make none (the run caps with psutil)."""
-    controllers = CGROUP_ROOT / "cgroup.controllers"
-    if controllers.is_file() and "cpu" in controllers.read_text().split():
+    """Where this host lets a run make its cgroups, found with the testbed's own rule
+    (testbed/cgroups.py): cgroup v2's root when it offers the cpu controller, else v1's cpu
+    and cpuset controllers; [] when this process may make none (the run caps with psutil)."""
+    if has_controller(2, CGROUP_ROOT):
         return [CGROUP_ROOT] if os.access(CGROUP_ROOT, os.W_OK) else []
-    if (CGROUP_ROOT / "cpu" / "cpu.cfs_quota_us").is_file() and os.access(CGROUP_ROOT / "cpu", os.W_OK):
+    if has_controller(1, CGROUP_ROOT / "cpu") and os.access(CGROUP_ROOT / "cpu", os.W_OK):
         return [CGROUP_ROOT / "cpu"] + ([CGROUP_ROOT / "cpuset"] if (CGROUP_ROOT / "cpuset").is_dir() else [])
     return []
 

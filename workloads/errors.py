@@ -9,14 +9,19 @@ from __future__ import annotations
 from enum import IntEnum
 
 
-class Exit(IntEnum):
-    """What a program's exit status says; ``meaning`` is the README's."""
+class ExitStatus(IntEnum):
+    """Exit statuses, each declared with its meaning (``meaning``: the README's table says
+    it); the programs' below, the testbed's in testbed/errors.py."""
 
     def __new__(cls, code: int, meaning: str):
         member = int.__new__(cls, code)
         member._value_ = code
         member.meaning = meaning
         return member
+
+
+class Exit(ExitStatus):
+    """What a program's exit status says."""
 
     OK = 0, "done"
     BUG = 1, "an unexpected error (a bug): its traceback in the log, its message in the trace's `end` event"
