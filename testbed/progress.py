@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from workloads import events
+
 from .traces import Tail
 
 STATUS_EVERY_S = 5.0
@@ -22,14 +24,14 @@ class Progress:
         for i, tail in enumerate(self.tails):
             for event in tail.new_events():
                 kind = event.get("event")
-                if kind == "batch":
+                if kind == events.BATCH:
                     self.done[i] += 1
                     self.loss[i] = event.get("loss")
-                elif kind == "eval":
+                elif kind == events.EVAL:
                     self.write(f"  [{self.module}] source {i} epoch {event['epoch'] + 1}/{self.epochs}: "
                                f"budget {event.get('budget')}, loss {_fmt(self.loss[i])}, "
                                f"test accuracy {100 * event['accuracy']:.1f}%")
-                elif kind == "end" and event.get("status") == "ok":
+                elif kind == events.END and event.get("status") == "ok":
                     self.write(f"  [{self.module}] source {i} done, CPU share {event.get('cpu_share')}")
         if time.monotonic() - self._last_status >= STATUS_EVERY_S:
             self._last_status = time.monotonic()

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from .base import Arrays, ServerPart, SourcePart, require_input, state_bytes
 from .shipping import has_state, load_state_arrays, state_arrays
+from .. import events
 from ..option import knob
 from .registry import CompressionConfig, Deviation, Levels, ModuleSpec, register
 
@@ -189,7 +190,7 @@ class CdcSource(SourcePart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            self._trace.event("pretrain", stage=stage, step=step, samples=len(x), loss=round(loss.item(), 6),
+            self._trace.event(events.PRETRAIN, stage=stage, step=step, samples=len(x), loss=round(loss.item(), 6),
                               reconstruction=round(reconstruction, 6), ec_loss=round(guidance, 6),
                               mask_number=self.mask)
         for p in self.parameters():

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart, at_least, state_bytes, to_wire
 from .shipping import flat_state, has_state, load_state_arrays, range_encode, state_arrays
 from .shipping import range_decode as decode_symbols
+from .. import events
 from ..option import knob
 from .registry import CompressionConfig, Deviation, ModuleSpec, register
 
@@ -150,7 +151,7 @@ class EntropicSource(SourcePart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            trace.event("pretrain", stage="distill", step=step, samples=len(x), loss=round(loss.item(), 6),
+            trace.event(events.PRETRAIN, stage="distill", step=step, samples=len(x), loss=round(loss.item(), 6),
                         distortion=round(distortion.item(), 6), bits_per_sample=round(rate.item(), 2))
         for p in params:
             p.requires_grad_(False)
@@ -170,7 +171,7 @@ class EntropicSource(SourcePart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            trace.event("pretrain", stage="teacher", step=step, samples=len(x), loss=round(loss.item(), 6))
+            trace.event(events.PRETRAIN, stage="teacher", step=step, samples=len(x), loss=round(loss.item(), 6))
         return tail
 
     def forward(self, maps):

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from .base import Arrays, ServerPart, SourcePart, at_least
 from .shipping import range_decode as decode_symbols
 from .shipping import range_encode as encode_symbols
+from .. import events
 from ..option import knob
 from .registry import CompressionConfig, Deviation, ModuleSpec, register
 
@@ -155,7 +156,7 @@ class Mcr2Source(SourcePart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            trace.event("pretrain", step=step, samples=len(x), loss=round(loss.item(), 6), rate=round(rate.item(), 6),
+            trace.event(events.PRETRAIN, step=step, samples=len(x), loss=round(loss.item(), 6), rate=round(rate.item(), 6),
                         class_rate=round(compressed.item(), 6))
         for p in params:
             p.requires_grad_(False)
@@ -168,7 +169,7 @@ class Mcr2Source(SourcePart):
         power = fisher_power(codes.astype(np.float64), np.concatenate([l for _, l in seen]))
         self.kept = np.sort(np.argsort(-power, kind="stable")[:self.keep])
         self.low, self.pmf = fit_model(codes[:, self.kept])
-        trace.event("entropy_model", kept=self.kept.tolist(), fisher=[round(float(p), 6) for p in power[self.kept]],
+        trace.event(events.ENTROPY_MODEL, kept=self.kept.tolist(), fisher=[round(float(p), 6) for p in power[self.kept]],
                     model_bytes=int(self.pmf.nbytes + self.low.nbytes + self.kept.size * 2))
 
     def forward(self, maps):
