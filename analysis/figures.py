@@ -99,10 +99,12 @@ class View:
     shown_in: tuple[str, ...] = ()
     optional: bool = False
 
+    partial: bool = False       # ``compute`` takes None for a missing figure (else the view is None then)
+
     def one(self, arm: Mapping, comparison: Mapping | None = None):
-        """The value for an arm (None where a figure it needs is missing)."""
+        """The value for an arm (None where a figure it needs is missing, unless ``partial``)."""
         values = [FIGURES[name].raw(arm, comparison) for name in self.of]
-        return None if any(v is None for v in values) else self.compute(*values)
+        return None if not self.partial and any(v is None for v in values) else self.compute(*values)
 
 
 FAMILIES = {
@@ -125,6 +127,13 @@ FAMILIES = {
     "adapt": "Adaptive compression (``--adapt``: the sources' ``adapt_start`` and ``adapt`` events; every figure "
              "here is None for an arm that did not adapt)",
 }
+
+def _link_rate(direction: str) -> Callable:
+    def rate(channel, per_source):
+        shared = (channel or {}).get(direction)
+        return shared if shared is not None else _mean([v for v in per_source or [] if v is not None])
+    return rate
+
 
 _LATENCY = ("percentile (linear interpolation between the closest ranks) of ``latency_s`` (the whole step, "
             "= duration_s) over every source's non-warm-up ``batch`` events")
@@ -285,6 +294,11 @@ DECLARED: tuple[Figure | View, ...] = (
     F("link_up_bps_per_source", "link", "each source's entry of the ``link`` event (None: that direction is not "
       "shaped, or the shared channel carries it)", unit="bit/s", scope="per source"),
     F("link_down_bps_per_source", "link", "the same, down", unit="bit/s", scope="per source"),
+    V("link_up_bps", ("link_channel_bps", "link_up_bps_per_source"), _link_rate("up"), "the link's rate up: the "
+      "shared channel's, else the mean over the sources of theirs (None: no shaped uplink)", title="link up (bit/s)",
+      fmt="{:.0f}", unit="bit/s", shown_in=("sweep",), partial=True),
+    V("link_down_bps", ("link_channel_bps", "link_down_bps_per_source"), _link_rate("down"), "the same, down",
+      title="link down (bit/s)", fmt="{:.0f}", unit="bit/s", shown_in=("sweep",), partial=True),
     F("link_delay_ms_per_source", "link", "the same, the one-way delay", unit="ms", scope="per source"),
     F("link_channel_bps", "link", "the shared channel's {up, down} rates (None on a dedicated medium)",
       unit="bit/s"),
@@ -322,7 +336,7 @@ DECLARED: tuple[Figure | View, ...] = (
       "down / (8 sum_i D_i)) (one source's directions take turns, but its upload overlaps another's download) "
       "(sums over the sources that trained; an unshaped direction adds nothing; None when no direction is "
       "shaped)", unit="samples/s", decimals=3, scope="per source", title="link limit (samples/s per source)",
-      fmt="{:.2f}", reduce="mean", shown_in=("table", "link table"), optional=True),
+      fmt="{:.2f}", reduce="mean", shown_in=("table", "link table", "sweep"), optional=True),
     F("link_use", "link", "the mean over sources of samples_per_s / link limit: how full the link was while the "
       "sources trained", decimals=4, title="link use", fmt="{:.0%}", shown_in=("table", "link table"),
       optional=True),

@@ -85,23 +85,33 @@ class Sweep:
         self.rows = [r for r in data["trials"] if r["status"] in FINISHED]
         self.failed = [r for r in data["trials"] if r["status"] not in FINISHED]
         self.series = list(dict.fromkeys(r["series"] for r in data["trials"]))
+        knobs = {r.get("knob") for r in data["trials"]}
+        # the settings other than the seed that vary within a series: a grid's (a link's rate)
+        self.grid = [k for k in data.get("vary") or [] if k not in knobs | {"seed", "module"}
+                     and any(len({json.dumps((r.get("params") or {}).get(k)) for r in data["trials"]
+                                  if r["series"] == s}) > 1 for s in self.series)]
         self.problems: list[str] = []
 
     def points(self, series: str) -> list[dict]:
-        """The series' points, one per knob value: metrics averaged over seeds (``n`` seeds,
-        ``accuracy_std``), sorted by bytes per sample sent."""
+        """The series' points, one per setting of its trials but the seed (its knob's value,
+        and the value of each other setting the grid varies, a link's rate: ``at``): metrics
+        averaged over seeds (``n`` seeds, ``accuracy_std``), sorted by bytes per sample sent."""
         rows = [r for r in self.rows if r["series"] == series]
         if not rows:
             known = sorted({r["series"] for r in self.rows})
             why = " (its trials failed)" if any(r["series"] == series for r in self.failed) else ""
             raise SeriesError(f"no finished trial of series {series!r}{why}; the sweep has {', '.join(known)}")
-        by_value: dict = {}
+        by_setting: dict = {}
         for row in rows:
-            by_value.setdefault(json.dumps(row.get("knob_value")), []).append(row)
+            others = {k: v for k, v in (row.get("params") or {}).items() if k != "seed"}
+            by_setting.setdefault(json.dumps(others, sort_keys=True), []).append(row)
         points = []
-        for group in by_value.values():
+        for group in by_setting.values():
+            params = group[0].get("params") or {}
+            at = {k: params.get(k) for k in self.grid if k in params}
             point = {"series": series, "module": group[0].get("module"), "knob": group[0].get("knob"),
-                     "knob_value": group[0].get("knob_value"), "n": len(group), "trials": [r["trial"] for r in group]}
+                     "knob_value": group[0].get("knob_value"), "at": at, "n": len(group),
+                     "trials": [r["trial"] for r in group]}
             for metric in group[0]["metrics"]:
                 values = [r["metrics"][metric] for r in group if isinstance(r["metrics"].get(metric), (int, float))]
                 point[metric] = sum(values) / len(values) if values else None
@@ -111,14 +121,14 @@ class Sweep:
 
     def point(self, series: str, knob_value=None) -> dict:
         points = self.points(series)
-        if knob_value is None:
-            if len(points) > 1:
-                raise SeriesError(f"series {series!r} has {len(points)} knob values: name one")
-            return points[0]
-        for point in points:
-            if point["knob_value"] == knob_value:
-                return point
-        raise SeriesError(f"series {series!r} has no trial at {points[0]['knob']} {knob_value}")
+        if knob_value is not None:
+            points = [p for p in points if p["knob_value"] == knob_value]
+            if not points:
+                raise SeriesError(f"series {series!r} has no trial at {self.points(series)[0]['knob']} {knob_value}")
+        if len(points) > 1:
+            what = "knob values" if knob_value is None and points[0]["knob"] else ", ".join(self.grid) + " values"
+            raise SeriesError(f"series {series!r} has {len(points)} {what}: name one")
+        return points[0]
 
     def trial_curve(self, trial: str) -> pd.DataFrame:
         """One trial's accuracy after each epoch (mean over its sources), the cumulative
@@ -140,7 +150,11 @@ class Sweep:
         return self.mean_curve(series, knob_value)["accuracy"].tolist()
 
     def mean_curve(self, series: str, knob_value=None) -> pd.DataFrame:
-        frames = [self.trial_curve(t) for t in self.point(series, knob_value)["trials"]]
+        return self.point_curve(self.point(series, knob_value))
+
+    def point_curve(self, point: dict) -> pd.DataFrame:
+        """A point's accuracy after each epoch, averaged over its seeds."""
+        frames = [self.trial_curve(t) for t in point["trials"]]
         frames = [f for f in frames if not f.empty]
         if not frames:
             return pd.DataFrame(columns=["epoch", "accuracy", "mb_total", "t"])
@@ -162,6 +176,18 @@ def _style(sweep: Sweep, series: str) -> dict:
     same = [s for s in sweep.series if any(r.get("module") == module and r["series"] == s for r in sweep.rows)]
     return {"color": module_colour(module), "linestyle": STYLES[same.index(series) % len(STYLES)] if series in same
             else "-"}
+
+
+def _at(point: dict) -> str:
+    """The grid's settings of a point, as a label: ``bandwidth 5mbit`` ("" without a grid)."""
+    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in point["at"].items())
+
+
+def _setting(point: dict) -> str:
+    """What tells a series' points apart, for a legend: `` budget 4, bandwidth 5mbit``."""
+    parts = ([f"{point['knob'].replace('_', '-')} {point['knob_value']}"] if point["knob"] else []) + \
+        ([_at(point)] if point["at"] else [])
+    return (" " + ", ".join(parts)) if parts else ""
 
 
 def _finished_series(sweep: Sweep) -> list[str]:
@@ -239,13 +265,12 @@ def _curves_figure(sweep: Sweep, out: Path, name: str, column: str, xlabel: str,
         style = _style(sweep, series)
         points = sweep.points(series)
         for i, point in enumerate(points):
-            curve = sweep.mean_curve(series, point["knob_value"] if len(points) > 1 else None)
+            curve = sweep.point_curve(point)
             if curve.empty:
                 continue
-            knob = f" {point['knob'].replace('_', '-')} {point['knob_value']}" if point["knob"] else ""
             alpha = 0.45 + 0.55 * (i + 1) / len(points)
             ax.plot(curve[column], 100 * curve["accuracy"], marker="o", markersize=3, alpha=alpha,
-                    label=series + knob, **style)
+                    label=series + _setting(point), **style)
     if log:
         _log_x(ax)
     ax.set_xlabel(xlabel)
@@ -271,17 +296,57 @@ def time_to_accuracy(sweep: Sweep, out: Path) -> list[Path]:
                           "Time to accuracy", log=False)
 
 
+def throughput_vs_bandwidth(sweep: Sweep, out: Path) -> list[Path]:
+    """Samples/s per source against the link's rate (log-log, as a roofline: a source bound
+    by its link follows a line of slope 1, one bound by computing stays flat), one line per
+    series and knob value, mean over seeds; dashed, what the link allows the ``none`` series.
+    Drawn when a series ran behind links of different rates (a grid of ``bandwidth``, as
+    ``testbed run --sweep-bandwidth`` makes)."""
+    lines: dict[str, list[tuple[float, dict]]] = {}
+    for series in _finished_series(sweep):
+        for point in sweep.points(series):
+            rate = point.get("link_up_bps") or point.get("link_down_bps")
+            if rate and point.get("samples_per_s_per_source"):
+                knob = f" {point['knob'].replace('_', '-')} {point['knob_value']}" if point["knob"] else ""
+                lines.setdefault(series + knob, []).append((rate / 1e6, point))
+    if not any(len({x for x, _ in points}) > 1 for points in lines.values()):
+        return []
+    asymmetric = any(p.get("link_up_bps") != p.get("link_down_bps") for points in lines.values() for _, p in points)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for label, points in lines.items():
+        points.sort(key=lambda item: item[0])
+        style = _style(sweep, points[0][1]["series"])
+        ax.plot([x for x, _ in points], [p["samples_per_s_per_source"] for _, p in points], marker="o", label=label,
+                **style)
+        limits = [(x, p["link_limit_samples_per_s_per_source"]) for x, p in points
+                  if p.get("link_limit_samples_per_s_per_source")]
+        if points[0][1]["module"] == "none" and limits:
+            ax.plot(*zip(*limits), linestyle="--", color=style["color"], label=f"link limit ({label})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    rates = sorted({x for points in lines.values() for x, _ in points})
+    ax.set_xticks(rates, [f"{v:g}" for v in rates])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("link rate, uplink (Mbit/s)" if asymmetric else "link rate (Mbit/s)")
+    ax.set_ylabel("samples/s per source")
+    ax.set_title(f"Throughput against link rate — {sweep.name}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out, "throughput_vs_bandwidth")
+
+
 def reach_table(sweep: Sweep, target: float) -> list[dict]:
     """Per series and knob value: the first epoch, second and MB at which the mean curve
     reached ``target`` (None where it never did)."""
     rows = []
     for series in _finished_series(sweep):
-        points = sweep.points(series)
-        for point in points:
-            curve = sweep.mean_curve(series, point["knob_value"] if len(points) > 1 else None)
+        for point in sweep.points(series):
+            curve = sweep.point_curve(point)
             hit = curve[curve["accuracy"] >= target]
             first = hit.iloc[0] if len(hit) else None
-            rows.append({"series": series, "knob_value": point["knob_value"],
+            rows.append({"series": series, "knob_value": point["knob_value"], "at": _at(point),
                          "epoch": int(first["epoch"]) + 1 if first is not None else None,
                          "seconds": round(float(first["t"]), 1) if first is not None else None,
                          "mb": round(float(first["mb_total"]), 2) if first is not None else None})
@@ -304,18 +369,23 @@ def write_sweep_report(sweep_dir, out=None) -> SweepReport:
     figures: list[Path] = []
     problems = [f"trial {r['trial']} {r['status']}: {r.get('error') or 'not run'} (left out of the figures)"
                 for r in sweep.failed]
-    lines = [f"# Sweep {sweep.name}", "", "| series | knob | value | seeds | stream bytes per sample sent | accuracy |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    at = [", ".join(k.replace("_", "-") for k in sweep.grid)] if sweep.grid else []  # a column for the grid's settings
+    lines = [f"# Sweep {sweep.name}", "", "| " + " | ".join(["series", "knob", "value"] + at + [
+             "seeds", "stream bytes per sample sent", "samples/s per source", "accuracy"]) + " |",
+             "|" + " --- |" * (7 + len(at))]
     if sweep.rows:
-        for draw in (rate_accuracy, accuracy_vs_bytes, time_to_accuracy):
+        for draw in (rate_accuracy, accuracy_vs_bytes, time_to_accuracy, throughput_vs_bandwidth):
             figures += draw(sweep, target_dir)
         for series in _finished_series(sweep):
             for p in sweep.points(series):
                 std = f" ± {100 * p['accuracy_std']:.1f}" if p["accuracy_std"] is not None else ""
                 accuracy = f"{100 * p['test_accuracy']:.1f}%{std}" if p.get("test_accuracy") is not None else "-"
                 sent = f"{p['bytes_per_sample_sent']:,.0f}" if p.get("bytes_per_sample_sent") else "-"
-                lines.append(f"| {series} | {(p['knob'] or '-').replace('_', '-')} | "
-                             f"{'' if p['knob_value'] is None else p['knob_value']} | {p['n']} | {sent} | {accuracy} |")
+                speed = f"{p['samples_per_s_per_source']:.2f}" if p.get("samples_per_s_per_source") else "-"
+                grid = [", ".join(str(v) for v in p["at"].values())] if at else []
+                lines.append("| " + " | ".join([series, (p["knob"] or "-").replace("_", "-"),
+                                                "" if p["knob_value"] is None else str(p["knob_value"])] + grid
+                                               + [str(p["n"]), sent, speed, accuracy]) + " |")
         reference = "none" if "none" in _finished_series(sweep) else None
         best = max((p["test_accuracy"] for s in ([reference] if reference else _finished_series(sweep))
                     for p in sweep.points(s) if p.get("test_accuracy") is not None), default=None)
@@ -327,7 +397,9 @@ def write_sweep_report(sweep_dir, out=None) -> SweepReport:
                       "| --- | --- | --- | --- | --- |"]
             for row in reach_table(sweep, target):
                 never = "not reached"
-                lines.append(f"| {row['series']} | {'' if row['knob_value'] is None else row['knob_value']} | "
+                value = ", ".join(str(v) for v in ([] if row["knob_value"] is None else [row["knob_value"]])
+                                  + ([row["at"]] if row["at"] else []))
+                lines.append(f"| {row['series']} | {value} | "
                              f"{row['epoch'] or never} | {row['seconds'] if row['seconds'] is not None else never} | "
                              f"{row['mb'] if row['mb'] is not None else never} |")
     if sweep.failed:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import Exit, exit_status
-from .runner import collect_release, report, run_spec
+from .runner import collect_release, report, run
 from .spec import RunSpec, validate
 from .sweep.spec import SCALES
 
@@ -145,7 +145,10 @@ def run_command(args, say) -> int:
     spec = spec_from_args(args)
     validate(spec)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop like Ctrl-C: clean up first
-    return run_spec(spec, say)
+    if spec.sweep_bandwidth:
+        from .sweep import sweep_bandwidth
+        return sweep_bandwidth(spec, say)
+    return run(spec, say)
 
 
 def reproduce_command(args, say) -> int:

@@ -26,7 +26,8 @@ class Exit(ExitStatus):
                     "read), said in one line; nothing was started, nothing is left running")
     LOST_SOURCES = 3, ("finished, but sources were lost: every arm ran, `summary.json` and the report are written, "
                        "and the lost sources are named in one line, e.g. `testbed: error: arm filter lost source 3 "
-                       "(killed by SIGKILL, injected by --drop 3@8); summary and report written`")
+                       "(killed by SIGKILL, injected by --drop 3@8); summary and report written`; a sweep: no trial "
+                       "failed, but some lost sources (named in one line)")
     INTERRUPTED = 130, "interrupted (Ctrl-C, a second one included, or SIGTERM): every process was stopped and " \
                        "every cgroup, namespace and qdisc removed"
 

@@ -49,8 +49,9 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
     Option("link-trace", str, "", "UP_FILE[,DOWN_FILE]: time-varying capacity, Mahimahi format (one line per "
            "1500-byte delivery opportunity, in ms) or a seconds,Mbit/s CSV; one file: both directions", TB,
            group="link"),
-    Option("sweep-bandwidth", str, "", "run every arm once per rate in this comma list (1mbit,5mbit,20mbit), "
-           "each a run folder of its own under --out, then one report over them all", TB,
+    Option("sweep-bandwidth", str, "", "every arm once per rate in this comma list (1mbit,5mbit,20mbit), one "
+           "after another: short for a sweep spec with a [grid] of bandwidth, in testbed sweep's layout under --out "
+           "(a trial per arm and rate, sweep.json, the sweep's figures)", TB,
            validate=check_list(parse_updown, "--sweep-bandwidth"), group="link"),
     Option("namespace", str, "", "Kubernetes namespace (default: the kube context's, as helm install uses)", TB,
            group="k8s"),

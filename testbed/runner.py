@@ -15,7 +15,7 @@ from workloads.data import dataset_kind
 
 from . import __version__, backends
 from .backend import Backend
-from .errors import BackendError, BadInput, Exit, LostSources, TestbedError, interrupted, warn
+from .errors import BackendError, BadInput, Exit, LostSources, interrupted, warn
 from .errors import report as report_error
 from .spec import RunSpec, data_in_use
 
@@ -70,40 +70,6 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     if lost:
         raise LostSources(f"{lost_message(lost, spec)}; summary and report written")
     return code
-
-
-def run_spec(spec: RunSpec, say=print) -> int:
-    """A validated spec on its backend (``testbed run``, and each trial of a sweep)."""
-    return sweep_bandwidth(spec, say) if spec.sweep_bandwidth else run(spec, say)
-
-
-def sweep_bandwidth(spec: RunSpec, say=print) -> int:
-    """``--sweep-bandwidth``: every arm once per rate, each rate an ordinary run folder
-    (``<out>/<rate>``), then one report over them all (``<out>/report``: throughput
-    against bandwidth among its figures). The exit status: failed if a run failed, else
-    lost-sources if one lost sources, else 0; Ctrl-C stops the sweep."""
-    parent = Path(spec.out or Path("runs") / f"sweep-{new_run_id()}")
-    rates = [r.strip() for r in spec.sweep_bandwidth.split(",")]
-    specs = [RunSpec(**{**spec.values, "bandwidth": rate, "sweep_bandwidth": "",
-                        "out": str(parent / rate.replace("/", "-"))}) for rate in rates]
-    opened = [backends.get(spec.backend).open(one, say) for one in specs]  # a cluster unreachable: before any folder
-    make_folder(parent)
-    codes, folders = [], []
-    for rate, one, backend in zip(rates, specs, opened):
-        say(f"sweep: --bandwidth {rate}")
-        try:
-            code = run(one, say, backend)
-        except TestbedError as exc:  # the next rate runs
-            code = report_error(exc)
-        if code == Exit.INTERRUPTED:
-            return code
-        codes.append(code)
-        if (Path(one.out) / "summary.json").exists():
-            folders.append(one.out)
-    if folders:
-        report(folders, str(parent / "report"), say)
-    return Exit.FAILED if Exit.FAILED in codes else Exit.LOST_SOURCES if Exit.LOST_SOURCES in codes else \
-        max(codes, default=Exit.OK)
 
 
 def lost_message(lost: list[tuple[str, dict]], spec=None) -> str:

@@ -99,3 +99,71 @@ def tiny_run(tmp_path_factory):
                          "--out", out, "--port", free_port())
     assert result.returncode == 0, result.stderr
     return out, result
+
+
+# One real sweep on a real local Ray, shared by the tests that read a sweep (test_sweep,
+# test_reproduce, the sweep notebook): its arms span a knob, a schedule, adaptation and two
+# seeds, and its last trial ("long") is killed mid-run, so it holds a failed row too.
+TINY_SWEEP = """timeout_s = 300
+backend = "inproc"
+[base]
+sources = 1
+model = "vgg11-slim"
+dataset = "synthetic"
+batches = 2
+epochs = 3
+eval-samples = 32
+[[arms]]
+module = "none"
+[[arms]]
+module = "filter"
+budget = [2, 8]
+[[arms]]
+module = "prune"
+schedule = "32:1,8:2"
+[[arms]]
+label = "adaptive"
+module = "filter"
+adapt = "threshold"
+target = 1000000.0
+adapt-interval = 0.02
+batches = 6
+epochs = 1
+seed = [0, 1]
+"""
+LONG_ARM = '[[arms]]\nlabel = "long"\nmodule = "filter"\nepochs = 100000\n'  # killed once it trains
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """``testbed sweep`` of TINY_SWEEP plus LONG_ARM, its ``long`` trial SIGKILLed once it has
+    trained a batch: (sweep folder, spec file, the finished CompletedProcess, killed)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    spec = folder / "spec.toml"
+    spec.write_text(TINY_SWEEP + LONG_ARM)
+    out = folder / "sweep"
+    command = [sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out), "--cpus", "2"]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    killed = _kill_when_training(sweep, (out / "trials" / "long").resolve())
+    stdout, stderr = sweep.communicate(timeout=600)
+    return out, spec, subprocess.CompletedProcess(command, sweep.returncode, stdout, stderr), killed
+
+
+def _kill_when_training(sweep: subprocess.Popen, trial_dir: Path, deadline_s: float = 300) -> bool:
+    """SIGKILL the process of the trial that writes into ``trial_dir`` once it has trained a
+    batch (its trace says so); False if the sweep ended first."""
+    import time
+
+    import psutil
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end and sweep.poll() is None:
+        trace = trial_dir / "filter" / "source-0.jsonl"
+        if trace.exists() and '"batch"' in trace.read_text():
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = proc.info["cmdline"] or []
+                if "testbed.sweep.trial" in cmdline and str(trial_dir) in cmdline:
+                    proc.send_signal(signal.SIGKILL)
+                    return True
+        time.sleep(0.2)  # polling the trace: the trial gives no other sign that it trains
+    return False

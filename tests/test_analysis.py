@@ -103,15 +103,31 @@ def test_a_missing_or_empty_directory_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebooks_run_headless(notebook, tiny_run, monkeypatch):
+def test_notebooks_run_headless(notebook, tiny_run, monkeypatch, request):
     out, _ = tiny_run
     monkeypatch.setenv("SPLITTEST_RUN_DIR", str(out))
     monkeypatch.setenv("SPLITTEST_RUN_DIRS", str(out))
+    if notebook.stem == "sweep":  # the shared sweep (conftest), not one of the notebook's own
+        monkeypatch.setenv("SPLITTEST_SWEEP_DIR", str(request.getfixturevalue("tiny_sweep")[0]))
     nb = nbformat.read(notebook, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "commit notebooks without outputs"
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, "the notebook drew no figure"
+
+
+@pytest.mark.quick
+def test_the_sweep_notebooks_own_sweep_is_a_valid_spec(tmp_path):
+    """Left without SPLITTEST_SWEEP_DIR, the sweep notebook runs `testbed sweep` on a spec of its
+    own (the test above gives it the shared sweep): that spec expands and passes testbed run's checks."""
+    from testbed.sweep import check_trials, load_spec
+
+    first = next(c.source for c in nbformat.read(REPO / "analysis" / "notebooks" / "sweep.ipynb", as_version=4).cells
+                 if c.cell_type == "code")
+    (tmp_path / "spec.toml").write_text(first.split('write_text("""', 1)[1].split('""")', 1)[0])
+    spec = load_spec(tmp_path / "spec.toml")
+    check_trials(spec)
+    assert len(spec.trials) == 6 and '"testbed.cli", "sweep"' in first
 
 
 def test_at_least_two_notebooks():

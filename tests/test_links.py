@@ -258,24 +258,36 @@ def _class_rate(namespace: str, device: str) -> int:
 # -- a run with links: its files, and nothing left after success, failure and Ctrl-C ----------
 
 @needs_namespaces
-def test_a_run_on_a_shaped_link_records_the_link_and_leaves_nothing(tmp_path, port):
-    out = tmp_path / "run"
-    result = run_testbed("run", "--sources", "2", "--cpu", "0.5", "--batches", "2", "--epochs", "1", *TINY,
-                         "--bandwidth", "50mbit", "--medium", "shared", "--module", "none", "--out", out,
+def test_a_bandwidth_sweep_runs_each_rate_on_its_shaped_link_and_leaves_nothing(tmp_path, port):
+    """``--sweep-bandwidth``: a trial per rate (testbed sweep's layout), each a run on its own link."""
+    out = tmp_path / "sweep"
+    result = run_testbed("run", "--sources", "1", "--cpu", "0.5", "--batches", "2", "--epochs", "1", *TINY,
+                         "--sweep-bandwidth", "50mbit,20mbit", "--medium", "shared", "--module", "none", "--out", out,
                          "--port", port, "--quiet")
     assert result.returncode == 0, result.stderr
-    events = read_jsonl(out / "none" / "link.jsonl")
+    rows = {r["trial"]: r for r in json.loads((out / "sweep.json").read_text())["trials"]}
+    assert list(rows) == ["none-bandwidth-50mbit", "none-bandwidth-20mbit"]
+    assert [rows[t]["metrics"]["link_up_bps"] for t in rows] == [50e6, 20e6]  # the shared channel's rate
+    assert rows["none-bandwidth-50mbit"]["params"] == {"sources": 1, "cpu": 0.5, "batches": 2, "epochs": 1,
+                                                       "model": "vgg11-slim", "batch_size": 8, "eval_samples": 16,
+                                                       "dataset": "synthetic", "medium": "shared", "port": port,
+                                                       "module": "none", "bandwidth": "50mbit"}
+    run = out / "trials" / "none-bandwidth-50mbit"  # an ordinary run folder
+    events = read_jsonl(run / "none" / "link.jsonl")
     link = events[0]
     assert link["event"] == "link" and link["label"] == "50mbit shared" and link["duplex"] == "half"
     nic = {(e["source"], e["phase"]): e for e in events if e["event"] == "nic"}
-    traced = sum(e.get("bytes_sent", 0) for e in read_jsonl(out / "none" / "source-0.jsonl")
+    traced = sum(e.get("bytes_sent", 0) for e in read_jsonl(run / "none" / "source-0.jsonl")
                  if e["event"] in ("connected", "batch", "eval", "bye"))
     assert nic[(0, "end")]["tx_bytes"] - nic[(0, "start")]["tx_bytes"] > traced  # wire bytes exceed the app's
-    server_start = next(e for e in read_jsonl(out / "none" / "server.jsonl") if e["event"] == "start")
+    server_start = next(e for e in read_jsonl(run / "none" / "server.jsonl") if e["event"] == "start")
     assert server_start["settings"]["bind"] == SERVER_ADDRESS  # the server is on the emulated network
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["arms"]["none"]["link"] == "50mbit shared"
-    assert ours(_pid_of(out)) == [] and controllers() == []
+    assert json.loads((run / "summary.json").read_text())["arms"]["none"]["link"] == "50mbit shared"
+    assert (out / "report" / "throughput_vs_bandwidth.png").stat().st_size > 5000  # the sweep's figure of rates
+    assert "| none | - |  | 20mbit | 1 |" in (out / "report" / "sweep.md").read_text()
+    for trial in rows:
+        assert ours(_pid_of(out / "trials" / trial)) == []
+    assert controllers() == []
 
 
 def _pid_of(out):

@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO
 from testbed import backends
 from testbed.options import option
+from testbed.sweep.pool import POOLS
 from testbed.sweep.spec import SweepSpecError, load_spec
 from workloads.data import DATASETS, DataError, check_data_dir, dataset_kind, describe_data
 
@@ -70,13 +71,12 @@ def test_every_backend_resolves_and_the_options_and_sweeps_take_them_from_the_re
         assert callable(backends._resolve(kind.opens)) and callable(backends._resolve(kind.checks)), kind.name
         assert kind.name in option("backend").help
     spec = tmp_path / "spec.toml"
-    for name, kind in backends.BACKENDS.items():
+    for name, kind in backends.BACKENDS.items():  # a sweep runs its trials on every backend, where it declares
         spec.write_text(f'backend = "{name}"\n[[arms]]\nmodule = "none"\n')
-        if kind.trials:
-            assert load_spec(spec).backend == name
-        else:
-            with pytest.raises(SweepSpecError, match=f"backend must be one of {', '.join(backends.sweepable())}"):
-                load_spec(spec)
+        assert load_spec(spec).backend == name and kind.trials in POOLS, name
+    spec.write_text('backend = "docker"\n[[arms]]\nmodule = "none"\n')
+    with pytest.raises(SweepSpecError, match=f"backend must be one of {', '.join(backends.BACKENDS)}, got 'docker'"):
+        load_spec(spec)
     with pytest.raises(ValueError, match="unknown backend 'nope'; known: local, k8s, inproc"):
         backends.get("nope")
 

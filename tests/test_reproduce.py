@@ -4,8 +4,6 @@ whether the paper's ordering holds."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -62,34 +60,10 @@ def test_the_medium_scale_has_two_seeds_on_a_small_model(name):
     assert min(steps) > max(t.settings["batches"] * t.settings["epochs"] for t in smoke.trials)
 
 
-SWEEP = """
-backend = "inproc"
-[base]
-sources = 1
-model = "vgg11-slim"
-dataset = "synthetic"
-batches = 2
-epochs = 3
-eval-samples = 32
-[[arms]]
-module = "none"
-[[arms]]
-module = "filter"
-budget = [2, 8]
-[[arms]]
-module = "prune"
-schedule = "32:1,8:2"
-"""
-
-
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reproduce")
-    (folder / "spec.toml").write_text(SWEEP)
-    result = subprocess.run([sys.executable, "-m", "testbed.cli", "sweep", str(folder / "spec.toml"), "--out",
-                             str(folder / "sweep"), "--quiet"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return folder / "sweep"
+def sweep_dir(tiny_sweep):
+    """conftest's shared sweep: none, filter at budgets 2 and 8, prune on a schedule (3 epochs)."""
+    return tiny_sweep[0]
 
 
 def test_claims_read_the_measurements(sweep_dir):
@@ -149,7 +123,7 @@ def test_the_reproduction_writes_the_paper_beside_the_measured(sweep_dir):
     result = reproduce(sweep_dir, spec, scale="smoke", command="testbed reproduce x")
     text = result.markdown.read_text()
     assert "- **holds**: bytes_sent_total of none over filter" in text
-    assert "- **cannot say**: no finished trial of series 'crbq'; the sweep has filter, none, prune" in text
+    assert "- **cannot say**: no finished trial of series 'crbq'; the sweep has adaptive, filter, none, prune" in text
     assert ("| series | value | paper: accuracy | measured: stream bytes per sample | measured: payload bytes per "
             "sample | measured: payload bytes per sample at inference | measured: bpp (stream bytes per sample) | "
             "measured: accuracy") in text
@@ -177,7 +151,8 @@ def test_the_sweep_report_draws_the_series_and_names_the_failed(sweep_dir, tmp_p
                            "status": "failed", "error": "killed by SIGKILL"})
     (copy / "sweep.json").write_text(json.dumps(data))
     table = load_sweep(copy)
-    assert list(table["trial"]) == ["none", "filter-budget-2", "filter-budget-8", "prune", "crbq"]
+    assert list(table["trial"]) == ["none", "filter-budget-2", "filter-budget-8", "prune", "adaptive-seed-0",
+                                    "adaptive-seed-1", "long", "crbq"]
     assert {"param.budget", "test_accuracy", "bytes_per_sample_sent"} <= set(table.columns)
     report = write_sweep_report(copy)
     drawn = ("rate_accuracy", "payload_rate_accuracy", "inference_rate_accuracy", "accuracy_vs_bytes",
@@ -185,7 +160,8 @@ def test_the_sweep_report_draws_the_series_and_names_the_failed(sweep_dir, tmp_p
     assert sorted(p.name for p in report.figures) == sorted(f"{n}.{e}" for n in drawn for e in ("png", "svg"))
     text = report.markdown.read_text()
     assert "| filter | budget | 2 | 1 |" in text and "- `crbq` (failed): killed by SIGKILL" in text
-    assert report.problems == ["trial crbq failed: killed by SIGKILL (left out of the figures)"]
+    assert report.problems == ["trial long failed: killed by SIGKILL (left out of the figures)",
+                               "trial crbq failed: killed by SIGKILL (left out of the figures)"]
     (copy / "sweep.json").write_text("{not json")
     with pytest.raises(SweepError, match="sweep.json is not valid JSON"):
         load_sweep(copy)

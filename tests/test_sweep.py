@@ -1,19 +1,19 @@
 """``testbed sweep``: specs as data expanded into trials, trials on a real local Ray, each
 an ordinary run directory; a second invocation reruns nothing that finished; a trial
-whose process is killed is a failed row and the sweep finishes."""
+whose process is killed is a failed row and the sweep finishes; ``--sweep-bandwidth`` is
+short for a spec."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
+import shutil
 from pathlib import Path
 
 import psutil
 import pytest
 
-from testbed.sweep import SweepSpecError, load_spec
+from conftest import TINY_SWEEP
+from testbed.spec import RunSpec
+from testbed.sweep import SweepSpecError, bandwidth_sweep, load_spec
 
 TINY = """
 backend = "inproc"
@@ -131,64 +131,63 @@ def test_a_trace_file_the_spec_names_is_read_beside_the_spec(tmp_path, monkeypat
     assert given == "mine.csv"  # one given on the command line is the user's, from where they are
 
 
-def _kill_when_running(sweep: subprocess.Popen, trial_dir: Path, deadline_s: float = 240) -> bool:
-    """SIGKILL the process of the trial that writes into ``trial_dir`` once it has trained a batch."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end and sweep.poll() is None:
-        trace = trial_dir / "filter" / "source-0.jsonl"
-        if trace.exists() and '"batch"' in trace.read_text():
-            for proc in psutil.process_iter(["cmdline"]):
-                cmdline = proc.info["cmdline"] or []
-                if "testbed.sweep.trial" in cmdline and str(trial_dir) in cmdline:
-                    proc.send_signal(signal.SIGKILL)
-                    return True
-        time.sleep(0.2)
-    return False
-
-
-def test_a_sweep_on_local_ray_resumes_and_records_a_killed_trial(tmp_path):
-    arms = '[grid]\nseed = [0, 1]\n[[arms]]\nmodule = "none"\n[[arms]]\nmodule = "filter"\nbudget = [2, 4, 8]\n'
-    long_arm = '[[arms]]\nlabel = "long"\nmodule = "filter"\nepochs = 100000\nseed = 0\n'  # one trial: no grid
-    spec = write(tmp_path, "timeout_s = 300\n" + TINY + arms + long_arm)
-    out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out), "--cpus", "2"]
-    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = _kill_when_running(sweep, (out / "trials" / "long").resolve())
-    stdout, stderr = sweep.communicate(timeout=600)
-    assert killed, stderr
+def test_a_sweep_on_local_ray_records_a_killed_trial_and_finishes(tiny_sweep):
+    out, _, sweep, killed = tiny_sweep
+    assert killed, sweep.stderr
     table = json.loads((out / "sweep.json").read_text())
     rows = {r["trial"]: r for r in table["trials"]}
-    assert len(rows) == 9 and table["finished"] and table["vary"] == ["epochs", "module", "seed", "budget"]
+    assert list(rows) == ["none", "filter-budget-2", "filter-budget-8", "prune", "adaptive-seed-0", "adaptive-seed-1",
+                          "long"] and table["finished"]
+    assert table["vary"] == ["batches", "epochs", "module", "budget", "schedule", "adapt", "target", "adapt_interval",
+                             "seed"]
     assert rows["long"]["status"] == "failed" and rows["long"]["error"] == "killed by SIGKILL"
-    assert sweep.returncode == 1 and "long (killed by SIGKILL)" in stderr  # the sweep finished, and says so
+    assert sweep.returncode == 1 and "long (killed by SIGKILL)" in sweep.stderr  # the sweep finished, and says so
+    assert "ray: local" in sweep.stdout  # the inproc backend's trials ran on Ray
     finished = [r for r in rows.values() if r["status"] == "ok"]
-    assert len(finished) == 8  # every other trial finished
+    assert len(finished) == 6  # every other trial finished
     for row in finished:
         summary = json.loads((out / row["run_dir"] / "summary.json").read_text())  # an ordinary run directory
         assert summary["arms"][row["module"]]["test_accuracy"] == row["metrics"]["test_accuracy"]
-    assert rows["filter-budget-2-seed-0"]["metrics"]["bytes_per_sample_sent"] < \
-        rows["none-seed-0"]["metrics"]["bytes_per_sample_sent"] / 10
+    assert rows["filter-budget-2"]["metrics"]["bytes_per_sample_sent"] < \
+        rows["none"]["metrics"]["bytes_per_sample_sent"] / 10
     assert "trial,status,error" in (out / "sweep.csv").read_text().splitlines()[0]
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]
 
-    # the same command again, the long arm left out: nothing reruns
-    write(tmp_path, TINY + arms)
-    stamps = {r["trial"]: (out / r["run_dir"] / "summary.json").stat().st_mtime_ns for r in finished}
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+def test_a_second_invocation_reruns_nothing_that_finished(tiny_sweep, tmp_path, cli):
+    out, spec, _, _ = tiny_sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(out, copy)  # the shared sweep stays as it is for the other tests
+    spec = write(tmp_path, TINY_SWEEP)  # the same spec, the long arm left out
+    rows = json.loads((copy / "sweep.json").read_text())["trials"]
+    finished = [r["trial"] for r in rows if r["status"] == "ok"]
+    stamps = {t: (copy / "trials" / t / "summary.json").stat().st_mtime_ns for t in finished}
+    again = cli("sweep", spec, "--out", copy, "--cpus", "2")
     assert again.returncode == 0, again.stderr
-    assert "8 trials, 8 finished before (kept), 0 to run" in again.stdout
-    assert stamps == {t: (out / "trials" / t / "summary.json").stat().st_mtime_ns for t in stamps}
-    assert [r["trial"] for r in json.loads((out / "sweep.json").read_text())["trials"]] == list(stamps)
+    assert "6 trials, 6 finished before (kept), 0 to run" in again.stdout and "ray:" not in again.stdout
+    assert stamps == {t: (copy / "trials" / t / "summary.json").stat().st_mtime_ns for t in stamps}
+    assert [r["trial"] for r in json.loads((copy / "sweep.json").read_text())["trials"]] == finished
 
 
-def test_a_sweep_whose_trials_adapt_draws_them_on_one_time_axis(tmp_path):
-    arms = ('[grid]\nseed = [0, 1]\n[[arms]]\nmodule = "filter"\nlabel = "adaptive"\nadapt = "threshold"\n'
-            'target = 1000000.0\nadapt-interval = 0.02\n[[arms]]\nmodule = "filter"\nlabel = "fixed"\nbudget = 4\n')
-    spec = write(tmp_path, TINY.replace("batches = 2", "batches = 6") + arms)
-    out = tmp_path / "sweep"
-    result = subprocess.run([sys.executable, "-m", "testbed.cli", "sweep", str(spec), "--out", str(out), "--cpus", "2"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+def test_a_sweep_whose_trials_adapt_draws_them_on_one_time_axis(tiny_sweep):
+    out = tiny_sweep[0]
     report = (out / "report" / "runs" / "report.md").read_text()
     assert (out / "report" / "runs" / "adaptation.png").exists() and "adapted by threshold" in report
-    assert "seed-1" not in report and "adaptive-seed-0" in report and "fixed-seed-0" in report  # the first seed
+    assert "seed-1" not in report and "adaptive-seed-0" in report and "filter-budget-2" in report  # the first seed
+
+
+@pytest.mark.quick
+def test_sweep_bandwidth_is_short_for_a_spec_with_a_grid_of_bandwidth(tmp_path):
+    run = RunSpec(sources=2, module="none,filter", model="vgg11-slim", medium="shared", budget=2,
+                  sweep_bandwidth="1mbit,5mbit/20mbit", backend="local", out=str(tmp_path / "x"), quiet=True)
+    short = bandwidth_sweep(run)
+    spec = write(tmp_path, 'backend = "local"\nname = "bandwidth"\n[base]\nsources = 2\nmodel = "vgg11-slim"\n'
+                 'medium = "shared"\nbudget = 2\n[grid]\nbandwidth = ["1mbit", "5mbit/20mbit"]\n'
+                 '[[arms]]\nmodule = "none"\n[[arms]]\nmodule = "filter"\n')
+    written = load_spec(spec)
+    assert [(t.id, t.settings, t.series, t.knob) for t in short.trials] == \
+        [(t.id, t.settings, t.series, t.knob) for t in written.trials]
+    assert [t.id for t in short.trials] == ["none-bandwidth-1mbit", "none-bandwidth-5mbit-20mbit",
+                                            "filter-bandwidth-1mbit", "filter-bandwidth-5mbit-20mbit"]
+    assert (short.name, short.backend, short.vary, short.path) == ("bandwidth", "local", ["module", "bandwidth"], None)
+    assert short.cpus_per_trial == written.cpus_per_trial

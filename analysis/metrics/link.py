@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from ..figures import rounded
+from ..figures import one, rounded
 from ..load import Runs
 from .common import MB, _mean, _missing, _num
 from .linktrace import _capacity_series, _link_rows, _step_mean, capacity_over_time, link_settings, \
@@ -153,9 +153,7 @@ def bandwidth_sweep(figures: Mapping[str, dict]) -> pd.DataFrame:
     for label, fig in figures.items():
         if fig.get("link") is None:
             continue
-        channel = fig.get("link_channel_bps") or {}
-        rate = {d: channel.get(d) if channel.get(d) is not None else _mean(fig.get(f"link_{d}_bps_per_source") or [])
-                for d in ("up", "down")}
+        rate = {d: one(f"link_{d}_bps", fig) for d in ("up", "down")}
         if rate["up"] is None and rate["down"] is None:
             continue
         rows.append({"run": fig["run"], "label": label, "module": fig["module"], "up_bps": rate["up"],

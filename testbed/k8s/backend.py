@@ -112,7 +112,7 @@ def open_backend(spec: RunSpec, say=print) -> KubernetesBackend:
     """The backend of ``testbed run --backend k8s``: the cluster of the kube context (its
     namespace), reachable, with the spec's images, waits and ``--keep``."""
     key = (spec.namespace, spec.kube_context or None)
-    if key not in _CLUSTERS:  # once per process: each rate of --sweep-bandwidth is a run of its own
+    if key not in _CLUSTERS:  # once per process
         cluster = Cluster(namespace=key[0], context=key[1])
         say(f"cluster: Kubernetes {cluster.check_reachable()}, namespace {cluster.namespace}")
         _CLUSTERS[key] = cluster

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from .. import backends
-from ..errors import Exit, TrialsFailed, interrupted, warn
+from ..errors import Exit, LostSources, TrialsFailed, interrupted, warn
 from ..errors import report as report_error
-from .spec import SweepSpec, SweepSpecError, Trial, load_spec  # noqa: F401
-from .table import FINISHED, SweepTable
+from .spec import SweepSpec, SweepSpecError, Trial, bandwidth_sweep, load_spec  # noqa: F401
+from .table import FINISHED, TRIALS, SweepTable
+from .trial import LOG
 
 
 def default_out(spec: SweepSpec) -> Path:
@@ -41,30 +42,49 @@ def check_trials(spec: SweepSpec) -> None:
         try:
             validate(RunSpec(**trial_settings(spec, trial, index)))
         except SpecError as exc:
-            raise SweepSpecError(f"{spec.path}: trial {trial.id}: {exc}") from None
+            raise SweepSpecError(f"{spec.where}: trial {trial.id}: {exc}") from None
+
+
+def sweep_bandwidth(spec, say=print) -> int:
+    """``--sweep-bandwidth``: short for a sweep spec (testbed.sweep.spec.bandwidth_sweep), run
+    here one trial after another as a run's arms are: each arm once per rate, each trial a
+    run folder under ``<out>/trials/``, then the sweep's table and figures (throughput
+    against link rate among them) under ``<out>``. The exit status is the sweep's."""
+    from ..runner import new_run_id
+    from ..spec import RunSpec
+
+    sweep = bandwidth_sweep(spec)
+    first = RunSpec(**{**sweep.trials[0].settings, "backend": spec.backend})
+    backends.get(spec.backend).open(first, say)  # a cluster that cannot be reached: said before any folder
+    out = Path(spec.out or Path("runs") / f"sweep-{new_run_id()}")
+    return run_sweep(sweep, out, say=say, bar=not spec.quiet, pool="here")
 
 
 def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: float | None = None,
-              say=print, bar: bool = True) -> Exit:
-    """Every trial of ``spec`` not finished before; raises bad input (SweepSpecError) before
-    anything starts, and an error when Ray cannot be started or joined. Failed trials are
-    reported in one line: the status is then Exit.FAILED."""
+              say=print, bar: bool = True, pool: str | None = None) -> Exit:
+    """Every trial of ``spec`` not finished before, in ``pool`` (a key of pool.POOLS; default:
+    where the spec's backend runs trials); raises bad input (SweepSpecError) before anything
+    starts, and an error when Ray cannot be started or joined. Failed trials are reported in
+    one line (the status is then Exit.FAILED), else trials that lost sources (Exit.LOST_SOURCES)."""
     from ..runner import make_folder
-    from .pool import run_trials, start_ray, stop_ray
+    from .pool import POOLS, start_ray, stop_ray
 
+    pool = pool or backends.get(spec.backend).trials
     check_trials(spec)
     make_folder(out, "sweep folder", exist_ok=True)
     table = SweepTable(out, spec)
     todo = table.todo()
     kept = f", {len(table.kept)} finished before (kept)" if table.kept else ""
+    each = "one after another here" if pool == "here" else \
+        f"{spec.cpus_per_trial:g} CPU{f', {spec.gpus_per_trial:g} GPU' if spec.gpus_per_trial else ''} each"
     say(f"sweep {spec.name}{' --scale ' + spec.scale if spec.scale else ''}: {len(spec.trials)} trials{kept}, "
-        f"{len(todo)} to run ({spec.backend} backend, {spec.cpus_per_trial:g} CPU"
-        f"{f', {spec.gpus_per_trial:g} GPU' if spec.gpus_per_trial else ''} each) -> {out}")
+        f"{len(todo)} to run ({spec.backend} backend, {each}) -> {out}")
     table.write()
     if todo:
-        offered = start_ray(address, cpus)
-        say(f"ray: {offered['address']}, {offered['nodes']} node(s), {offered['cpus']:g} CPU, "
-            f"{offered['gpus']:g} GPU: up to {_at_once(spec, offered)} trials at once")
+        if pool == "ray":
+            offered = start_ray(address, cpus)
+            say(f"ray: {offered['address']}, {offered['nodes']} node(s), {offered['cpus']:g} CPU, "
+                f"{offered['gpus']:g} GPU: up to {_at_once(spec, offered)} trials at once")
         progress = _progress_bar(len(spec.trials), len(table.kept), enabled=bar)
         index = {t.id: i for i, t in enumerate(spec.trials)}
 
@@ -75,9 +95,9 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
             progress.write(_one_line(row), file=sys.stdout if say is print else _Null())
 
         try:
-            run_trials(((t, trial_settings(spec, t, index[t.id]), str(table.trial_dir(t).resolve())) for t in todo),
-                       cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial, timeout_s=spec.timeout_s,
-                       on_done=finished)
+            POOLS[pool](((t, trial_settings(spec, t, index[t.id]), str(table.trial_dir(t).resolve())) for t in todo),
+                        cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial, timeout_s=spec.timeout_s,
+                        on_done=finished)
         except KeyboardInterrupt:
             progress.close()
             return interrupted("every trial was stopped (the next invocation resumes)")
@@ -95,6 +115,11 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
             f"{len(failed)} of {len(spec.trials)} trials failed: "
             + "; ".join(f"{r['trial']} ({r['error']})" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
             + " (sweep.json has every error; run the command again to retry them)"))
+    lost = [r["trial"] for r in table.rows.values() if r["status"] == "lost-sources"]
+    if lost:
+        return report_error(LostSources(
+            f"{len(lost)} of {len(spec.trials)} trials lost sources: {', '.join(lost)} (each trial's "
+            f"{TRIALS}/<trial>/{LOG} names them); every trial finished and the sweep's report is written"))
     return Exit.OK
 
 

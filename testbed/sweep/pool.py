@@ -1,12 +1,18 @@
-"""Trials on Ray: each trial a Ray task with the spec's resources (fractional CPUs, GPUs
-where the cluster has them) that runs the trial's own process (trial.py). A local Ray
-sized to this machine by default; ``address`` joins an existing cluster (``ray start``,
-KubeRay). Ray's CPUs are logical: they say how many trials run at once; the caps of a
-local-fleet trial stay cgroups."""
+"""Where a sweep's trials run, each in its own process (trial.py): ``POOLS`` by the name a
+backend declares (testbed/backends.py).
+
+- ``ray``: each trial a Ray task with the spec's resources (fractional CPUs, GPUs where the
+  cluster has them). A local Ray sized to this machine by default; ``address`` joins an
+  existing cluster (``ray start``, KubeRay). Ray's CPUs are logical: they say how many
+  trials run at once; the caps of a local-fleet trial stay cgroups.
+- ``here``: one trial after another from this machine, without Ray (a backend whose
+  processes run elsewhere, a cluster; and ``testbed run --sweep-bandwidth``, whose trials
+  run one after another as a run's arms do)."""
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Callable, Iterable
 
@@ -44,13 +50,20 @@ def start_ray(address: str | None, cpus: float | None) -> dict:
 
 
 def stop_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # never imported (the trials ran here): nothing to stop
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
 
 
-def run_trials(jobs: Iterable[tuple[object, dict, str]], *, cpus: float, gpus: float, timeout_s: float | None,
+def run_here(jobs: Iterable[tuple[object, dict, str]], *, cpus: float, gpus: float, timeout_s: float | None,
+             on_done: Callable[[object, dict], None]) -> None:
+    """Every ``(key, settings, trial_dir)`` one after another (``cpus`` and ``gpus`` are the
+    trial's own business here); Ctrl-C stops the running trial's process and is raised again."""
+    for key, settings, trial_dir in jobs:
+        on_done(key, execute(settings, trial_dir, timeout_s))
+
+
+def run_on_ray(jobs: Iterable[tuple[object, dict, str]], *, cpus: float, gpus: float, timeout_s: float | None,
                on_done: Callable[[object, dict], None]) -> None:
     """Submit every ``(key, settings, trial_dir)`` as a Ray task, and call ``on_done(key,
     result)`` as each finishes (in the order they finish). A task that Ray itself loses (its
@@ -86,3 +99,6 @@ def _result(ref) -> dict:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return {"status": "failed", "error": f"Ray lost the trial: {type(exc).__name__}: {first}",
                 "seconds": None, "summary": None}
+
+
+POOLS = {"ray": run_on_ray, "here": run_here}

@@ -59,7 +59,7 @@ class Trial:
 @dataclass
 class SweepSpec:
     name: str
-    path: Path
+    path: Path | None  # its file (None: the spec of testbed run --sweep-bandwidth)
     backend: str
     trials: list[Trial]
     scale: str | None = None
@@ -70,21 +70,46 @@ class SweepSpec:
     vary: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)  # the parsed file (the reproduce command reads its own table)
 
+    @property
+    def where(self) -> str:
+        """How messages name it: its file, or the option it came from."""
+        return str(self.path) if self.path else "--sweep-bandwidth"
+
 
 def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict | None = None) -> SweepSpec:
     """The spec at ``path`` expanded into its trials, every setting checked against its
     declaration; a SweepSpecError (one line, naming the file) for anything wrong.
     ``override`` (settings by dest) apply to every trial, over the spec's own."""
     path = Path(path)
-    raw = _read(path)
-    where = str(path)
+    return expand(_read(path), path, scale, override)
+
+
+def bandwidth_sweep(run) -> SweepSpec:
+    """The sweep ``testbed run --sweep-bandwidth R1,R2 ...`` is short for: the run's other
+    settings as ``[base]`` (those not at their defaults), each of its arms an ``[[arms]]``,
+    the rates a ``[grid]`` of ``bandwidth``; named ``bandwidth``."""
+    from ..options import run_options
+
+    defaults = {o.dest: o.run_default if o.run_default is not None else o.default for o in run_options()}
+    base = {dest: value for dest, value in run.values.items()
+            if dest not in NOT_IN_SPEC and dest != "module" and value != defaults[dest]}
+    raw = {"name": "bandwidth", "backend": run.backend, "base": base,
+           "grid": {"bandwidth": [rate.strip() for rate in run.sweep_bandwidth.split(",")]},
+           "arms": [{"module": module} for module in run.modules]}
+    return expand(raw, None)
+
+
+def expand(raw: dict, path: Path | None, scale: str | None = None, override: dict | None = None) -> SweepSpec:
+    """A parsed spec (``path``: its file; None for the one ``--sweep-bandwidth`` makes)
+    expanded into its trials, every setting checked; a SweepSpecError naming the problem."""
+    where = str(path) if path else "--sweep-bandwidth"
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise SweepSpecError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(TOP_LEVEL))}")
     backend = raw.get("backend", backends.SWEEP_DEFAULT)
-    if backend not in backends.sweepable():
-        raise SweepSpecError(f"{where}: backend must be one of {', '.join(backends.sweepable())}, got {backend!r}")
+    if backend not in backends.BACKENDS:
+        raise SweepSpecError(f"{where}: backend must be one of {', '.join(backends.BACKENDS)}, got {backend!r}")
     if scale is not None and scale not in SCALES:
         raise SweepSpecError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     scales = raw.get("scale") or {}
@@ -112,7 +137,7 @@ def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict 
                              "or module")
     _check_unique(trials, where)
     for trial in trials:
-        _beside_spec(trial.settings, path.parent, given)
+        _beside_spec(trial.settings, path.parent if path else Path.cwd(), given)
     cpus = raw.get("cpus_per_trial", backends.get(backend).trial_cpus or float(os.cpu_count() or 1))
     if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
         raise SweepSpecError(f"{where}: cpus_per_trial must be a positive number, got {cpus!r}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from analysis.figures import one, shown
 
 from .spec import SweepSpec, Trial
+from .trial import arm_summary
 
 # the figures of an arm's summary declared shown in "sweep" (analysis/figures.py), under their
 # names; a per-source one as the one number it declares (its ``reduce``: the mean over sources)
@@ -24,7 +25,7 @@ class SweepTable:
         self.out, self.spec = out, spec
         self.rows = {t.id: _pending(t) for t in spec.trials}
         self.kept = self._resume()
-        self.header = {"sweep": spec.name, "spec_file": str(spec.path), "scale": spec.scale,
+        self.header = {"sweep": spec.name, "spec_file": str(spec.path) if spec.path else None, "scale": spec.scale,
                        "backend": spec.backend, "description": spec.description,
                        "started": dt.datetime.now().isoformat(timespec="seconds"), "finished": None,
                        "vary": spec.vary}
@@ -39,6 +40,9 @@ class SweepTable:
         for row in before.get("trials", []) if isinstance(before, dict) else []:
             now = self.rows.get(row.get("trial")) if isinstance(row, dict) else None
             if now is not None and row.get("status") in FINISHED and _same(row.get("params"), now["params"]):
+                summary = arm_summary(self.out / TRIALS / row["trial"], now["module"])
+                if summary is not None:  # its figures as they are declared now
+                    row["metrics"] = {m: one(m, summary) for m in METRICS}
                 self.rows[row["trial"]] = row
                 kept.append(row["trial"])
         return kept

@@ -51,7 +51,7 @@ def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> d
     elif status == "failed":
         error = _error_line(output, proc.returncode)
     return {"status": status, "error": error, "seconds": round(seconds, 2), "returncode": proc.returncode,
-            "summary": _arm_summary(folder, settings["module"])}
+            "summary": arm_summary(folder, settings["module"])}
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -75,7 +75,8 @@ def _error_line(output: str, code: int) -> str:
     return (lines[-1] if lines else "no output") + f" (exit status {code})"
 
 
-def _arm_summary(folder: Path, module: str) -> dict | None:
+def arm_summary(folder: Path, module: str) -> dict | None:
+    """The arm's entry of the trial's summary.json (None where there is none)."""
     try:
         return json.loads((folder / "summary.json").read_text())["arms"][module]
     except (OSError, ValueError, KeyError):
@@ -84,7 +85,7 @@ def _arm_summary(folder: Path, module: str) -> dict | None:
 
 def main(argv=None) -> int:
     """The trial's own process: one ``testbed run`` of the settings into the folder."""
-    from ..runner import run_spec
+    from ..runner import run
     from ..spec import RunSpec, validate
 
     folder, settings = argv if argv is not None else sys.argv[1:]
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     def trial() -> int:
         spec = RunSpec(**{**json.loads(settings), "out": folder})
         validate(spec)
-        return run_spec(spec, say=print)
+        return run(spec, say=print)
     return exit_status(trial)
 
 
