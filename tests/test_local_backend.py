@@ -1,21 +1,26 @@
 """The local backend's fidelity and failure paths: real processes, real cgroups.
 
 Tests that start processes check that none of them, and none of the cgroups they
-made, are left behind. A few run ``run_arm`` in this process to watch the children
-while they run (a progress stand-in is called while the sources train)."""
+made, are left behind. The tests that only observe a run (where its programs run, their
+environment, a cap per source, a killed source) share one real ``testbed run``
+(``fleet_run``), watched from here while it runs. A few run ``run_arm`` in this process
+to act while the children run (a progress stand-in is called while the sources run)."""
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
-from conftest import REPO, TINY, cgroups_of, read_jsonl
+from conftest import REPO, TINY, cgroups_of, free_port, read_jsonl
 from testbed import local
 from testbed.cpucap import join_cgroup
 from testbed.errors import BackendError
@@ -62,10 +67,10 @@ class Watch:
         self.look(self.calls)
 
 
-def programs():
-    """This process's children that are the workload programs: (role, process)."""
+def programs(pid=None):
+    """The workload programs under process ``pid`` (default: this one): (role, process)."""
     found = []
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid or os.getpid()) else []:
         try:
             cmd = child.cmdline()
         except psutil.Error:
@@ -86,28 +91,87 @@ def leaves_nothing():
     assert cgroups_of(os.getpid()) == []
 
 
+# -- one run, watched, for the tests that only observe a run ------------------------------
+
+FLEET_CPU = (0.6, 0.4)  # one cap per source; their sum fits the sources' one core beside a pinned server
+FLEET_BATCHES = 40  # source 0 trains every batch; source 1 is killed once it has traced three
+SPLITTEST_ENV = {"SPLITTEST_MOMENTUM": "0.123", "SPLITTEST_EPOCHS": "7"}
+
+
+def _events(path):
+    """The events of a trace being written ([] before it exists or while a line is half written)."""
+    try:
+        return read_jsonl(path)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def _wait_for(predicate, testbed, patience_s=300):
+    deadline = time.monotonic() + patience_s  # a guard against a hung run, not a measure
+    while not predicate():
+        assert testbed.poll() is None, testbed.communicate()
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.05)  # polling the traces: the event that matters is a line in one of them
+
+
+@pytest.fixture(scope="module")
+def fleet_run(tmp_path_factory):
+    """One real ``testbed run`` of two sources, shared by the tests that only observe a run:
+    ``--cpu 0.6,0.4`` (a cap per source), ``--server-cpus 1`` where there are two cores (the
+    server on a core of its own), SPLITTEST_* variables in the testbed's environment (its
+    children must not get them). Once both sources have traced their start, the testbed's
+    and every program's environment and the programs' affinity are read; once source 1 has
+    traced three batches it is killed with SIGKILL (a lost source, named by its signal; three
+    batches: the summary still judges its CPU share). Then what is left behind (programs,
+    cgroups) is looked at."""
+    out = tmp_path_factory.mktemp("fleet") / "run"
+    pinned = ["--server-cpus", "1"] if len(CORES) >= 2 else []
+    testbed = subprocess.Popen(
+        [sys.executable, "-m", "testbed.cli", "run", "--sources", "2", "--cpu", ",".join(map(str, FLEET_CPU)),
+         *pinned, "--batches", str(FLEET_BATCHES), "--epochs", "1", *TINY, "--module", "none", "--out", str(out),
+         "--port", str(free_port()), "--quiet"],
+        cwd=REPO, env={**os.environ, **SPLITTEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arm = out / "none"
+
+    def traced(source, event, count=1):
+        return sum(e["event"] == event for e in _events(arm / f"source-{source}.jsonl")) >= count
+
+    try:
+        _wait_for(lambda: traced(0, "start") and traced(1, "start"), testbed)
+        environment = psutil.Process(testbed.pid).environ()
+        running = [(role, tuple(proc.cpu_affinity()), proc.environ()) for role, proc in programs(testbed.pid)]
+        _wait_for(lambda: traced(1, "batch", 3), testbed)
+        os.kill(next(e["pid"] for e in read_jsonl(arm / "source-1.jsonl") if e["event"] == "start"), signal.SIGKILL)
+        _, stderr = testbed.communicate(timeout=600)
+    except BaseException:
+        testbed.send_signal(signal.SIGINT)  # the testbed's own cleanup: nothing of this run is left behind
+        testbed.communicate(timeout=60)
+        raise
+    return SimpleNamespace(out=out, arm=arm, returncode=testbed.returncode, stderr=stderr,
+                           testbed_environment=environment, running=running,
+                           left=(programs(testbed.pid), cgroups_of(testbed.pid)))
+
+
 # -- --server-cpus ---------------------------------------------------------------------
 
 @two_cores
-def test_server_cpus_gives_the_server_cores_of_its_own(tmp_path, port, leaves_nothing):
+def test_server_cpus_gives_the_server_cores_of_its_own(fleet_run):
     seen = {}
-
-    def look(call):
-        if call == 1:  # every program started and still running
-            for role, proc in programs():
-                seen.setdefault(role, set()).add(tuple(proc.cpu_affinity()))
-
-    warnings = []
-    result = run_arm(make_spec(port, server_cpus=1), "none", tmp_path / "arm", "t", progress=Watch(look),
-                     warn=warnings.append)
+    for role, affinity, _ in fleet_run.running:  # every program started and still running
+        seen.setdefault(role, set()).add(affinity)
     server, sources = CORES[-1:], CORES[:-1]
     assert seen == {"server": {tuple(server)}, "source": {tuple(sources)}}
-    assert result.pinning["server_cpus"] == server and result.pinning["source_cpus"] == sources
-    assert result.cap_description.startswith(f"server on CPU {server[0]}, sources on CPU ")
+    manifest = json.loads((fleet_run.out / "manifest.json").read_text())
+    pinning = manifest["arms"]["none"]["pinning"]
+    assert pinning["server_cpus"] == server and pinning["source_cpus"] == sources
+    assert manifest["cap"]["detail"].startswith(f"server on CPU {server[0]}, sources on CPU ")
     if os.access(CGROUP / "cpuset", os.W_OK) and not (CGROUP / "cgroup.controllers").exists():
-        assert result.pinning["method"] == "cgroup-v1 cpuset" and warnings == []
-    listening = [e for e in read_jsonl(tmp_path / "arm" / "server.jsonl") if e["event"] == "listening"]
+        warnings = [line for line in fleet_run.stderr.splitlines() if line.startswith("testbed: warning: ")]
+        assert pinning["method"] == "cgroup-v1 cpuset"
+        assert [w for w in warnings if "source 1: lost" not in w] == []  # the report's note on the lost source only
+    listening = [e for e in read_jsonl(fleet_run.arm / "server.jsonl") if e["event"] == "listening"]
     assert listening[0]["threads"] == 1  # torch threads: its one core, no more
+    assert fleet_run.left == ([], [])  # no program, no cgroup (nor cpuset) left behind
 
 
 @pytest.mark.quick
@@ -205,16 +269,19 @@ def test_a_failed_join_mid_run_stops_everything_and_removes_the_cgroups(tmp_path
 
 
 def test_a_second_ctrl_c_or_sigterm_during_the_cleanup_waits_for_it(tmp_path, port, monkeypatch, leaves_nothing):
-    """Ctrl-C and SIGTERM (which the CLI turns into KeyboardInterrupt) arrive while the
-    processes are being stopped and while the cgroups are being removed: both finish,
-    then the run is interrupted."""
-    signals = []
+    """A first Ctrl-C while the programs run starts the cleanup; a SIGTERM (which the CLI
+    turns into KeyboardInterrupt) and a second Ctrl-C arrive while the processes are being
+    stopped and while the cgroups are being removed: both finish, then the run is
+    interrupted by the first of them to arrive."""
+    signals, running = [], []
     real_stop = Fleet.stop
 
     def stop_interrupted(self, cap=None):
+        running.extend(name for name, proc in self.procs.items() if proc.poll() is None)
         os.kill(os.getpid(), signal.SIGTERM)
         signals.append("SIGTERM")
         real_stop(self, cap)
+        signals.append("stopped")
 
     def make_cap_interrupted_at_release(*args, **kwargs):
         cap = real_make_cap(*args, **kwargs)
@@ -232,34 +299,36 @@ def test_a_second_ctrl_c_or_sigterm_during_the_cleanup_waits_for_it(tmp_path, po
     monkeypatch.setattr(local, "make_cap", make_cap_interrupted_at_release)
     monkeypatch.setattr(Fleet, "stop", stop_interrupted)
 
+    def first_ctrl_c(call):  # every program started: the user presses Ctrl-C
+        if call == 1:
+            signals.append("first SIGINT")
+            os.kill(os.getpid(), signal.SIGINT)  # Python's own handler: KeyboardInterrupt, here
+
     def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt
+        signals.append("SIGTERM delivered")
+        raise KeyboardInterrupt("SIGTERM")
     previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            run_arm(make_spec(port), "none", tmp_path / "arm", "t", progress=None)
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            run_arm(make_spec(port), "none", tmp_path / "arm", "t", progress=Watch(first_ctrl_c))
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert signals == ["SIGTERM", "SIGINT", "released"]
+    assert running == ["server", "source-0", "source-1"]  # the cleanup had processes to stop
+    assert signals == ["first SIGINT", "SIGTERM", "stopped", "SIGINT", "released", "SIGTERM delivered"]
+    assert interrupted.value.args == ("SIGTERM",)  # the held signal, delivered once the cleanup is done
     if made[0].method.startswith("cgroup"):
         assert not made[0].parent.exists()
 
 
 # -- the cause of a process's end --------------------------------------------------------
 
-def test_a_killed_source_is_named_by_its_signal(tmp_path, port, leaves_nothing):
-    def kill_source_1(call):
-        trace = tmp_path / "arm" / "source-1.jsonl"
-        events = read_jsonl(trace) if trace.exists() else []
-        if any(e["event"] == "batch" for e in events) and not killed:
-            os.kill(next(e["pid"] for e in events if e["event"] == "start"), signal.SIGKILL)
-            killed.append(1)
-
-    killed = []
-    run_arm(make_spec(port, batches=40), "none", tmp_path / "arm", "t", progress=Watch(kill_source_1))
-    [lost] = read_jsonl(tmp_path / "arm" / "testbed.jsonl")  # lost, not the end of the arm
+def test_a_killed_source_is_named_by_its_signal(fleet_run):
+    [lost] = read_jsonl(fleet_run.arm / "testbed.jsonl")  # lost, not the end of the arm
     assert (lost["source"], lost["cause"], lost["signal"], lost["injected"]) == (1, "killed by SIGKILL", "SIGKILL", False)
-    assert sum(e["event"] == "batch" for e in read_jsonl(tmp_path / "arm" / "source-0.jsonl")) == 40
+    assert sum(e["event"] == "batch" for e in read_jsonl(fleet_run.arm / "source-0.jsonl")) == FLEET_BATCHES
+    assert fleet_run.returncode == 3 and fleet_run.stderr.strip().splitlines()[-1] == (
+        "testbed: error: arm none lost source 1 (killed by SIGKILL); summary and report written")
+    assert fleet_run.left == ([], [])
 
 
 def test_exit_cause_prefers_the_traced_error_then_the_traceback_then_the_log(tmp_path, port):
@@ -290,46 +359,34 @@ def test_exit_cause_prefers_the_traced_error_then_the_traceback_then_the_log(tmp
 
 # -- the children's environment -----------------------------------------------------------
 
-def test_children_do_not_inherit_splittest_variables(tmp_path, port, monkeypatch, leaves_nothing):
-    monkeypatch.setenv("SPLITTEST_MOMENTUM", "0.123")
-    monkeypatch.setenv("SPLITTEST_EPOCHS", "7")
-    environments = {}
-
-    def look(call):
-        if call == 1:
-            for role, proc in programs():
-                environments[proc.pid] = (role, proc.environ())
-
-    run_arm(make_spec(port), "none", tmp_path / "arm", "t", progress=Watch(look))
-    assert sorted(role for role, _ in environments.values()) == ["server", "source", "source"]
-    for role, env in environments.values():
+def test_children_do_not_inherit_splittest_variables(fleet_run):
+    testbed = fleet_run.testbed_environment
+    assert {k: testbed.get(k) for k in SPLITTEST_ENV} == SPLITTEST_ENV  # the testbed itself had them
+    assert sorted(role for role, _, _ in fleet_run.running) == ["server", "source", "source"]
+    for role, _, env in fleet_run.running:
         assert not [k for k in env if k.startswith("SPLITTEST_")], (role, env)
         assert env.get("PATH") == os.environ.get("PATH")  # the rest of the environment is kept
-    start = [e for e in read_jsonl(tmp_path / "arm" / "source-0.jsonl") if e["event"] == "start"][0]
+    start = [e for e in read_jsonl(fleet_run.arm / "source-0.jsonl") if e["event"] == "start"][0]
     if "settings" in start:
         assert start["settings"]["momentum"] == 0.9 and start["settings"]["epochs"] == 1
+    assert fleet_run.left == ([], [])
 
 
 # -- a heterogeneous fleet -------------------------------------------------------------------
 
-def test_cpu_takes_one_cap_per_source_and_the_summary_judges_each_by_its_own(tmp_path, port, leaves_nothing):
-    import json
-
-    from conftest import run_testbed
-
-    out = tmp_path / "run"
-    result = run_testbed("run", "--sources", "2", "--cpu", "0.5,0.25", "--batches", "3", "--epochs", "1", *TINY,
-                         "--module", "none", "--out", out, "--port", port, "--quiet")
-    assert result.returncode == 0, result.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["spec"]["cpu"] == [0.5, 0.25]
-    arm = json.loads((out / "summary.json").read_text())["arms"]["none"]
-    assert arm["cpu_cap"] == [0.5, 0.25]
-    for computing, over, cap in zip(arm["cpu_share_computing_per_source"], arm["cpu_share_over_cap_per_source"],
-                                    (0.5, 0.25)):
-        assert over == round(computing / cap, 4)
+def test_cpu_takes_one_cap_per_source_and_the_summary_judges_each_by_its_own(fleet_run):
+    assert fleet_run.returncode == 3, fleet_run.stderr  # source 1 lost: the summary is written all the same
+    manifest = json.loads((fleet_run.out / "manifest.json").read_text())
+    assert manifest["spec"]["cpu"] == list(FLEET_CPU)
+    arm = json.loads((fleet_run.out / "summary.json").read_text())["arms"]["none"]
+    assert arm["cpu_cap"] == list(FLEET_CPU)
+    judged = list(zip(arm["cpu_share_computing_per_source"], arm["cpu_share_over_cap_per_source"], FLEET_CPU))
+    assert len(judged) == 2
+    for computing, over, cap in judged:  # the lost source too: it traced three batches
+        assert computing is not None and over == round(computing / cap, 4)
     if manifest["cap"]["method"].startswith("cgroup"):
-        assert "25000/50000 us per 100000 us" in manifest["cap"]["detail"]
+        assert "40000/60000 us per 100000 us" in manifest["cap"]["detail"]
+    assert fleet_run.left == ([], [])
 
 
 @pytest.mark.quick
