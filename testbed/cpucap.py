@@ -23,6 +23,7 @@ from typing import Sequence
 import psutil
 
 from .cgroups import CGROUP_ROOT, enable, has_controller, has_cpuset, join_cgroup, remove_tree, write
+from . import errors
 from .errors import CapError
 from .pinning import (AffinityPinning, CoreSplit, CpusetPinning, Pinning, TreePinning,  # noqa: F401 (re-exported)
                       available_cpus, cpu_list, make_pinning, split_cores)
@@ -39,7 +40,7 @@ def quota_us(cores: float) -> int:
 
 def oversubscription(sources: int, cores: float | Sequence[float], host_cores: int,
                      server_cpus: int = 0) -> str | None:
-    """One warning line when the sources' caps (one for all, or one per source) plus what
+    """One warning (errors.warn prefixes it) when the sources' caps (one for all, or one per source) plus what
     the server needs (1 core unpinned, its own ``server_cpus`` pinned) exceed the host's
     cores; else None."""
     if isinstance(cores, (list, tuple)) and len(set(cores)) == 1:
@@ -54,13 +55,13 @@ def oversubscription(sources: int, cores: float | Sequence[float], host_cores: i
         room = host_cores - server_cpus
         if need_sources <= room + 1e-9:
             return None
-        return (f"testbed: warning: {sources} sources {cores_text} need {need_sources:.3g} cores, the sources "
+        return (f"{sources} sources {cores_text} need {need_sources:.3g} cores, the sources "
                 f"have {room} (this host has {host_cores}, {server_cpus} pinned to the server): sources will get "
                 f"less than their cap (the summary's bound_by says what bound the throughput)")
     need = need_sources + 1
     if need <= host_cores + 1e-9:
         return None
-    return (f"testbed: warning: {sources} sources {cores_text} + the server need ≥ {need:.3g} cores, this host "
+    return (f"{sources} sources {cores_text} + the server need ≥ {need:.3g} cores, this host "
             f"has {host_cores}: sources will get less than their cap (the summary's bound_by says what bound the throughput)")
 
 
@@ -245,7 +246,7 @@ class SuspendResumeCap(Cap):
 
 
 def make_cap(method: str, cores: float | Sequence[float], count: int, *, root: Path | None = None, tag: str | None = None,
-             warn=print, server_cpus: int = 0, cpus: Sequence[int] | None = None) -> Cap:
+             warn=errors.warn, server_cpus: int = 0, cpus: Sequence[int] | None = None) -> Cap:
     """A cap by ``method`` (auto: cgroup v2, then v1, then psutil with a warning).
 
     ``server_cpus`` > 0 also pins: the last ``server_cpus`` of ``cpus`` (default: the
@@ -289,6 +290,6 @@ def _make_cap(method: str, cores: float | Sequence[float], count: int, root: Pat
     reason = "; ".join(errors) or f"no cgroup cpu controller under {root}"
     if method == "cgroup":
         raise CapError(reason)
-    warn(f"testbed: warning: cannot cap CPU with cgroups ({reason}); falling back to suspending and resuming "
+    warn(f"cannot cap CPU with cgroups ({reason}); falling back to suspending and resuming "
          f"processes (psutil), which is coarser")
     return SuspendResumeCap(cores)

@@ -8,7 +8,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from workloads import events, settings
 
 from .backend import ArmResult, Backend
 from .cpucap import Cap, CapError, available_cpus, make_cap, oversubscription
-from .errors import BackendError
+from .errors import BackendError, warn
 from .signals import signals_deferred
 from .keys import make_run_keys
 from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
@@ -45,7 +44,6 @@ class LocalBackend(Backend):
 
     def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
         s = self.spec
-        warn = lambda m: print(m, file=sys.stderr)  # noqa: E731
         if not self._checked:  # once per run, before anything starts
             self._checked = True
             if not s.insecure:
@@ -78,7 +76,7 @@ def largest_message(spec, module: str) -> int:
 
 
 def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progress: Progress | None,
-            warn=print, keys: str = "", links: LinkPlan | None = None, kernel: dict | None = None) -> ArmResult:
+            warn=warn, keys: str = "", links: LinkPlan | None = None, kernel: dict | None = None) -> ArmResult:
     """One arm: the server, then the sources; ``keys``: the run's CURVE key folder ("": plaintext);
     ``links``: every source behind its own emulated link (testbed/links/), else loopback."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -164,7 +162,7 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                         try:
                             arm_links.remove()
                         except NetworkError as exc:
-                            warn(f"testbed: warning: {exc}")
+                            warn(str(exc))
 
 
 def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .cgroups import enable, has_cpuset, join_cgroup, remove_tree, write
+from . import errors
 from .errors import CapError
 
 
@@ -166,7 +167,7 @@ class TreePinning(Pinning):
         return str(self.server_group.parent)
 
 
-def make_pinning(split: CoreSplit, root: Path, tag: str, warn=print) -> Pinning:
+def make_pinning(split: CoreSplit, root: Path, tag: str, warn=errors.warn) -> Pinning:
     """Cpusets (cgroup v2, then v1), else ``sched_setaffinity`` with a warning."""
     errors = []
     for version, base in ((2, root), (1, root / "cpuset")):
@@ -177,5 +178,5 @@ def make_pinning(split: CoreSplit, root: Path, tag: str, warn=print) -> Pinning:
         except CapError as exc:
             errors.append(str(exc))
     reason = "; ".join(errors) or f"no cgroup cpuset controller under {root}"
-    warn(f"testbed: warning: cannot pin with cpusets ({reason}); pinning with sched_setaffinity instead")
+    warn(f"cannot pin with cpusets ({reason}); pinning with sched_setaffinity instead")
     return AffinityPinning(split)

@@ -112,7 +112,7 @@ def test_core_split_and_its_refusals():
 
 def test_oversubscription_arithmetic():
     line = oversubscription(8, 0.4, 2)
-    assert line == ("testbed: warning: 8 sources × 0.4 CPU + the server need ≥ 4.2 cores, this host has 2: "
+    assert line == ("8 sources × 0.4 CPU + the server need ≥ 4.2 cores, this host has 2: "
                     "sources will get less than their cap (the summary's bound_by says what bound the throughput)")
     assert oversubscription(2, 0.4, 2) is None            # 0.8 + 1 <= 2
     assert oversubscription(5, 0.2, 2) is None            # exactly 2: no warning
@@ -195,5 +195,5 @@ def test_a_heterogeneous_fleet_gets_one_quota_per_source_cycled(tmp_path, monkey
     assert quotas == ["50000 100000\n", "25000 100000\n", "50000 100000\n"]
     assert "25000/50000 us per 100000 us" in cap.describe()
     line = oversubscription(3, (1.0, 0.5), 2)  # 1 + 0.5 + 1 + the server's core
-    assert line.startswith("testbed: warning: 3 sources (1+0.5 CPU) + the server need ≥ 3.5 cores")
+    assert line.startswith("3 sources (1+0.5 CPU) + the server need ≥ 3.5 cores")
     assert oversubscription(2, (0.5, 0.25), 2) is None

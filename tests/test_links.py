@@ -377,7 +377,7 @@ def test_a_profiles_delay_is_one_warning_where_the_kernel_cannot_delay():
     from testbed.links.arm import profile_delay_warning
     wifi = plan_links({"link": "wifi"}, 2)
     assert profile_delay_warning(wifi, {"netem": False}) == (
-        "testbed: warning: the wifi profile's 2 ms delay is not emulated: this kernel has no netem qdisc "
+        "the wifi profile's 2 ms delay is not emulated: this kernel has no netem qdisc "
         "(rate and medium are)")
     assert profile_delay_warning(wifi, {"netem": True}) is None
     assert profile_delay_warning(plan_links({"link": "wifi", "delay": "5ms"}, 2), {"netem": False}) is None

@@ -19,9 +19,9 @@ CONTROLLER_STOP_S = 5.0
 
 
 def profile_delay_warning(plan: LinkPlan, kernel: dict) -> str | None:
-    """The one line a run prints when its profile's delay cannot be emulated here."""
+    """The warning (errors.warn prefixes it) a run gives when its profile's delay cannot be emulated here."""
     if plan.profile_delay_ms and not kernel.get("netem"):
-        return (f"testbed: warning: the {plan.profile} profile's {plan.profile_delay_ms:g} ms delay is not emulated: "
+        return (f"the {plan.profile} profile's {plan.profile_delay_ms:g} ms delay is not emulated: "
                 "this kernel has no netem qdisc (rate and medium are)")
     return None
 

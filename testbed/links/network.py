@@ -199,7 +199,8 @@ def _probe_args(kind: str) -> dict:
 
 
 def remove_stale(say=print) -> list[str]:
-    """Remove the namespaces a dead testbed left (their owner pid is gone)."""
+    """Remove the namespaces a dead testbed left (their owner pid is gone); ``say`` (a
+    warning) names them."""
     removed = []
     for name in list_namespaces():
         match = NAME.match(name)
@@ -208,7 +209,7 @@ def remove_stale(say=print) -> list[str]:
                 remove_namespace(name)
                 removed.append(name)
     if removed:
-        say(f"testbed: removed {len(removed)} network namespace(s) left by a testbed that was killed: "
+        say(f"removed {len(removed)} network namespace(s) left by a testbed that was killed: "
             f"{', '.join(removed)}")
     return removed
 
