@@ -70,6 +70,27 @@ def program(capsys):
 
 
 
+def events_so_far(path) -> list[dict]:
+    """The events of a trace being written: [] before it exists, and while a line is half
+    written (the next look reads it whole)."""
+    try:
+        return read_jsonl(path)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def wait_for(predicate, proc: subprocess.Popen, patience_s: float = 300) -> None:
+    """Until ``predicate()``, while ``proc`` (the testbed) runs: polling the traces, the only
+    sign of the event that matters. The patience is a guard against a hung run, not a measure."""
+    import time
+
+    deadline = time.monotonic() + patience_s
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.05)
+
+
 def cgroup_roots() -> list[Path]:
     """Where this host lets a run make its cgroups, found with the testbed's own rule
     (testbed/cgroups.py): cgroup v2's root when it offers the cpu controller, else v1's cpu
@@ -158,8 +179,7 @@ def _kill_when_training(sweep: subprocess.Popen, trial_dir: Path, deadline_s: fl
 
     end = time.monotonic() + deadline_s
     while time.monotonic() < end and sweep.poll() is None:
-        trace = trial_dir / "filter" / "source-0.jsonl"
-        if trace.exists() and '"batch"' in trace.read_text():
+        if any(e["event"] == "batch" for e in events_so_far(trial_dir / "filter" / "source-0.jsonl")):
             for proc in psutil.process_iter(["cmdline"]):
                 cmdline = proc.info["cmdline"] or []
                 if "testbed.sweep.trial" in cmdline and str(trial_dir) in cmdline:

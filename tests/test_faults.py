@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import psutil
 import pytest
 
-from conftest import REPO, TINY, cgroups_of, free_port, read_jsonl
+from conftest import REPO, TINY, cgroups_of, events_so_far, free_port, read_jsonl, wait_for
 from testbed.spec import RunSpec, SpecError, validate
 from workloads import settings
 from workloads.protocol import Message
@@ -30,22 +29,6 @@ def _testbed(out, port, *extra):
                              "--quiet", *map(str, extra)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-
-def _events(path):
-    """The events of a trace being written ([] before it exists; a line half written is
-    read again at the next look)."""
-    try:
-        return read_jsonl(path)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-
-
-def _wait_for(predicate, proc, patience_s=300):
-    deadline = time.monotonic() + patience_s  # a guard against a hung run, not a measure
-    while not predicate():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the run never got there"
-        time.sleep(0.05)  # polling the traces: the event that matters is a line in one of them
 
 
 def _workload_processes(pid):
@@ -93,7 +76,7 @@ def lossy_run(tmp_path_factory):
     testbed = _testbed(out, free_port(), "--batches", BATCHES, "--drop", "2@0")
     arm = out / "none"
     try:
-        _wait_for(lambda: any(e["event"] == "batch" for e in _events(arm / "source-1.jsonl")), testbed)
+        wait_for(lambda: any(e["event"] == "batch" for e in events_so_far(arm / "source-1.jsonl")), testbed)
         os.kill(_pid(arm / "source-1.jsonl"), signal.SIGKILL)
         _, stderr = testbed.communicate(timeout=600)
     except BaseException:
@@ -155,7 +138,7 @@ def test_a_killed_server_ends_every_source_and_the_run_in_one_line(tmp_path):
     out = tmp_path / "run"
     testbed = _testbed(out, free_port(), "--batches", 400)  # the default reply timeout: 300 s
     arm = out / "none"
-    _wait_for(lambda: all(any(e["event"] == "batch" for e in _events(arm / f"source-{i}.jsonl"))
+    wait_for(lambda: all(any(e["event"] == "batch" for e in events_so_far(arm / f"source-{i}.jsonl"))
                           for i in range(3)), testbed)
     os.kill(_pid(arm / "server.jsonl"), signal.SIGKILL)
     stdout, stderr = testbed.communicate(timeout=600)

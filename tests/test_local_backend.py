@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import REPO, TINY, cgroups_of, free_port, read_jsonl
+from conftest import REPO, TINY, cgroups_of, events_so_far, free_port, read_jsonl, wait_for
 from testbed import local
 from testbed.cpucap import join_cgroup
 from testbed.errors import BackendError
@@ -98,21 +97,6 @@ FLEET_BATCHES = 40  # source 0 trains every batch; source 1 is killed once it ha
 SPLITTEST_ENV = {"SPLITTEST_MOMENTUM": "0.123", "SPLITTEST_EPOCHS": "7"}
 
 
-def _events(path):
-    """The events of a trace being written ([] before it exists or while a line is half written)."""
-    try:
-        return read_jsonl(path)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-
-
-def _wait_for(predicate, testbed, patience_s=300):
-    deadline = time.monotonic() + patience_s  # a guard against a hung run, not a measure
-    while not predicate():
-        assert testbed.poll() is None, testbed.communicate()
-        assert time.monotonic() < deadline, "the run never got there"
-        time.sleep(0.05)  # polling the traces: the event that matters is a line in one of them
-
 
 @pytest.fixture(scope="module")
 def fleet_run(tmp_path_factory):
@@ -134,13 +118,13 @@ def fleet_run(tmp_path_factory):
     arm = out / "none"
 
     def traced(source, event, count=1):
-        return sum(e["event"] == event for e in _events(arm / f"source-{source}.jsonl")) >= count
+        return sum(e["event"] == event for e in events_so_far(arm / f"source-{source}.jsonl")) >= count
 
     try:
-        _wait_for(lambda: traced(0, "start") and traced(1, "start"), testbed)
+        wait_for(lambda: traced(0, "start") and traced(1, "start"), testbed)
         environment = psutil.Process(testbed.pid).environ()
         running = [(role, tuple(proc.cpu_affinity()), proc.environ()) for role, proc in programs(testbed.pid)]
-        _wait_for(lambda: traced(1, "batch", 3), testbed)
+        wait_for(lambda: traced(1, "batch", 3), testbed)
         os.kill(next(e["pid"] for e in read_jsonl(arm / "source-1.jsonl") if e["event"] == "start"), signal.SIGKILL)
         _, stderr = testbed.communicate(timeout=600)
     except BaseException:
