@@ -164,21 +164,31 @@ def test_ctrl_c_stops_every_process_and_removes_the_cgroups(tmp_path, port):
     assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
 
 
-def _events(path):
-    try:
-        return read_jsonl(path)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-
-
 def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, cli):
-    # bytes, not caps: in process, whose bytes are a plaintext fleet's (tests/test_inproc.py)
-    out = tmp_path / "run"
-    result = cli("run", "--sources", 1, "--backend", "inproc", "--module", "none,raw,jpeg,webp,crbq,cdc,mcr2,entropic",
-                 "--batches", 2, "--distill-steps", 2, "--phase1-steps", 2,
-                 "--epochs", 1, *TINY, "--out", out, "--quiet")
+    # bytes, not caps: in process, whose bytes are a plaintext fleet's (tests/test_inproc.py). An arm runs
+    # in a process of its own, one arm after another: two runs side by side share the arms out, four in
+    # a `testbed run` of their own while this process runs the other four
+    run = ["run", "--sources", "1", "--backend", "inproc", "--batches", "2", "--distill-steps", "2",
+           "--phase1-steps", "2", "--epochs", "1", *map(str, TINY), "--quiet"]
+    groups = {tmp_path / "here": "none,raw,jpeg,webp", tmp_path / "aside": "crbq,cdc,mcr2,entropic"}
+    aside = subprocess.Popen([sys.executable, "-m", "testbed.cli", *run, "--module", groups[tmp_path / "aside"],
+                              "--out", str(tmp_path / "aside")], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        result = cli(*run, "--module", groups[tmp_path / "here"], "--out", tmp_path / "here")
+        _, err = aside.communicate(timeout=600)
+    finally:
+        if aside.poll() is None:
+            aside.terminate()
+            aside.communicate(timeout=60)
     assert result.returncode == 0, result.stderr
-    arms = json.loads((out / "summary.json").read_text())["arms"]
+    assert aside.returncode == 0, err
+    arms, folder = {}, {}  # every arm's summary and its folder, from whichever run ran it
+    for out, modules in groups.items():
+        summary = json.loads((out / "summary.json").read_text())["arms"]
+        assert list(summary) == modules.split(",")
+        arms.update(summary)
+        folder.update((name, out / name) for name in summary)
     assert {name: arm["split"] for name, arm in arms.items()} == {"none": 2, "raw": 0, "jpeg": 0, "webp": 0, "crbq": 2,
                                                                   "cdc": 0, "mcr2": 2, "entropic": 2}
     per_sample = {name: arm["bytes_per_sample_sent"] for name, arm in arms.items()}
@@ -188,7 +198,7 @@ def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, cli):
     assert 4 * 4 * 64 < per_sample["crbq"] < 4 * 4 * 64 + 40
     # cdc: 16 x 8 x 8 latent values (one per pixel) of 3 bits (m = 2) = 384 bytes a sample; the decoder once,
     # in the first message
-    cdc = [e for e in read_jsonl(out / "cdc" / "source-0.jsonl") if e["event"] == "batch"]
+    cdc = [e for e in read_jsonl(folder["cdc"] / "source-0.jsonl") if e["event"] == "batch"]
     assert cdc[0]["bytes_sent"] > 20_000 and 384 < cdc[1]["bytes_sent"] / 8 < 384 + 40
     for name, arm in arms.items():
         assert arm["test_accuracy"] is not None and arm["samples_total"] == 16
@@ -198,8 +208,8 @@ def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, cli):
                                                    if name in ("raw", "jpeg", "webp", "cdc", "mcr2", "entropic")
                                                    else 1e9)
     # entropic: the decoder and prior cross once, then a range-coded latent of 16 x 4 x 4 values
-    entropic = [e for e in read_jsonl(out / "entropic" / "source-0.jsonl") if e["event"] == "batch"]
+    entropic = [e for e in read_jsonl(folder["entropic"] / "source-0.jsonl") if e["event"] == "batch"]
     assert entropic[0]["bytes_sent"] > 10 * entropic[1]["bytes_sent"] and entropic[1]["bytes_sent"] / 8 < 16 * 16
     # mcr2: a range-coded latent of 64 rounded values, a few bytes a sample after the model crossed once
-    mcr2 = [e for e in read_jsonl(out / "mcr2" / "source-0.jsonl") if e["event"] == "batch"]
+    mcr2 = [e for e in read_jsonl(folder["mcr2"] / "source-0.jsonl") if e["event"] == "batch"]
     assert mcr2[0]["bytes_sent"] > mcr2[1]["bytes_sent"] and mcr2[1]["bytes_sent"] / 8 < 64

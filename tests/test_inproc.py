@@ -4,11 +4,14 @@ One source, one seed: the in-process run and the local fleet (plaintext, as the
 in-process transport counts bytes) send and receive the same bytes in every step and
 train to the same losses. Several sources take turns and every one of them finishes."""
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import TINY, free_port, read_jsonl, run_testbed
+from conftest import REPO, TINY, free_port, read_jsonl
 from workloads import protocol
 from workloads.protocol import Message
 from workloads.transport import InProcessConnection, ServerError
@@ -21,20 +24,42 @@ def batches(folder, source=0):
     return [e for e in read_jsonl(folder / f"source-{source}.jsonl") if e["event"] == "batch"]
 
 
+def in_this_process(*args) -> int:
+    """``testbed`` in this process (as the ``cli`` fixture runs it, for a module's fixture):
+    its exit status; the SIGTERM handler it installs is put back afterwards."""
+    from testbed.cli import main
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's errors
+        return exc.code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
-    """The same one-source run on the local backend (plaintext) and in process."""
+    """The same one-source run on the local backend (plaintext) and in process, side by side:
+    neither run's bytes nor losses depend on what else the machine does."""
     root = tmp_path_factory.mktemp("inproc")
     local, inproc = root / "local", root / "inproc"
     arms = ",".join(ARMS)
     # a whole core for the source (its torch threads, 1, are the in-process run's too): the fleet's
     # bytes and losses, not its cap, are compared
-    result = run_testbed("run", "--sources", 1, "--cpu", 1, "--module", arms, *RUN, "--insecure", "--out", local,
-                         "--port", free_port())
-    assert result.returncode == 0, result.stderr
-    result = run_testbed("run", "--sources", 1, "--cpu", 1, "--module", arms, *RUN, "--backend", "inproc",
-                         "--out", inproc)
-    assert result.returncode == 0, result.stderr
+    fleet = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", "--sources", "1", "--cpu", "1", "--module",
+                              arms, *map(str, RUN), "--insecure", "--out", str(local), "--port", str(free_port())],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        code = in_this_process("run", "--sources", 1, "--cpu", 1, "--module", arms, *RUN, "--backend", "inproc",
+                               "--out", inproc)
+        _, err = fleet.communicate(timeout=600)
+    finally:
+        if fleet.poll() is None:
+            fleet.terminate()  # the testbed stops its fleet on SIGTERM
+            fleet.communicate(timeout=60)
+    assert fleet.returncode == 0, err
+    assert code == 0, "the in-process run failed (its error is in the captured stderr)"
     return local, inproc
 
 

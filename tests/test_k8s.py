@@ -26,9 +26,10 @@ TINY_VALUES = {"sources": 2, "cpu": 0.5, "server": {"gpus": 0},
                             "batches": 2, "epochs": 1, "evalSamples": 8}}
 
 
-def local_command(container, env, service, port, keys=None):
+def local_command(container, env, service, port, keys=None, traces=None):
     """The container's command for this machine: this Python, the Service at 127.0.0.1,
-    the Secret's mount at ``keys`` (a local folder holding what the pod would see)."""
+    the Secret's mount at ``keys`` (a local folder holding what the pod would see), the
+    traces volume's mount at ``traces`` (when the release has one)."""
     address = f"127.0.0.1:{port}"
     command = [sys.executable if container["command"][0] == "python" else container["command"][0],
                *(a.replace(f"{service}:5555", address) for a in container["command"][1:]), *container.get("args", [])]
@@ -38,6 +39,9 @@ def local_command(container, env, service, port, keys=None):
     if "SPLITTEST_KEYS" in env:
         assert env["SPLITTEST_KEYS"] == KEYS_DIR and keys is not None, "the pod reads keys the test did not write"
         env["SPLITTEST_KEYS"] = str(keys)
+    if traces is not None:
+        assert env["SPLITTEST_TRACE_DIR"] == "/traces"
+        env["SPLITTEST_TRACE_DIR"] = str(traces)  # where the volume is mounted here
     return command, env
 
 
@@ -51,32 +55,42 @@ def mount_secret(docs, folder):
     return folder
 
 
-def start_rendered_server(docs, port, keys):
-    """The rendered server container's command as a local process; returns it once it listens."""
+def start_rendered_server(docs, port, keys, traces=None):
+    """The rendered server container's command as a local process; returns it once it listens.
+    ``traces``: where the traces volume is mounted here (a release with traces.volume)."""
     configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
     container = one(docs, "Job", "server")["spec"]["template"]["spec"]["containers"][0]
-    command, env = local_command(container, env_of(container, configmap), service, port, keys)
+    command, env = local_command(container, env_of(container, configmap), service, port, keys, traces)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
     return subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
+# The release the pods of `pod_run` come from: the tiny workload, with a traces volume (a hand install's)
+POD_VALUES = {**TINY_VALUES, "traces": {"volume": {"persistentVolumeClaim": {"claimName": "traces"}}}}
+
+
 @pytest.fixture(scope="module")
-def pod_logs(tmp_path_factory):
+def pod_run(tmp_path_factory):
     """Run the rendered server and source containers' commands as local processes and
     keep what they print, exactly as `kubectl logs` would show it. The chart's default is
     CURVE: the rendered Secret is written where SPLITTEST_KEYS points, so they talk
-    encrypted, with the release's keys, as the pods do."""
-    docs, _ = render(TINY_VALUES)
-    keys = mount_secret(docs, tmp_path_factory.mktemp("pods") / "keys")
+    encrypted, with the release's keys, as the pods do. The release has traces.volume: its
+    mount is a local folder. Returns (the logs, that folder)."""
+    docs, _ = render(POD_VALUES)
+    root = tmp_path_factory.mktemp("pods")
+    keys = mount_secret(docs, root / "keys")
+    mounted = root / "traces"
+    mounted.mkdir()
     configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
     port = free_port()
-    server = start_rendered_server(docs, port, keys)
+    server = start_rendered_server(docs, port, keys, traces=mounted)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
     source_container = one(docs, "Job", "source")["spec"]["template"]["spec"]["containers"][0]
     sources = []
     for index in range(2):
-        command, env = local_command(source_container, env_of(source_container, configmap), service, port, keys)
+        command, env = local_command(source_container, env_of(source_container, configmap), service, port, keys,
+                                     mounted)
         env["SPLITTEST_SOURCE_ID"] = str(index)  # what the completion-index fieldRef gives pod `index`
         sources.append(subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True))
@@ -93,7 +107,14 @@ def pod_logs(tmp_path_factory):
             server.terminate()
             server.communicate(timeout=30)
     logs["secret keys"] = sorted(p.read_text() for p in keys.iterdir())  # to check no log shows them
-    return logs
+    return logs, mounted
+
+
+@pytest.fixture(scope="module")
+def pod_logs(pod_run):
+    """What the pods of `pod_run` printed, by pod ("server", "source-0", "source-1"), and
+    the release's secret keys ("secret keys")."""
+    return pod_run[0]
 
 
 def test_the_rendered_containers_run_and_trace_to_stdout(pod_logs):
@@ -120,6 +141,8 @@ def test_the_rendered_pods_talk_over_curve_and_never_log_the_keys(pod_logs):
 def test_the_rendered_server_answers_no_one_without_the_releases_keys(tmp_path):
     """Another pod that reaches the port (no CURVE, or another release's keys) gets no
     answer at all; the `helm test` probe, with the release's keys, gets one."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import zmq
 
     from testbed.keys import make_run_keys
@@ -131,6 +154,7 @@ def test_the_rendered_server_answers_no_one_without_the_releases_keys(tmp_path):
     other_release = mount_secret(render(TINY_VALUES)[0], tmp_path / "other-release")
     port = free_port()
     server = start_rendered_server(docs, port, keys)
+    probes = {}
     try:
         for line in server.stdout:  # ready when it listens (the readinessProbe's moment)
             if '"event":"listening"' in line.replace(" ", ""):
@@ -138,29 +162,40 @@ def test_the_rendered_server_answers_no_one_without_the_releases_keys(tmp_path):
         else:
             raise AssertionError("the rendered server did not start")
         address = f"tcp://127.0.0.1:{port}"
-        plain = zmq.Context.instance().socket(zmq.DEALER)
-        plain.setsockopt(zmq.LINGER, 0)
-        plain.connect(address)
-        plain.send_multipart(encode(Message("ping", {})))
-        for stranger in (other_release, make_run_keys(tmp_path / "local-run")):
-            outsider = Connection(address, 2, keys=str(stranger))
-            with pytest.raises((ServerTimeout, ServerGone)):
-                outsider.request(Message("ping", {}))
-            outsider.close()
-        assert not plain.poll(500)
-        plain.close()
         service = one(docs, "Service")["metadata"]["name"]
         probe = one(docs, "Pod", "probe")["spec"]["containers"][0]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
         command, env = local_command(probe, env_of(probe, one(docs, "ConfigMap")), service, port, keys)
         assert env["SPLITTEST_KEYS"] == str(keys)
-        answered = subprocess.run(command, env={**base_env, **env}, capture_output=True, text=True, timeout=60)
-        assert answered.returncode == 0 and "answers: " in answered.stdout, answered.stderr
-        del env["SPLITTEST_KEYS"]  # the same probe without the Secret's mount
-        refused = subprocess.run([*command, "--timeout", "2"], env={**base_env, **env}, capture_output=True, text=True,
-                                 timeout=60)
-        assert refused.returncode == 1
+        without = {k: v for k, v in env.items() if k != "SPLITTEST_KEYS"}  # the same probe without the Secret's mount
+        # all of them at once, each awaiting its own answer: the probes, the plaintext peer, the strangers
+        for name, argv, probe_env in (("answered", command, env), ("refused", [*command, "--timeout", "2"], without)):
+            probes[name] = subprocess.Popen(argv, env={**base_env, **probe_env}, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+        plain = zmq.Context.instance().socket(zmq.DEALER)
+        plain.setsockopt(zmq.LINGER, 0)
+        plain.connect(address)
+        plain.send_multipart(encode(Message("ping", {})))
+
+        def stranger(folder):
+            outsider = Connection(address, 2, keys=str(folder))
+            try:
+                with pytest.raises((ServerTimeout, ServerGone)):
+                    outsider.request(Message("ping", {}))
+            finally:
+                outsider.close()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(stranger, (other_release, make_run_keys(tmp_path / "local-run"))))  # raises what they raised
+        assert not plain.poll(500)
+        plain.close()
+        (out, err), refused = probes["answered"].communicate(timeout=60), probes["refused"].communicate(timeout=60)
+        assert probes["answered"].returncode == 0 and "answers: " in out, err
+        assert probes["refused"].returncode == 1, refused
     finally:
+        for proc in probes.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         server.terminate()
         logged = server.communicate(timeout=30)[0]
     events = [json.loads(e) for e in split_pod_log(logged)[0]]
@@ -749,6 +784,12 @@ def test_a_transient_pull_error_is_not_fatal_and_the_pending_limit_is_an_option(
     assert args.pending_timeout == 900.0
 
 
+# The server program, held: its imports (torch, and what its optimizer imports) done, it runs
+# main() only once a line arrives on stdin; until then nothing listens on its port.
+HELD_SERVER = ("import sys, torch._dynamo; from workloads import server; sys.stdin.readline(); "
+               "sys.exit(server.main(sys.argv[1:]))")
+
+
 def test_a_source_started_before_its_server_waits_for_it(tmp_path):
     """The source's first hello waits up to --connect-timeout (the chart's
     source.connectTimeout) for a server that is not there yet; --timeout applies after."""
@@ -762,7 +803,10 @@ def test_a_source_started_before_its_server_waits_for_it(tmp_path):
                                "--timeout", "2", "--connect-timeout", "120", "--batches", "1", "--epochs", "1",
                                "--eval-samples", "4", *common], env=base_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    server = None
+    # the server's process starts now (its image pulled, say) but listens only when released
+    server = subprocess.Popen([sys.executable, "-c", HELD_SERVER, "--port", str(port), "--bind", "127.0.0.1",
+                               "--device", "cpu", "--expect-sources", "1", *common], env=base_env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         before = []  # the source's lines up to its `data` event: the hello comes next
         for line in source.stdout:
@@ -775,17 +819,18 @@ def test_a_source_started_before_its_server_waits_for_it(tmp_path):
         while time.time() < asking + 2.5:  # past --timeout 2 the server is still "pulling its image" ...
             assert source.poll() is None, "the source did not wait for --connect-timeout"  # ... and it waits
             time.sleep(0.05)
-        server = subprocess.Popen([sys.executable, "-m", "workloads.server", "--port", str(port), "--bind", "127.0.0.1",
-                                   "--device", "cpu", "--expect-sources", "1", *common], env=base_env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert server.poll() is None, server.communicate()[0][-2000:]
+        server.stdin.write("go\n")  # the server starts listening
+        server.stdin.flush()
         out = "".join(before) + source.communicate(timeout=180)[0]
         assert source.returncode == 0, out[-2000:]
         events = [json.loads(e) for e in split_pod_log(out)[0]]
         assert any(e["event"] == "connected" for e in events)
     finally:
-        if server is not None and server.poll() is None:
-            server.kill()
-            server.communicate()
+        for proc in (source, server):
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 # -- data, namespace, manifest ------------------------------------------------------------------
@@ -859,33 +904,21 @@ def test_the_manifest_of_a_cluster_run_records_the_nodes_not_this_machine(pod_lo
     assert manifest["arms"]["filter"]["cluster"]["pods"]["rel-sources-1"]["node"] == "node-source"
 
 
-def test_traces_volume_keeps_every_pods_trace_beside_its_log(tmp_path):
+def test_traces_volume_keeps_every_pods_trace_beside_its_log(pod_run):
     """A hand install with traces.volume: each pod writes its trace into the volume too, in
-    an arm folder's layout. The rendered pods run here with the mount at a local folder."""
-    values = {**TINY_VALUES, "curve": {"enabled": False},
-              "traces": {"volume": {"persistentVolumeClaim": {"claimName": "traces"}}}}
-    docs, _ = render(values)
-    configmap, service = one(docs, "ConfigMap"), one(docs, "Service")["metadata"]["name"]
-    mounted = tmp_path / "traces"
-    mounted.mkdir()
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITTEST_")}
-    port, procs = free_port(), {}
-    for name, component, index in (("server", "server", None), ("source-0", "source", 0), ("source-1", "source", 1)):
+    an arm folder's layout. The rendered pods (`pod_run`'s) ran here with the mount at a
+    local folder."""
+    logs, mounted = pod_run
+    docs, _ = render(POD_VALUES)
+    configmap = one(docs, "ConfigMap")
+    for component in ("server", "source"):
         pod = one(docs, "Job", component)["spec"]["template"]["spec"]
         container = pod["containers"][0]
         assert {"name": "traces", "mountPath": "/traces"} in container["volumeMounts"]
         assert {"name": "traces", "persistentVolumeClaim": {"claimName": "traces"}} in pod["volumes"]
-        command, env = local_command(container, env_of(container, configmap), service, port)
-        assert env["SPLITTEST_TRACE_DIR"] == "/traces"
-        env["SPLITTEST_TRACE_DIR"] = str(mounted)  # where the volume is mounted here
-        if index is not None:
-            env["SPLITTEST_SOURCE_ID"] = str(index)
-        procs[name] = subprocess.Popen(command, env={**base_env, **env}, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
-    logs = {name: proc.communicate(timeout=300)[0] for name, proc in procs.items()}
-    assert all(proc.returncode == 0 for proc in procs.values()), logs
-    for name, log in logs.items():
-        streamed = split_pod_log(log)[0]
+        assert env_of(container, configmap)["SPLITTEST_TRACE_DIR"] == "/traces"
+    for name in ("server", "source-0", "source-1"):
+        streamed = split_pod_log(logs[name])[0]
         assert streamed and (mounted / f"{name}.jsonl").read_text().splitlines() == streamed, name
 
 
@@ -1014,7 +1047,9 @@ def linked_pod(index, egress, ingress, phase="Succeeded"):
     return item
 
 
-def test_a_run_with_sources_on_different_links_follows_and_collects_a_job_per_source(pod_logs, tmp_path):
+def test_a_run_with_sources_on_different_links_follows_and_collects_a_job_per_source(pod_logs, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(sys.modules["testbed.k8s.follow"], "POLL_S", 0.05)  # three polls of a recorded cluster
     states = iter([two_source_jobs((0, 1, 0), (0, 1, 0)), two_source_jobs((1, 0, 0), (0, 1, 0)),
                    two_source_jobs((1, 0, 0), (1, 0, 0))])
     logs = {"rel-server": pod_logs["server"], "rel-splittest-source-0-x7k2p": pod_logs["source-0"],
