@@ -500,7 +500,7 @@ def test_ctrl_c_while_following_uninstalls_and_stays_an_interrupt(tmp_path):
     backend = KubernetesBackend(tiny_spec(tmp_path), cluster, say=lambda *a: None, warn=warned.append)
     with pytest.raises(KeyboardInterrupt):
         backend.run_arm("filter", tmp_path / "filter", "20261121-100000-abc123")
-    assert warned == ["testbed: warning: interrupted; then helm uninstall splittest-abc123-filter failed: connection "
+    assert warned == ["interrupted; then helm uninstall splittest-abc123-filter failed: connection "
                       "refused; the release is left installed, remove it with: helm uninstall splittest-abc123-filter "
                       "--namespace bench"]
 

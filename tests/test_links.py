@@ -261,14 +261,14 @@ def _class_rate(namespace: str, device: str) -> int:
 def test_a_bandwidth_sweep_runs_each_rate_on_its_shaped_link_and_leaves_nothing(tmp_path, port):
     """``--sweep-bandwidth``: a trial per rate (testbed sweep's layout), each a run on its own link."""
     out = tmp_path / "sweep"
-    result = run_testbed("run", "--sources", "1", "--cpu", "0.5", "--batches", "2", "--epochs", "1", *TINY,
+    result = run_testbed("run", "--sources", "1", "--cpu", "1", "--batches", "2", "--epochs", "1", *TINY,
                          "--sweep-bandwidth", "50mbit,20mbit", "--medium", "shared", "--module", "none", "--out", out,
                          "--port", port, "--quiet")
     assert result.returncode == 0, result.stderr
     rows = {r["trial"]: r for r in json.loads((out / "sweep.json").read_text())["trials"]}
     assert list(rows) == ["none-bandwidth-50mbit", "none-bandwidth-20mbit"]
     assert [rows[t]["metrics"]["link_up_bps"] for t in rows] == [50e6, 20e6]  # the shared channel's rate
-    assert rows["none-bandwidth-50mbit"]["params"] == {"sources": 1, "cpu": 0.5, "batches": 2, "epochs": 1,
+    assert rows["none-bandwidth-50mbit"]["params"] == {"sources": 1, "cpu": 1.0, "batches": 2, "epochs": 1,
                                                        "model": "vgg11-slim", "batch_size": 8, "eval_samples": 16,
                                                        "dataset": "synthetic", "medium": "shared", "port": port,
                                                        "module": "none", "bandwidth": "50mbit"}

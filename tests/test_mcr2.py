@@ -71,14 +71,15 @@ def test_a_stream_that_does_not_decode_is_a_value_error():
 
 @pytest.fixture(scope="module")
 def phase1(tmp_path_factory):
-    """One phase 1 at the default --phase1-steps (the slow part of mcr2), shared by the tests
-    below: a source (keep all) trained on 256 synthetic samples at difficulty 0.6, the split
-    model whose head it trained, the data and the phase's trace."""
+    """One phase 1 (the slow part of mcr2), shared by the tests below: a source (keep all)
+    trained for 100 steps (half the default --phase1-steps: the held-out nearest-mean accuracy
+    below is 0.75 after it, 0.91 after 200) on 256 synthetic samples at difficulty 0.6, the
+    split model whose head it trained, the data and the phase's trace."""
     torch.manual_seed(0)
     data = synthetic_dataset(seed=1, train_size=256, test_size=256, difficulty=0.6)
     x, y = to_tensor_batch(data.train.images), torch.from_numpy(data.train.labels)
     model = build_split_model("vgg11-slim", 2, 10)
-    source = create_source("mcr2", model.cut_shape, CompressionConfig())
+    source = create_source("mcr2", model.cut_shape, CompressionConfig(phase1_steps=100))
 
     def batches():
         for i in range(0, 256, 16):

@@ -11,10 +11,10 @@ was streamed is written out as the arm's traces before the release is uninstalle
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from ..backend import ArmResult, Backend
+from .. import errors
 from ..errors import BackendError
 from ..signals import signals_deferred
 from ..spec import RunSpec
@@ -37,7 +37,7 @@ class KubernetesBackend(Backend):
                  server_image: str = "", wait_s: float = 3600.0, pending_timeout_s: float = PENDING_TIMEOUT_S,
                  say=print, warn=None):
         self.spec, self.cluster, self.keep, self.say = spec, cluster, keep, say
-        self.warn = warn or (lambda message: print(message, file=sys.stderr))
+        self.warn = warn or errors.warn  # a warning's text; errors.warn writes the prefix
         self.images = {"source_image": source_image, "server_image": server_image}
         self.wait_s, self.pending_timeout_s = wait_s, pending_timeout_s
         self.placement: dict[str, dict] = {}  # by arm: where its pods ran (the manifest's cluster facts)
@@ -48,7 +48,7 @@ class KubernetesBackend(Backend):
         if not self._link_warned:
             self._link_warned = True
             for warning in link_warnings(self.spec):
-                self.warn(f"testbed: warning: {warning}")
+                self.warn(warning)
 
     def run_arm(self, module: str, directory: Path, run_id: str) -> ArmResult:
         release = release_name(run_id, module)
@@ -61,7 +61,7 @@ class KubernetesBackend(Backend):
             follow(self.cluster, release, self.spec.sources, timeout_s=self.wait_s,
                    pending_limit_s=self.pending_timeout_s, say=self.say, on_pods=streamer.update)
             for problem in streamer.finish(self.cluster.pods(release)):
-                self.warn(f"testbed: warning: {problem}")
+                self.warn(problem)
             found = collect(self.cluster, release, directory, streamed=streamer)
             shutil.rmtree(directory / "_stream", ignore_errors=True)  # all of it is in the traces and logs/ now
             self.placement[module] = placement(self.cluster, streamer.pods.values())
@@ -86,7 +86,7 @@ class KubernetesBackend(Backend):
             collect(self.cluster, release, directory, streamed=streamer)
             self.say(f"  [{release}] the traces so far are in {directory}")
         except BaseException as exc:  # the streamed logs stay in _stream/; the failure is what is reported
-            self.warn(f"testbed: warning: writing the traces of {release} after a failure: {exc}; "
+            self.warn(f"writing the traces of {release} after a failure: {exc}; "
                       f"the streamed pod logs are in {directory / '_stream'}")
 
     def _remove(self, release: str, failure: BaseException | None = None) -> None:
@@ -105,7 +105,7 @@ class KubernetesBackend(Backend):
                 raise ClusterError(f"{failure}; then {left}") from failure
             # Ctrl-C or a bug: let the original propagate as it is, and say what was left behind.
             what = "interrupted" if isinstance(failure, KeyboardInterrupt) else f"{type(failure).__name__}: {failure}"
-            self.warn(f"testbed: warning: {what}; then {left}")
+            self.warn(f"{what}; then {left}")
 
 
 def open_backend(spec: RunSpec, say=print) -> KubernetesBackend:
