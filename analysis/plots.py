@@ -186,9 +186,10 @@ def _figures(runs: Runs, figures) -> dict[str, dict]:
 
 
 def throughput_vs_bandwidth(runs: Runs, out: Path, figures=None) -> list[Path]:
-    """Samples/s per source against the link's rate (log axis), one line per module, the
+    """Samples/s per source against the link's rate (log-log), one line per module, the
     link limit of the ``none`` arm dashed: where compression starts to pay. Drawn only when
-    a module ran behind links of different rates (the run folders of ``--sweep-bandwidth``)."""
+    a module ran behind links of different rates (run folders at several ``--bandwidth``;
+    a sweep over bandwidths draws its own, analysis/sweep.py)."""
     sweep = metrics.bandwidth_sweep(_figures(runs, figures))
     sweep["x"] = sweep["up_bps"].fillna(sweep["down_bps"]) / 1e6
     if sweep.empty or sweep.groupby("module")["x"].nunique().max() < 2:  # no module seen at two rates

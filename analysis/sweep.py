@@ -119,15 +119,22 @@ class Sweep:
             points.append(point)
         return sorted(points, key=lambda p: p.get("bytes_per_sample_sent") or 0)
 
-    def point(self, series: str, knob_value=None) -> dict:
+    def point(self, series: str, knob_value=None, **at) -> dict:
+        """The series' one point at ``knob_value`` and at the grid's values ``at`` (by setting:
+        ``bandwidth="5mbit"``); a SeriesError where none, or more than one, is left."""
         points = self.points(series)
         if knob_value is not None:
             points = [p for p in points if p["knob_value"] == knob_value]
             if not points:
                 raise SeriesError(f"series {series!r} has no trial at {self.points(series)[0]['knob']} {knob_value}")
+        points = [p for p in points if all(p["at"].get(k) == v for k, v in at.items())]
+        if not points:
+            raise SeriesError(f"series {series!r} has no trial at " + ", ".join(f"{k} {v}" for k, v in at.items()))
         if len(points) > 1:
-            what = "knob values" if knob_value is None and points[0]["knob"] else ", ".join(self.grid) + " values"
-            raise SeriesError(f"series {series!r} has {len(points)} {what}: name one")
+            unnamed = ([points[0]["knob"]] if knob_value is None and points[0]["knob"] else []) + \
+                [k for k in self.grid if k not in at]
+            raise SeriesError(f"series {series!r} has {len(points)} points: name its "
+                              + " and ".join(k.replace("_", "-") for k in unnamed))
         return points[0]
 
     def trial_curve(self, trial: str) -> pd.DataFrame:
@@ -232,17 +239,21 @@ def _rate_accuracy(sweep: Sweep, out: Path, kind: Rate) -> list[Path]:
     if not any(p.get(rate) for s in _finished_series(sweep) for p in sweep.points(s)):
         return []
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    lines = []  # one per series and value of the grid's other settings (a bandwidth): its knob's values
     for series in _finished_series(sweep):
-        points = sorted((p for p in sweep.points(series) if p.get(rate) and p.get("test_accuracy") is not None),
-                        key=lambda p: p[rate])
-        if not points:
-            continue
+        by_grid: dict[str, list[dict]] = {}
+        for p in sweep.points(series):
+            if p.get(rate) and p.get("test_accuracy") is not None:
+                by_grid.setdefault(_at(p), []).append(p)
+        lines += [(series, at, sorted(points, key=lambda p: p[rate])) for at, points in by_grid.items()]
+    for series, at, points in lines:
         x = [p[rate] for p in points]
         y = [100 * p["test_accuracy"] for p in points]
         errors = [100 * (p["accuracy_std"] or 0) for p in points]
         knob = points[0]["knob"]
         ax.errorbar(x, y, yerr=errors if any(errors) else None, marker="o", markersize=4, capsize=3,
-                    label=series + (f" ({knob.replace('_', '-')})" if knob else ""), **_style(sweep, series))
+                    label=series + (f" ({knob.replace('_', '-')})" if knob else "") + (f", {at}" if at else ""),
+                    **_style(sweep, series))
         for p, xi, yi in zip(points, x, y):
             if knob:
                 ax.annotate(f"{p['knob_value']:g}" if isinstance(p["knob_value"], float) else str(p["knob_value"]),

@@ -80,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep_parser(sub) -> None:
-    sweep = sub.add_parser("sweep", help="run the trials of a sweep spec (experiments/*.toml) on Ray",
+    sweep = sub.add_parser("sweep", help="run the trials of a sweep spec (experiments/*.toml) on Ray (k8s: one after "
+                           "another)",
                            description="Run every trial of a sweep spec (a grid over modules, knobs, seeds, data, "
-                                       "bandwidths; experiments/ holds examples) on Ray, each an ordinary run "
-                                       "directory, then write sweep.json, sweep.csv and the sweep's figures. Running "
+                                       "bandwidths; experiments/ holds examples) on Ray (a k8s spec's one after "
+                                       "another from here, without Ray), each an ordinary run directory, then write sweep.json, sweep.csv and the sweep's figures. Running "
                                        "it again reruns no trial that finished.")
     sweep.add_argument("spec", metavar="SPEC", help="the sweep spec, a .toml or .yaml file")
     sweep.add_argument("--out", default="", help="sweep folder (default: ./runs/sweep-<name>[-<scale>]; the same "

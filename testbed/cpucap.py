@@ -272,7 +272,7 @@ def _make_cap(method: str, cores: float | Sequence[float], count: int, root: Pat
         return Cap(cores)
     if method == "psutil":
         return SuspendResumeCap(cores)
-    errors = []
+    failures = []
     for version, base in ((2, root), (1, root / "cpu")):
         if not has_controller(version, base):
             continue
@@ -281,13 +281,13 @@ def _make_cap(method: str, cores: float | Sequence[float], count: int, root: Pat
         try:
             return CgroupCap(cores, count, version, base, tag, pin)
         except CapError as exc:
-            errors.append(str(exc))
+            failures.append(str(exc))
         if pin is not None:  # the cap without the cpuset; make_pinning pins another way
             try:
                 return CgroupCap(cores, count, version, base, tag)
             except CapError as exc:
-                errors.append(str(exc))
-    reason = "; ".join(errors) or f"no cgroup cpu controller under {root}"
+                failures.append(str(exc))
+    reason = "; ".join(failures) or f"no cgroup cpu controller under {root}"
     if method == "cgroup":
         raise CapError(reason)
     warn(f"cannot cap CPU with cgroups ({reason}); falling back to suspending and resuming "

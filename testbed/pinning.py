@@ -169,14 +169,14 @@ class TreePinning(Pinning):
 
 def make_pinning(split: CoreSplit, root: Path, tag: str, warn=errors.warn) -> Pinning:
     """Cpusets (cgroup v2, then v1), else ``sched_setaffinity`` with a warning."""
-    errors = []
+    failures = []
     for version, base in ((2, root), (1, root / "cpuset")):
         if not has_cpuset(version, base):
             continue
         try:
             return CpusetPinning(split, version, base, tag)
         except CapError as exc:
-            errors.append(str(exc))
-    reason = "; ".join(errors) or f"no cgroup cpuset controller under {root}"
+            failures.append(str(exc))
+    reason = "; ".join(failures) or f"no cgroup cpuset controller under {root}"
     warn(f"cannot pin with cpusets ({reason}); pinning with sched_setaffinity instead")
     return AffinityPinning(split)

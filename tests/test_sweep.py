@@ -13,7 +13,7 @@ import pytest
 
 from conftest import TINY_SWEEP
 from testbed.spec import RunSpec
-from testbed.sweep import SweepSpecError, bandwidth_sweep, load_spec
+from testbed.sweep import SweepSpecError, bandwidth_sweep, load_spec, trial_settings
 
 TINY = """
 backend = "inproc"
@@ -191,3 +191,28 @@ def test_sweep_bandwidth_is_short_for_a_spec_with_a_grid_of_bandwidth(tmp_path):
                                             "filter-bandwidth-1mbit", "filter-bandwidth-5mbit-20mbit"]
     assert (short.name, short.backend, short.vary, short.path) == ("bandwidth", "local", ["module", "bandwidth"], None)
     assert short.cpus_per_trial == written.cpus_per_trial
+
+
+@pytest.mark.quick
+def test_trials_one_after_another_keep_their_port_and_side_by_side_get_their_own(tmp_path):
+    short = bandwidth_sweep(RunSpec(sweep_bandwidth="1mbit,5mbit", backend="local", port=6000))
+    assert [trial_settings(short, t, i, "here")["port"] for i, t in enumerate(short.trials)] == [6000] * 4
+    assert [trial_settings(short, t, i, "ray")["port"] for i, t in enumerate(short.trials)] == [6000, 6001, 6002, 6003]
+
+
+@pytest.mark.quick
+def test_a_point_of_a_grid_is_named_by_its_knob_and_the_grids_values(tmp_path):
+    from analysis.sweep import SeriesError, Sweep
+
+    rows = [{"trial": f"filter-budget-{b}-bandwidth-{r}", "status": "ok", "series": "filter", "module": "filter",
+             "knob": "budget", "knob_value": b, "seed": 0, "params": {"module": "filter", "budget": b, "bandwidth": r},
+             "metrics": {"test_accuracy": 0.5, "bytes_per_sample_sent": 100 * b, "samples_per_s_per_source": 1.0}}
+            for b in (2, 4) for r in ("1mbit", "5mbit")]
+    (tmp_path / "sweep.json").write_text(json.dumps({"sweep": "x", "vary": ["budget", "bandwidth"], "trials": rows}))
+    sweep = Sweep(tmp_path)
+    assert sweep.grid == ["bandwidth"] and len(sweep.points("filter")) == 4  # the rates are not averaged together
+    assert sweep.point("filter", 4, bandwidth="5mbit")["trials"] == ["filter-budget-4-bandwidth-5mbit"]
+    with pytest.raises(SeriesError, match="has 2 points: name its bandwidth"):
+        sweep.point("filter", 4)
+    with pytest.raises(SeriesError, match="has 4 points: name its budget and bandwidth"):
+        sweep.point("filter")

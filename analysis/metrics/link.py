@@ -144,8 +144,8 @@ def _link_limits(link: dict, capacity: pd.DataFrame, run: str, arm: str, window:
 
 
 def bandwidth_sweep(figures: Mapping[str, dict]) -> pd.DataFrame:
-    """One row per arm with a link, from the arms' figures (``arm_figures``): run, label, module, up_bps, down_bps (the rate of a
-    source's link: the shared channel's, else the mean over sources of theirs), samples_per_s
+    """One row per arm with a link, from the arms' figures (``arm_figures``): run, label, module, up_bps, down_bps (the
+    views link_up_bps and link_down_bps of analysis/figures.py), samples_per_s
     (mean over sources), link_limit (mean over sources), link_use; sorted by module and rate.
     The throughput_vs_bandwidth figure draws it when the runs differ in rate."""
     columns = ["run", "label", "module", "up_bps", "down_bps", "samples_per_s", "link_limit", "link_use"]

@@ -12,7 +12,8 @@ with a one-line reason: ``--medium shared`` (one channel every source contends f
 pod is shaped on its own, on its own node), ``--delay`` and ``--loss`` (the plugin shapes
 rate only; netem in a pod needs NET_ADMIN, which the chart's restricted Pod Security
 Standard drops), ``--link-trace`` (a rate that changes during the run). ``--sweep-bandwidth``
-is fine: it is one run per rate, each a run spec whose ``--bandwidth`` is that rate.
+is fine: it is a sweep whose trials (an arm at a rate each) run one after another, each
+with its ``--bandwidth`` at that rate.
 
 This module reads the spec's values only (``spec.bandwidth``, ``spec.link``, ...): it
 does not import ``testbed.spec``, so ``spec.validate`` can call ``link_values``.

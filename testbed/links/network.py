@@ -32,7 +32,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from ..errors import BackendError
+from ..errors import BackendError, warn
 from .plan import LinkPlan
 
 NETNS_DIR = Path("/run/netns")
@@ -198,7 +198,7 @@ def _probe_args(kind: str) -> dict:
             "netem": {"delay": 1000}, "pfifo": {"limit": 10}, "bfifo": {"limit": 10000}}.get(kind, {})
 
 
-def remove_stale(say=print) -> list[str]:
+def remove_stale(say=warn) -> list[str]:
     """Remove the namespaces a dead testbed left (their owner pid is gone); ``say`` (a
     warning) names them."""
     removed = []

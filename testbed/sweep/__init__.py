@@ -1,6 +1,7 @@
-"""``testbed sweep SPEC``: the trials of a spec (spec.py) on Ray (pool.py), each an
-ordinary run directory (trial.py), one table over them (table.py) and its figures
-(analysis/sweep.py).
+"""``testbed sweep SPEC`` (and ``testbed run --sweep-bandwidth``, short for a spec): the
+trials of a spec (spec.py) where its backend runs them, on Ray or one after another here
+(pool.py), each an ordinary run directory (trial.py), one table over them (table.py) and
+its figures (analysis/sweep.py).
 
 A second invocation with the same output folder reruns no trial that finished with the
 same settings; a failed trial is recorded with its error and the sweep goes on (it is
@@ -24,23 +25,25 @@ def default_out(spec: SweepSpec) -> Path:
     return Path("runs") / ("sweep-" + spec.name + (f"-{spec.scale}" if spec.scale else ""))
 
 
-def trial_settings(spec: SweepSpec, trial: Trial, index: int) -> dict:
+def trial_settings(spec: SweepSpec, trial: Trial, index: int, pool: str) -> dict:
     """What a trial's ``testbed run`` gets: the spec's settings, the backend, quiet. Trials of
-    the local fleet that may run side by side get ports of their own."""
+    the local fleet that may run side by side (on Ray) get ports of their own."""
     settings = {**trial.settings, "backend": spec.backend, "quiet": False}
-    if backends.get(spec.backend).own_ports:
+    if backends.get(spec.backend).own_ports and pool == "ray":
         from workloads.settings import option
         settings["port"] = settings.get("port", option("port").default) + index
     return settings
 
 
-def check_trials(spec: SweepSpec) -> None:
-    """Every trial's settings through ``testbed run``'s own validation, before anything starts."""
+def check_trials(spec: SweepSpec, pool: str | None = None) -> None:
+    """Every trial's settings through ``testbed run``'s own validation, before anything starts
+    (``pool``: where they will run; default, where the backend runs trials)."""
     from ..spec import RunSpec, SpecError, validate
 
+    pool = pool or backends.get(spec.backend).trials
     for index, trial in enumerate(spec.trials):
         try:
-            validate(RunSpec(**trial_settings(spec, trial, index)))
+            validate(RunSpec(**trial_settings(spec, trial, index, pool)))
         except SpecError as exc:
             raise SweepSpecError(f"{spec.where}: trial {trial.id}: {exc}") from None
 
@@ -70,7 +73,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
     from .pool import POOLS, start_ray, stop_ray
 
     pool = pool or backends.get(spec.backend).trials
-    check_trials(spec)
+    check_trials(spec, pool)
     make_folder(out, "sweep folder", exist_ok=True)
     table = SweepTable(out, spec)
     todo = table.todo()
@@ -80,6 +83,8 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
     say(f"sweep {spec.name}{' --scale ' + spec.scale if spec.scale else ''}: {len(spec.trials)} trials{kept}, "
         f"{len(todo)} to run ({spec.backend} backend, {each}) -> {out}")
     table.write()
+    if pool == "here" and (address or cpus):
+        warn(f"--address and --cpus are Ray's: the {spec.backend} backend's trials run one after another here")
     if todo:
         if pool == "ray":
             offered = start_ray(address, cpus)
@@ -95,12 +100,12 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
             progress.write(_one_line(row), file=sys.stdout if say is print else _Null())
 
         try:
-            POOLS[pool](((t, trial_settings(spec, t, index[t.id]), str(table.trial_dir(t).resolve())) for t in todo),
-                        cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial, timeout_s=spec.timeout_s,
+            jobs = ((t, trial_settings(spec, t, index[t.id], pool), str(table.trial_dir(t).resolve())) for t in todo)
+            POOLS[pool](jobs, cpus=spec.cpus_per_trial, gpus=spec.gpus_per_trial, timeout_s=spec.timeout_s,
                         on_done=finished)
         except KeyboardInterrupt:
             progress.close()
-            return interrupted("every trial was stopped (the next invocation resumes)")
+            return interrupted(f"every trial was stopped (the same command with --out {out} resumes)")
         finally:
             progress.close()
             table.write(finished=True)
@@ -114,7 +119,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, cpus: f
         return report_error(TrialsFailed(
             f"{len(failed)} of {len(spec.trials)} trials failed: "
             + "; ".join(f"{r['trial']} ({r['error']})" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
-            + " (sweep.json has every error; run the command again to retry them)"))
+            + f" (sweep.json has every error; the same command with --out {out} retries them)"))
     lost = [r["trial"] for r in table.rows.values() if r["status"] == "lost-sources"]
     if lost:
         return report_error(LostSources(

@@ -28,6 +28,7 @@ TOP_LEVEL = {"name", "description", "backend", "cpus_per_trial", "gpus_per_trial
              "arms", "scale", "reproduce"}
 ARM_ONLY = {"label"}
 NOT_IN_SPEC = {"out", "quiet", "backend", "sweep_bandwidth"}  # the sweep sets these for every trial
+SHORTHAND = "--sweep-bandwidth"  # how a spec without a file (bandwidth_sweep's) is named in messages
 
 
 class SweepSpecError(BadInput):
@@ -73,7 +74,7 @@ class SweepSpec:
     @property
     def where(self) -> str:
         """How messages name it: its file, or the option it came from."""
-        return str(self.path) if self.path else "--sweep-bandwidth"
+        return str(self.path) if self.path else SHORTHAND
 
 
 def load_spec(path: str | os.PathLike, scale: str | None = None, override: dict | None = None) -> SweepSpec:
@@ -102,7 +103,7 @@ def bandwidth_sweep(run) -> SweepSpec:
 def expand(raw: dict, path: Path | None, scale: str | None = None, override: dict | None = None) -> SweepSpec:
     """A parsed spec (``path``: its file; None for the one ``--sweep-bandwidth`` makes)
     expanded into its trials, every setting checked; a SweepSpecError naming the problem."""
-    where = str(path) if path else "--sweep-bandwidth"
+    where = str(path) if path else SHORTHAND
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise SweepSpecError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; "
@@ -147,7 +148,7 @@ def expand(raw: dict, path: Path | None, scale: str | None = None, override: dic
     timeout = raw.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SweepSpecError(f"{where}: timeout_s must be a positive number of seconds, got {timeout!r}")
-    name = str(raw.get("name") or path.stem)
+    name = str(raw.get("name") or (path.stem if path else "sweep"))
     return SweepSpec(name=name, path=path, backend=backend, trials=trials, scale=scale,
                      description=str(raw.get("description", "")), cpus_per_trial=float(cpus),
                      gpus_per_trial=float(gpus), timeout_s=timeout, vary=_varying(trials), raw=raw)

@@ -41,8 +41,10 @@ class SweepTable:
             now = self.rows.get(row.get("trial")) if isinstance(row, dict) else None
             if now is not None and row.get("status") in FINISHED and _same(row.get("params"), now["params"]):
                 summary = arm_summary(self.out / TRIALS / row["trial"], now["module"])
-                if summary is not None:  # its figures as they are declared now
-                    row["metrics"] = {m: one(m, summary) for m in METRICS}
+                # its figures as they are declared now; those it had where its summary is not here (on
+                # another node of a Ray cluster)
+                before = row.get("metrics") or {}
+                row["metrics"] = {m: one(m, summary) if summary is not None else before.get(m) for m in METRICS}
                 self.rows[row["trial"]] = row
                 kept.append(row["trial"])
         return kept

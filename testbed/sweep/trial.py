@@ -21,6 +21,7 @@ from ..processes import child_environment, die_with_parent
 
 LOG = "sweep-trial.log"  # the trial's terminal output, in its run directory
 STATUS_BY_CODE = {Exit.OK: "ok", Exit.LOST_SOURCES: "lost-sources"}
+STOP_PATIENCE_S = 120.0  # a stopped trial's own cleanup: a fleet's, or a cluster's collection and helm uninstall
 
 
 def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> dict:
@@ -39,7 +40,9 @@ def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> d
         timed_out = True
         output = _stop(proc)
     except BaseException:  # the sweep was cancelled (Ctrl-C reaches a Ray task as KeyboardInterrupt)
-        _stop(proc)
+        output = _stop(proc)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / LOG).write_text(output)
         raise
     seconds = time.monotonic() - started
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,10 +58,11 @@ def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> d
 
 
 def _stop(proc: subprocess.Popen) -> str:
-    """SIGTERM (the testbed cleans up as on Ctrl-C), then SIGKILL; the output so far."""
+    """SIGTERM (the testbed cleans up as on Ctrl-C), then SIGKILL after STOP_PATIENCE_S; the
+    output so far."""
     proc.terminate()
     try:
-        output, _ = proc.communicate(timeout=30)
+        output, _ = proc.communicate(timeout=STOP_PATIENCE_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         output, _ = proc.communicate()
