@@ -185,6 +185,21 @@ def _figures(runs: Runs, figures) -> dict[str, dict]:
     return metrics.arm_figures(runs) if figures is None else figures
 
 
+def rate_axes(ax, rates_mbit, asymmetric: bool) -> None:
+    """Samples/s per source against the link's rate, log-log as a roofline: the link's limit is
+    a line of slope 1, a source bound by its link follows it, one bound by computing stays
+    flat. The rates drawn are the x ticks."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    rates = sorted(rates_mbit)
+    ax.set_xticks(rates, [f"{v:g}" for v in rates])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("link rate, uplink (Mbit/s)" if asymmetric else "link rate (Mbit/s)")
+    ax.set_ylabel("samples/s per source")
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def throughput_vs_bandwidth(runs: Runs, out: Path, figures=None) -> list[Path]:
     """Samples/s per source against the link's rate (log-log), one line per module, the
     link limit of the ``none`` arm dashed: where compression starts to pay. Drawn only when
@@ -204,18 +219,8 @@ def throughput_vs_bandwidth(runs: Runs, out: Path, figures=None) -> list[Path]:
     if len(none):
         ax.plot(none["x"], none["link_limit"], linestyle="--", color=module_colour("none"),
                 label="link limit (none)")
-    # log-log, as a roofline: the link's limit is a line of slope 1, a source bound by its link
-    # follows it, one bound by computing stays flat
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    rates = sorted(set(sweep["x"]))
-    ax.set_xticks(rates, [f"{v:g}" for v in rates])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("link rate, uplink (Mbit/s)" if asymmetric else "link rate (Mbit/s)")
-    ax.set_ylabel("samples/s per source")
+    rate_axes(ax, set(sweep["x"]), asymmetric)
     ax.set_title("Throughput against link rate (dashed: what the link allows the none arm)")
-    ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="module")
     return _save(fig, out, "throughput_vs_bandwidth")
 

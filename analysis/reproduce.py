@@ -229,7 +229,10 @@ def table_rows(sweep: Sweep, rows: list[dict], reference: str | None, unit: str 
     paper's columns) with the measured stream and payload bytes per sample, bpp in the
     spec's ``unit`` (a name of ``RATES``), accuracy and, with a ``reference`` series, the
     accuracy loss against it."""
-    base = sweep.point(reference) if reference else None
+    try:
+        base = sweep.point(reference) if reference else None
+    except ReproduceError:  # the reference has no one point: the rows go without their loss against it
+        base = None
     out = []
     for row in rows:
         try:

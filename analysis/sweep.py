@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 
 from .errors import AnalysisError  # noqa: E402
 from .load import RunDirError  # noqa: E402
-from .plots import STYLES, _save, module_colour  # noqa: E402
+from .plots import STYLES, _save, module_colour, rate_axes  # noqa: E402
 
 FINISHED = ("ok", "lost-sources")
 TARGET_SHARE = 0.95  # the target accuracy of the time-to-accuracy table: this share of the reference's best
@@ -333,16 +333,8 @@ def throughput_vs_bandwidth(sweep: Sweep, out: Path) -> list[Path]:
                   if p.get("link_limit_samples_per_s_per_source")]
         if points[0][1]["module"] == "none" and limits:
             ax.plot(*zip(*limits), linestyle="--", color=style["color"], label=f"link limit ({label})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    rates = sorted({x for points in lines.values() for x, _ in points})
-    ax.set_xticks(rates, [f"{v:g}" for v in rates])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("link rate, uplink (Mbit/s)" if asymmetric else "link rate (Mbit/s)")
-    ax.set_ylabel("samples/s per source")
+    rate_axes(ax, {x for points in lines.values() for x, _ in points}, asymmetric)
     ax.set_title(f"Throughput against link rate — {sweep.name}")
-    ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, out, "throughput_vs_bandwidth")
