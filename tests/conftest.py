@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from testbed.cgroups import CGROUP_ROOT, has_controller  # noqa: F401 (CGROUP_ROOT: for the tests)
@@ -91,6 +92,35 @@ def wait_for(predicate, proc: subprocess.Popen, patience_s: float = 300) -> None
         time.sleep(0.05)
 
 
+def watched(testbed: subprocess.Popen, watch):
+    """``watch()`` while ``testbed`` (a ``testbed run`` started by a test) runs, then its end:
+    (what ``watch`` returned, the testbed's stderr). If watching fails, the testbed is
+    interrupted first (its own cleanup: nothing of the run is left behind)."""
+    try:
+        seen = watch()
+        _, stderr = testbed.communicate(timeout=600)
+    except BaseException:
+        testbed.send_signal(signal.SIGINT)
+        testbed.communicate(timeout=60)
+        raise
+    return seen, stderr
+
+
+def workload_programs(pid=None) -> list[tuple[str, psutil.Process]]:
+    """The workload programs under process ``pid`` (default: this one): (role, process)."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid or os.getpid()) else []:
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "workloads.server" in cmd:
+            found.append(("server", child))
+        elif "workloads.source" in cmd:
+            found.append(("source", child))
+    return found
+
+
 def cgroup_roots() -> list[Path]:
     """Where this host lets a run make its cgroups, found with the testbed's own rule
     (testbed/cgroups.py): cgroup v2's root when it offers the cpu controller, else v1's cpu
@@ -174,8 +204,6 @@ def _kill_when_training(sweep: subprocess.Popen, trial_dir: Path, deadline_s: fl
     """SIGKILL the process of the trial that writes into ``trial_dir`` once it has trained a
     batch (its trace says so); False if the sweep ended first."""
     import time
-
-    import psutil
 
     end = time.monotonic() + deadline_s
     while time.monotonic() < end and sweep.poll() is None:

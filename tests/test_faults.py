@@ -8,10 +8,10 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import psutil
 import pytest
 
-from conftest import REPO, TINY, cgroups_of, events_so_far, free_port, read_jsonl, wait_for
+from conftest import REPO, TINY, cgroups_of, events_so_far, free_port, read_jsonl, wait_for, watched, \
+    workload_programs
 from testbed.spec import RunSpec, SpecError, validate
 from workloads import settings
 from workloads.protocol import Message
@@ -29,17 +29,6 @@ def _testbed(out, port, *extra):
                              "--quiet", *map(str, extra)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-
-
-def _workload_processes(pid):
-    found = []
-    for child in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid) else []:
-        try:
-            if any(m in child.cmdline() for m in ("workloads.source", "workloads.server")):
-                found.append(child)
-        except psutil.Error:
-            pass
-    return found
 
 
 def _pid(trace):
@@ -75,16 +64,13 @@ def lossy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("faults") / "run"
     testbed = _testbed(out, free_port(), "--batches", BATCHES, "--drop", "2@0")
     arm = out / "none"
-    try:
+
+    def kill_source_1():
         wait_for(lambda: any(e["event"] == "batch" for e in events_so_far(arm / "source-1.jsonl")), testbed)
         os.kill(_pid(arm / "source-1.jsonl"), signal.SIGKILL)
-        _, stderr = testbed.communicate(timeout=600)
-    except BaseException:
-        testbed.send_signal(signal.SIGINT)  # the testbed's own cleanup: nothing of this run is left behind
-        testbed.communicate(timeout=60)
-        raise
+    _, stderr = watched(testbed, kill_source_1)
     return SimpleNamespace(out=out, arm=arm, returncode=testbed.returncode, stderr=stderr,
-                           left=(_workload_processes(testbed.pid), cgroups_of(testbed.pid)))
+                           left=(workload_programs(testbed.pid), cgroups_of(testbed.pid)))
 
 
 def _lost_line(run):
@@ -151,7 +137,7 @@ def test_a_killed_server_ends_every_source_and_the_run_in_one_line(tmp_path):
         assert (arm / "logs" / f"source-{i}.log").read_text().strip().splitlines()[-1].startswith(
             f"source {i}: the server is gone")
     assert not (out / "summary.json").exists()
-    assert _workload_processes(testbed.pid) == [] and cgroups_of(testbed.pid) == []
+    assert workload_programs(testbed.pid) == [] and cgroups_of(testbed.pid) == []
 
 
 SILENT_SERVER = """

@@ -19,7 +19,8 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import REPO, TINY, cgroups_of, events_so_far, free_port, read_jsonl, wait_for
+from conftest import REPO, TINY, cgroups_of, events_so_far, free_port, read_jsonl, wait_for, watched, \
+    workload_programs
 from testbed import local
 from testbed.cpucap import join_cgroup
 from testbed.errors import BackendError
@@ -66,27 +67,12 @@ class Watch:
         self.look(self.calls)
 
 
-def programs(pid=None):
-    """The workload programs under process ``pid`` (default: this one): (role, process)."""
-    found = []
-    for child in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid or os.getpid()) else []:
-        try:
-            cmd = child.cmdline()
-        except psutil.Error:
-            continue
-        if "workloads.server" in cmd:
-            found.append(("server", child))
-        elif "workloads.source" in cmd:
-            found.append(("source", child))
-    return found
-
-
 @pytest.fixture
 def leaves_nothing():
     """Fails the test if it leaves a workload process or a splittest cgroup behind
     (others may be running testbeds beside this one: only ours count)."""
     yield
-    assert programs() == []
+    assert workload_programs() == []
     assert cgroups_of(os.getpid()) == []
 
 
@@ -120,20 +106,17 @@ def fleet_run(tmp_path_factory):
     def traced(source, event, count=1):
         return sum(e["event"] == event for e in events_so_far(arm / f"source-{source}.jsonl")) >= count
 
-    try:
+    def look_then_kill_source_1():
         wait_for(lambda: traced(0, "start") and traced(1, "start"), testbed)
         environment = psutil.Process(testbed.pid).environ()
-        running = [(role, tuple(proc.cpu_affinity()), proc.environ()) for role, proc in programs(testbed.pid)]
+        running = [(role, tuple(proc.cpu_affinity()), proc.environ()) for role, proc in workload_programs(testbed.pid)]
         wait_for(lambda: traced(1, "batch", 3), testbed)
         os.kill(next(e["pid"] for e in read_jsonl(arm / "source-1.jsonl") if e["event"] == "start"), signal.SIGKILL)
-        _, stderr = testbed.communicate(timeout=600)
-    except BaseException:
-        testbed.send_signal(signal.SIGINT)  # the testbed's own cleanup: nothing of this run is left behind
-        testbed.communicate(timeout=60)
-        raise
+        return environment, running
+    (environment, running), stderr = watched(testbed, look_then_kill_source_1)
     return SimpleNamespace(out=out, arm=arm, returncode=testbed.returncode, stderr=stderr,
                            testbed_environment=environment, running=running,
-                           left=(programs(testbed.pid), cgroups_of(testbed.pid)))
+                           left=(workload_programs(testbed.pid), cgroups_of(testbed.pid)))
 
 
 # -- --server-cpus ---------------------------------------------------------------------
