@@ -7,28 +7,14 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
-
-from .errors import CapError
+from .joining import Join
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def join_cgroup(group: Path) -> Callable[[], None]:
-    """A function that moves the calling process into ``group`` (run in the child,
-    before exec); it raises CapError naming the group and the kernel's reason."""
-    procs = os.fsencode(group / "cgroup.procs")
-
-    def join() -> None:
-        try:
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise CapError(f"cannot join cgroup {group}: {exc.strerror or exc}") from None
-    return join
+def join_cgroup(group: Path) -> Join:
+    """Joining ``group`` (in the child, before its program runs; see testbed/joining.py)."""
+    return Join(cgroups=(str(group),))
 
 
 def enable(group: Path, *controllers: str) -> None:

@@ -27,7 +27,7 @@ from . import errors
 from .errors import CapError
 from .pinning import (AffinityPinning, CoreSplit, CpusetPinning, Pinning, TreePinning,  # noqa: F401 (re-exported)
                       available_cpus, cpu_list, make_pinning, split_cores)
-from .processes import chain
+from .joining import joined
 
 PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's default
 MIN_QUOTA_US = 1_000         # the kernel refuses quotas below 1 ms
@@ -80,7 +80,7 @@ class Cap:
 
     def preexec(self, index: int):
         """A function source ``index`` runs before exec (None: nothing to do)."""
-        return chain(self._join(index), self.pinning.source_join(index))
+        return joined(self._join(index), self.pinning.source_join(index))
 
     def server_preexec(self):
         """A function the server runs before exec (None: nothing to do)."""

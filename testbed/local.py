@@ -17,16 +17,19 @@ from .backend import ArmResult, Backend
 from .cpucap import Cap, CapError, available_cpus, make_cap, oversubscription
 from .errors import BackendError, warn
 from .signals import signals_deferred
+from .joining import Join, joined
 from .keys import make_run_keys
 from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
 from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
-from .processes import (POLL_S, STOP_GRACE_S, Fleet, chain, describe_exit, server_cpus, server_thread_count,
+from .processes import (POLL_S, STOP_GRACE_S, Fleet, describe_exit, server_cpus, server_thread_count,
                         signal_group, torch_threads)
 from .progress import Progress
 from .spec import RunSpec, SpecError, check_host, check_links_here
 from .traces import read_events
+from .warmparent import default_spawn
 
+SOURCE_PROGRAM = "workloads.source"
 SERVER_READY_TIMEOUT_S = 180.0
 SERVER_EXIT_TIMEOUT_S = 30.0
 
@@ -63,6 +66,11 @@ class LocalBackend(Backend):
         self.say(f"arm {module}: starting the server and {s.sources} sources")
         return run_arm(s, module, directory, run_id, progress=progress, warn=warn, keys=self.keys,
                        links=self.links, kernel=self.kernel)
+
+
+def spawn_method(spec) -> str:
+    """``--spawn``, where this platform can: exec where it cannot fork."""
+    return spec.spawn if spec.spawn == "exec" else default_spawn()
 
 
 def largest_message(spec, module: str) -> int:
@@ -106,6 +114,10 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                     arm_links.build()
                 except NetworkError as exc:
                     raise BackendError(str(exc)) from None
+        parent = None
+        if spawn_method(spec) == "fork":  # its imports run while the server starts
+            split = cap.pinning.split  # pinned: on the sources' cores, not the server's
+            parent = fleet.warm_parent("launcher", [SOURCE_PROGRAM], Join(cpus=split.sources) if split else None)
         server_trace = directory / "server.jsonl"
         server_options = {**options, "trace": str(server_trace)}
         server_threads = server_thread_count(spec)
@@ -113,7 +125,7 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         server_env = {"OMP_NUM_THREADS": str(server_threads)}
         # the cgroup first, then the namespace: a cgroup is joined through the host's cgroup filesystem
         server = fleet.start("server", "workloads.server", settings.to_argv(server_options, "server"),
-                             join_cap=chain(cap.server_preexec(), arm_links and arm_links.server_join()),
+                             join_cap=joined(cap.server_preexec(), arm_links and arm_links.server_join()),
                              env=server_env, trace=server_trace)
         _wait_for_server(fleet, server, server_trace)
         controller = None
@@ -125,11 +137,13 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
             threads = torch_threads(spec.cpus[i])
             argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace),
                                      "own_interface": arm_links is not None}, "source")
-            proc = fleet.start(f"source-{i}", "workloads.source", argv,
-                               join_cap=chain(cap.preexec(i), arm_links and arm_links.source_join(i)),
-                               env={"OMP_NUM_THREADS": str(threads)}, trace=trace)
+            proc = fleet.start(f"source-{i}", SOURCE_PROGRAM, argv,
+                               join_cap=joined(cap.preexec(i), arm_links and arm_links.source_join(i)),
+                               env={"OMP_NUM_THREADS": str(threads)}, trace=trace, parent=parent)
             cap.started(i, proc.pid)
             sources.append(proc)
+        if parent is not None:
+            parent.close()  # no more sources: it exits once they have
         lost = _wait_for_sources(fleet, server, sources, directory, progress, cap=cap, run=options["run_id"],
                                  notice_s=heartbeat_timeout(options) + NOTICE_MARGIN_S)
         if arm_links is not None:

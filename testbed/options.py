@@ -8,6 +8,7 @@ from workloads.option import Option
 
 from .backends import BACKENDS
 from .cpucap import METHODS
+from .warmparent import SPAWN_METHODS
 from .links.profiles import PROFILES
 from .links.values import check_list, parse_delay, parse_loss, parse_updown
 
@@ -27,6 +28,10 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
            "(0: no pinning)", TB, min=0, group="run"),
     Option("cap-method", str, "auto", "how CPU caps are enforced: auto (cgroup v2, cgroup v1, else psutil with a "
            "warning), cgroup, psutil or none", TB, choices=METHODS, group="run"),
+    Option("spawn", str, "fork", "how the local backend starts sources: fork (from one warm parent per arm that "
+           "has imported torch and the programs: a source starts in about a second and shares those pages) or "
+           "exec (a fresh interpreter per source, which imports everything under its cap); a Kubernetes pod is "
+           "its own process either way", TB, choices=SPAWN_METHODS, group="run"),
     Option("backend", str, "local", "; ".join(f"{kind.name}: {kind.help}" for kind in BACKENDS.values()), TB,
            choices=tuple(BACKENDS), group="run"),
     Option("insecure", bool, False, "no CURVE: plaintext between sources and server, any peer that reaches the port "

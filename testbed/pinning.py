@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .cgroups import enable, has_cpuset, join_cgroup, remove_tree, write
 from . import errors
 from .errors import CapError
+from .joining import Join
 
 
 def available_cpus() -> list[int]:
@@ -56,13 +57,8 @@ def split_cores(server_cpus: int, available: Sequence[int]) -> CoreSplit:
     return CoreSplit(server=tuple(cpus[-server_cpus:]), sources=tuple(cpus[:-server_cpus]))
 
 
-def _set_affinity(cpus: Sequence[int]) -> Callable[[], None]:
-    def pin() -> None:
-        try:
-            os.sched_setaffinity(0, cpus)
-        except OSError as exc:
-            raise CapError(f"cannot pin to CPU {cpu_list(cpus)}: {exc.strerror or exc}") from None
-    return pin
+def _set_affinity(cpus: Sequence[int]) -> Join:
+    return Join(cpus=tuple(cpus))
 
 
 class Pinning:

@@ -12,15 +12,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
-
 from workloads import events
 from workloads.option import ENV_PREFIX
 
 from .errors import BackendError
+from .joining import Join, joined
 from .pinning import available_cpus
 from .signals import signals_deferred
 from .traces import read_events
+from .warmparent import ForkedProcess, WarmParent
 
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 POLL_S = 0.25
@@ -51,18 +51,6 @@ def server_thread_count(spec) -> int:
     return max(1, int(len(available_cpus()) - sum(spec.cpus) + 1e-9))
 
 
-def chain(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
-    """The pre-exec steps given (None left out), in order, as one (None when there are none)."""
-    steps = [step for step in steps if step is not None]
-    if len(steps) <= 1:
-        return steps[0] if steps else None
-
-    def run_all() -> None:
-        for step in steps:
-            step()
-    return run_all
-
-
 def child_environment(extra: dict | None = None) -> dict:
     """This environment without any SPLITTEST_* variable: every option the programs
     get is on their command line, none comes silently from the user's shell."""
@@ -87,16 +75,43 @@ class Fleet:
         (directory / "logs").mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.traces: dict[str, Path] = {}
+        self.parents: dict[str, WarmParent] = {}
         self._logs = []
 
     def log_path(self, name: str) -> Path:
         return self.directory / "logs" / f"{name}.log"
 
-    def start(self, name: str, module: str, argv: list[str], *, join_cap=None, env=None,
-              trace: Path | None = None) -> subprocess.Popen:
+    def warm_parent(self, name: str, modules: list[str], join: Join | None = None) -> WarmParent:
+        """A ``testbed.launcher`` that has imported ``modules``, to fork processes from
+        (``start(..., parent=...)``), joined to ``join`` before exec; it is stopped with the
+        fleet, after its children."""
+        log = open(self.log_path(name), "wb")
+        self._logs.append(log)
+        with signals_deferred():
+            try:
+                proc = subprocess.Popen([sys.executable, "-m", "testbed.launcher", "--run", str(self.directory), *modules], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=log, preexec_fn=joined(die_with_parent, join),
+                                        start_new_session=True, env=child_environment())
+            except OSError as exc:
+                raise BackendError(f"cannot start {name}: {exc.strerror or exc}") from None
+            self.procs[name] = proc
+            self.parents[name] = WarmParent(proc, lambda: describe_exit("", self, name).strip())
+        return self.parents[name]
+
+    def start(self, name: str, module: str, argv: list[str], *, join_cap: Join | None = None, env=None,
+              trace: Path | None = None, parent: WarmParent | None = None) -> subprocess.Popen | ForkedProcess:
         """Start ``python -m module argv`` with a log of its own, in a session of its own,
-        joined to its cgroups (``join_cap``) before exec, with an environment free of
-        SPLITTEST_* variables. A failure is a BackendError that says what failed."""
+        joined to its cgroups and namespace (``join_cap``) before its program runs, with an
+        environment free of SPLITTEST_* variables: exec'd, or forked from ``parent`` (a
+        warm_parent). A failure is a BackendError that says what failed."""
+        if parent is not None:
+            with signals_deferred():
+                proc = parent.fork(name, module, argv, log=self.log_path(name), env=child_environment(env),
+                                   join=join_cap)
+                self.procs[name] = proc
+                if trace is not None:
+                    self.traces[name] = trace
+            return proc
         log = open(self.log_path(name), "wb")
         self._logs.append(log)
 
@@ -149,16 +164,20 @@ class Fleet:
         testbed.cpucap.Cap they run under."""
         if cap is not None:
             cap.before_stop()  # e.g. resume what it suspended: a suspended process would not see SIGTERM
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
-            signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                signal_group(proc, signal.SIGKILL)
-                proc.wait()
+        children = [p for name, p in self.procs.items() if name not in self.parents]
+        for group in (children, [parent.proc for parent in self.parents.values()]):  # a parent after its children
+            running = [p for p in group if p.poll() is None]
+            for proc in running:
+                signal_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for proc in running:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    signal_group(proc, signal.SIGKILL)
+                    proc.wait()
+        for parent in self.parents.values():
+            parent.close()
         for log in self._logs:
             log.close()
 

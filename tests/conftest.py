@@ -107,7 +107,8 @@ def watched(testbed: subprocess.Popen, watch):
 
 
 def workload_programs(pid=None) -> list[tuple[str, psutil.Process]]:
-    """The workload programs under process ``pid`` (default: this one): (role, process)."""
+    """The workload programs under process ``pid`` (default: this one): (role, process); a
+    source's warm parent (testbed.launcher) is one, role ``launcher``."""
     found = []
     for child in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid or os.getpid()) else []:
         try:
@@ -116,6 +117,8 @@ def workload_programs(pid=None) -> list[tuple[str, psutil.Process]]:
             continue
         if "workloads.server" in cmd:
             found.append(("server", child))
+        elif "testbed.launcher" in cmd:  # a warm parent, or a source it forked (named source-N)
+            found.append(("source" if child.name().startswith("source-") else "launcher", child))
         elif "workloads.source" in cmd:
             found.append(("source", child))
     return found

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, TINY, cgroup_roots, cgroups_of, read_jsonl
+from conftest import REPO, TINY, cgroup_roots, cgroups_of, read_jsonl, workload_programs
 
 SUMMARY_KEYS = {"module", "sources", "cpu_cap", "bytes_sent_total", "bytes_received_total",
                 "samples_per_s_per_source", "cpu_share_per_source", "duration_s", "final_loss", "test_accuracy",
@@ -24,7 +24,8 @@ def leftover_programs(marker):
     """Programs still running whose command line names ``marker`` (a test's folder)."""
     marker = str(marker)
     return [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and any(a in ("workloads.server", "workloads.source") for a in p.info["cmdline"])
+            if p.info["cmdline"] and any(a in ("workloads.server", "workloads.source", "testbed.launcher")
+                                         for a in p.info["cmdline"])
             and any(marker in a for a in p.info["cmdline"])]
 
 
@@ -134,19 +135,13 @@ def test_ctrl_c_stops_every_process_and_removes_the_cgroups(tmp_path, port):
     proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", "--sources", "2", "--cpu", "0.4",
                              "--batches", "50", "--epochs", "5", *TINY, "--out", str(out), "--port", str(port)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Ctrl-C once both sources run the source program (joined to their cgroups before exec). A
+    # Ctrl-C once both sources run (joined to their cgroups before their program runs). A
     # source has no SIGTERM handler: stopped while it imports torch or while it trains, it ends
     # the same way, so there is no need to wait for its first batch.
     deadline = time.time() + 120
     while True:
         assert time.time() < deadline and proc.poll() is None, "sources never started"
-        sources = []
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                if "workloads.source" in child.cmdline():
-                    sources.append(child.pid)
-            except psutil.Error:
-                pass
+        sources = [child.pid for role, child in workload_programs(proc.pid) if role == "source"]
         if len(sources) == 2:
             break
         time.sleep(0.05)  # polling the process table: starting a source leaves no other sign

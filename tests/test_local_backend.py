@@ -127,7 +127,8 @@ def test_server_cpus_gives_the_server_cores_of_its_own(fleet_run):
     for role, affinity, _ in fleet_run.running:  # every program started and still running
         seen.setdefault(role, set()).add(affinity)
     server, sources = CORES[-1:], CORES[:-1]
-    assert seen == {"server": {tuple(server)}, "source": {tuple(sources)}}
+    # the sources' warm parent (--spawn fork, the default) runs on the sources' cores too
+    assert seen == {"server": {tuple(server)}, "source": {tuple(sources)}, "launcher": {tuple(sources)}}
     manifest = json.loads((fleet_run.out / "manifest.json").read_text())
     pinning = manifest["arms"]["none"]["pinning"]
     assert pinning["server_cpus"] == server and pinning["source_cpus"] == sources
@@ -200,20 +201,25 @@ def test_cgroups_the_run_may_not_make_are_a_one_line_error(tmp_path, port, leave
 
 
 @v1_rights
-def test_a_cgroup_the_kernel_refuses_to_join_is_named(tmp_path, leaves_nothing):
+@pytest.mark.parametrize("spawn", ["exec", "fork"])
+def test_a_cgroup_the_kernel_refuses_to_join_is_named(tmp_path, leaves_nothing, spawn):
     """A v1 cpuset takes no process before its cpus and mems are set: the child's join
-    fails with ENOSPC, which subprocess alone reports as 'Exception occurred in preexec_fn'."""
+    fails with ENOSPC, which subprocess alone reports as 'Exception occurred in preexec_fn'
+    and a warm parent's child reports on its status pipe. Either way the error names it,
+    and no source is left (a warm parent is, until the fleet stops)."""
     group = CGROUP / "cpuset" / f"splittest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     group.mkdir()
     fleet = Fleet(tmp_path)
     try:
+        parent = fleet.warm_parent("launcher", ["workloads.source"]) if spawn == "fork" else None
         with pytest.raises(BackendError) as failed:
-            fleet.start("source-0", "workloads.source", [], join_cap=join_cgroup(group))
+            fleet.start("source-0", "workloads.source", [], join_cap=join_cgroup(group), parent=parent)
     finally:
         fleet.stop()
         group.rmdir()
     assert str(failed.value) == f"cannot start source-0: cannot join cgroup {group}: No space left on device"
-    assert fleet.procs == {}
+    assert list(fleet.procs) == ([] if spawn == "exec" else ["launcher"])
+    assert all(proc.poll() is not None for proc in fleet.procs.values())
 
 
 @v1_rights
@@ -280,7 +286,7 @@ def test_a_second_ctrl_c_or_sigterm_during_the_cleanup_waits_for_it(tmp_path, po
             run_arm(make_spec(port), "none", tmp_path / "arm", "t", progress=Watch(first_ctrl_c))
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert running == ["server", "source-0", "source-1"]  # the cleanup had processes to stop
+    assert running == ["launcher", "server", "source-0", "source-1"]  # the cleanup had processes to stop
     assert signals == ["first SIGINT", "SIGTERM", "stopped", "SIGINT", "released", "SIGTERM delivered"]
     assert interrupted.value.args == ("SIGTERM",)  # the held signal, delivered once the cleanup is done
     if made[0].method.startswith("cgroup"):
@@ -329,7 +335,7 @@ def test_exit_cause_prefers_the_traced_error_then_the_traceback_then_the_log(tmp
 def test_children_do_not_inherit_splittest_variables(fleet_run):
     testbed = fleet_run.testbed_environment
     assert {k: testbed.get(k) for k in SPLITTEST_ENV} == SPLITTEST_ENV  # the testbed itself had them
-    assert sorted(role for role, _, _ in fleet_run.running) == ["server", "source", "source"]
+    assert sorted(role for role, _, _ in fleet_run.running) == ["launcher", "server", "source", "source"]
     for role, _, env in fleet_run.running:
         assert not [k for k in env if k.startswith("SPLITTEST_")], (role, env)
         assert env.get("PATH") == os.environ.get("PATH")  # the rest of the environment is kept
@@ -366,3 +372,36 @@ def test_a_cpu_list_is_cycled_and_refused_on_kubernetes():
         validate(RunSpec(sources=2, cpu="0.4,0.2", backend="k8s"))
     with pytest.raises(SpecError, match="--cpu must be positive"):
         validate(RunSpec(sources=2, cpu="0.4,0"))
+
+
+# -- --spawn fork (a warm parent) against exec ------------------------------------------------
+
+def test_forked_and_execd_sources_train_on_the_same_shards_and_send_the_same_bytes(tmp_path):
+    """The same two-source run, its sources forked from a warm parent and exec'd, side by
+    side: each source holds the same shard (its digest) and sends the same bytes batch by
+    batch. JPEG at the input: its bytes follow every pixel of every batch, in order."""
+    runs = {}
+    for spawn in ("fork", "exec"):
+        runs[spawn] = subprocess.Popen(
+            [sys.executable, "-m", "testbed.cli", "run", "--sources", "2", "--cpu", "0.5", "--batches", "4",
+             "--epochs", "1", *TINY, "--module", "jpeg", "--spawn", spawn, "--out", str(tmp_path / spawn),
+             "--port", str(free_port()), "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for spawn, proc in runs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (spawn, err)
+
+    def seen(spawn, source):
+        trace = read_jsonl(tmp_path / spawn / "jpeg" / f"source-{source}.jsonl")
+        [data] = [e for e in trace if e["event"] == "data"]
+        sent = [(e["batch"], e["bytes_sent"], e["payload_sent"]) for e in trace if e["event"] == "batch"]
+        return data["train_digest"], data["train_samples"], sent
+    for source in (0, 1):
+        assert seen("fork", source) == seen("exec", source)
+        assert len(seen("fork", source)[2]) == 4
+    assert seen("fork", 0)[0] != seen("fork", 1)[0]  # the digest tells shards apart
+    logs = {spawn: sorted(p.name for p in (tmp_path / spawn / "jpeg" / "logs").iterdir()) for spawn in runs}
+    assert logs == {"fork": ["launcher.log", "server.log", "source-0.log", "source-1.log"],
+                    "exec": ["server.log", "source-0.log", "source-1.log"]}
+    assert "imported in" in (tmp_path / "fork" / "jpeg" / "logs" / "launcher.log").read_text()
+    manifests = {spawn: json.loads((tmp_path / spawn / "manifest.json").read_text())["spec"]["spawn"] for spawn in runs}
+    assert manifests == {"fork": "fork", "exec": "exec"}

@@ -193,6 +193,7 @@ DECLARATIONS: tuple[Event, ...] = (
         synthetic         bool   the data is generated, not read
         train_samples     count  training samples in the source's shard
         test_samples      count  evaluation samples
+        train_digest      text   the shard's fingerprint (CRC-32 of its images and labels, in order)
     """),
     _event(CONNECTED, ROLE_SOURCE, "the server welcomed the source's hello: the connection is up", """
         server            text   the server's address (--server; "inproc" in process)

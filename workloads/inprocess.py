@@ -37,14 +37,13 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 from . import events, settings
 from .errors import Exit
 from .server import Request, Server, trace_listening
 from .source import live
-from .trace import TraceWriter
+from .trace import TraceWriter, process_created
 from .transport import InProcessConnection
 
 ADDRESS = "inproc"
@@ -230,7 +229,7 @@ def main(argv=None) -> int:
     folder = Path(args.trace_dir)
     folder.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)
-    arm = Arm(args, folder, psutil.Process().create_time())
+    arm = Arm(args, folder, process_created())
     try:
         try:
             arm.start_server()

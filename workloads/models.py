@@ -21,8 +21,9 @@ point); ``MODELS`` maps each model name to its family and width divisor.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ RESNET18_BLOCKS_PER_STAGE = 2
 @dataclass(frozen=True)
 class SplitModel:
     head: nn.Module          # runs at the data source
-    tail: nn.Module          # runs at the offload server
+    tail: nn.Module | None   # runs at the offload server (None: built without it)
     cut_shape: tuple[int, int, int]  # (channels, height, width) crossing the cut, per sample
 
 
@@ -52,16 +53,14 @@ def _block(in_ch: int, widths: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _vgg11(divisor: int, num_classes: int, input_shape) -> tuple[list[nn.Module], nn.Module]:
-    """VGG11's blocks and its classifier, built in this order (a seed gives the same weights)."""
+def _vgg11(divisor: int, num_classes: int, input_shape) -> Iterator[nn.Module]:
+    """VGG11's blocks, then its classifier, built in this order (a seed gives the same weights)."""
     blocks = [tuple(w // divisor for w in widths) for widths in VGG11_BLOCKS]
     channels, height, width = input_shape
-    modules = []
     for widths in blocks:
-        modules.append(_block(channels, widths))
+        yield _block(channels, widths)
         channels, height, width = widths[-1], height // 2, width // 2
-    classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, num_classes))
-    return modules, classifier
+    yield nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, num_classes))
 
 
 class BasicBlock(nn.Module):
@@ -85,25 +84,24 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-def _resnet18(divisor: int, num_classes: int, input_shape) -> tuple[list[nn.Module], nn.Module]:
-    """ResNet-18's blocks (the stem, then one per stage) and its classifier."""
+def _resnet18(divisor: int, num_classes: int, input_shape) -> Iterator[nn.Module]:
+    """ResNet-18's blocks (the stem, then one per stage), then its classifier."""
     channels = RESNET18_STEM // divisor
-    modules: list[nn.Module] = [nn.Sequential(nn.Conv2d(input_shape[0], channels, 3, padding=1, bias=False),
-                                              nn.BatchNorm2d(channels), nn.ReLU(inplace=True))]
+    yield nn.Sequential(nn.Conv2d(input_shape[0], channels, 3, padding=1, bias=False),
+                        nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
     for width, stride in RESNET18_STAGES:
         width //= divisor
         stage = []
         for i in range(RESNET18_BLOCKS_PER_STAGE):
             stage.append(BasicBlock(channels, width, stride if i == 0 else 1))
             channels = width
-        modules.append(nn.Sequential(*stage))
-    classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-    return modules, classifier
+        yield nn.Sequential(*stage)
+    yield nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
 @dataclass(frozen=True)
 class Family:
-    build: Callable[[int, int, tuple], tuple[list[nn.Module], nn.Module]]  # (divisor, classes, input shape)
+    build: Callable[[int, int, tuple], Iterator[nn.Module]]  # (divisor, classes, input shape): blocks, classifier
     blocks: int              # blocks before the classifier: split points are 0..blocks
 
 
@@ -130,18 +128,23 @@ def check_model(model: str) -> None:
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}")
 
 
-def build_split_model(model: str, split: int, num_classes: int, input_shape=(3, 32, 32)) -> SplitModel:
-    """Build the head (blocks 1..split) and the tail (the rest and the classifier) of ``model``."""
+def build_split_model(model: str, split: int, num_classes: int, input_shape=(3, 32, 32), *,
+                      tail: bool = True) -> SplitModel:
+    """Build the head (blocks 1..split) and the tail (the rest and the classifier) of
+    ``model``. ``tail=False``: the head alone (a source's part; its ``tail`` is None), with
+    the same weights for the same seed, since the blocks are built in order and the
+    tail's come after the head's."""
     count = block_count(model)
     if not 0 <= split <= count:
         raise ValueError(f"split must be between 0 and {count} for {model}, got {split}")
     family, divisor = MODELS[model]
-    modules, classifier = FAMILIES[family].build(divisor, num_classes, tuple(input_shape))
-    assert len(modules) == count, f"{model} built {len(modules)} blocks, declares {count}"
-    head = nn.Sequential(*modules[:split])
-    tail = nn.Sequential(*modules[split:], classifier)
+    parts = FAMILIES[family].build(divisor, num_classes, tuple(input_shape))
+    head = nn.Sequential(*itertools.islice(parts, split))
+    rest = list(parts) if tail else None
+    if rest is not None:
+        assert len(rest) == count - split + 1, f"{model} built {split + len(rest) - 1} blocks, declares {count}"
     cut = _cut_shape(head, input_shape)
-    return SplitModel(head=head, tail=tail, cut_shape=cut)
+    return SplitModel(head=head, tail=nn.Sequential(*rest) if rest is not None else None, cut_shape=cut)
 
 
 def _cut_shape(head: nn.Module, input_shape) -> tuple[int, int, int]:

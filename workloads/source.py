@@ -33,7 +33,7 @@ from .data import augment_batch, augmenting, class_count, load_dataset, to_tenso
 from .errors import Exit, WorkloadError
 from .models import build_split_model
 from .protocol import Message, ProtocolError
-from .trace import TraceWriter
+from .trace import TraceWriter, process_created
 from .transport import Connection, Exchange, ServerGone, ServerTimeout, largest_reply
 
 AUGMENT_STREAM = 1    # the augmentation's generator: [seed, source id, this], apart from the data order's
@@ -71,7 +71,7 @@ class Source:
         self.train = data.train
         self.test = data.test
         self.augment = augmenting(args.augment, data.name)
-        split = build_split_model(args.model, args.split, self.classes)
+        split = build_split_model(args.model, args.split, self.classes, tail=False)  # the tail is the server's
         self.head = split.head
         self.cut_shape = split.cut_shape
         self.module = create_source(args.module, split.cut_shape, settings.compression_config(args, "source"))
@@ -419,7 +419,8 @@ def live(args, trace: TraceWriter, created: float, connection=None, before_start
                     settings=settings.effective(args, "source"), **start)
         source = Source(args, trace, connection)
         trace.event(events.DATA, origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
-                    train_samples=len(source.train.labels), test_samples=len(source.test.labels))
+                    train_samples=len(source.train.labels), test_samples=len(source.test.labels),
+                    train_digest=source.train.digest())
         source.hello()
         source.run()
         source.bye()
@@ -446,7 +447,7 @@ def live(args, trace: TraceWriter, created: float, connection=None, before_start
 
 def main(argv=None) -> int:
     args = settings.parse("source", "splittest data source", argv)
-    created = psutil.Process().create_time()
+    created = process_created()
     trace = TraceWriter(args.trace or None, run=args.run_id, role="source", source=args.source_id,
                         copy_dir=args.trace_dir)
     try:

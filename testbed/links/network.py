@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import BackendError, warn
+from ..joining import CLONE_NEWNET, Join
 from .plan import LinkPlan
 
 NETNS_DIR = Path("/run/netns")
@@ -42,7 +43,6 @@ FIRST_SOURCE_HOST = 10
 QUEUE_S = 0.2                   # the leaf FIFO holds this long at the link's rate ...
 QUEUE_PACKETS = (16, 1000)      # ... within these many packets (1000: Linux's default txqueuelen)
 BURST_S = 0.002                 # htb burst: 2 ms at the rate, at least two packets
-CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 3
 CLSACT_EGRESS = "ffff:fff3"
 NAME = re.compile(r"^splittest-(\d+)-")
@@ -327,19 +327,9 @@ class Network:
                        target=0x10010, keys=["0x0/0x0+0"],
                        action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": ifb_index})
 
-    # joining (in a child, between fork and exec)
-    def join(self, namespace: str):
-        path = os.fsencode(NETNS_DIR / namespace)
-
-        def enter() -> None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"cannot enter network namespace {namespace}: "
-                                                      f"{os.strerror(ctypes.get_errno())}")
-            finally:
-                os.close(fd)
-        return enter
+    # joining (in the child, before its program runs; see testbed/joining.py)
+    def join(self, namespace: str) -> Join:
+        return Join(netns=str(NETNS_DIR / namespace))
 
     def server_join(self):
         return self.join(self.server_ns)
