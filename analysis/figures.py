@@ -262,9 +262,16 @@ DECLARED: tuple[Figure | View, ...] = (
       unit="samples", shown_in=("table",)),
     F("startup_s_per_source", "speed", "process start to the end of its first batch", unit="s", decimals=3,
       scope="per source", title="start-up to 1st batch (s)", fmt="{:.1f}", reduce="mean", shown_in=("table",)),
-    F("peak_rss_mb_per_source", "costs", "each source process's peak resident memory (its ``end`` event)",
-      unit="MB", scope="per source", title="peak memory per source (MB)", fmt="{:.0f}", reduce="max",
+    F("peak_rss_mb_per_source", "costs", "each source process's peak resident memory (its ``end`` event): with "
+      "the pages it shares with a warm parent (--spawn fork), which memory_peak_mb_per_source leaves out",
+      unit="MB", scope="per source", title="peak resident memory per source (MB)", fmt="{:.0f}", reduce="max",
       shown_in=("table",)),
+    F("memory_peak_mb_per_source", "costs", "each source's own memory at its peak: what the kernel charged to its "
+      "memory cgroup (the testbed's ``memory`` event; None without one, as on Kubernetes)", unit="MiB",
+      scope="per source", title="own memory per source, peak (MiB)", fmt="{:.0f}", reduce="max",
+      shown_in=("table", "sweep")),
+    F("memory_limit_mb_per_source", "costs", "each source's --memory limit (None: none)", unit="MiB",
+      scope="per source", title="memory limit per source (MiB)", fmt="{:.0f}", reduce="min", shown_in=("table",)),
     F("duration_s", "speed", "from the first source process start (``process_created`` of the sources' "
       "``start`` events) to the last source ``end`` event", unit="s", decimals=3, title="duration (s)",
       fmt="{:.1f}", shown_in=("table", "report", "sweep")),

@@ -20,9 +20,11 @@ one or many of them into a :class:`Runs`:
 ``sources`` — one row per source process:
     run, arm, label, module, source, status, start_s (process start, s since the arm
     started), end_s (its ``end`` event, else its last event), cpu_share and peak_rss_mb
-    (from its ``end`` event), pretrain_s (its ``prepared`` event's duration_s)
+    (from its ``end`` event), pretrain_s (its ``prepared`` event's duration_s),
+    memory_peak_mb and memory_limit_mb (MiB, the testbed's ``memory`` event: what the kernel
+    charged to its memory cgroup at most, and its --memory limit; NA without one)
 ``events`` — every event of every process, as read (run, arm, role, source, event, t, ...),
-    with the testbed's own (``testbed.jsonl``, role "testbed") and the emulated link's
+    with the testbed's own (``testbed.jsonl``, role "testbed": ``lost`` and ``memory``) and the emulated link's
     (``link.jsonl``, role "link"; its ``link`` event's ``label`` is read as ``link_label``,
     since ``label`` names the arm here).
 
@@ -60,12 +62,12 @@ from .errors import AnalysisError
 START, DATA, CONNECTED, PRETRAIN, PREPARED = "start", "data", "connected", "pretrain", "prepared"
 ADAPT_START, ADAPT, BATCH, CALIBRATE, INFER, EVAL = "adapt_start", "adapt", "batch", "calibrate", "infer", "eval"
 BYE, END, LISTENING, REQUEST = "bye", "end", "listening", "request"
-LOST = "lost"
+LOST, MEMORY = "lost", "memory"
 LINK, NIC, CAPACITY, SAMPLE = "link", "nic", "capacity", "sample"
 READ = {"source": (START, DATA, CONNECTED, PRETRAIN, PREPARED, ADAPT_START, ADAPT, BATCH, CALIBRATE, INFER, EVAL,
                    BYE, END),
         "server": (START, LISTENING, REQUEST, END),
-        "testbed": (LOST,),
+        "testbed": (LOST, MEMORY),
         "link": (LINK, NIC, CAPACITY, SAMPLE)}
 
 BATCH_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "batch", "samples", "warmup",
@@ -81,7 +83,7 @@ INFER_COLUMNS = ["run", "arm", "label", "module", "source", "t", "epoch", "sampl
                  "server_encode_s", "server_s", "network_s", "net_up_s", "net_down_s", "bytes_sent",
                  "bytes_received", "coded_sent"]
 SOURCE_COLUMNS = ["run", "arm", "label", "module", "source", "status", "start_s", "end_s", "cpu_share",
-                  "peak_rss_mb", "pretrain_s"]
+                  "peak_rss_mb", "pretrain_s", "memory_peak_mb", "memory_limit_mb"]
 
 
 class RunDirError(AnalysisError):
@@ -267,9 +269,23 @@ def lost_events(frame: pd.DataFrame) -> dict[tuple, dict]:
     return {(r["run"], r["arm"], int(r["source"])): r.to_dict() for _, r in lost.iterrows()}
 
 
+def memory_events(frame: pd.DataFrame) -> dict[tuple, dict]:
+    """(run, arm, source) -> the testbed's ``memory`` event of that source."""
+    if "role" not in frame or "source" not in frame:
+        return {}
+    found = frame[(frame["role"] == "testbed") & (frame["event"] == MEMORY)]
+    return {(r["run"], r["arm"], int(r["source"])): r.to_dict() for _, r in found.iterrows()}
+
+
+def _memory_mb(memory: dict, field: str) -> float | None:
+    value = memory.get(field)
+    return None if value is None or pd.isna(value) else round(float(value) / 2**20, 1)
+
+
 def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     rows = []
     lost = lost_events(frame)
+    memory = memory_events(frame)
     sources = frame[frame["role"] == "source"]
     for (run, arm, source), group in sources.groupby(["run", "arm", "source"], sort=False):
         end = group[group["event"] == END]
@@ -291,7 +307,7 @@ def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
                      "source": int(source), "status": status, "start_s": created,
                      "end_s": end["t_rel"].iloc[-1] if len(end) else group["t_rel"].max(),
                      "cpu_share": _last(end, "cpu_share"), "peak_rss_mb": _last(end, "peak_rss_mb"),
-                     "pretrain_s": _last(prepared, "duration_s")})
+                     "pretrain_s": _last(prepared, "duration_s"), **_memory(memory, (run, arm, int(source)))})
     seen = {(r["run"], r["arm"], r["source"]) for r in rows}
     for (run, arm, source), event in lost.items():  # lost before it traced anything
         if (run, arm, source) not in seen:
@@ -300,10 +316,16 @@ def _sources(frame: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
                             f"traced anything")
             rows.append({"run": run, "arm": arm, "label": mine["label"].iloc[0], "module": mine["module"].iloc[0],
                          "source": source, "status": "lost", "start_s": None, "end_s": event.get("t_rel"),
-                         "cpu_share": None, "peak_rss_mb": None, "pretrain_s": None})
+                         "cpu_share": None, "peak_rss_mb": None, "pretrain_s": None,
+                         **_memory(memory, (run, arm, source))})
     order = {key: i for i, key in enumerate(dict.fromkeys((r["run"], r["arm"]) for r in rows))}
     rows.sort(key=lambda r: (order[(r["run"], r["arm"])], r["source"]))  # arms in the order they ran
     return pd.DataFrame(rows, columns=SOURCE_COLUMNS)
+
+
+def _memory(memory: dict, key: tuple) -> dict:
+    found = memory.get(key, {})
+    return {"memory_peak_mb": _memory_mb(found, "peak_bytes"), "memory_limit_mb": _memory_mb(found, "limit_bytes")}
 
 
 def _last(rows: pd.DataFrame, column: str):

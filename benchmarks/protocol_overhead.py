@@ -3,9 +3,10 @@
     python benchmarks/protocol_overhead.py [--batch-size 16] [--budget 4] [--repeats 2000]
 
 For each module and direction it builds the real message of one training step
-(VGG11 split after block 2, CIFAR-sized input), then prints the wire bytes (the frame
-plus ZMTP framing) over the tensor payload, the time to encode and decode it, and
-the round-trip time of the step's two messages over a real loopback ZeroMQ link.
+(VGG11 split after block 2, CIFAR-sized input; the reply with the server's times), then
+prints the wire bytes (the frame plus ZMTP framing) over the tensor payload, in plaintext
+and with CURVE, the time to encode and decode it, and the round-trip time of the step's
+two messages over a real loopback ZeroMQ link.
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ from workloads.compression import CompressionConfig, create_server, create_sourc
 from workloads.models import build_split_model
 from workloads.protocol import Message
 
+# what a server's reply says of its request (workloads/server.py), at typical magnitudes
+SERVER_TIMES = {"queue_s": 0.000412, "server_decode_s": 0.001234, "server_compute_s": 0.253107,
+                "server_encode_s": 0.002046, "arrived_at": 1767225600.123456, "replied_at": 1767225600.380245}
+
 
 def step_messages(module: str, batch_size: int, budget: int) -> tuple[Message, Message]:
     model = build_split_model("vgg11", 2, 10)
@@ -32,7 +37,8 @@ def step_messages(module: str, batch_size: int, budget: int) -> tuple[Message, M
     request = Message("train", {"seq": 12345, "epoch": 3, "batch": 31, "lr_scale": 1.0, "want_grad": True}, arrays)
     leaf, restored = server.decode(arrays, torch.device("cpu"))
     restored.sum().backward()
-    reply = Message("grad", {"loss": 2.302585, "correct": 16, "seq": 12345}, server.encode_grad(leaf))  # echoes seq
+    times = protocol.times_field(SERVER_TIMES)  # with seq, what the server adds to every reply
+    reply = Message("grad", {"loss": 2.302585, "correct": 16, "times": times, "seq": 12345}, server.encode_grad(leaf))
     return request, reply
 
 
@@ -73,20 +79,24 @@ def main() -> None:
     args = parser.parse_args()
     print(f"VGG11 split after block 2, batch {args.batch_size}, filter budget {args.budget} of 128 maps, "
           f"{args.repeats} repeats")
-    print(f"{'module':<8}{'message':<9}{'payload B':>11}{'wire B':>9}{'wire/payload':>14}{'enc+dec us':>12}{'loopback RTT us':>17}")
+    print(f"{'module':<8}{'message':<9}{'payload B':>11}{'wire B':>9}{'wire/payload':>14}{'CURVE B':>9}"
+          f"{'CURVE w/p':>11}{'enc+dec us':>12}{'loopback RTT us':>17}")
     totals = {}
     for module in ("none", "filter"):
         request, reply = step_messages(module, args.batch_size, args.budget)
         rtt = loopback_round_trip(request, reply, max(50, args.repeats // 10))
-        wire_sum = payload_sum = 0
+        wire_sum = sealed_sum = payload_sum = 0
         for name, message in (("request", request), ("reply", reply)):
             frames = protocol.encode(message)
             payload, wire = protocol.payload_bytes(frames), protocol.stream_bytes(frames)
-            wire_sum, payload_sum = wire_sum + wire, payload_sum + payload
+            sealed = protocol.stream_bytes(frames, curve=True)
+            wire_sum, sealed_sum, payload_sum = wire_sum + wire, sealed_sum + sealed, payload_sum + payload
             micros = time_codec(message, args.repeats) * 1e6
-            print(f"{module:<8}{name:<9}{payload:>11}{wire:>9}{wire / payload:>14.4f}{micros:>12.1f}")
+            print(f"{module:<8}{name:<9}{payload:>11}{wire:>9}{wire / payload:>14.4f}{sealed:>9}"
+                  f"{sealed / payload:>11.4f}{micros:>12.1f}")
         totals[module] = wire_sum
-        print(f"{module:<8}{'step':<9}{payload_sum:>11}{wire_sum:>9}{wire_sum / payload_sum:>14.4f}{'':>12}{rtt * 1e6:>17.0f}")
+        print(f"{module:<8}{'step':<9}{payload_sum:>11}{wire_sum:>9}{wire_sum / payload_sum:>14.4f}{sealed_sum:>9}"
+              f"{sealed_sum / payload_sum:>11.4f}{'':>12}{rtt * 1e6:>17.0f}")
     print(f"traffic ratio none/filter per training step: {totals['none'] / totals['filter']:.2f}x "
           f"(limit {128 / args.budget:.0f}x for {args.budget} of 128 maps)")
 

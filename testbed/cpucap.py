@@ -70,6 +70,7 @@ class Cap:
     process index, cycled), by some method, and where the server and the sources run
     (``pinning``)."""
     method = "none"
+    tag = ""  # the run's mark in the names of its cgroups (splittest-TAG), as make_cap chose it
 
     def __init__(self, cores: float | Sequence[float]):
         self.cores = tuple(cores) if isinstance(cores, (list, tuple)) else cores
@@ -258,6 +259,7 @@ def make_cap(method: str, cores: float | Sequence[float], count: int, *, root: P
     split = split_cores(server_cpus, available_cpus() if cpus is None else cpus) if server_cpus else None
     tag = tag or f"{os.getpid()}-{uuid.uuid4().hex[:6]}"  # which testbed made it, if one is ever left
     cap = _make_cap(method, cores, count, root, tag, warn, split)
+    cap.tag = tag
     if split is not None and cap.pinning.split is None:
         try:
             cap.pinning = make_pinning(split, root, tag, warn)

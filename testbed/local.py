@@ -14,11 +14,12 @@ from pathlib import Path
 from workloads import events, settings
 
 from .backend import ArmResult, Backend
-from .cpucap import Cap, CapError, available_cpus, make_cap, oversubscription
+from .cpucap import CapError, available_cpus, make_cap, oversubscription
 from .errors import BackendError, warn
 from .signals import signals_deferred
 from .joining import Join, joined
 from .keys import make_run_keys
+from .memcap import MemoryCap, make_memory_cap, parse_size
 from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
 from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
@@ -100,12 +101,14 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         options["heartbeat_timeout"] = links.heartbeat_timeout_s(largest_message(spec, module),
                                                                  floor_s=settings.option("heartbeat-timeout").default)
     fleet = Fleet(directory)
-    cap = None
+    cap = memory = None
     built = False
     try:
         with signals_deferred():  # cgroups made are cgroups recorded, for release()
             try:
                 cap = make_cap(spec.cap_method, spec.cpus, spec.sources, warn=warn, server_cpus=pinned)
+                memory = make_memory_cap(spec.memories, cap.tag, getattr(cap, "groups", None),
+                                         cpu_version=getattr(cap, "version", 0))
             except CapError as exc:
                 raise BackendError(str(exc)) from None
             if arm_links is not None:  # namespaces made are namespaces removed, whatever happens next
@@ -138,14 +141,16 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
             argv = settings.to_argv({**options, "source_id": i, "threads": threads, "trace": str(trace),
                                      "own_interface": arm_links is not None}, "source")
             proc = fleet.start(f"source-{i}", SOURCE_PROGRAM, argv,
-                               join_cap=joined(cap.preexec(i), arm_links and arm_links.source_join(i)),
+                               join_cap=joined(cap.preexec(i), memory.join(i),
+                                               arm_links and arm_links.source_join(i)),
                                env={"OMP_NUM_THREADS": str(threads)}, trace=trace, parent=parent)
             cap.started(i, proc.pid)
             sources.append(proc)
         if parent is not None:
             parent.close()  # no more sources: it exits once they have
-        lost = _wait_for_sources(fleet, server, sources, directory, progress, cap=cap, run=options["run_id"],
+        lost = _wait_for_sources(fleet, server, sources, directory, progress, memory=memory, run=options["run_id"],
                                  notice_s=heartbeat_timeout(options) + NOTICE_MARGIN_S)
+        _record_memory(memory, spec.sources, directory, options["run_id"])
         if arm_links is not None:
             try:
                 arm_links.stop_controller(controller, lambda: fleet.log_tail(CONTROLLER))
@@ -165,18 +170,32 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         return result
     finally:
         with signals_deferred():  # a second Ctrl-C or a SIGTERM waits for the cleanup
-            try:
-                fleet.stop(cap)
-            finally:
-                try:
-                    if cap is not None:
-                        cap.release()
-                finally:
-                    if built:
-                        try:
-                            arm_links.remove()
-                        except NetworkError as exc:
-                            warn(str(exc))
+            every_step(lambda: fleet.stop(cap),
+                       memory and memory.release,  # v2: its limits live in the CPU cap's groups, removed next
+                       cap and cap.release,
+                       built and (lambda: _remove_links(arm_links, warn)))
+
+
+def every_step(*steps) -> None:
+    """Each step given (None and False left out), in order, even when one before it failed;
+    then the first failure is raised."""
+    failure = None
+    for step in steps:
+        if not step:
+            continue
+        try:
+            step()
+        except BaseException as exc:  # noqa: BLE001 -- raised once every step has run
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
+def _remove_links(arm_links, warn) -> None:
+    try:
+        arm_links.remove()
+    except NetworkError as exc:
+        warn(str(exc))
 
 
 def _wait_for_server(fleet: Fleet, server: subprocess.Popen, trace: Path) -> None:
@@ -203,7 +222,7 @@ SOURCES_NOTICE_S = settings.option("heartbeat-timeout").default + NOTICE_MARGIN_
 
 
 def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: Progress | None, *,
-                      cap: Cap | None = None, run: str = "", notice_s: float = SOURCES_NOTICE_S) -> list[dict]:
+                      memory: MemoryCap | None = None, run: str = "", notice_s: float = SOURCES_NOTICE_S) -> list[dict]:
     """Until every source has ended. A source that dies (a signal, a non-zero exit) is
     lost: it is traced in ``testbed.jsonl`` and the others go on. A server that dies, or
     a source that says the server is gone, fails the arm. The lost sources' events."""
@@ -226,7 +245,7 @@ def _wait_for_sources(fleet: Fleet, server, sources, directory: Path, progress: 
                     raise BackendError(describe_exit("the server", fleet, "server", " while sources were running"))
                 raise BackendError(f"the server stopped answering: source {i} exited with status {code}: "
                                    f"{fleet.exit_cause(f'source-{i}')}")
-            lost.append(_record_lost(fleet, i, directory, cap, run))
+            lost.append(_record_lost(fleet, i, directory, memory, run))
         if progress is not None:
             progress.update()
         if pending:
@@ -248,7 +267,7 @@ def _let_sources_notice(running, grace_s: float = SOURCES_NOTICE_S) -> None:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _record_lost(fleet: Fleet, i: int, directory: Path, cap: Cap | None, run: str) -> dict:
+def _record_lost(fleet: Fleet, i: int, directory: Path, memory: MemoryCap | None, run: str) -> dict:
     """Source ``i`` died: its ``lost`` event, appended to the arm's testbed.jsonl."""
     name = f"source-{i}"
     code = fleet.procs[name].returncode
@@ -259,31 +278,34 @@ def _record_lost(fleet: Fleet, i: int, directory: Path, cap: Cap | None, run: st
             signame = signal.Signals(-code).name
         except ValueError:
             signame = f"signal {-code}"
-        if code == -signal.SIGKILL and oom_killed(cap, i):
-            cause = "killed by SIGKILL: out of memory (the cgroup's memory.events counts an oom_kill)"
+        if code == -signal.SIGKILL and memory is not None and memory.oom_killed(i):
+            limit = memory.limit_text(i)
+            cause = f"killed by SIGKILL: out of memory ({f'limit {limit}' if limit else 'no limit of its own'})"
     else:
         cause = f"exit status {code}: {cause}"
     trace = fleet.traces.get(name)
     injected = trace is not None and any(e.get("event") == events.DROP for e in read_events(trace, strict=False))
     event = {"t": round(time.time(), 6), "run": run, "role": events.ROLE_TESTBED, "source": i, "event": events.LOST,
              "cause": cause, "signal": signame, "exit_status": code if code >= 0 else None, "injected": injected}
-    with open(directory / "testbed.jsonl", "a", encoding="utf-8") as out:
-        out.write(json.dumps(event, separators=(",", ":")) + "\n")
+    _append(directory, event)
     return event
 
 
-def oom_killed(cap: Cap | None, i: int) -> bool:
-    """Whether the kernel's OOM killer ended a process of source ``i``'s cgroup (cgroup
-    v2 ``memory.events``, where the source's group has the memory controller)."""
-    groups = getattr(cap, "groups", None) or []
-    if i >= len(groups):
-        return False
-    try:
-        text = (Path(groups[i]) / "memory.events").read_text()
-    except OSError:
-        return False
-    counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
-    return int(counts.get("oom_kill", "0")) > 0
+def _record_memory(memory: MemoryCap, sources: int, directory: Path, run: str) -> None:
+    """Each source's ``memory`` event, where it had a memory group (testbed/memcap.py)."""
+    if not memory.measures:
+        return
+    for i in range(sources):
+        limit = memory.limit_text(i)
+        _append(directory, {"t": round(time.time(), 6), "run": run, "role": events.ROLE_TESTBED, "source": i,
+                            "event": events.MEMORY, "peak_bytes": memory.peak_bytes(i),
+                            "limit_bytes": parse_size(limit) if limit else None, "limit": limit,
+                            "oom_killed": memory.oom_killed(i), "method": memory.method})
+
+
+def _append(directory: Path, event: dict) -> None:
+    with open(directory / "testbed.jsonl", "a", encoding="utf-8") as out:
+        out.write(json.dumps(event, separators=(",", ":")) + "\n")
 
 
 def refuses(spec: RunSpec) -> None:

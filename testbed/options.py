@@ -8,6 +8,7 @@ from workloads.option import Option
 
 from .backends import BACKENDS
 from .cpucap import METHODS
+from .memcap import SIZE, parse_size
 from .warmparent import SPAWN_METHODS
 from .links.profiles import PROFILES
 from .links.values import check_list, parse_delay, parse_loss, parse_updown
@@ -24,6 +25,12 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
                          "oneOf": [{"type": "number", "exclusiveMinimum": 0},
                                    {"type": "string",
                                     "pattern": r"^([0-9]*[1-9][0-9]*(\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*|[1-9][0-9]*m)$"}]}),
+    Option("memory", str, "", "memory limit per source, a Kubernetes quantity (512Mi, 2Gi, 800M); a comma list gives "
+           "one per source, cycled; a source past its limit is killed by the kernel and lost (empty: no limit; on "
+           "Kubernetes the chart's memory, 2Gi). Each source's peak is recorded either way where a memory cgroup can "
+           "be made", TB, validate=check_list(parse_size, "--memory"), chart="memory", group="run",
+           chart_schema={"description": "memory limit and request of each source pod, a Kubernetes quantity "
+                                        "(512Mi, 2Gi)", "type": "string", "pattern": SIZE.pattern}),
     Option("server-cpus", int, 0, "pin the server to this many cores of its own and the sources to the rest "
            "(0: no pinning)", TB, min=0, group="run"),
     Option("cap-method", str, "auto", "how CPU caps are enforced: auto (cgroup v2, cgroup v1, else psutil with a "

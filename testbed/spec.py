@@ -17,6 +17,7 @@ from . import backends
 from .errors import BadInput
 from .links.network import probe_kernel
 from .links.plan import plan_links
+from .links.values import per_source
 from .options import option as declaration, run_options
 
 DEFAULT_ARMS = tuple(settings.option("module").run_default.split(","))
@@ -69,6 +70,12 @@ class RunSpec:
         cpu = self.values["cpu"]
         values = list(cpu) if isinstance(cpu, tuple) else [cpu]
         return [values[i % len(values)] for i in range(self.sources)]
+
+    @property
+    def memories(self) -> list[str | None]:
+        """Each source's ``--memory`` limit as given (None: no limit), cycled over the sources."""
+        values = per_source(self.values["memory"], lambda text, _: text, "--memory")
+        return [values[i % len(values)] if values else None for i in range(self.sources)]
 
     @property
     def cpu_cap(self) -> float | list[float]:

@@ -136,8 +136,8 @@ def cgroup_roots() -> list[Path]:
 
 
 def cgroups_of(pid) -> list[str]:
-    """The splittest cgroups (cpu, cpuset; v1 or v2) that testbed process ``pid`` made."""
-    roots = (CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpuset", CGROUP_ROOT)
+    """The splittest cgroups (cpu, cpuset, memory; v1 or v2) that testbed process ``pid`` made."""
+    roots = (CGROUP_ROOT / "cpu", CGROUP_ROOT / "cpuset", CGROUP_ROOT / "memory", CGROUP_ROOT)
     return sorted(str(p) for root in roots if root.is_dir() for p in root.glob(f"splittest-{pid}-*"))
 
 

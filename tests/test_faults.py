@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -86,7 +87,7 @@ def test_a_source_killed_mid_run_is_lost_and_the_others_finish(lossy_run):
     out, arm = lossy_run.out, lossy_run.arm
     assert lossy_run.returncode == 3, lossy_run.stderr
     assert "arm none lost source 1 (killed by SIGKILL)" in _lost_line(lossy_run)
-    lost = [e for e in read_jsonl(arm / "testbed.jsonl") if e["source"] == 1]
+    lost = [e for e in read_jsonl(arm / "testbed.jsonl") if e["source"] == 1 and e["event"] == "lost"]
     assert [(e["event"], e["source"], e["cause"], e["signal"], e["exit_status"], e["injected"], e["role"])
             for e in lost] == [("lost", 1, "killed by SIGKILL", "SIGKILL", None, False, "testbed")]
     events = read_jsonl(arm / "source-0.jsonl")  # the other trained every batch and ended well
@@ -110,7 +111,7 @@ def test_a_drop_is_a_real_abrupt_death_and_named_as_injected(lossy_run):
     assert "arm none lost source 2 (killed by SIGKILL, injected by --drop 2@0)" in _lost_line(lossy_run)
     events = read_jsonl(arm / "source-2.jsonl")
     assert events[-1]["event"] == "drop" and events[-1]["after_s"] == 0  # no bye, no end
-    [lost] = [e for e in read_jsonl(arm / "testbed.jsonl") if e["source"] == 2]
+    [lost] = [e for e in read_jsonl(arm / "testbed.jsonl") if e["source"] == 2 and e["event"] == "lost"]
     assert (lost["cause"], lost["signal"], lost["injected"]) == ("killed by SIGKILL", "SIGKILL", True)
     summary = json.loads((out / "summary.json").read_text())["arms"]["none"]
     [entry] = [e for e in summary["lost_sources"] if e["source"] == 2]
@@ -119,6 +120,45 @@ def test_a_drop_is_a_real_abrupt_death_and_named_as_injected(lossy_run):
 
 
 # -- a dead server -----------------------------------------------------------------------
+
+def memory_groups_here() -> bool:
+    """Whether this process may make memory cgroups (v1's memory controller, or v2's)."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    if v2.exists():
+        return "memory" in v2.read_text().split() and os.access(v2.parent, os.W_OK)
+    return os.access("/sys/fs/cgroup/memory", os.W_OK)
+
+
+@pytest.mark.skipif(not memory_groups_here(), reason="needs rights on a cgroup memory controller")
+def test_a_source_past_its_memory_limit_is_lost_out_of_memory_and_the_other_finishes(tmp_path):
+    """--memory 2Gi,16Mi: the kernel's OOM killer ends source 1 (a forked source of the full
+    VGG11 charges 33-40 MiB of its own here at batch size 8); the testbed names the cause and
+    source 0 trains every batch. Each source's memory event says what the kernel charged to
+    it against its limit."""
+    out = tmp_path / "run"
+    testbed = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", "--sources", "2", "--cpu", CPU,
+                                "--epochs", "1", "--batches", "4", "--module", "none", "--batch-size", "8",
+                                "--eval-samples", "16", "--dataset", "synthetic", "--memory", "2Gi,16Mi",
+                                "--out", str(out), "--port", str(free_port())],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = testbed.communicate(timeout=300)
+    assert testbed.returncode == 3, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "testbed: error: arm none lost source 1 (killed by SIGKILL: out of memory (limit 16Mi)); summary and report "
+        "written")
+    events = read_jsonl(out / "none" / "testbed.jsonl")
+    [lost] = [e for e in events if e["event"] == "lost"]
+    assert (lost["source"], lost["signal"], lost["injected"]) == (1, "SIGKILL", False)
+    memory = {e["source"]: e for e in events if e["event"] == "memory"}
+    assert (memory[0]["limit"], memory[0]["limit_bytes"], memory[0]["oom_killed"]) == ("2Gi", 2 * 2**30, False)
+    assert (memory[1]["limit"], memory[1]["limit_bytes"], memory[1]["oom_killed"]) == ("16Mi", 16 * 2**20, True)
+    assert 16 * 2**20 < memory[0]["peak_bytes"] < 2 * 2**30 and memory[1]["peak_bytes"] <= 16 * 2**20
+    assert sum(e["event"] == "batch" for e in read_jsonl(out / "none" / "source-0.jsonl")) == 4
+    summary = json.loads((out / "summary.json").read_text())["arms"]["none"]
+    assert summary["memory_limit_mb_per_source"] == [2048.0, 16.0]
+    assert summary["memory_peak_mb_per_source"][1] <= 16.0 < summary["memory_peak_mb_per_source"][0]
+    assert cgroups_of(testbed.pid) == [] and workload_programs() == []
+
 
 def test_a_killed_server_ends_every_source_and_the_run_in_one_line(tmp_path):
     out = tmp_path / "run"

@@ -296,7 +296,7 @@ def test_a_second_ctrl_c_or_sigterm_during_the_cleanup_waits_for_it(tmp_path, po
 # -- the cause of a process's end --------------------------------------------------------
 
 def test_a_killed_source_is_named_by_its_signal(fleet_run):
-    [lost] = read_jsonl(fleet_run.arm / "testbed.jsonl")  # lost, not the end of the arm
+    [lost] = [e for e in read_jsonl(fleet_run.arm / "testbed.jsonl") if e["event"] == "lost"]  # not the arm's end
     assert (lost["source"], lost["cause"], lost["signal"], lost["injected"]) == (1, "killed by SIGKILL", "SIGKILL", False)
     assert sum(e["event"] == "batch" for e in read_jsonl(fleet_run.arm / "source-0.jsonl")) == FLEET_BATCHES
     assert fleet_run.returncode == 3 and fleet_run.stderr.strip().splitlines()[-1] == (
@@ -405,3 +405,28 @@ def test_forked_and_execd_sources_train_on_the_same_shards_and_send_the_same_byt
     assert "imported in" in (tmp_path / "fork" / "jpeg" / "logs" / "launcher.log").read_text()
     manifests = {spawn: json.loads((tmp_path / spawn / "manifest.json").read_text())["spec"]["spawn"] for spawn in runs}
     assert manifests == {"fork": "fork", "exec": "exec"}
+
+
+# -- --memory ----------------------------------------------------------------------------------
+
+@pytest.mark.quick
+def test_memory_limits_are_kubernetes_quantities_cycled_and_one_value_on_kubernetes(cli):
+    from testbed.k8s.values import chart_values
+    from testbed.memcap import parse_size
+    from testbed.spec import validate
+    assert [parse_size(t) for t in ("512Mi", "2Gi", "800M", "1.5G", "67108864")] == [
+        512 * 2**20, 2 * 2**30, 800 * 10**6, 1_500_000_000, 64 * 2**20]
+    for bad, why in (("512MB", "is not a size"), ("-1Gi", "is not a size"), ("1m", "is not a size"),
+                     ("Mi", "is not a size"), ("8Mi", "below the smallest limit")):
+        with pytest.raises(ValueError, match=f"^--memory: .*{why}"):
+            parse_size(bad)
+    assert RunSpec(sources=3, memory="1Gi,512Mi").memories == ["1Gi", "512Mi", "1Gi"]
+    assert RunSpec(sources=2).memories == [None, None]
+    result = cli("run", "--memory", "512MB", "--port", free_port())
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "testbed: error: --memory: '512MB' is not a size: give a number with one of the units k, M, G, T, Ki, Mi, Gi, "
+        "Ti (512Mi, 2Gi) or bytes"]
+    with pytest.raises(SpecError, match="--memory with one value per source is for the local backend"):
+        validate(RunSpec(sources=2, memory="1Gi,512Mi", backend="k8s"))
+    assert chart_values(RunSpec(backend="k8s", memory="1Gi"), "none", "r")["memory"] == "1Gi"
+    assert "memory" not in chart_values(RunSpec(backend="k8s"), "none", "r")  # the chart's own, 2Gi

@@ -22,10 +22,34 @@ def sample_message():
     })
 
 
-def frame(header, body=b"") -> bytes:
-    """A raw frame: the header's length, the header (dict -> JSON), then ``body``."""
-    text = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return struct.pack("<I", len(text)) + text + body
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes((value,)))
+
+
+def array(name, dtype, *dims) -> bytes:
+    """An array's descriptor, the name given literally (a dtype as text: its code)."""
+    code = protocol.DTYPES.index(dtype) if isinstance(dtype, str) else dtype
+    return bytes((len(name),)) + name.encode() + bytes((code, len(dims))) + b"".join(map(varint, dims))
+
+
+def field(name, value: bytes) -> bytes:
+    """A field: its code (the JSON object's for None) and its value's bytes as given."""
+    return bytes((next(c for c, (n, _) in enumerate(protocol.FIELDS) if n == name),)) + value
+
+
+def json_field(obj) -> bytes:
+    text = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return field(None, varint(len(text)) + text)
+
+
+def frame(op="train", arrays=(), fields=(), body=b"", version=protocol.VERSION) -> bytes:
+    """A raw frame: the fixed bytes, the arrays' descriptors, the fields, then ``body``."""
+    op = protocol.OPS.index(op) if isinstance(op, str) else op
+    return bytes((version, op, len(arrays), len(fields))) + b"".join(arrays) + b"".join(fields) + body
 
 
 def test_round_trip_keeps_fields_and_arrays_exactly():
@@ -43,10 +67,11 @@ def test_a_message_is_one_frame_with_aligned_arrays_decoded_without_a_copy():
     frames = protocol.encode(message)
     assert len(frames) == 1
     raw = bytes(frames[0])
-    (length,) = struct.unpack_from("<I", raw)
-    assert json.loads(raw[4:4 + length])["arrays"] == "a |u1 3;b <i8 5;c <f4 0,2"
-    start_b = -(-(4 + length + 3) // 8) * 8  # b starts at the next multiple of 8 after a
-    assert len(raw) == start_b + 40 and raw[4 + length + 3:start_b] == bytes(start_b - 4 - length - 3)
+    header = frame("grad", [array("a", "|u1", 3), array("b", "<i8", 5), array("c", "<f4", 0, 2)],
+                   [field("seq", b"\x01")])
+    assert raw.startswith(header)
+    start_b = -(-(len(header) + 3) // 8) * 8  # b starts at the next multiple of 8 after a
+    assert len(raw) == start_b + 40 and raw[len(header) + 3:start_b] == bytes(start_b - len(header) - 3)
     buffer = np.frombuffer(raw, np.uint8)
     back = protocol.decode([raw])
     assert np.shares_memory(back.arrays["b"], buffer) and back.arrays["b"].tolist() == list(range(5))
@@ -145,26 +170,41 @@ def test_counted_bytes_are_what_crosses_a_real_tcp_connection(curve, tmp_path):
             auth.stop()
 
 
+F4_2 = array("a", "<f4", 2)
+
+
 @pytest.mark.parametrize("frames, problem", [
     ([], "empty message"),
-    ([b"ab"], "no header length"),
-    ([frame({"v": 2, "op": "ping"}), b""], "one frame"),
-    ([struct.pack("<I", 10 ** 6) + b"{}"], "exceeds"),
-    ([struct.pack("<I", 100) + b"{}"], "after its length"),
-    ([frame(b"not json")], "not JSON"),
-    ([frame(b"[" * 60000)], "not JSON"),
-    ([frame([1, 2])], "not a JSON object"),
-    ([frame({"v": 1, "op": "train"})], "protocol version"),
-    ([frame({"v": 2, "op": "shutdown"})], "unknown op"),
-    ([frame({"v": 2, "op": "train", "arrays": "a <f4 2"})], "needs 8 bytes"),
-    ([frame({"v": 2, "op": "train", "arrays": "a <f4 2"}, b"\0" * 20)], "after its last array"),
-    ([frame({"v": 2, "op": "train", "arrays": "a |O 1"}, b"1" * 8)], "dtype"),
-    ([frame({"v": 2, "op": "train", "arrays": "a <f4 -1"})], "non-negative"),
-    ([frame({"v": 2, "op": "train", "arrays": [["a", "<f4", [2]]]})], "must be text"),
-    ([frame({"v": 2, "op": "train", "arrays": "a <f4 2;a <f4 2"})], "repeated"),
-    ([frame({"v": 2, "op": "train", "arrays": ";".join(f"a{i} |u1 0" for i in range(17))})], "at most 16"),
-    ([frame({"v": 2, "op": "train", "arrays": "a <f4 " + ",".join(["1"] * 9)})], "at most 8"),
-    ([frame({"v": 2, "op": "train", "arrays": "a <f4 99999999999,99999999999,99999999999"})], "needs"),
+    ([b"\x03\x02"], "has no header"),
+    ([frame("ping"), b""], "one frame"),
+    ([struct.pack("<I", 18) + b'{"v":2,"op":"ping"}'], "protocol version 18, expected 3"),  # a protocol-2 frame
+    ([frame("train", version=2)], "protocol version 2"),
+    ([frame(len(protocol.OPS))], "unknown op code"),
+    ([frame(arrays=[F4_2])], "needs 8 bytes"),
+    ([frame(arrays=[F4_2], body=b"\0" * 20)], "after its last array"),
+    ([frame(arrays=[array("a", len(protocol.DTYPES), 1)], body=b"1" * 8)], "dtype code"),
+    ([frame(arrays=[array("a;b", "|u1", 1)], body=b"1")], "is not 1-64 of"),
+    ([frame(arrays=[bytes((128 + len(protocol.ARRAY_NAMES),)) + b"\2\1\1"], body=b"1")], "unknown name code"),
+    ([frame(arrays=[F4_2, F4_2], body=b"\0" * 16)], "named twice"),
+    ([frame(arrays=[array(f"a{i}", "|u1", 0) for i in range(17)])], "at most 16"),
+    ([frame(arrays=[array("a", "<f4", *[1] * 9)])], "at most 8"),
+    ([frame(arrays=[array("a", "<f4", 99999999999, 99999999999, 99999999999)])], "needs"),
+    ([frame(arrays=[F4_2[:-1] + b"\x82\x80"])], "ends inside its header: dimension 0 of array 'a' needs"),
+    ([frame(arrays=[F4_2[:-1] + b"\x82\x00"], body=b"\0" * 8)], "longer than it needs"),
+    ([frame(arrays=[F4_2[:-1] + b"\xff" * 10])], "more than 9 bytes"),
+    ([frame(fields=[bytes((len(protocol.FIELDS),))])], "unknown field code"),
+    ([frame(fields=[field("seq", b"\1"), field("seq", b"\2")])], "occurs twice"),
+    ([frame(fields=[field("seq", b"\1"), json_field({"seq": 2})])], "cross twice"),
+    ([frame(fields=[json_field({"a": 1}), json_field({"b": 2})])], "occurs twice"),
+    ([frame(fields=[field("want_grad", b"\2")])], "is a bool, not 2"),
+    ([frame(fields=[field("loss", b"\0" * 7)])], "ends inside its header: field 'loss'"),
+    ([frame(fields=[field("times", b"\0" * 27)])], "ends inside its header: field 'times'"),
+    ([frame(fields=[json_field(b"not json")])], "not JSON"),
+    ([frame(fields=[json_field(b"[" * 60000)])], "not JSON"),
+    ([frame(fields=[json_field([1, 2])])], "not a non-empty JSON object"),
+    ([frame(fields=[json_field({})])], "not a non-empty JSON object"),
+    ([frame(fields=[field(None, varint(10 ** 6))])], "exceeds"),
+    ([frame(fields=[field(None, varint(100) + b"{}")])], "the JSON fields needs 100 bytes"),
 ])
 def test_malformed_messages_are_rejected_with_a_reason(frames, problem):
     with pytest.raises(ProtocolError, match=problem):
@@ -175,9 +215,8 @@ def test_padding_must_be_zeros():
     for extra in range(4):  # some header length leaves 1..3 bytes of padding before b
         message = Message("grad", {"p": "x" * extra}, {"a": np.ones(1, np.uint8), "b": np.ones(1, np.float32)})
         raw = bytearray(protocol.encode(message)[0])
-        (length,) = struct.unpack_from("<I", raw)
         start_b = len(raw) - 4
-        if start_b > 4 + length + 1:
+        if raw[start_b - 1] == 0:  # not a's byte (a 1): padding
             raw[start_b - 1] = 7
             with pytest.raises(ProtocolError, match="padding"):
                 protocol.decode([bytes(raw)])
@@ -191,7 +230,7 @@ def test_huge_counts_are_refused_before_anything_is_allocated():
     tracemalloc.start()  # numpy reports its allocations to tracemalloc too
     try:
         with pytest.raises(ProtocolError, match="needs"):
-            protocol.decode([frame({"v": 2, "op": "train", "arrays": "a <i8 999999999999,999999999999"}, b"\0" * 16)])
+            protocol.decode([frame(arrays=[array("a", "<i8", 999999999999, 999999999999)], body=b"\0" * 16)])
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -207,18 +246,122 @@ def test_the_limits_hold_when_encoding_too():
         protocol.encode(Message("train", {}, {"x": np.zeros(2, np.float64)}))
     with pytest.raises(ProtocolError, match="name"):
         protocol.encode(Message("train", {}, {"a;b": np.zeros(2, np.uint8)}))
-    with pytest.raises(ProtocolError, match="protocol's own"):
-        protocol.encode(Message("train", {"arrays": "x"}))
+    with pytest.raises(ProtocolError, match="unknown op"):
+        protocol.encode(Message("shutdown"))
     with pytest.raises(ProtocolError, match="not plain JSON"):
         protocol.encode(Message("train", {"x": object()}))
 
 
-def test_header_is_small_json_without_pickle():
+def header_bytes(message: Message) -> int:
+    """The bytes of a message's frame before its first array (the header and padding)."""
+    raw = bytes(protocol.encode(message)[0])
+    return len(raw) - sum(a.nbytes for a in message.arrays.values())
+
+
+def test_the_header_is_binary_and_small():
     raw = bytes(protocol.encode(sample_message())[0])
-    (length,) = struct.unpack_from("<I", raw)
-    header = json.loads(raw[4:4 + length])
-    assert header["arrays"].split(";")[0] == "maps <f4 2,4,8,8"
-    assert length < 120
+    assert raw[:4] == bytes((3, protocol.OPS.index("train"), 3, 2))
+    maps, index, labels = (bytes((128 + protocol.ARRAY_NAMES.index(n),)) for n in ("maps", "index", "labels"))
+    f4, u1 = protocol.DTYPES.index("<f4"), protocol.DTYPES.index("|u1")
+    assert raw[4:].startswith(maps + bytes((f4, 4, 2, 4, 8, 8)) + index + bytes((u1, 1, 4)) + labels
+                               + bytes((u1, 1, 2)) + field("seq", b"\3") + field("epoch", b"\1"))
+    # a training step of the filter arm (batch 16, 4 maps of 16x16): the request and its reply,
+    # as workloads/source.py and workloads/server.py send them
+    train = Message("train", {"seq": 12345, "epoch": 3, "batch": 31, "lr_scale": 1.0, "want_grad": True},
+                    {"maps": np.zeros((16, 4, 16, 16), np.float32), "index": np.zeros(4, np.uint8),
+                     "labels": np.zeros(16, np.uint8)})
+    times = protocol.times_field(dict.fromkeys(protocol.SERVER_PARTS, 0.25)
+                                 | {"arrived_at": 1.7e9, "replied_at": 1.7e9})
+    grad = Message("grad", {"loss": 2.302585, "correct": 16, "times": times, "seq": 12345},
+                   {"grad": np.zeros((16, 4, 16, 16), np.float32)})
+    # fixed bytes, the arrays' descriptors (maps, index, labels), the fields (seq, epoch, batch,
+    # lr_scale, want_grad), padding to the maps' 4-byte alignment
+    assert header_bytes(train) == 4 + (7 + 4 + 4) + (3 + 2 + 2 + 9 + 2) + 3 == 40
+    assert header_bytes(grad) == 4 + 7 + (9 + 2 + 29 + 3) + 2 == 56  # grad; loss, correct, times, seq
+
+
+OPS_AS_SENT = [  # every message workloads/ sends, with the fields it gives them
+    Message("hello", {"source": 1, "module": "filter", "model": "vgg11", "split": 2, "classes": 10,
+                      "cut": [128, 8, 8]}),
+    Message("welcome", {"device": "cpu", "module": "filter", "model": "vgg11", "split": 2, "classes": 10,
+                        "cut": [128, 8, 8], "times": (0.0, 1e-06, 0.25, 0.001, 1767225600.123456, 1767225600.373457),
+                        "seq": None}),
+    Message("train", {"seq": 7, "epoch": 0, "batch": 6, "lr_scale": 1.0, "want_grad": True},
+            {"maps": np.ones((2, 4, 8, 8), np.float32), "index": np.arange(4, dtype=np.uint8),
+             "labels": np.arange(2, dtype=np.uint8)}),
+    Message("train", {"seq": 8, "epoch": 12, "batch": 300, "lr_scale": 2.5, "want_grad": False},
+            {"model.pmf": np.ones(3, np.float16), "data": np.ones(7, np.int32)}),
+    Message("grad", {"loss": 2.302585, "correct": 16, "distill_loss": 0.5, "seq": 7,
+                     "times": (0.000412, 0.001234, 0.253107, 0.002046, 1767225600.123456, 1767225600.380245)},
+            {"grad": np.ones((2, 4, 8, 8), np.float32)}),
+    Message("grad", {"loss": float("nan"), "correct": 0, "seq": 2 ** 40}),
+    Message("calibrate", {"seq": 9, "batch": 0}, {"maps": np.ones((2, 4, 8, 8), np.float32)}),
+    Message("calibrated", {"seq": 9}),
+    Message("infer", {"seq": 10}, {"maps": np.ones((2, 4, 8, 8), np.float32), "index": np.arange(4, dtype=np.uint8)}),
+    Message("pred", {"seq": 10}, {"pred": np.arange(2, dtype=np.uint8)}),
+    Message("bye", {"source": 1}),
+    Message("bye", {}),
+    Message("ping", {}),
+    Message("pong", {"device": "cuda:0"}),
+    Message("error", {"reason": "out of order: expected seq 1, got 5 – ünïcode"}),
+    # fields whose code's kind cannot hold the value cross in the JSON object, as they were
+    Message("train", {"seq": -3, "epoch": "1", "batch": True, "lr_scale": 1, "want_grad": 1, "correct": 2 ** 70,
+                      "loss": None, "times": "0 0 0 0 0 0"}),
+]
+
+
+@pytest.mark.parametrize("message", OPS_AS_SENT, ids=lambda m: m.op)
+def test_every_message_crosses_as_it_was_sent(message):
+    back = protocol.decode([bytes(protocol.encode(message)[0])])
+    assert back.op == message.op and list(back.arrays) == list(message.arrays)
+    assert json.dumps(back.fields, sort_keys=True) == json.dumps(message.fields, sort_keys=True)  # NaN == NaN here
+    assert {k: type(v) for k, v in back.fields.items()} == {k: type(v) for k, v in message.fields.items()}
+    for name, array in message.arrays.items():
+        assert back.arrays[name].dtype == array.dtype
+        np.testing.assert_array_equal(back.arrays[name], array)
+
+
+def test_every_truncation_of_a_message_is_refused_with_a_reason():
+    for message in OPS_AS_SENT:
+        raw = bytes(protocol.encode(message)[0])
+        for cut in range(len(raw)):
+            with pytest.raises(ProtocolError) as refused:
+                protocol.decode([raw[:cut]])
+            reason = str(refused.value)
+            assert "\n" not in reason and len(reason) < 300, reason
+            assert protocol.payload_bytes([raw[:cut]]) in (0, protocol.payload_bytes([raw]))
+
+
+def test_flipped_bits_give_a_message_or_a_protocol_error_never_anything_else():
+    rng = np.random.default_rng(0)
+    for message in OPS_AS_SENT:
+        raw = bytes(protocol.encode(message)[0])
+        for _ in range(200):
+            flipped = bytearray(raw)
+            for at in rng.integers(0, min(len(raw), 80), 2):
+                flipped[at] ^= 1 << int(rng.integers(0, 8))
+            try:
+                protocol.decode([bytes(flipped)])
+            except ProtocolError:
+                pass
+
+
+def test_the_servers_times_cross_to_the_microsecond_in_28_bytes():
+    exact = {"queue_s": 0.000412, "server_decode_s": 0.001234, "server_compute_s": 4294.967295,
+             "server_encode_s": 0.0, "arrived_at": 1767225600.123456, "replied_at": 1767225600.999999}
+    sizes = set()
+    for times in (exact, dict.fromkeys(protocol.SERVER_TIMES, 0.0),
+                  dict.fromkeys(protocol.SERVER_PARTS, 9.123456789) | {"arrived_at": 1.8e9, "replied_at": 1.8e9 + 1}):
+        fields = {"times": protocol.times_field(times)}
+        frame_ = bytes(protocol.encode(Message("grad", dict(fields)))[0])
+        sizes.add(len(frame_))
+        back = protocol.read_times(protocol.decode([frame_]).fields)
+        assert back == {name: float(f"{times[name]:.6f}") for name in protocol.SERVER_TIMES}  # protocol 2's text
+    assert sizes == {4 + 1 + 28}  # fixed width: a reply's size does not depend on how long anything took
+    # what a u32 of microseconds cannot hold (a negative wall-clock step, over 71 minutes) crosses as JSON
+    for times in (exact | {"replied_at": exact["arrived_at"] - 1}, exact | {"queue_s": 4294.967296}):
+        back = protocol.decode(protocol.encode(Message("grad", {"times": protocol.times_field(times)})))
+        assert protocol.read_times(back.fields) == {name: round(times[name], 6) for name in protocol.SERVER_TIMES}
 
 
 def test_object_arrays_cannot_be_sent():

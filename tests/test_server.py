@@ -20,6 +20,8 @@ from conftest import free_port, read_jsonl
 
 HELLO = {"module": "filter", "model": "vgg11-slim", "split": 2, "classes": 10, "cut": [32, 8, 8]}
 pytestmark = pytest.mark.quick  # every test here is fast (one set of servers for the module): the quick tier
+# a frame whose header is right up to its one field, the JSON object, which is not JSON (workloads/protocol.py)
+GARBAGE = bytes((protocol.VERSION, protocol.OPS.index("train"), 0, 1, 0, 8)) + b"\x80garbage"
 
 SERVER_ARGS = ["--module", "filter", "--model", "vgg11-slim", "--dataset", "synthetic", "--sources", "2",
                "--batch-size", "4"]
@@ -117,7 +119,7 @@ def test_bad_messages_get_an_error_reply_and_the_server_keeps_serving(inline):
     server = inline()
     me = b"a"
     assert "before hello" in server.ask(me, protocol.encode(train_message(1))).fields["reason"]
-    assert "not JSON" in server.ask(me, [b"\x08\0\0\0\x80garbage"]).fields["reason"]
+    assert "not JSON" in server.ask(me, [GARBAGE]).fields["reason"]
     wrong = server.ask(me, hello(0, split=3))
     assert wrong.op == "error" and "split=3" in wrong.fields["reason"]
     assert server.ask(me, hello(0)).op == "welcome"
@@ -242,7 +244,7 @@ def test_a_training_step_returns_the_gradient_of_the_sent_maps(servers):
     proc, port, trace, _, _ = servers["plain"]
     sock = connect(port)
     known = len(errors_in(trace))
-    assert "not JSON" in ask(sock, [b"\x08\0\0\0\x80garbage"]).fields["reason"]  # the loop answers an error ...
+    assert "not JSON" in ask(sock, [GARBAGE]).fields["reason"]  # the loop answers an error ...
     assert ask(sock, protocol.encode(Message("hello", {"source": 0, **HELLO}))).op == "welcome"  # ... and goes on
     reply = ask(sock, protocol.encode(train_message(1)))
     assert reply.op == "grad" and reply.arrays["grad"].shape == (4, 2, 8, 8)

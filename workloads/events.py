@@ -61,6 +61,7 @@ REQUEST = "request"
 ERROR = "error"
 TAIL_FROM = "tail_from"
 LOST = "lost"
+MEMORY = "memory"
 LINK = "link"
 NIC = "nic"
 CAPACITY = "capacity"
@@ -396,6 +397,14 @@ DECLARATIONS: tuple[Event, ...] = (
         exit_status       number its exit status (null when a signal ended it)
         injected          bool   --drop killed it (its trace has a drop event)
         reason?           text   (Kubernetes) the container's reason: OOMKilled, Error, ...
+    """),
+    _event(MEMORY, ROLE_TESTBED, "once per source at the end of its arm, where it had a memory cgroup of its own "
+           "(testbed/memcap.py): the memory the kernel charged to it", """
+        peak_bytes        bytes  the most charged to it at once (null where the kernel does not say)
+        limit_bytes       bytes  its --memory limit (null: none)
+        limit             text   that limit as given (512Mi; null: none)
+        oom_killed        bool   the kernel's OOM killer ended a process of it
+        method            text   how: cgroup-v1 memory or cgroup-v2 memory
     """),
     # -- the emulated link --------------------------------------------------------------------
     _event(LINK, ROLE_LINK, "once, when the links are up: how they were built", """

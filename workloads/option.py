@@ -109,8 +109,9 @@ class Option:
         if self.validate is not None and value not in ("", None):
             try:
                 self.validate(value)
-            except ValueError as exc:
-                raise ValueError(f"{self.flag}: {exc}") from None
+            except ValueError as exc:  # named once: a parser shared with other options names its own
+                text = str(exc)
+                raise ValueError(text if text.startswith(f"{self.flag}:") else f"{self.flag}: {text}") from None
         return value
 
     def parse(self, text: Any) -> Any:

@@ -18,7 +18,7 @@ socket as soon as it has fully arrived (also while the model computes: torch rel
 GIL), stamps that moment, and queues it; the main thread answers the requests one by one
 and hands each reply back to the receiver, which sends it (over an inproc socket pair: a
 ZeroMQ socket is used by one thread only). So every reply can say how long its request
-queued. Its ``times`` field carries (protocol.SERVER_TIMES; as text, see workloads/protocol.py)
+queued. Its ``times`` field carries (protocol.SERVER_TIMES; as numbers, see workloads/protocol.py)
 queue_s, server_decode_s, server_compute_s and server_encode_s, as the ``request`` trace
 event has them (with server_s, their sum; the event's fields and units are declared in
 workloads/events.py), then ``arrived_at`` (time.time() as the request was taken off the
@@ -224,7 +224,7 @@ class Server:
         laps.lap("compute")  # what the handling did not count elsewhere
         times = {"queue_s": laps.began - request.arrived, "server_decode_s": laps.parts["decode"],
                  "server_compute_s": laps.parts["compute"], "server_encode_s": laps.parts["encode"]}
-        reply.fields["times"] = protocol.times_text({**times, "arrived_at": request.arrived_at, "replied_at": time.time()})
+        reply.fields["times"] = protocol.times_field({**times, "arrived_at": request.arrived_at, "replied_at": time.time()})
         times["server_s"] = laps.last - laps.began  # the sum of the three parts
         if isinstance(seq, int) and not isinstance(seq, bool) and abs(seq) < 2 ** 53:
             reply.fields["seq"] = seq  # the source checks that the reply is to this request

@@ -105,6 +105,8 @@ def arm_figures(runs: Runs, caps: Mapping[str, float] | None = None) -> dict[str
             "reply_wait_share_per_source": waits,
             "startup_s_per_source": [_clean(v) for v in s["startup_s"]],
             "peak_rss_mb_per_source": [_clean(v) for v in s["peak_rss_mb"]],
+            "memory_peak_mb_per_source": [_clean(v) for v in s["memory_peak_mb"]],
+            "memory_limit_mb_per_source": [_clean(v) for v in s["memory_limit_mb"]],
             "pretrain_s_per_source": pretrain,
             "pretrain_steps_per_source": [int(v) for v in s["pretrain_steps"]],
             "pretrain_samples_per_source": [int(v) for v in s["pretrain_samples"]],

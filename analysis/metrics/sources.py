@@ -86,6 +86,8 @@ def source_figures(runs: Runs) -> pd.DataFrame:
             "startup_s": rounded("startup_s_per_source", float(steps["t"].iloc[0] - src.start_s))
             if len(steps) and _float(src.start_s) is not None else None,
             "peak_rss_mb": _float(src.peak_rss_mb),
+            "memory_peak_mb": _float(src.memory_peak_mb),
+            "memory_limit_mb": _float(src.memory_limit_mb),
             "pretrain_s": _float(src.pretrain_s),
             "pretrain_steps": len(_rows(kinds, "pretrain")),
             "pretrain_samples": _column_sum(_rows(kinds, "pretrain"), "samples"),

@@ -16,6 +16,9 @@ def refuses(spec: RunSpec) -> None:
     if isinstance(spec.cpu, tuple):
         raise SpecError("--cpu with one value per source is for the local backend: the chart gives every "
                         "source pod the same CPU limit")
+    if "," in spec.memory:
+        raise SpecError("--memory with one value per source is for the local backend: the chart gives every "
+                        "source pod the same memory limit")
     try:
         link_values(spec)  # a cluster enforces a fixed rate per source pod, no more
     except ValueError as exc:

@@ -10,14 +10,14 @@ from .links import link_values
 
 def chart_values(spec: RunSpec, module: str, run_id: str, *, source_image: str = "", server_image: str = "") -> dict:
     """The chart's values for one arm of ``spec``: every declared option that has a
-    chart value path, at the spec's value (the arm's module and split, the run id),
+    chart value path, at the spec's value (an empty text leaves the chart's default) (the arm's module and split, the run id),
     ``curve.enabled`` (false with ``--insecure``) and ``link`` (each source pod's rates,
     from ``--bandwidth`` or the ``--link`` profile: ``links.link_values``, which refuses
     what a cluster cannot enforce with a ValueError)."""
     arm = {**spec.values, **spec.workload_options(module), "run_id": run_id}
     values: dict = {}
     for option in options():
-        if option.chart and option.dest in arm:
+        if option.chart and option.dest in arm and arm[option.dest] != "":  # "": the chart's own default
             put(values, option.chart, arm[option.dest])
     # CURVE unless --insecure: the chart makes the release's keys (a Secret) and mounts them
     put(values, "curve.enabled", not spec.insecure)
