@@ -49,6 +49,7 @@ VALUE_SETS = [
      "server": {"gpus": 2, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
      "data": {"volume": {"persistentVolumeClaim": {"claimName": "cifar10"}}}, "imagePullSecrets": [{"name": "reg"}]},
     {"traces": {"volume": {"persistentVolumeClaim": {"claimName": "traces"}}}, "data": {"pvc": "cifar10"}},
+    {"sources": 1000, "cpu": "100m", "memory": "256Mi"},  # a fleet of a thousand source pods
 ]
 
 
@@ -758,3 +759,19 @@ def test_bad_link_values_are_rejected_by_the_schema(link, problem):
 def test_link_values_that_cannot_work_are_refused(link, problem):
     with pytest.raises(Exception, match=problem):
         render({"sources": 2, "link": link})
+
+
+@pytest.mark.parametrize("values", [{}, {"server": {"gpus": 0}}, {"sources": 1000, "memory": "256Mi"}])
+def test_every_container_has_cpu_and_memory_requests_and_limits(values):
+    """What a scanner (checkov's CKV_K8S_10..13) asks of every container: the server's, the
+    sources' and the helm test probe's."""
+    docs, _ = render(values)
+    for role, spec in pod_specs(docs).items():
+        for container in spec["containers"]:
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[kind]), (role, kind, resources)
+    source = pod_specs(docs)["source"]["containers"][0]["resources"]
+    assert source["limits"]["memory"] == source["requests"]["memory"] == values.get("memory", "2Gi")
+    server = pod_specs(docs)["server"]["containers"][0]["resources"]
+    assert server["requests"]["cpu"] == "1" and server["limits"]["cpu"] == "4"

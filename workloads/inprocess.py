@@ -97,18 +97,26 @@ def role_args(args: argparse.Namespace, role: str, **overrides) -> argparse.Name
 
 class Turns:
     """Round-robin by source id, one request each; a party's torch random state is set
-    aside while it waits."""
+    aside while it waits. Each source waits on an event of its own, so handing the turn
+    on wakes one thread, not all of them (a thousand sources in one process)."""
 
     def __init__(self, ids, threads: dict[int, int] | None = None):
         self.order = list(ids)
         self.threads = threads or {}  # source id -> its torch threads (0 or absent: as they are)
-        self.current = self.order[0] if self.order else None
-        self._cond = threading.Condition()
+        self.current = None
+        self._lock = threading.Lock()
+        self._go = {i: threading.Event() for i in self.order}
         self._states: dict[int, torch.Tensor] = {}
+        self._hand_to(self.order[0] if self.order else None)
+
+    def _hand_to(self, i) -> None:
+        self.current = i
+        if i is not None:
+            self._go[i].set()
 
     def wait(self, i: int) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self.current == i)
+        self._go[i].wait()
+        self._go[i].clear()
         if i in self._states:
             torch.set_rng_state(self._states.pop(i))
         if self.threads.get(i):
@@ -117,10 +125,9 @@ class Turns:
     def pass_on(self, i: int) -> None:
         """Source ``i``, which holds the turn, hands it to the next source still running."""
         self._states[i] = torch.get_rng_state()
-        with self._cond:
+        with self._lock:
             k = self.order.index(i)
-            self.current = self.order[(k + 1) % len(self.order)]
-            self._cond.notify_all()
+            self._hand_to(self.order[(k + 1) % len(self.order)])
 
     def take_turn(self, i: int) -> None:
         """Before source ``i`` sends: the others take their turn, then it is ``i``'s again."""
@@ -128,12 +135,11 @@ class Turns:
         self.wait(i)
 
     def leave(self, i: int) -> None:
-        with self._cond:
+        with self._lock:
             k = self.order.index(i)
             self.order.remove(i)
             if self.current == i:
-                self.current = self.order[k % len(self.order)] if self.order else None
-            self._cond.notify_all()
+                self._hand_to(self.order[k % len(self.order)] if self.order else None)
 
 
 class Arm:
