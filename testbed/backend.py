@@ -17,6 +17,7 @@ class ArmResult:
     cap_method: str
     cap_description: str
     pinning: dict | None = None  # cores of the server and the sources (--server-cpus), by which method
+    server_threads: dict | None = None  # {"threads": N, "why": "..."}: the server's torch threads (None: not ours)
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from .memcap import MemoryCap, make_memory_cap, parse_size
 from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
 from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
-from .processes import (POLL_S, STOP_GRACE_S, Fleet, describe_exit, server_cpus, server_thread_count,
+from .processes import (POLL_S, STOP_GRACE_S, Fleet, describe_exit, server_cpus, server_thread_count, server_threads,
                         signal_group, torch_threads)
 from .progress import Progress
 from .spec import RunSpec, SpecError, check_host, check_links_here
@@ -64,7 +64,9 @@ class LocalBackend(Backend):
                     warn(warning)
         progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
             if self.say is print else None
-        self.say(f"arm {module}: starting the server and {s.sources} sources")
+        threads, why = server_threads(s)
+        self.say(f"arm {module}: starting the server ({threads} torch thread{'s' if threads != 1 else ''}: {why}) "
+                 f"and {s.sources} sources ({'forked from a warm parent' if spawn_method(s) == 'fork' else 'exec'})")
         return run_arm(s, module, directory, run_id, progress=progress, warn=warn, keys=self.keys,
                        links=self.links, kernel=self.kernel)
 
@@ -123,9 +125,9 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
             parent = fleet.warm_parent("launcher", [SOURCE_PROGRAM], Join(cpus=split.sources) if split else None)
         server_trace = directory / "server.jsonl"
         server_options = {**options, "trace": str(server_trace)}
-        server_threads = server_thread_count(spec)
-        server_options["threads"] = server_threads
-        server_env = {"OMP_NUM_THREADS": str(server_threads)}
+        threads = server_thread_count(spec)
+        server_options["threads"] = threads
+        server_env = {"OMP_NUM_THREADS": str(threads)}
         # the cgroup first, then the namespace: a cgroup is joined through the host's cgroup filesystem
         server = fleet.start("server", "workloads.server", settings.to_argv(server_options, "server"),
                              join_cap=joined(cap.server_preexec(), arm_links and arm_links.server_join()),
@@ -166,7 +168,9 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                                + (" and it was told to finish" if lost else "")) from None
         if server.returncode != 0:
             raise BackendError(describe_exit("the server", fleet, "server"))
-        result = ArmResult(module, directory, cap.method, cap.describe(), cap.pinning.as_dict())
+        threads, why = server_threads(spec)
+        result = ArmResult(module, directory, cap.method, cap.describe(), cap.pinning.as_dict(),
+                           {"threads": threads, "why": why})
         return result
     finally:
         with signals_deferred():  # a second Ctrl-C or a SIGTERM waits for the cleanup

@@ -33,6 +33,8 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
                                         "(512Mi, 2Gi)", "type": "string", "pattern": SIZE.pattern}),
     Option("server-cpus", int, 0, "pin the server to this many cores of its own and the sources to the rest "
            "(0: no pinning)", TB, min=0, group="run"),
+    Option("server-threads", int, 0, "the server's torch threads (0: its pinned cores with --server-cpus, else "
+           "every core this host gives the run; the run says which and why)", TB, min=0, group="run"),
     Option("cap-method", str, "auto", "how CPU caps are enforced: auto (cgroup v2, cgroup v1, else psutil with a "
            "warning), cgroup, psutil or none", TB, choices=METHODS, group="run"),
     Option("spawn", str, "fork", "how the local backend starts sources: fork (from one warm parent per arm that "

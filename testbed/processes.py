@@ -40,15 +40,27 @@ def server_cpus(spec) -> int:
 
 
 def server_thread_count(spec) -> int:
-    """The server's torch threads: its own cores when pinned, else the cores the sources'
-    caps leave free (at least 1). More threads than free cores make each step wait for
-    threads preempted by the sources: measured here with 2 sources at 0.4 CPU on 2 cores,
-    the filter arm's server step took 0.79 s with 2 threads against 0.19 s for the same
-    tail while the sources idled."""
+    """The server's torch threads: see ``server_threads``."""
+    return server_threads(spec)[0]
+
+
+def server_threads(spec) -> tuple[int, str]:
+    """The server's torch threads and why, in words: ``--server-threads``; else its own
+    cores when pinned (``--server-cpus``); else every core this process may use. The
+    sources wait for their replies while the server computes (a server-bound run: 96% of
+    each step in the default run), so those cores are the server's while it works:
+    measured here, the default run of 8 sources at 0.4 CPU on 2 cores gave SEE_NOTE samples/s
+    per source with 2 threads against SEE_NOTE with 1 (benchmarks/server_capacity.py has the
+    server alone)."""
+    given = int(getattr(spec, "server_threads", 0) or 0)
+    if given:
+        return given, f"--server-threads {given}"
     pinned = server_cpus(spec)
     if pinned:
-        return pinned
-    return max(1, int(len(available_cpus()) - sum(spec.cpus) + 1e-9))
+        return pinned, f"its {pinned} pinned core{'s' if pinned != 1 else ''} (--server-cpus)"
+    cores = len(available_cpus())
+    return cores, f"the {cores} core{'s' if cores != 1 else ''} of this host, which its sources leave while they " \
+                  f"wait for replies (--server-threads sets it)"
 
 
 def child_environment(extra: dict | None = None) -> dict:
@@ -105,6 +117,7 @@ class Fleet:
         environment free of SPLITTEST_* variables: exec'd, or forked from ``parent`` (a
         warm_parent). A failure is a BackendError that says what failed."""
         if parent is not None:
+            parent.wait_ready(name)  # Ctrl-C stays prompt while it imports
             with signals_deferred():
                 proc = parent.fork(name, module, argv, log=self.log_path(name), env=child_environment(env),
                                    join=join_cap)

@@ -47,7 +47,8 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
         for module in spec.modules:
             result = backend.run_arm(module, out / module, run_id)
             manifest["cap"] = {"method": result.cap_method, "detail": result.cap_description}
-            manifest.setdefault("arms", {})[module] = {"cap": manifest["cap"], "pinning": result.pinning}
+            manifest.setdefault("arms", {})[module] = {"cap": manifest["cap"], "pinning": result.pinning,
+                                                       "server_threads": result.server_threads}
             where = getattr(backend, "placement", {}).get(module)
             if where:  # a cluster run: the nodes its pods ran on
                 manifest["arms"][module]["cluster"] = where

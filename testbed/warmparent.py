@@ -82,7 +82,7 @@ class WarmParent:
              ) -> "ForkedProcess":
         """``python -m module argv`` as a forked child of the launcher, joined first; a
         failure is a BackendError that says what failed."""
-        self._await(lambda: self.ready, READY_TIMEOUT_S, f"cannot start {name}")
+        self.wait_ready(name)
         request = {"name": name, "module": module, "argv": list(argv), "log": str(log), "env": env,
                    "join": join.as_dict() if join else {}}
         try:
@@ -94,6 +94,11 @@ class WarmParent:
         if "error" in reply:
             raise BackendError(f"cannot start {name}: {reply['error']}")
         return ForkedProcess(int(reply["pid"]), self, [module, *argv])
+
+    def wait_ready(self, name: str) -> None:
+        """Until the launcher has imported its programs (a BackendError naming ``name`` if it
+        cannot): a wait of seconds, which the caller keeps outside its deferred signals."""
+        self._await(lambda: self.ready, READY_TIMEOUT_S, f"cannot start {name}")
 
     def _take(self, name: str) -> dict | None:
         for i, reply in enumerate(self.replies):

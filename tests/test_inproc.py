@@ -133,7 +133,7 @@ def test_a_failing_arm_names_its_error(tmp_path, cli):
 def test_the_in_process_connection_counts_plaintext_bytes_and_raises_a_refusal():
     def echo(frames):
         message = protocol.decode(frames)
-        times = protocol.times_text(dict.fromkeys(protocol.SERVER_TIMES, 0.0))
+        times = protocol.times_field(dict.fromkeys(protocol.SERVER_TIMES, 0.0))
         return protocol.encode(Message("pong", {"seq": message.fields["seq"], "times": times}))
 
     connection = InProcessConnection(echo)

@@ -152,8 +152,8 @@ def test_requests_that_arrive_together_queue_behind_each_other(tmp_path, port):
 def test_the_servers_times_cross_in_one_field_whose_width_does_not_depend_on_the_digits():
     small = dict.fromkeys(protocol.SERVER_PARTS, 0.0) | {"arrived_at": 1.7e9, "replied_at": 1.7e9}
     large = dict.fromkeys(protocol.SERVER_PARTS, 9.123456789) | {"arrived_at": 1799999999.99, "replied_at": 1.8e9 - 1e-7}
-    assert len(protocol.times_text(small)) == len(protocol.times_text(large))
-    fields = {"loss": 1.0, "times": protocol.times_text(large)}
+    assert len(protocol.times_field(small)) == len(protocol.times_field(large))
+    fields = {"loss": 1.0, "times": protocol.times_field(large)}
     times = protocol.read_times(fields)
     assert fields == {"loss": 1.0} and list(times) == list(protocol.SERVER_TIMES)
     assert times["queue_s"] == 9.123457 and protocol.read_times({}) == {}

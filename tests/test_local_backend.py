@@ -132,6 +132,7 @@ def test_server_cpus_gives_the_server_cores_of_its_own(fleet_run):
     manifest = json.loads((fleet_run.out / "manifest.json").read_text())
     pinning = manifest["arms"]["none"]["pinning"]
     assert pinning["server_cpus"] == server and pinning["source_cpus"] == sources
+    assert manifest["arms"]["none"]["server_threads"] == {"threads": 1, "why": "its 1 pinned core (--server-cpus)"}
     assert manifest["cap"]["detail"].startswith(f"server on CPU {server[0]}, sources on CPU ")
     if os.access(CGROUP / "cpuset", os.W_OK) and not (CGROUP / "cgroup.controllers").exists():
         warnings = [line for line in fleet_run.stderr.splitlines() if line.startswith("testbed: warning: ")]
@@ -430,3 +431,12 @@ def test_memory_limits_are_kubernetes_quantities_cycled_and_one_value_on_kuberne
         validate(RunSpec(sources=2, memory="1Gi,512Mi", backend="k8s"))
     assert chart_values(RunSpec(backend="k8s", memory="1Gi"), "none", "r")["memory"] == "1Gi"
     assert "memory" not in chart_values(RunSpec(backend="k8s"), "none", "r")  # the chart's own, 2Gi
+
+
+@pytest.mark.quick
+def test_the_server_threads_are_given_pinned_or_every_core_and_the_run_says_why():
+    from testbed.processes import server_threads
+    assert server_threads(RunSpec(server_threads=3)) == (3, "--server-threads 3")
+    assert server_threads(make_spec(free_port(), server_cpus=1)) == (1, "its 1 pinned core (--server-cpus)")
+    threads, why = server_threads(RunSpec(sources=8, cpu=0.4))
+    assert threads == len(CORES) and why.startswith(f"the {len(CORES)} core")

@@ -1,6 +1,5 @@
 import json
 import socket
-import struct
 import threading
 import time
 
@@ -11,6 +10,8 @@ import zmq
 from workloads import protocol, security
 from workloads.protocol import Message, ProtocolError
 
+from frames import array, coded, field, frame, json_field, v2_frame, varint
+
 pytestmark = pytest.mark.quick  # every test here is fast: the quick tier (-m quick)
 
 
@@ -20,36 +21,6 @@ def sample_message():
         "index": np.array([1, 5, 9, 77], dtype=np.uint8),
         "labels": np.array([3, 7], dtype=np.uint8),
     })
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out + bytes((value,)))
-
-
-def array(name, dtype, *dims) -> bytes:
-    """An array's descriptor, the name given literally (a dtype as text: its code)."""
-    code = protocol.DTYPES.index(dtype) if isinstance(dtype, str) else dtype
-    return bytes((len(name),)) + name.encode() + bytes((code, len(dims))) + b"".join(map(varint, dims))
-
-
-def field(name, value: bytes) -> bytes:
-    """A field: its code (the JSON object's for None) and its value's bytes as given."""
-    return bytes((next(c for c, (n, _) in enumerate(protocol.FIELDS) if n == name),)) + value
-
-
-def json_field(obj) -> bytes:
-    text = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    return field(None, varint(len(text)) + text)
-
-
-def frame(op="train", arrays=(), fields=(), body=b"", version=protocol.VERSION) -> bytes:
-    """A raw frame: the fixed bytes, the arrays' descriptors, the fields, then ``body``."""
-    op = protocol.OPS.index(op) if isinstance(op, str) else op
-    return bytes((version, op, len(arrays), len(fields))) + b"".join(arrays) + b"".join(fields) + body
 
 
 def test_round_trip_keeps_fields_and_arrays_exactly():
@@ -177,7 +148,7 @@ F4_2 = array("a", "<f4", 2)
     ([], "empty message"),
     ([b"\x03\x02"], "has no header"),
     ([frame("ping"), b""], "one frame"),
-    ([struct.pack("<I", 18) + b'{"v":2,"op":"ping"}'], "protocol version 18, expected 3"),  # a protocol-2 frame
+    ([v2_frame({"v": 2, "op": "ping"})], "protocol version 22, expected 3"),  # a protocol-2 frame (22: its length)
     ([frame("train", version=2)], "protocol version 2"),
     ([frame(len(protocol.OPS))], "unknown op code"),
     ([frame(arrays=[F4_2])], "needs 8 bytes"),
@@ -261,10 +232,8 @@ def header_bytes(message: Message) -> int:
 def test_the_header_is_binary_and_small():
     raw = bytes(protocol.encode(sample_message())[0])
     assert raw[:4] == bytes((3, protocol.OPS.index("train"), 3, 2))
-    maps, index, labels = (bytes((128 + protocol.ARRAY_NAMES.index(n),)) for n in ("maps", "index", "labels"))
-    f4, u1 = protocol.DTYPES.index("<f4"), protocol.DTYPES.index("|u1")
-    assert raw[4:].startswith(maps + bytes((f4, 4, 2, 4, 8, 8)) + index + bytes((u1, 1, 4)) + labels
-                               + bytes((u1, 1, 2)) + field("seq", b"\3") + field("epoch", b"\1"))
+    assert raw[4:].startswith(coded("maps", "<f4", 2, 4, 8, 8) + coded("index", "|u1", 4) + coded("labels", "|u1", 2)
+                               + field("seq", b"\3") + field("epoch", b"\1"))
     # a training step of the filter arm (batch 16, 4 maps of 16x16): the request and its reply,
     # as workloads/source.py and workloads/server.py send them
     train = Message("train", {"seq": 12345, "epoch": 3, "batch": 31, "lr_scale": 1.0, "want_grad": True},

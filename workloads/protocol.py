@@ -370,9 +370,6 @@ def times_field(times: dict) -> tuple[float, ...]:
     return tuple(round(times[name], 6) for name in SERVER_TIMES)
 
 
-times_text = times_field  # its name in protocol 2, where the field was text (tests still call it so)
-
-
 def read_times(fields: dict) -> dict[str, float]:
     """Take the ``times`` field out of a reply's fields: :data:`SERVER_TIMES`, in seconds
     ({} when the reply has none)."""
