@@ -356,19 +356,33 @@ DECLARATIONS: tuple[Event, ...] = (
         op                text   the reply's op (welcome, grad, pred, calibrated, bye, pong, error)
         bytes_in          bytes  the request on the ZMTP stream (protocol.stream_bytes)
         bytes_out         bytes  the reply on the ZMTP stream
-        duration_s        s      from beginning on the request to its reply encoded (server_s and the
-                                 protocol's encode of the reply)
+        duration_s        s      the server's time on this request: alone, from beginning on it to its
+                                 reply encoded (server_s and the protocol's encode of the reply); in a
+                                 pass of several, its own decode and encode (the protocol's too) plus
+                                 its share of the pass's compute, batch_compute_s x its samples /
+                                 batch_samples (so the requests' sum is the server's busy time)
         queue_s           s      from the request having fully arrived (taken off the socket) to the
                                  server beginning on it: the requests before it, and the hand-over
                                  (nil in process)
         server_decode_s   s      the protocol's decode of the request and the module's decode
         server_compute_s  s      the tail's forward (and backward and optimizer step when training);
-                                 all the handling of hello, bye, ping and of a refused request
+                                 all the handling of hello, bye, ping and of a refused request. In a
+                                 pass of several: the rest of its stay, server_s less its own decode
+                                 and encode (the pass's compute, and the other requests' decode and
+                                 encode meanwhile)
         server_encode_s   s      the module's encode of the reply (the gradient or the predictions)
         server_s          s      server_decode_s + server_compute_s + server_encode_s: from beginning
                                  on the request to the reply's times being written (the protocol's
                                  encode of the reply and the hand-over to the receiver come after:
                                  the source counts them in its network_s)
+        batch_id          count  the pass it was answered in, numbered from 0 by the server (a request
+                                 answered on its own is a pass of one)
+        batch_requests    count  the requests answered in that pass (several: inference requests with
+                                 the same BatchNorm statistics, or training steps under --server-train
+                                 merged; --server-batch)
+        batch_samples     count  the samples of that pass (0: hello, ping, bye, a refused request)
+        batch_compute_s   s      the pass's compute: the tail's one forward (and backward and optimizer
+                                 step); alone, server_compute_s
     """),
     _event(ERROR, ROLE_SERVER, "a request refused (an error reply; the server keeps serving)", """
         peer              text   who sent it: "source N" or "unknown peer <identity>"

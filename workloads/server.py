@@ -15,23 +15,70 @@ CURVE handshake, and the loop never sees anyone else.
 
 Two threads: a :class:`Receiver` owns the ROUTER socket; it takes each request off the
 socket as soon as it has fully arrived (also while the model computes: torch releases the
-GIL), stamps that moment, and queues it; the main thread answers the requests one by one
-and hands each reply back to the receiver, which sends it (over an inproc socket pair: a
-ZeroMQ socket is used by one thread only). So every reply can say how long its request
-queued. Its ``times`` field carries (protocol.SERVER_TIMES; as numbers, see workloads/protocol.py)
-queue_s, server_decode_s, server_compute_s and server_encode_s, as the ``request`` trace
-event has them (with server_s, their sum; the event's fields and units are declared in
-workloads/events.py), then ``arrived_at`` (time.time() as the request was taken off the
-socket) and ``replied_at`` (time.time() as server_s ended), from which the source derives
-its one-way times.
+GIL), stamps that moment, and queues it; the main thread answers the requests (one by one,
+or several in one pass: "Batches" below) and hands each reply back to the receiver, which
+sends it (over an inproc socket pair: a ZeroMQ socket is used by one thread only). So
+every reply can say how long its request queued. Its ``times`` field carries
+(protocol.SERVER_TIMES; as numbers, see workloads/protocol.py) queue_s, server_decode_s,
+server_compute_s and server_encode_s, as the ``request`` trace event has them (with
+server_s, their sum; the event's fields and units are declared in workloads/events.py),
+then ``arrived_at`` (time.time() as the request was taken off the socket) and
+``replied_at`` (time.time() as server_s ended), from which the source derives its one-way
+times.
 
 Requests, after ``hello``: ``train`` (a training step: the gradient back), ``infer`` (split
 inference: the predictions back), ``calibrate`` (with --bn-batches, before an evaluation:
 training batches through the current weights, for that source's BatchNorm statistics,
 workloads/batchnorm.py), ``bye``; ``ping`` at any time.
+
+Batches (``--server-batch N``, ``--server-train``). The main thread takes every request
+waiting in the inbox at once, up to N samples in all (a training step counts its labels,
+an ``infer`` or ``calibrate`` request ``--batch-size``, the most it may hold, anything else
+nothing; at least one request), and answers them in arrival order, except that
+
+- ``infer`` requests of sources whose evaluations use the same BatchNorm statistics
+  (training's running ones, or with --bn-batches each source's own calibrated set) are
+  answered with ONE forward pass over their concatenated cut tensors: in eval mode every
+  sample's prediction is what it would be alone. Requests with different statistics are
+  never mixed in one pass;
+- with ``--server-train merged``, ``train`` requests with the same ``lr_scale`` and batch
+  size are answered with ONE forward, backward and optimizer step (:meth:`Server._train_batch`):
+  the loss is the SUM over the requests of each request's own mean cross-entropy, and the
+  tail's BatchNorm layers normalise each request's samples with that request's own batch
+  statistics (:func:`ghost_batchnorm`: the running statistics are updated once per request,
+  in order, as sequential steps would), so each source's gradient at the cut is exactly
+  the one it would get alone against the same weights, whoever else was in the batch. The
+  step itself takes the summed gradient (and k times the weight decay, for k requests):
+  with plain SGD that equals k sequential steps to first order in the learning rate only
+  (the tail's weights do not move between the requests); with momentum the buffer
+  advances once per merged step instead of k times, as for any larger batch. The module's
+  server part decodes each request on its own (its BatchNorm layers, crbq's, see each
+  request alone; its trainable layers get the summed gradient like the tail). A module
+  whose server part adds a per-request term to the loss or takes the tail's weights from a
+  request (entropic: ``distill_loss``, ``ships_tail``) trains sequentially whatever the
+  option says. ``--server-train sequential`` (the default, the papers' setting) answers
+  every training step on its own, one optimizer step each, as it always did.
+
+A connection's requests are answered in the order it sent them; one from a source not yet
+welcomed, and every other op, is answered on its own. Each request keeps its own
+``request`` event, its reply and its times: queue_s up to the moment the server began on
+it (its own decode), server_decode_s and server_encode_s its own, and server_compute_s the
+rest of its stay (the pass's compute and the other requests' decode and encode meanwhile),
+so queue_s + server_s is still its whole stay; the event adds the pass it was answered in
+(``batch_id``, ``batch_requests``, ``batch_samples``, ``batch_compute_s``), and its
+``duration_s`` is its own decode and encode plus its share of the pass's compute in
+proportion to its samples (the server's busy time, summed over its requests).
+
+On a CUDA device the request arrays the modules copy to the device are staged in pinned
+(page-locked) host memory first, the labels cross with a non-blocking copy, every time is
+read after ``torch.cuda.synchronize()``, and ``--server-precision bf16`` runs the
+forward under autocast (bfloat16 convolutions and matrix products; the gradient sent back
+stays float32).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import queue
 import resource
@@ -40,7 +87,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -49,7 +97,7 @@ from torch import nn
 
 from . import batchnorm, events, protocol, security, settings
 from .compression import create_server, get
-from .compression.base import state_bytes
+from .compression.base import ServerPart, state_bytes
 from .compression.shipping import load_flat_state
 from .data import INPUT_SHAPE, class_count
 from .errors import Exit, WorkloadError
@@ -66,6 +114,9 @@ HEARTBEAT_IVL_MS = 1000
 MAX_REASON = 300  # characters of an error reason (it may quote what a peer sent)
 # requests taken in and not yet answered; beyond, they wait in ZeroMQ's queue unstamped
 INBOX = 256
+# on a CUDA device, request arrays at least this large are staged in pinned host memory
+PIN_BYTES = 64 * 1024
+SEQUENTIAL, MERGED = "sequential", "merged"  # --server-train
 
 
 @dataclass
@@ -81,6 +132,8 @@ class Request:
     body: list
     arrived: float     # time.perf_counter() as the receiver took it off the socket
     arrived_at: float  # time.time() then
+    # what the server saw of it before answering (Server._hint): (samples, op, labels, lr_scale)
+    hint: tuple | None = field(default=None, repr=False, compare=False)
 
 
 STOP_JOIN_S = 10.0  # how long the receiver may take to send the replies handed over before a stop
@@ -138,17 +191,123 @@ class Receiver:
 
 
 class Laps:
-    """The consecutive parts of answering one request: ``lap(part)`` adds the time since
-    the previous lap (or the start) to ``part``."""
+    """The parts of answering one request: ``lap(part)`` adds the time since the previous
+    lap (or the start) to ``part``. In a batch a request's own work is interleaved with the
+    others': ``resume()`` before each piece of its own leaves the time since its last lap
+    to no part of its own, and :meth:`times` counts it as compute (the pass's). ``sync``
+    (CUDA: torch.cuda.synchronize) is called before every reading of the clock, so that
+    work queued on the device is counted where it was queued."""
 
-    def __init__(self):
+    def __init__(self, sync=None):
+        self.sync = sync
         self.began = self.last = time.perf_counter()
         self.parts = {"decode": 0.0, "compute": 0.0, "encode": 0.0}
+        self.samples = 0  # the samples of the request, once known
 
     def lap(self, part: str) -> None:
+        if self.sync is not None:
+            self.sync()
         now = time.perf_counter()
         self.parts[part] += now - self.last
         self.last = now
+
+    def resume(self) -> None:
+        self.last = time.perf_counter()
+
+    def times(self) -> dict:
+        """queue_s aside, the request's parts up to now: compute is what decode and encode
+        leave of server_s (alone: the laps' compute and whatever no lap counted)."""
+        if self.sync is not None:
+            self.sync()
+        self.last = time.perf_counter()
+        server_s = self.last - self.began
+        self.parts["compute"] = max(0.0, server_s - self.parts["decode"] - self.parts["encode"])
+        return {"server_decode_s": self.parts["decode"], "server_compute_s": self.parts["compute"],
+                "server_encode_s": self.parts["encode"], "server_s": server_s}
+
+
+@dataclass
+class Pending:
+    """A request of a batch, taken in (decoded, checked) and waiting for the pass."""
+    request: Request
+    laps: Laps
+    message: Message
+    peer: Peer
+    sent: torch.Tensor | None = None
+    restored: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+
+@dataclass
+class Unit:
+    """Requests answered together: one pass (``key`` None: a request on its own)."""
+    key: tuple | None
+    requests: list
+    samples: int
+
+
+def _ghost_forward(layer: nn.modules.batchnorm._BatchNorm, chunks: int, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` in training mode on ``chunks`` equal chunks of ``x`` (along the batch), each
+    normalised with its own batch statistics, as ``layer`` would normalise it alone; the
+    running statistics take each chunk's in order, as ``chunks`` calls would.
+
+    The chunks become channels: (k n, C, ...) -> (n, k C, ...), one native batch norm over
+    that (the weight and bias repeated k times), and back; its statistics land in scratch
+    buffers at momentum 1 (each chunk's mean and unbiased variance), from which the layer's
+    running statistics are updated in order."""
+    uses_batch = layer.training or (layer.running_mean is None and layer.running_var is None)
+    if not uses_batch or chunks <= 1:
+        return type(layer).forward(layer, x)
+    layer._check_input_dim(x)
+    n = x.shape[0] // chunks
+    if n * chunks != x.shape[0]:
+        raise ValueError(f"a batch of {x.shape[0]} samples is not {chunks} equal requests")
+    channels, rest = x.shape[1], x.shape[2:]
+    folded = x.reshape(chunks, n, channels, *rest).transpose(0, 1).reshape(n, chunks * channels, *rest)
+    weight = layer.weight.repeat(chunks) if layer.weight is not None else None
+    bias = layer.bias.repeat(chunks) if layer.bias is not None else None
+    means = torch.zeros(chunks * channels, device=x.device, dtype=torch.float32)
+    variances = torch.ones(chunks * channels, device=x.device, dtype=torch.float32)
+    out = nn.functional.batch_norm(folded, means, variances, weight, bias, True, 1.0, layer.eps)
+    out = out.reshape(n, chunks, channels, *rest).transpose(0, 1).reshape(x.shape)
+    if layer.training and layer.track_running_stats and layer.running_mean is not None:
+        with torch.no_grad():
+            means, variances = means.view(chunks, channels), variances.view(chunks, channels)  # unbiased
+            if layer.momentum is None:  # a cumulative average: the factor changes every call
+                for i in range(chunks):
+                    layer.num_batches_tracked.add_(1)
+                    factor = 1.0 / float(layer.num_batches_tracked)
+                    layer.running_mean.mul_(1 - factor).add_(means[i].to(layer.running_mean.dtype), alpha=factor)
+                    layer.running_var.mul_(1 - factor).add_(variances[i].to(layer.running_var.dtype), alpha=factor)
+            else:  # m <- (1-f) m + f x_i for i in order: (1-f)^k m + sum_i f (1-f)^(k-1-i) x_i
+                factor = float(layer.momentum)
+                weights = factor * (1 - factor) ** torch.arange(chunks - 1, -1, -1, dtype=torch.float64)
+                weights = weights.to(means.device, torch.float32).unsqueeze(1)
+                keep = (1 - factor) ** chunks
+                layer.running_mean.mul_(keep).add_((weights * means).sum(0).to(layer.running_mean.dtype))
+                layer.running_var.mul_(keep).add_((weights * variances).sum(0).to(layer.running_var.dtype))
+                layer.num_batches_tracked.add_(chunks)
+    return out
+
+
+@contextlib.contextmanager
+def ghost_batchnorm(chunks: int, *models: nn.Module):
+    """While inside, every BatchNorm layer of ``models`` normalises a batch as ``chunks``
+    equal requests, each with its own batch statistics ("ghost" batch norm: the batch seen
+    as (chunks, n, C, ...)), and updates its running statistics once per request, in
+    order. A layer in eval mode is unchanged (each sample on its own)."""
+    patched = []
+    try:
+        if chunks > 1:
+            for model in models:
+                for layer in model.modules():
+                    if isinstance(layer, nn.modules.batchnorm._BatchNorm) and "forward" not in vars(layer):
+                        layer.forward = partial(_ghost_forward, layer, chunks)
+                        patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
 
 
 class Server:
@@ -159,14 +318,24 @@ class Server:
         if args.threads:
             torch.set_num_threads(args.threads)
         self.device = pick_device(args.device)
+        self.cuda = self.device.type == "cuda"
+        self._sync = partial(torch.cuda.synchronize, self.device) if self.cuda else None
+        self.batch_limit = getattr(args, "server_batch", 1)
+        self.train_mode = getattr(args, "server_train", SEQUENTIAL)
+        self.precision = getattr(args, "server_precision", "fp32")
         split = build_split_model(args.model, args.split, self.classes, INPUT_SHAPE)
         self.cut_shape = split.cut_shape
         self.decompress = create_server(args.module, split.cut_shape, settings.compression_config(args, "server")).to(self.device)
         self.decompress.max_batch = args.batch_size
+        # a server part with a per-request loss term or tail weights trains one request at a time
+        kind = type(self.decompress)
+        self.merges_training = self.train_mode == MERGED and kind.distill_loss is ServerPart.distill_loss \
+            and kind.take_tail_state is ServerPart.take_tail_state and not self.decompress.ships_tail
         self.curve = bool(getattr(args, "keys", ""))
         self.max_request = largest_request(self.decompress, args.batch_size, split.tail)
         self.tail_from = None  # the source whose weights the tail started from (a teacher's), if any
-        self.steps = 0         # training steps taken
+        self.steps = 0         # optimizer steps taken
+        self.passes = 0        # passes answered (a request alone is one): the next batch_id
         self.lr_scale = get(args.module).server_lr_scale  # on the module's own parameters, never the tail's
         self.tail = split.tail.to(self.device)
         self.optimizer = torch.optim.SGD(
@@ -180,72 +349,400 @@ class Server:
         # source id -> the statistics of its next evaluation, and the calibrate batches in them
         self.calibrated: dict[int, tuple[batchnorm.Statistics, int]] = {}
         self.stopping = False
+        self._held: Request | None = None  # taken off the inbox beyond --server-batch: the next sweep's first
 
     # -- the loop ----------------------------------------------------------------
     def serve(self, sock: zmq.Socket) -> None:
         """Answer requests until stopped (SIGTERM) or ``--expect-sources`` said bye; ``sock``
         belongs to the receiver's thread meanwhile."""
         receiver = Receiver(sock)
+
+        def deliver(request: Request, out: list, traced: dict) -> None:
+            receiver.reply(request.identity, out)
+            self.trace.event(events.REQUEST, **traced)  # after the reply is on its way
+
         try:
-            while not self.stopping:
-                try:
-                    request = receiver.inbox.get(timeout=POLL_MS / 1000)
-                except queue.Empty:
-                    if not receiver.alive():
-                        raise RuntimeError("the receiving thread ended") from None
-                    continue
-                out, traced = self.respond(request)
-                receiver.reply(request.identity, out)
-                self.trace.event(events.REQUEST, **traced)  # after the reply is on its way
-                expected = self.args.expect_sources
-                if expected and sum(p.done for p in self.peers.values()) >= expected:
-                    break
+            while not self._done():
+                sweep = self._sweep(receiver)
+                if sweep:
+                    self.answer(sweep, deliver, stop=self._done)
         finally:
             receiver.stop()
+
+    def _done(self) -> bool:
+        expected = self.args.expect_sources
+        return self.stopping or bool(expected and sum(p.done for p in self.peers.values()) >= expected)
+
+    def _sweep(self, receiver: Receiver) -> list[Request]:
+        """Every request waiting, up to --server-batch samples (at least one); [] when none
+        came within POLL_MS."""
+        if self._held is not None:
+            first, self._held = self._held, None
+        else:
+            try:
+                first = receiver.inbox.get(timeout=POLL_MS / 1000)
+            except queue.Empty:
+                if not receiver.alive():
+                    raise RuntimeError("the receiving thread ended") from None
+                return []
+        sweep, samples = [first], self._hint(first)[0]
+        while samples < self.batch_limit and len(sweep) < INBOX:
+            try:
+                request = receiver.inbox.get_nowait()
+            except queue.Empty:
+                break
+            more = self._hint(request)[0]
+            if samples + more > self.batch_limit:
+                self._held = request
+                break
+            sweep.append(request)
+            samples += more
+        return sweep
+
+    def _hint(self, request: Request) -> tuple:
+        """(samples, op, labels, lr_scale) of a request, from a look at its header (decoded
+        again when answered): a training step counts its labels, an infer or calibrate
+        request --batch-size (the most it may hold), anything else 0."""
+        if request.hint is None:
+            try:
+                message = protocol.decode(request.body)
+            except Exception:  # noqa: BLE001 - answered (refused) on its own
+                request.hint = (0, None, None, None)
+                return request.hint
+            labels = message.arrays.get("labels")
+            count = int(labels.shape[0]) if labels is not None and labels.ndim == 1 else None
+            lr_scale = message.fields.get("lr_scale", 1.0)
+            if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool):
+                lr_scale = None
+            samples = {"train": self.args.batch_size if count is None else count,
+                       "infer": self.args.batch_size, "calibrate": self.args.batch_size}.get(message.op, 0)
+            request.hint = (samples, message.op, count, lr_scale)
+        return request.hint
+
+    def _key(self, request: Request) -> tuple | None:
+        """What a request may share a pass with (None: it is answered on its own)."""
+        _, op, count, lr_scale = self._hint(request)
+        if request.identity not in self.peers:
+            return None
+        if op == "infer":
+            return ("infer",)
+        if op == "train" and self.merges_training and count and lr_scale is not None:
+            return ("train", float(lr_scale), count)
+        return None
+
+    def plan(self, requests: list[Request]) -> list[Unit]:
+        """The passes that answer ``requests``, in order: each request joins the latest
+        earlier pass of its kind that has room, unless a request of its connection lies at
+        or after that pass (a connection's requests keep their order)."""
+        units: list[Unit] = []
+        for request in requests:
+            key, samples = self._key(request), self._hint(request)[0]
+            target = None
+            if key is not None:
+                for unit in reversed(units):
+                    if any(r.identity == request.identity for r in unit.requests):
+                        break
+                    if unit.key == key and unit.samples + samples <= self.batch_limit:
+                        target = unit
+                        break
+            if target is None:
+                units.append(Unit(key, [request], samples))
+            else:
+                target.requests.append(request)
+                target.samples += samples
+        return units
+
+    def answer(self, requests: list[Request], deliver=None, stop=None) -> list:
+        """Answer ``requests`` (taken together off the inbox): ``deliver(request, frames,
+        traced)`` for each reply as soon as it is ready (never raises for a bad request: it
+        gets an error reply); ``stop()`` is asked after each pass. Without ``deliver``,
+        the (request, frames, traced) of every reply, in the order they were ready."""
+        done = []
+        deliver = deliver or (lambda *reply: done.append(reply))
+        for unit in self.plan(requests):
+            if len(unit.requests) == 1:
+                deliver(*self._alone(unit.requests[0]))
+            elif unit.key[0] == "infer":
+                self._infer_batch(unit.requests, deliver)
+            else:
+                self._train_batch(unit.requests, deliver)
+            if stop is not None and stop():
+                break
+        return done
 
     def respond(self, request: Request) -> tuple[list, dict]:
         """The reply frames to one request (never raises: a bad request gets an error reply),
         and the fields of its ``request`` trace event."""
-        laps = Laps()
+        _, out, traced = self._alone(request)
+        return out, traced
+
+    def _alone(self, request: Request) -> tuple[Request, list, dict]:
+        """One request answered on its own: a pass of one."""
+        laps = Laps(self._sync)
         identity = request.identity
         peer = self.peers.get(identity)
-        op = seq = None
+        message = None
         try:
             message = protocol.decode(request.body)
             laps.lap("decode")
-            op, seq = message.op, message.fields.get("seq")
             reply = self.handle(identity, message, laps)
         except Exception as exc:  # noqa: BLE001 - whatever a message does, the server keeps serving
-            reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
-            reply = Message("error", {"reason": reason})
-            print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {reason}", file=sys.stderr)
-            self.trace.event(events.ERROR, peer=self._who(identity), op=op, reason=reason)
+            reply = self._refuse(identity, message.op if message else None, exc)
         laps.lap("compute")  # what the handling did not count elsewhere
-        times = {"queue_s": laps.began - request.arrived, "server_decode_s": laps.parts["decode"],
-                 "server_compute_s": laps.parts["compute"], "server_encode_s": laps.parts["encode"]}
-        reply.fields["times"] = protocol.times_field({**times, "arrived_at": request.arrived_at, "replied_at": time.time()})
-        times["server_s"] = laps.last - laps.began  # the sum of the three parts
+        peer = self.peers.get(identity, peer)
+        batch = {"batch_id": self._next_pass(), "batch_requests": 1, "batch_samples": laps.samples}
+        return self._finish(request, laps, reply, message, peer, batch, None)
+
+    def _next_pass(self) -> int:
+        self.passes += 1
+        return self.passes - 1
+
+    def _refuse(self, identity: bytes, op: str | None, exc: Exception) -> Message:
+        """The error reply to a request that could not be answered (logged and traced)."""
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
+        print(f"server: rejected {op or 'a message'} from {self._who(identity)}: {reason}", file=sys.stderr)
+        self.trace.event(events.ERROR, peer=self._who(identity), op=op, reason=reason)
+        return Message("error", {"reason": reason})
+
+    def _finish(self, request: Request, laps: Laps, reply: Message, message: Message | None, peer: Peer | None,
+                batch: dict, share_s: float | None) -> tuple[Request, list, dict]:
+        """The reply's frames with its times, and its trace fields. ``share_s``: in a pass of
+        several, the request's share of the pass's compute (its ``duration_s`` is its own
+        decode and encode plus that); None: alone (from beginning on it to its reply encoded)."""
+        times = {"queue_s": laps.began - request.arrived, **laps.times()}
+        reply.fields["times"] = protocol.times_field({**times, "arrived_at": request.arrived_at,
+                                                      "replied_at": time.time()})
+        seq = message.fields.get("seq") if message is not None else None
         if isinstance(seq, int) and not isinstance(seq, bool) and abs(seq) < 2 ** 53:
             reply.fields["seq"] = seq  # the source checks that the reply is to this request
+        encoding = time.perf_counter()
         try:
             out = protocol.encode(reply)
         except ProtocolError as exc:  # a reply the protocol refuses (it never should): say so instead
             out = protocol.encode(Message("error", {"reason": f"the reply could not be sent: {exc}"[:MAX_REASON]}))
-        peer = self.peers.get(identity, peer)
+        ended = time.perf_counter()
+        if share_s is None:
+            duration = ended - laps.began
+        else:
+            duration = laps.parts["decode"] + laps.parts["encode"] + share_s + (ended - encoding)
         self.served[peer.source if peer else -1] += 1
         traced = {"peer": peer.source if peer else None, "op": reply.op,
                   "bytes_in": protocol.stream_bytes(request.body, self.curve),
                   "bytes_out": protocol.stream_bytes(out, self.curve),
-                  "duration_s": round(time.perf_counter() - laps.began, 6),
-                  **{name: round(v, 6) for name, v in times.items()}}
-        return out, traced
+                  "duration_s": round(duration, 6),
+                  **{name: round(v, 6) for name, v in times.items()},
+                  **batch, "batch_compute_s": round(batch.get("batch_compute_s", times["server_compute_s"]), 6)}
+        return request, out, traced
 
     def _who(self, identity: bytes) -> str:
         peer = self.peers.get(identity)
         return f"source {peer.source}" if peer else f"unknown peer {identity.hex()}"
 
+    # -- passes of several requests ---------------------------------------------------
+    def _take(self, request: Request, op: str, deliver) -> Pending | None:
+        """A request of a pass decoded (the protocol's decode) and checked; None when it was
+        refused (its error reply delivered)."""
+        laps = Laps(self._sync)
+        message = None
+        try:
+            message = protocol.decode(request.body)
+            laps.lap("decode")
+            if message.op != op:  # its header said otherwise when it was planned: it cannot be
+                raise ProtocolError(f"a {message.op} request in a pass of {op} requests")
+            return Pending(request, laps, message, self._expect(request.identity, message))
+        except Exception as exc:  # noqa: BLE001
+            self._refused(request, laps, message, exc, deliver)
+            return None
+
+    def _refused(self, request: Request, laps: Laps, message: Message | None, exc: Exception, deliver) -> None:
+        reply = self._refuse(request.identity, message.op if message else None, exc)
+        batch = {"batch_id": self._next_pass(), "batch_requests": 1, "batch_samples": 0}
+        deliver(*self._finish(request, laps, reply, message, self.peers.get(request.identity), batch, None))
+
+    def _deliver_all(self, taken: list[Pending], replies: list[Message], compute_s: float, deliver,
+                     encode=None) -> None:
+        """The replies of one pass, each encoded (``encode(pending, reply)``, its own encode
+        lap) and delivered in turn; the pass's compute is shared by samples."""
+        batch = {"batch_id": self._next_pass(), "batch_requests": len(taken),
+                 "batch_samples": sum(p.laps.samples for p in taken), "batch_compute_s": compute_s}
+        for pending, reply in zip(taken, replies):
+            pending.laps.resume()
+            if encode is not None:
+                encode(pending, reply)
+            pending.laps.lap("encode")
+            if reply.op != "error":
+                pending.peer.seq = pending.message.fields["seq"]  # only a request that was served advances
+            share = compute_s * pending.laps.samples / max(1, batch["batch_samples"])
+            deliver(*self._finish(pending.request, pending.laps, reply, pending.message, pending.peer, batch, share))
+
+    def _fail_all(self, taken: list[Pending], exc: Exception, deliver) -> None:
+        """A pass that failed as a whole (it never should): every request of it refused."""
+        for pending in taken:
+            pending.laps.resume()
+            self._refused(pending.request, pending.laps, pending.message, exc, deliver)
+
+    def _infer_batch(self, requests: list[Request], deliver) -> None:
+        """``infer`` requests: one forward pass (eval mode) per set of BatchNorm statistics
+        they use (training's, or a source's calibrated set with --bn-batches)."""
+        groups: dict[int | None, list[Pending]] = {}
+        for request in requests:
+            pending = self._take(request, "infer", deliver)
+            if pending is not None:
+                stats = self.calibrated.get(pending.peer.source)
+                groups.setdefault(None if stats is None else id(stats[0]), []).append(pending)
+        for key, taken in groups.items():
+            stats = {} if key is None else self.calibrated[taken[0].peer.source][0]
+            self._infer_pass(taken, stats, deliver)
+
+    @torch.no_grad()
+    def _infer_pass(self, taken: list[Pending], stats: batchnorm.Statistics, deliver) -> None:
+        self.decompress.eval()
+        self.tail.eval()
+        ready = []
+        with batchnorm.using(stats, self.decompress, self.tail), self._autocast():
+            for pending in taken:
+                pending.laps.resume()
+                try:
+                    _, pending.restored = self.decompress.decode(self._staged(pending.message.arrays), self.device,
+                                                                 pending.peer.source)
+                    pending.laps.samples = int(pending.restored.shape[0])
+                    pending.laps.lap("decode")
+                    ready.append(pending)
+                except Exception as exc:  # noqa: BLE001
+                    self._refused(pending.request, pending.laps, pending.message, exc, deliver)
+            if not ready:
+                return
+            began = time.perf_counter()
+            try:
+                logits = self.tail(torch.cat([p.restored for p in ready]))
+                preds = logits.argmax(1).to("cpu").numpy()
+            except Exception as exc:  # noqa: BLE001
+                self._fail_all(ready, exc, deliver)
+                return
+        if self._sync is not None:
+            self._sync()
+        compute_s = time.perf_counter() - began
+        dtype = np.uint8 if self.classes <= 256 else np.int32
+        replies, start = [], 0
+        for pending in ready:
+            pred = preds[start:start + pending.laps.samples].astype(dtype)
+            start += pending.laps.samples
+            pending.restored = None
+            replies.append(Message("pred", {}, {"pred": pred}))
+        self._deliver_all(ready, replies, compute_s, deliver)
+
+    def _train_batch(self, requests: list[Request], deliver) -> None:
+        """``train`` requests of one lr_scale and batch size with --server-train merged: one
+        forward, backward and optimizer step. The loss is the sum of each request's own mean
+        cross-entropy and the tail's BatchNorm layers see each request's samples apart
+        (:func:`ghost_batchnorm`), so each source's gradient at the cut is the one it would
+        get alone against these weights; the step takes the summed gradient, with the weight
+        decay counted once per request (k sequential steps, to first order in the learning
+        rate, for plain SGD)."""
+        self.decompress.train()
+        self.tail.train()
+        ready: list[Pending] = []
+        for request in requests:
+            pending = self._take(request, "train", deliver)
+            if pending is None:
+                continue
+            try:
+                pending.laps.resume()
+                self._lr_scale(pending.message)
+                source = pending.peer.source
+                self.calibrated.pop(source, None)  # the weights move on: its next evaluation calibrates again
+                with self._autocast():
+                    pending.sent, pending.restored = self.decompress.decode(
+                        self._staged(pending.message.arrays), self.device, source)
+                pending.labels = self._labels(pending.message.arrays, pending.restored.shape[0])
+                self._start_tail_from(self.decompress.take_tail_state(), source)
+                pending.laps.samples = int(pending.restored.shape[0])
+                pending.laps.lap("decode")
+                ready.append(pending)
+            except Exception as exc:  # noqa: BLE001
+                self._refused(pending.request, pending.laps, pending.message, exc, deliver)
+        if ready:  # one left (the others refused): exactly the sequential step
+            self._train_pass(ready, deliver)
+
+    def _train_pass(self, ready: list[Pending], deliver) -> None:
+        k = len(ready)
+        began = time.perf_counter()
+        lr_scale = ready[0].message.fields.get("lr_scale", 1.0)
+        try:
+            self._train_new_parameters()
+            for group in self.optimizer.param_groups:  # the source's boost on every group; the module's on its own
+                group["lr"] = self.args.lr * lr_scale * group["lr_scale"]
+                group["weight_decay"] = self.args.weight_decay * k  # each request's own L2 term, summed
+            self.optimizer.zero_grad(set_to_none=True)
+            sizes = [p.laps.samples for p in ready]
+            labels = torch.cat([p.labels for p in ready])
+            with self._autocast():
+                restored = ready[0].restored if k == 1 else torch.cat([p.restored for p in ready])
+                with ghost_batchnorm(k, self.tail):
+                    logits = self.tail(restored)
+                losses = [self.loss(chunk, y) for chunk, y in zip(logits.split(sizes), labels.split(sizes))]
+                total = losses[0] if k == 1 else torch.stack(losses).sum()
+            total.backward()
+            self.optimizer.step()
+            self.steps += 1
+            hits = (logits.argmax(1) == labels).split(sizes)
+            correct = torch.stack([h.sum() for h in hits]).tolist()  # waits for the device
+            values = torch.stack([loss.detach().float() for loss in losses]).tolist()
+        except Exception as exc:  # noqa: BLE001
+            self._fail_all(ready, exc, deliver)
+            return
+        finally:
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = self.args.weight_decay
+        if self._sync is not None:
+            self._sync()
+        compute_s = time.perf_counter() - began
+        replies = [Message("grad", {"loss": round(loss, 6), "correct": int(hit)}) for loss, hit in zip(values, correct)]
+
+        def encode(pending: Pending, reply: Message) -> None:
+            if pending.message.fields.get("want_grad", True):
+                reply.arrays.update(self.decompress.encode_grad(pending.sent))
+            pending.sent = pending.restored = pending.labels = None
+
+        self._deliver_all(ready, replies, compute_s, deliver, encode)
+
+    # -- the device ----------------------------------------------------------------
+    def _autocast(self):
+        """--server-precision bf16: autocast on the device (bfloat16 convolutions and matrix
+        products); fp32: nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _staged(self, arrays: dict) -> dict:
+        """On a CUDA device, a request's larger arrays copied into pinned host memory, so that
+        the module's copies to the device come from page-locked memory (the received frame's
+        pages are not); elsewhere the arrays as they came."""
+        if not self.cuda:
+            return arrays
+        staged = {}
+        for name, array in arrays.items():
+            if array.nbytes < PIN_BYTES:
+                staged[name] = array
+                continue
+            buffer = torch.empty(array.nbytes, dtype=torch.uint8, pin_memory=True)
+            pinned = buffer.numpy().view(array.dtype).reshape(array.shape)  # keeps the buffer alive
+            pinned[...] = array
+            staged[name] = pinned
+        return staged
+
     # -- messages ----------------------------------------------------------------
+    def _expect(self, identity: bytes, message: Message) -> Peer:
+        """The peer of a request that needs one (after hello), with the next seq."""
+        peer = self.peers.get(identity)
+        if peer is None:
+            raise ProtocolError(f"{message.op} before hello")
+        seq = message.fields.get("seq")
+        if seq != peer.seq + 1:
+            raise ProtocolError(f"out of order: expected seq {peer.seq + 1}, got {seq!r}")
+        return peer
+
     def handle(self, identity: bytes, message: Message, laps: Laps) -> Message:
         if message.op == "hello":
             return self._hello(identity, message.fields)
@@ -262,9 +759,7 @@ class Server:
             self.calibrated.pop(peer.source, None)
             self.trace.event(events.BYE, peer=peer.source)
             return Message("bye", {})
-        seq = message.fields.get("seq")
-        if seq != peer.seq + 1:
-            raise ProtocolError(f"out of order: expected seq {peer.seq + 1}, got {seq!r}")
+        self._expect(identity, message)
         if message.op == "train":
             reply = self._train(message, peer.source, laps)
         elif message.op == "calibrate":
@@ -273,7 +768,7 @@ class Server:
             reply = self._infer(message, peer.source, laps)
         else:
             raise ProtocolError(f"a server does not accept {message.op!r}")
-        peer.seq = seq  # only a request that was served advances the sequence
+        peer.seq = message.fields["seq"]  # only a request that was served advances the sequence
         return reply
 
     def _hello(self, identity: bytes, fields: dict) -> Message:
@@ -301,26 +796,37 @@ class Server:
             raise ProtocolError(f"labels must be {count} integers, got {None if labels is None else (labels.dtype, labels.shape)}")
         if count and (int(labels.min()) < 0 or int(labels.max()) >= self.classes):
             raise ProtocolError(f"labels must lie in 0..{self.classes - 1}")
-        return torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        values = torch.from_numpy(labels.astype(np.int64))
+        if self.cuda:  # page-locked, so that the copy need not wait
+            return values.pin_memory().to(self.device, non_blocking=True)
+        return values.to(self.device)
+
+    @staticmethod
+    def _lr_scale(message: Message) -> float:
+        lr_scale = message.fields.get("lr_scale", 1.0)
+        if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not 0 < lr_scale <= 1000:
+            raise ProtocolError(f"lr_scale must be a number in (0, 1000], got {lr_scale!r}")
+        return lr_scale
 
     def _train(self, message: Message, source: int, laps: Laps) -> Message:
-        lr_scale = message.fields.get("lr_scale", 1.0)
-        if not isinstance(lr_scale, (int, float)) or not 0 < lr_scale <= 1000:
-            raise ProtocolError(f"lr_scale must be a number in (0, 1000], got {lr_scale!r}")
+        lr_scale = self._lr_scale(message)
         self.calibrated.pop(source, None)  # the weights move on: its next evaluation calibrates again
         self.decompress.train()
         self.tail.train()
-        sent, restored = self.decompress.decode(message.arrays, self.device, source)
+        with self._autocast():
+            sent, restored = self.decompress.decode(self._staged(message.arrays), self.device, source)
         labels = self._labels(message.arrays, restored.shape[0])
+        laps.samples = int(restored.shape[0])
         self._start_tail_from(self.decompress.take_tail_state(), source)
         laps.lap("decode")
         self._train_new_parameters()
         for group in self.optimizer.param_groups:  # the source's boost on every group; the module's scale on its own
             group["lr"] = self.args.lr * lr_scale * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.tail(restored)
-        loss = self.loss(logits, labels)  # what every arm reports
-        distill = self.decompress.distill_loss(logits)
+        with self._autocast():
+            logits = self.tail(restored)
+            loss = self.loss(logits, labels)  # what every arm reports
+            distill = self.decompress.distill_loss(logits)
         (loss if distill is None else loss + distill).backward()
         self.optimizer.step()
         self.steps += 1
@@ -361,8 +867,9 @@ class Server:
         ``accumulate``."""
         self.decompress.eval()
         self.tail.eval()
-        with batchnorm.using(stats, self.decompress, self.tail, accumulate=accumulate):
-            _, restored = self.decompress.decode(message.arrays, self.device, source)
+        with batchnorm.using(stats, self.decompress, self.tail, accumulate=accumulate), self._autocast():
+            _, restored = self.decompress.decode(self._staged(message.arrays), self.device, source)
+            laps.samples = int(restored.shape[0])
             laps.lap("decode")
             logits = self.tail(restored)
             laps.lap("compute")
@@ -438,6 +945,12 @@ def trace_listening(trace: TraceWriter, server: Server, args, *, port, bind: str
                 lr_scale=server.lr_scale)
 
 
+def warm_up() -> None:
+    """What the first optimizer step would import (torch._dynamo: about 2 CPU-seconds),
+    imported before the server listens, so that no source's first round trip waits for it."""
+    importlib.import_module("torch._dynamo")
+
+
 def main(argv=None) -> int:
     args = settings.parse("server", "splittest offload server", argv)
     trace = TraceWriter(args.trace or None, run=args.run_id, role="server", copy_dir=args.trace_dir)
@@ -455,6 +968,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         server = Server(args, trace)
+        warm_up()
         auth = listen(sock, args, server.max_request)
         trace_listening(trace, server, args, port=args.port, bind=args.bind)
         server.serve(sock)

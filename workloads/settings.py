@@ -114,6 +114,20 @@ CORE: tuple[Option, ...] = (
     Option("device", str, "auto", "server device: auto (CUDA when available), cpu or cuda (on Kubernetes: "
            "--gpus decides)", SRV + ("testbed",), local_only=True,
            choices=("auto", "cpu", "cuda"), group="run"),
+    Option("server-batch", int, 256, "the most samples the server answers in one pass: it takes every request "
+           "waiting up to this many (a training step counts its labels, an inference request --batch-size) and "
+           "answers the inference requests that use the same BatchNorm statistics with one forward pass (and the "
+           "training steps with one optimizer step under --server-train merged); 1: one request at a time", SRV,
+           min=1, chart="workload.serverBatch"),
+    Option("server-train", str, "sequential", "how the server answers training steps waiting together: sequential "
+           "(one optimizer step per request, in arrival order: the papers' setting) or merged (one forward, backward "
+           "and optimizer step over them: the loss is the sum of each request's own mean loss and BatchNorm "
+           "normalises each request apart, so each source's cut gradient is what it would get alone; the step equals "
+           "the sequential ones only to first order)", SRV, choices=("sequential", "merged"),
+           chart="workload.serverTrain"),
+    Option("server-precision", str, "fp32", "the server's arithmetic: fp32, or bf16 (autocast on its device: "
+           "convolutions and matrix products in bfloat16; the gradient sent back stays float32)", SRV,
+           choices=("fp32", "bf16"), chart="workload.serverPrecision"),
     Option("timeout", float, 300.0, "seconds a source waits for a server reply before giving up", SRC,
            positive=True, chart="source.replyTimeout", group="run"),
     Option("connect-timeout", float, 900.0, "seconds a source waits for the server to answer its first hello "
