@@ -49,8 +49,9 @@ def server_threads(spec) -> tuple[int, str]:
     cores when pinned (``--server-cpus``); else every core this process may use. The
     sources wait for their replies while the server computes (a server-bound run: 96% of
     each step in the default run), so those cores are the server's while it works:
-    measured here, the default run of 8 sources at 0.4 CPU on 2 cores gave SEE_NOTE samples/s
-    per source with 2 threads against SEE_NOTE with 1 (benchmarks/server_capacity.py has the
+    measured here (2 cores), one epoch of the default run of 8 sources at 0.4 CPU gave
+    13.4 (none) and 14.8 (filter) samples/s per source with 2 threads against 10.9 and 10.5
+    with 1, the server busy 99-100% either way (benchmarks/server_capacity.py measures the
     server alone)."""
     given = int(getattr(spec, "server_threads", 0) or 0)
     if given:
