@@ -1,20 +1,30 @@
 """The cgroup filesystem, v1 and v2: where it is, which controllers a hierarchy offers,
-making and removing a run's groups, and joining one from a child between fork and exec
-(so that ``ip netns exec`` cannot hide it later). Used by the caps (cpucap.py) and the
-pinning (pinning.py)."""
+making and removing a run's groups, and the kernel's list format for cores. Used by the
+caps (cpucap.py, memcap.py) and the pinning (pinning.py); a process joins a group before
+its program runs (joining.py), so that ``ip netns exec`` cannot hide it later."""
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from .joining import Join
+from typing import Sequence
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def join_cgroup(group: Path) -> Join:
-    """Joining ``group`` (in the child, before its program runs; see testbed/joining.py)."""
-    return Join(cgroups=(str(group),))
+def cpu_list(cpus: Sequence[int]) -> str:
+    """The kernel's list format: [0, 1, 2, 5] -> '0-2,5'."""
+    parts, run = [], []
+    for cpu in sorted(cpus):
+        if run and cpu == run[-1] + 1:
+            run.append(cpu)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [cpu]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
 
 
 def enable(group: Path, *controllers: str) -> None:

@@ -22,12 +22,12 @@ from typing import Sequence
 
 import psutil
 
-from .cgroups import CGROUP_ROOT, enable, has_controller, has_cpuset, join_cgroup, remove_tree, write
+from .cgroups import CGROUP_ROOT, enable, has_controller, has_cpuset, remove_tree, write
 from . import errors
 from .errors import CapError
 from .pinning import (AffinityPinning, CoreSplit, CpusetPinning, Pinning, TreePinning,  # noqa: F401 (re-exported)
                       available_cpus, cpu_list, make_pinning, split_cores)
-from .joining import joined
+from .joining import join_cgroup, joined
 
 PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's default
 MIN_QUOTA_US = 1_000         # the kernel refuses quotas below 1 ms

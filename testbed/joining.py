@@ -13,6 +13,7 @@ import ctypes
 import os
 from dataclasses import dataclass
 
+from .cgroups import cpu_list
 from .errors import CapError
 
 CLONE_NEWNET = 0x40000000
@@ -51,7 +52,6 @@ class Join:
             try:
                 os.sched_setaffinity(0, self.cpus)
             except OSError as exc:
-                from .pinning import cpu_list
                 raise CapError(f"cannot pin to CPU {cpu_list(self.cpus)}: {exc.strerror or exc}") from None
         if self.netns:
             fd = os.open(self.netns, os.O_RDONLY)
@@ -70,6 +70,11 @@ class Join:
     def from_dict(cls, data: dict) -> "Join":
         return cls(tuple(map(str, data.get("cgroups", ()))), tuple(map(int, data.get("cpus", ()))),
                    str(data.get("netns", "")))
+
+
+def join_cgroup(group) -> Join:
+    """Joining ``group`` (a cgroup folder)."""
+    return Join(cgroups=(str(group),))
 
 
 def joined(*steps):

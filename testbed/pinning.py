@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .cgroups import enable, has_cpuset, join_cgroup, remove_tree, write
+from .cgroups import cpu_list, enable, has_cpuset, remove_tree, write  # noqa: F401 (cpu_list re-exported)
 from . import errors
 from .errors import CapError
-from .joining import Join
+from .joining import Join, join_cgroup
 
 
 def available_cpus() -> list[int]:
@@ -22,21 +22,6 @@ def available_cpus() -> list[int]:
         return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         return list(range(os.cpu_count() or 1))
-
-
-def cpu_list(cpus: Sequence[int]) -> str:
-    """The kernel's list format: [0, 1, 2, 5] -> '0-2,5'."""
-    parts, run = [], []
-    for cpu in sorted(cpus):
-        if run and cpu == run[-1] + 1:
-            run.append(cpu)
-            continue
-        if run:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [cpu]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(parts)
 
 
 @dataclass(frozen=True)
