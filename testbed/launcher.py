@@ -1,9 +1,11 @@
-"""The warm parent of an arm's sources: ``python -m testbed.launcher [--run FOLDER] MODULE...``.
+"""The warm parent of an arm's sources: ``python -m testbed.launcher [--run FOLDER] [--data
+DATASET DATA_DIR] MODULE...``.
 
 It imports the programs named (``workloads.source``: torch, numpy, ZeroMQ, the compression
 modules) once and builds nothing: no model, no data, no thread, no ZeroMQ context, no
-OpenMP pool (a pool started before a fork hangs the child). Then it forks one process per
-request, so that a source starts with everything imported, shares those pages with its
+OpenMP pool (a pool started before a fork hangs the child); with ``--data`` it reads the
+dataset once (``workloads.data.preload``: each source's shard is then a view of pages they
+all share). Then it forks one process per request, so that a source starts with everything imported, shares those pages with its
 siblings, and pays under its CPU cap only for what is its own.
 
 Each forked child, before the program runs: leads a session of its own, dies with the
@@ -178,6 +180,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--run"]:  # the arm's folder: only so that ps names the run its processes belong to
         argv = argv[2:]
+    data = None
+    if argv[:1] == ["--data"]:  # DATASET DATA_DIR: read once here, its pages shared with every source
+        data, argv = argv[1:3], argv[3:]
     modules = argv
     started = time.perf_counter()
     # private copies of the pipes; 0 and 1 become /dev/null and the log, as a child's would
@@ -189,6 +194,11 @@ def main(argv=None) -> int:
     launcher = Launcher(requests, reports)
     try:
         preload(modules)
+        if data is not None:
+            from workloads.data import preload as preload_data
+            read = preload_data(*data)
+            if read:
+                print(f"launcher: read {read} for every source", file=sys.stderr, flush=True)
     except Exception as exc:  # noqa: BLE001 -- a program that cannot be imported: said, and the run stops
         traceback.print_exc()
         launcher.report(error=f"cannot import {' '.join(modules)}: {type(exc).__name__}: {exc}")

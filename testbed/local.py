@@ -122,7 +122,8 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
         parent = None
         if spawn_method(spec) == "fork":  # its imports run while the server starts
             split = cap.pinning.split  # pinned: on the sources' cores, not the server's
-            parent = fleet.warm_parent("launcher", [SOURCE_PROGRAM], Join(cpus=split.sources) if split else None)
+            parent = fleet.warm_parent("launcher", [SOURCE_PROGRAM], Join(cpus=split.sources) if split else None,
+                                       data=(spec.dataset, spec.data_dir) if spec.data_dir else None)
         server_trace = directory / "server.jsonl"
         server_options = {**options, "trace": str(server_trace)}
         threads = server_thread_count(spec)

@@ -94,15 +94,17 @@ class Fleet:
     def log_path(self, name: str) -> Path:
         return self.directory / "logs" / f"{name}.log"
 
-    def warm_parent(self, name: str, modules: list[str], join: Join | None = None) -> WarmParent:
-        """A ``testbed.launcher`` that has imported ``modules``, to fork processes from
-        (``start(..., parent=...)``), joined to ``join`` before exec; it is stopped with the
-        fleet, after its children."""
+    def warm_parent(self, name: str, modules: list[str], join: Join | None = None,
+                    data: tuple[str, str] | None = None) -> WarmParent:
+        """A ``testbed.launcher`` that has imported ``modules`` (and read ``data``, (dataset,
+        data dir), once for all), to fork processes from (``start(..., parent=...)``), joined
+        to ``join`` before exec; it is stopped with the fleet, after its children."""
         log = open(self.log_path(name), "wb")
         self._logs.append(log)
         with signals_deferred():
             try:
-                proc = subprocess.Popen([sys.executable, "-m", "testbed.launcher", "--run", str(self.directory), *modules], stdin=subprocess.PIPE,
+                proc = subprocess.Popen([sys.executable, "-m", "testbed.launcher", "--run", str(self.directory),
+                                         *(["--data", *data] if data else []), *modules], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=log, preexec_fn=joined(die_with_parent, join),
                                         start_new_session=True, env=child_environment())
             except OSError as exc:

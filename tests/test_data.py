@@ -99,3 +99,23 @@ def test_difficulty_zero_keeps_every_byte_and_more_difficulty_blurs_the_classes(
     assert accuracy[0] > accuracy[1] + 0.05 > accuracy[2] + 0.1
     with pytest.raises(DataError, match="--difficulty must be between 0 and 1"):
         synthetic_dataset(difficulty=1.5)
+
+
+def test_a_preloaded_dataset_gives_each_source_the_same_shard_as_views_of_the_shared_pages(tmp_path):
+    """A warm parent reads CIFAR once (workloads.data.preload); each source forked from it
+    takes the same shard it would read itself, as views of those pages (no copy each)."""
+    from workloads import data as data_module
+    make_cifar_bin(tmp_path)
+    alone = [load_dataset("cifar10", str(tmp_path), part=i, parts=3, test_size=4) for i in range(3)]
+    assert data_module.preload("cifar10", str(tmp_path)).startswith("cifar10 from ")
+    try:
+        [whole] = data_module._PRELOADED.values()
+        shared = [load_dataset("cifar10", str(tmp_path), part=i, parts=3, test_size=4) for i in range(3)]
+        for a, b in zip(alone, shared):
+            assert a.train.digest() == b.train.digest() and np.array_equal(a.test.images, b.test.images)
+            assert np.shares_memory(b.train.images, whole.train.images)
+            assert np.shares_memory(b.test.images, whole.test.images)
+        assert whole.train.images.shape[0] == 25  # not cut down by any source
+    finally:
+        data_module._PRELOADED.clear()
+    assert data_module.preload("synthetic", str(tmp_path)) == ""  # made per shard: nothing to share

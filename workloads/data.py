@@ -96,6 +96,7 @@ class DatasetKind:
     required: bool              # no synthetic stand-in: without its data a run is refused
     find: Callable[[str], Path | None] | None = None  # its data under a --data-dir (None: not there)
     load: Callable[..., Dataset] | None = None        # (found, part=, parts=, test_size=) -> the shard in use
+    read_whole: Callable[[Path], Dataset] | None = None  # found -> all of it, for a warm parent (None: not shared)
     count: Callable[[str], int] | None = None         # its classes, from its data (for classes None)
     download: str | None = None  # torchvision's class that --download fetches it with (None: it cannot be)
     real: bool = True            # real images (--augment auto augments them); False: the synthetic set
@@ -210,13 +211,31 @@ def describe_data(name: str, data_dir: str, download: bool = False) -> str:
     return f"{name}, downloaded into {data_dir}"
 
 
+# whole datasets read once by a warm parent (testbed/launcher.py, ``preload``), by folder: the
+# sources it forks take their shards from these pages (views, never written), shared with it
+_PRELOADED: dict[Path, Dataset] = {}
+
+
+def preload(name: str, data_dir: str) -> str:
+    """Read the whole of ``name`` under ``data_dir`` once, for the sources forked after this
+    (a shard is then a view of pages they all share, not a copy of the dataset each): what
+    was read, in words ("" when there is nothing to share: the synthetic set is made per
+    shard, an image folder is read per file)."""
+    kind = dataset_kind(name)
+    found = kind.find(data_dir) if kind.find is not None and data_dir else None
+    if found is None or kind.read_whole is None:
+        return ""
+    _PRELOADED[found] = kind.read_whole(found)
+    return _PRELOADED[found].origin
+
+
 def _cifar(load: Callable[[Path], Dataset]) -> Callable[..., Dataset]:
-    """A CIFAR loader that keeps the source's shard of train and the test samples in use."""
+    """A CIFAR loader that keeps the source's shard of train and the test samples in use
+    (views of the whole, read here or preloaded by a warm parent)."""
     def shard_of(found: Path, *, part: int, parts: int, test_size: int) -> Dataset:
-        data = load(found)
-        data.train = shard(data.train, part, parts)
-        data.test = Split(data.test.images[:test_size], data.test.labels[:test_size])
-        return data
+        whole = _PRELOADED.get(found) or load(found)
+        return Dataset(whole.name, whole.origin, shard(whole.train, part, parts),
+                       Split(whole.test.images[:test_size], whole.test.labels[:test_size]), whole.classes)
     return shard_of
 
 
@@ -523,10 +542,11 @@ def shard(split: Split, part: int, parts: int) -> Split:
 
 DATASETS: dict[str, DatasetKind] = {kind.name: kind for kind in (
     DatasetKind("cifar10", "CIFAR-10", 10, "cifar-10-batches-bin/ or cifar-10-batches-py/ (torchvision's layout)",
-                required=False, find=find_cifar10, load=_cifar(load_cifar10), download="CIFAR10",
+                required=False, find=find_cifar10, load=_cifar(load_cifar10), read_whole=load_cifar10, download="CIFAR10",
                 help="from --data-dir, else synthetic"),
     DatasetKind("cifar100", "CIFAR-100", 100, "cifar-100-python/ (torchvision's layout)", required=True,
-                find=find_cifar100, load=_cifar(load_cifar100), download="CIFAR100", help="from --data-dir"),
+                find=find_cifar100, load=_cifar(load_cifar100), read_whole=load_cifar100, download="CIFAR100",
+                help="from --data-dir"),
     DatasetKind("folder", "an image folder", None,
                 "train/<class>/* and test/<class>/* (torchvision's ImageFolder layout)", required=True,
                 find=lambda data_dir: _existing_root(data_dir), load=lambda found, **shard: load_folder(found, **shard),
