@@ -16,7 +16,7 @@ from workloads.protocol import Message
 from workloads.server import Request, Server
 from workloads.trace import TraceWriter
 
-from conftest import free_port, read_jsonl
+from conftest import free_port, read_jsonl, wait_for
 
 HELLO = {"module": "filter", "model": "vgg11-slim", "split": 2, "classes": 10, "cut": [32, 8, 8]}
 pytestmark = pytest.mark.quick  # every test here is fast (one set of servers for the module): the quick tier
@@ -250,8 +250,10 @@ def test_a_training_step_returns_the_gradient_of_the_sent_maps(servers):
     assert reply.op == "grad" and reply.arrays["grad"].shape == (4, 2, 8, 8)
     assert np.abs(reply.arrays["grad"]).sum() > 0 and reply.fields["loss"] > 0
     assert len(errors_in(trace)) == known + 1 and proc.poll() is None
-    requests = [e for e in read_jsonl(trace) if e["event"] == "request" and e["peer"] == 0]
-    assert [e["op"] for e in requests] == ["welcome", "grad"]  # the loop traces what it served
+    def served():  # the loop traces a request once its reply is on its way: perhaps after we read it
+        return [e["op"] for e in read_jsonl(trace) if e["event"] == "request" and e["peer"] == 0]
+    wait_for(lambda: len(served()) >= 2, proc)
+    assert served() == ["welcome", "grad"]  # the loop traces what it served
     sock.close()
 
 
