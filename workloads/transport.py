@@ -132,9 +132,17 @@ class Connection:
         """``message``'s reply; ``timeout_s`` instead of the connection's reply timeout."""
         began = time.perf_counter()
         frames = protocol.encode(message)
+        timeout_ms = self.timeout_ms if timeout_s is None else int(timeout_s * 1000)
+        # a DEALER with no peer to queue for (a handshake the server refused) blocks its send:
+        # no longer than the reply may take
+        self._sock.setsockopt(zmq.SNDTIMEO, max(1, timeout_ms))
         sent, sent_at = time.perf_counter(), time.time()
-        self._sock.send_multipart(frames, copy=False)
-        self._await_reply(sent, None if timeout_s is None else int(timeout_s * 1000))
+        try:
+            self._sock.send_multipart(frames, copy=False)
+        except zmq.Again:
+            raise ServerTimeout(f"could not send to {self.address} within {timeout_ms / 1000:.0f} s: "
+                                f"no connection to it") from None
+        self._await_reply(sent, timeout_ms)
         reply_frames = self._sock.recv_multipart(copy=False)
         received, received_at = time.perf_counter(), time.time()
         return exchange(message, frames, reply_frames, curve=self.curve, encode_s=sent - began, sent=sent,
