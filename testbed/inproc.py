@@ -13,7 +13,7 @@ from pathlib import Path
 from .backend import ArmResult, Backend
 from .cpucap import Cap
 from .errors import BackendError
-from .processes import POLL_S, Fleet, describe_exit, server_thread_count, torch_threads
+from .processes import POLL_S, Fleet, describe_exit, server_threads, torch_threads
 from .progress import Progress
 from .signals import signals_deferred
 from .spec import RunSpec, check_data_dir, refuse_given
@@ -41,7 +41,7 @@ class InprocBackend(Backend):
         self.say(f"arm {module}: the server and {s.sources} sources in one process")
         # the torch threads the local backend gives each program, so that the arithmetic is the same
         options = {**s.workload_options(module), "run_id": f"{run_id}/{module}", "trace_dir": str(directory),
-                   "threads": server_thread_count(s)}
+                   "threads": server_threads(s)[0]}
         argv = to_argv(options) + ["--source-threads", ",".join(str(torch_threads(c)) for c in s.cpus)]
         fleet = Fleet(directory)
         try:

@@ -39,12 +39,13 @@ from .processes import PREEXEC_MARK, die_with_parent
 
 PR_SET_NAME = 15
 JOINED = b"ok"  # what a child writes on its status pipe once it has joined
-WARM_IMPORTS = ("torch._dynamo",)  # imported lazily by the first optimizer step: about 2 CPU-s under a cap
 
 
 def preload(modules: list[str]) -> None:
-    for name in (*modules, *WARM_IMPORTS):
+    for name in modules:
         importlib.import_module(name)
+    from workloads.models import warm_up
+    warm_up()  # what the first optimizer step imports: about 2 CPU-s, under each source's cap otherwise
     gc.collect()
     gc.freeze()  # what is imported stays out of the children's collections: its pages stay shared
 

@@ -19,11 +19,11 @@ from .errors import BackendError, warn
 from .signals import signals_deferred
 from .joining import Join, joined
 from .keys import make_run_keys
-from .memcap import MemoryCap, make_memory_cap, parse_size
+from .memcap import MemoryCap, make_memory_cap
 from .links.arm import CONTROLLER, ArmLinks, profile_delay_warning
 from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
-from .processes import (POLL_S, STOP_GRACE_S, Fleet, describe_exit, server_cpus, server_thread_count, server_threads,
+from .processes import (POLL_S, STOP_GRACE_S, Fleet, describe_exit, server_cpus, server_threads,
                         signal_group, torch_threads)
 from .progress import Progress
 from .spec import RunSpec, SpecError, check_host, check_links_here
@@ -126,7 +126,7 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                                        data=(spec.dataset, spec.data_dir) if spec.data_dir else None)
         server_trace = directory / "server.jsonl"
         server_options = {**options, "trace": str(server_trace)}
-        threads = server_thread_count(spec)
+        threads, why = server_threads(spec)
         server_options["threads"] = threads
         server_env = {"OMP_NUM_THREADS": str(threads)}
         # the cgroup first, then the namespace: a cgroup is joined through the host's cgroup filesystem
@@ -169,7 +169,6 @@ def run_arm(spec: RunSpec, module: str, directory: Path, run_id: str, *, progres
                                + (" and it was told to finish" if lost else "")) from None
         if server.returncode != 0:
             raise BackendError(describe_exit("the server", fleet, "server"))
-        threads, why = server_threads(spec)
         result = ArmResult(module, directory, cap.method, cap.describe(), cap.pinning.as_dict(),
                            {"threads": threads, "why": why})
         return result
@@ -304,7 +303,7 @@ def _record_memory(memory: MemoryCap, sources: int, directory: Path, run: str) -
         limit = memory.limit_text(i)
         _append(directory, {"t": round(time.time(), 6), "run": run, "role": events.ROLE_TESTBED, "source": i,
                             "event": events.MEMORY, "peak_bytes": memory.peak_bytes(i),
-                            "limit_bytes": parse_size(limit) if limit else None, "limit": limit,
+                            "limit_bytes": memory.limit_bytes(i), "limit": limit,
                             "oom_killed": memory.oom_killed(i), "method": memory.method})
 
 

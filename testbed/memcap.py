@@ -63,6 +63,10 @@ class MemoryCap:
     def limit_text(self, index: int) -> str | None:
         return self.limits[index] if index < len(self.limits) else None
 
+    def limit_bytes(self, index: int) -> int | None:
+        limit = self.limit_text(index)
+        return parse_size(limit) if limit else None
+
     def release(self) -> None:
         pass
 
@@ -92,7 +96,7 @@ class MemoryGroups(MemoryCap):
                     group.mkdir()
                 self.groups.append(group)
                 if limit is not None:
-                    self._limit(group, parse_size(limit))
+                    self._limit(group, self.limit_bytes(i))
         except OSError as exc:
             self.release()
             raise CapError(f"cannot set up cgroup v{version} memory groups under {root}: {exc.strerror or exc}") from None

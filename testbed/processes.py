@@ -39,11 +39,6 @@ def server_cpus(spec) -> int:
     return int(getattr(spec, "server_cpus", 0) or 0)
 
 
-def server_thread_count(spec) -> int:
-    """The server's torch threads: see ``server_threads``."""
-    return server_threads(spec)[0]
-
-
 def server_threads(spec) -> tuple[int, str]:
     """The server's torch threads and why, in words: ``--server-threads``; else its own
     cores when pinned (``--server-cpus``); else every core this process may use. The

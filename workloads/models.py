@@ -21,6 +21,7 @@ point); ``MODELS`` maps each model name to its family and width divisor.
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -115,6 +116,16 @@ MODELS: dict[str, tuple[str, int]] = {
     "vgg11": ("vgg11", 1), "vgg11-slim": ("vgg11", 4),
     "resnet18": ("resnet18", 1), "resnet18-slim": ("resnet18", 4),
 }
+
+
+FIRST_STEP_IMPORTS = ("torch._dynamo",)  # what torch imports lazily at the first optimizer step: ~2 CPU-s
+
+
+def warm_up() -> None:
+    """Import what the first optimizer step would (``FIRST_STEP_IMPORTS``), now: before a
+    server listens, in a warm parent before it forks, not in anyone's first step."""
+    for name in FIRST_STEP_IMPORTS:
+        importlib.import_module(name)
 
 
 def block_count(model: str) -> int:

@@ -78,7 +78,6 @@ stays float32).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import queue
 import resource
@@ -101,7 +100,7 @@ from .compression.base import ServerPart, state_bytes
 from .compression.shipping import load_flat_state
 from .data import INPUT_SHAPE, class_count
 from .errors import Exit, WorkloadError
-from .models import build_split_model
+from .models import build_split_model, warm_up
 from .protocol import Message, ProtocolError
 from .trace import TraceWriter
 
@@ -943,12 +942,6 @@ def trace_listening(trace: TraceWriter, server: Server, args, *, port, bind: str
                 device=str(server.device), module=args.module, model=args.model, split=args.split,
                 cut=list(server.cut_shape), torch=torch.__version__, threads=torch.get_num_threads(),
                 lr_scale=server.lr_scale)
-
-
-def warm_up() -> None:
-    """What the first optimizer step would import (torch._dynamo: about 2 CPU-seconds),
-    imported before the server listens, so that no source's first round trip waits for it."""
-    importlib.import_module("torch._dynamo")
 
 
 def main(argv=None) -> int:
