@@ -161,7 +161,7 @@ DECLARED: tuple[Figure | View, ...] = (
     F("cap_method", "run", "how the cap was enforced (cgroup-v1, cgroup-v2, none, ...)"),
     F("split", "run", "the layer the model is cut at (the first source's ``start`` event)",
       title="split", shown_in=("table",)),
-    F("data", "run", "the data the sources trained on: {origin, synthetic} (the first source's ``data`` event)"),
+    F("data", "run", "the data the sources trained on: {origin, synthetic, difficulty} (the first source's ``data`` event; difficulty: the synthetic set's, else None)"),
     F("budgets", "run", "every budget a source trained at (its ``batch`` events), sorted"),
     F("bytes_sent_total", "traffic", "the stream bytes the sources sent in training steps: summed over the "
       "``batch`` events of all sources", unit="bytes", title="bytes sent (MB)", fmt="{:.3f}", scale="MB",

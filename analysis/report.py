@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import metrics, plots, summary
+from .caveats import caveats
 from .figures import FIGURES as DECLARED, cell, shown
 from .load import load_runs
 
@@ -129,6 +130,9 @@ def write_report(run_dirs, out: Path) -> Report:
               "cap; waiting for replies: the share of each step spent waiting for the server; server busy: the "
               "server's time in requests over its serving time (definitions: `analysis/figures.py`).", "",
               markdown_table(table), ""]
+    notes = caveats(arms)
+    if notes:
+        lines += ["What these figures do not measure:", ""] + [f"- {line}" for line in notes] + [""]
     if len(table) and "bound_reason" in table:
         lines += ["What bound the throughput:", ""]
         lines += [f"- {row.label}: {row.bound_by or 'not known'}: {row.bound_reason}" for row in table.itertuples()]

@@ -12,13 +12,16 @@ by_module with those ratios for every other arm.
 
 The printed table has a row per declaration shown in "table" (``ROWS``), then the optional
 ones (``LINK_ROWS``: the link and latency figures) that hold a value for at least one arm
-(runs without a link or latency parts print none of them).
+(runs without a link or latency parts print none of them). The lines below the table say
+what bound each arm, then its link trace, adaptation and lost sources, the ratios, and last
+what the figures do not measure (:mod:`analysis.caveats`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import metrics
+from .caveats import caveats
 from .errors import AnalysisError
 from .figures import cell, shown
 from .load import RunDirError, load_arm
@@ -134,6 +137,7 @@ def format_table(summary: dict) -> str:
             lines.append(f"{name} vs {comparison['baseline']}: traffic ratio {_x(c['traffic_ratio'])} "
                          f"(sent {_x(c['traffic_ratio_sent'])}, received {_x(c['traffic_ratio_received'])}), "
                          f"throughput ratio {c['throughput_ratio'] if c['throughput_ratio'] is not None else '-'}")
+    lines += [f"note: {line}" for line in caveats(arms)]
     return "\n".join(lines)
 
 

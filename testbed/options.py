@@ -47,6 +47,8 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
            "may talk to the server (for overhead comparisons)", TB, group="run"),
     Option("out", str, "", "run directory (default: a new folder under ./runs/)", TB, group="run"),
     Option("quiet", bool, False, "print nothing but errors", TB, group="run"),
+    Option("no-report", bool, False, "end with summary.json and the table, without drawing the report (report.md "
+           "and its figures: seconds per run); testbed report RUN draws it later", TB, group="run"),
     Option("link", str, "", "a named link profile for every source (its rate, medium and delay; the README's "
            "table says where each number comes from; --bandwidth, --medium, --delay beside it win)", TB,
            choices=("", *PROFILES), group="link"),

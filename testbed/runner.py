@@ -67,9 +67,9 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
         manifest["status"] = status
         manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         _write_json(out / "manifest.json", manifest)
-    code = _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say)
+    code = _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say, draw=not spec.no_report)
     if lost:
-        raise LostSources(f"{lost_message(lost, spec)}; summary and report written")
+        raise LostSources(f"{lost_message(lost, spec)}; summary " + ("written" if spec.no_report else "and report written"))
     return code
 
 
@@ -89,12 +89,15 @@ def lost_message(lost: list[tuple[str, dict]], spec=None) -> str:
     return "; ".join(parts)
 
 
-def _finish(out: Path, summary: dict, say) -> int:
+def _finish(out: Path, summary: dict, say, draw: bool = True) -> int:
     from analysis.summary import format_table
 
     _write_json(out / "summary.json", summary)
     say(format_table(summary))
     say(f"summary: {out / 'summary.json'}")
+    if not draw:
+        say(f"report: not drawn (--no-report); testbed report {out} draws it")
+        return Exit.OK
     return report([out], "", say)
 
 

@@ -167,6 +167,7 @@ dataset = "synthetic"
 batches = 2
 epochs = 3
 eval-samples = 32
+no-report = true
 [[arms]]
 module = "none"
 [[arms]]

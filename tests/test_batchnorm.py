@@ -177,7 +177,7 @@ def test_a_run_that_calibrates_trains_exactly_as_one_that_does_not(tmp_path, cli
     for bn in (0, 2):
         out = tmp_path / f"bn{bn}"
         result = cli("run", "--sources", 1, "--module", "none", "--batches", 3, "--epochs", 2, *TINY,
-                     "--bn-batches", bn, "--backend", "inproc", "--out", out, "--quiet")
+                     "--bn-batches", bn, "--backend", "inproc", "--out", out, "--quiet", "--no-report")
         assert result.returncode == 0, result.stderr
         arms[bn] = read_jsonl(out / "none" / "source-0.jsonl")
     losses = {bn: [e["loss"] for e in events if e["event"] == "batch"] for bn, events in arms.items()}

@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from analysis.caveats import NO_LINK, caveats
+from analysis.summary import format_table
 from conftest import REPO, TINY, cgroup_roots, cgroups_of, read_jsonl, workload_programs
 
 SUMMARY_KEYS = {"module", "sources", "cpu_cap", "bytes_sent_total", "bytes_received_total",
@@ -68,6 +70,12 @@ def test_filter_learns_to_concentrate_on_the_budget_and_loss_falls(tmp_path, cli
                  "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
+    # loopback and the synthetic set at difficulty 0, learnt: the table and the report say what that means
+    table = format_table(json.loads((out / "summary.json").read_text())).splitlines()
+    report = (out / "report" / "report.md").read_text()
+    for caveat in (NO_LINK, "the synthetic set at difficulty 0 saturates: every arm reaches 1.000 test accuracy"):
+        assert sum(line.startswith(f"note: {caveat}") for line in table) == 1, table
+        assert sum(line.startswith(f"- {caveat}") for line in report.splitlines()) == 1, report
     for source in range(2):
         events = read_jsonl(out / "filter" / f"source-{source}.jsonl")
         batches = [e for e in events if e["event"] == "batch"]
@@ -80,11 +88,25 @@ def test_filter_learns_to_concentrate_on_the_budget_and_loss_falls(tmp_path, cli
         assert sum(v > 0.5 for v in f) == 4
 
 
+@pytest.mark.quick
+def test_caveats_name_a_missing_link_and_a_saturated_synthetic_set_only_where_they_apply():
+    def arm(accuracy=1.0, link=None, synthetic=True, difficulty=0.0):
+        return {"test_accuracy": accuracy, "link": link,
+                "data": {"origin": "x", "synthetic": synthetic, "difficulty": difficulty if synthetic else None}}
+    [no_link, saturated] = caveats({"none": arm(), "filter": arm(0.996)})
+    assert no_link == NO_LINK and "every arm reaches 1.000 / 0.996 test accuracy (none, filter)" in saturated
+    assert caveats({"none": arm(link="65mbit shared"), "filter": arm()})[0].startswith("the synthetic set")
+    assert caveats({"none": arm(), "filter": arm(0.5)}) == [NO_LINK]           # not learnt: it separates them
+    assert caveats({"none": arm(difficulty=0.5)}) == [NO_LINK]                 # a harder set
+    assert caveats({"none": arm(synthetic=False, link="lte")}) == []           # real data on a link
+    assert caveats({}) == []
+
+
 @pytest.mark.parametrize("module, budgets", [("deprune", [4, 4, 4, 32]), ("prune", [32, 32, 8, 4])])
 def test_budget_schedules_show_in_the_trace(tmp_path, cli, module, budgets):
     out = tmp_path / "run"
     result = cli("run", "--sources", 1, "--backend", "inproc", "--module", module, "--epochs", 4, "--batches", 2,
-                 *TINY, "--out", out, "--quiet")
+                 *TINY, "--out", out, "--quiet", "--no-report")
     assert result.returncode == 0, result.stderr
     batches = [e for e in read_jsonl(out / module / "source-0.jsonl") if e["event"] == "batch"]
     assert [b["budget"] for b in batches[::2]] == budgets
@@ -164,7 +186,7 @@ def test_every_baseline_module_runs_and_traces_its_bytes(tmp_path, cli):
     # in a process of its own, one arm after another: two runs side by side share the arms out, four in
     # a `testbed run` of their own while this process runs the other four
     run = ["run", "--sources", "1", "--backend", "inproc", "--batches", "2", "--distill-steps", "2",
-           "--phase1-steps", "2", "--epochs", "1", *map(str, TINY), "--quiet"]
+           "--phase1-steps", "2", "--epochs", "1", *map(str, TINY), "--quiet", "--no-report"]
     groups = {tmp_path / "here": "none,raw,jpeg,webp", tmp_path / "aside": "crbq,cdc,mcr2,entropic"}
     aside = subprocess.Popen([sys.executable, "-m", "testbed.cli", *run, "--module", groups[tmp_path / "aside"],
                               "--out", str(tmp_path / "aside")], cwd=REPO, stdout=subprocess.PIPE,

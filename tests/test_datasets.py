@@ -196,7 +196,7 @@ def test_testbed_run_trains_on_an_image_folder_with_a_model_of_its_classes(tmp_p
     out = tmp_path / "run"
     result = cli("run", "--backend", "inproc", "--dataset", "folder", "--data-dir", tmp_path / "data",
                  "--sources", 1, "--batches", 2, "--epochs", 1, "--eval-samples", 8, "--batch-size", 4,
-                 "--module", "none", "--model", "vgg11-slim", "--quiet", "--out", out)
+                 "--module", "none", "--model", "vgg11-slim", "--quiet", "--no-report", "--out", out)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"].startswith(f"folder {tmp_path / 'data'} (3 classes: ant, bee, cat)")

@@ -17,7 +17,7 @@ from workloads.protocol import Message
 from workloads.transport import InProcessConnection, ServerError
 
 ARMS = ("none", "filter")
-RUN = ["--batches", 3, "--epochs", 2, "--seed", 7, *TINY, "--quiet"]
+RUN = ["--batches", 3, "--epochs", 2, "--seed", 7, *TINY, "--quiet", "--no-report"]
 
 
 def batches(folder, source=0):

@@ -263,7 +263,7 @@ def test_a_bandwidth_sweep_runs_each_rate_on_its_shaped_link_and_leaves_nothing(
     out = tmp_path / "sweep"
     result = run_testbed("run", "--sources", "1", "--cpu", "1", "--batches", "2", "--epochs", "1", *TINY,
                          "--sweep-bandwidth", "50mbit,20mbit", "--medium", "shared", "--module", "none", "--out", out,
-                         "--port", port, "--quiet")
+                         "--port", port, "--quiet", "--no-report")  # the trials' own reports: the sweep draws its own
     assert result.returncode == 0, result.stderr
     rows = {r["trial"]: r for r in json.loads((out / "sweep.json").read_text())["trials"]}
     assert list(rows) == ["none-bandwidth-50mbit", "none-bandwidth-20mbit"]
@@ -271,7 +271,7 @@ def test_a_bandwidth_sweep_runs_each_rate_on_its_shaped_link_and_leaves_nothing(
     assert rows["none-bandwidth-50mbit"]["params"] == {"sources": 1, "cpu": 1.0, "batches": 2, "epochs": 1,
                                                        "model": "vgg11-slim", "batch_size": 8, "eval_samples": 16,
                                                        "dataset": "synthetic", "medium": "shared", "port": port,
-                                                       "module": "none", "bandwidth": "50mbit"}
+                                                       "no_report": True, "module": "none", "bandwidth": "50mbit"}
     run = out / "trials" / "none-bandwidth-50mbit"  # an ordinary run folder
     events = read_jsonl(run / "none" / "link.jsonl")
     link = events[0]

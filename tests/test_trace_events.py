@@ -15,7 +15,7 @@ pytestmark = pytest.mark.quick
 
 RUN = ["run", "--backend", "inproc", "--module", "filter", "--sources", 2, "--batches", 3, "--epochs", 2,
        "--model", "vgg11-slim", "--batch-size", 8, "--eval-samples", 16, "--dataset", "synthetic", "--bn-batches", 2,
-       "--quiet"]  # filter: the module with fields of its own in batch and eval
+       "--quiet", "--no-report"]  # filter: the module with fields of its own in batch and eval
 
 # where each writer's events are written, and how a line there names one
 WRITERS = {

@@ -195,6 +195,7 @@ DECLARATIONS: tuple[Event, ...] = (
         train_samples     count  training samples in the source's shard
         test_samples      count  evaluation samples
         train_digest      text   the shard's fingerprint (CRC-32 of its images and labels, in order)
+        difficulty?       fraction  the synthetic set's difficulty (--difficulty; synthetic data only)
     """),
     _event(CONNECTED, ROLE_SOURCE, "the server welcomed the source's hello: the connection is up", """
         server            text   the server's address (--server; "inproc" in process)

@@ -418,9 +418,10 @@ def live(args, trace: TraceWriter, created: float, connection=None, before_start
                     process_created=created, torch=torch.__version__, threads=torch.get_num_threads(),
                     settings=settings.effective(args, "source"), **start)
         source = Source(args, trace, connection)
-        trace.event(events.DATA, origin=source.data_origin, synthetic=source.data_origin.startswith("synthetic"),
+        synthetic = source.data_origin.startswith("synthetic")
+        trace.event(events.DATA, origin=source.data_origin, synthetic=synthetic,
                     train_samples=len(source.train.labels), test_samples=len(source.test.labels),
-                    train_digest=source.train.digest())
+                    train_digest=source.train.digest(), **({"difficulty": args.difficulty} if synthetic else {}))
         source.hello()
         source.run()
         source.bye()

@@ -93,7 +93,8 @@ def source_figures(runs: Runs) -> pd.DataFrame:
             "pretrain_samples": _column_sum(_rows(kinds, "pretrain"), "samples"),
             "test_accuracy": _float(source_evals["accuracy"].iloc[-1]) if len(source_evals) else None,
             "split": _whole(_value(start, "split")),
-            "data": {"origin": _value(data, "origin"), "synthetic": _value(data, "synthetic")},
+            "data": {"origin": _value(data, "origin"), "synthetic": _value(data, "synthetic"),
+                     "difficulty": _float(_value(data, "difficulty"))},
             "budgets": [_whole(_clean(v)) for v in steps["budget"] if not _missing(v)],
         })
     return pd.DataFrame(rows)
