@@ -14,7 +14,7 @@ from .backend import ArmResult, Backend
 from .cpucap import Cap
 from .errors import BackendError
 from .processes import POLL_S, Fleet, describe_exit, server_threads, torch_threads
-from .progress import Progress
+from .progress import open_progress
 from .signals import signals_deferred
 from .spec import RunSpec, check_data_dir, refuse_given
 
@@ -36,9 +36,8 @@ class InprocBackend(Backend):
 
         s = self.spec
         directory.mkdir(parents=True, exist_ok=True)
-        progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
-            if self.say is print else None
         self.say(f"arm {module}: the server and {s.sources} sources in one process")
+        progress = open_progress(directory, module, s, self.say)
         # the torch threads the local backend gives each program, so that the arithmetic is the same
         options = {**s.workload_options(module), "run_id": f"{run_id}/{module}", "trace_dir": str(directory),
                    "threads": server_threads(s)[0]}
@@ -57,6 +56,8 @@ class InprocBackend(Backend):
         finally:
             with signals_deferred():  # a second Ctrl-C or a SIGTERM waits for the cleanup
                 fleet.stop()
+            if progress is not None:
+                progress.close()
         return ArmResult(module, directory, NO_CAP, "no caps: one process, its sources stepped in turn")
 
 

@@ -25,7 +25,7 @@ from .links.network import NetworkError, probe_kernel, remove_stale
 from .links.plan import LinkPlan, plan_links
 from .processes import (POLL_S, STOP_GRACE_S, Fleet, describe_exit, server_cpus, server_threads,
                         signal_group, torch_threads)
-from .progress import Progress
+from .progress import Progress, open_progress
 from .spec import RunSpec, SpecError, check_host, check_links_here
 from .traces import read_events
 from .warmparent import default_spawn
@@ -62,13 +62,16 @@ class LocalBackend(Backend):
                 warning = profile_delay_warning(self.links, self.kernel)
                 if warning:
                     warn(warning)
-        progress = Progress(directory, module, s.sources, s.batches, s.epochs, write=self.say) \
-            if self.say is print else None
         threads, why = server_threads(s)
         self.say(f"arm {module}: starting the server ({threads} torch thread{'s' if threads != 1 else ''}: {why}) "
                  f"and {s.sources} sources ({'forked from a warm parent' if spawn_method(s) == 'fork' else 'exec'})")
-        return run_arm(s, module, directory, run_id, progress=progress, warn=warn, keys=self.keys,
-                       links=self.links, kernel=self.kernel)
+        progress = open_progress(directory, module, s, self.say)
+        try:
+            return run_arm(s, module, directory, run_id, progress=progress, warn=warn, keys=self.keys,
+                           links=self.links, kernel=self.kernel)
+        finally:
+            if progress is not None:
+                progress.close()
 
 
 def spawn_method(spec) -> str:

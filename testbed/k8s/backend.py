@@ -16,6 +16,8 @@ from pathlib import Path
 from ..backend import ArmResult, Backend
 from .. import errors
 from ..errors import BackendError
+from ..armview import StreamFeed
+from ..progress import open_progress
 from ..signals import signals_deferred
 from ..spec import RunSpec
 from .cluster import Cluster, ClusterError
@@ -56,16 +58,25 @@ class KubernetesBackend(Backend):
         self._warn_about_links()
         self.say(f"arm {module}: helm install {release} in namespace {self.cluster.namespace}")
         streamer = LogStreamer(self.cluster, directory / "_stream")
+        # the live view, fed by the streamed pod logs; updated with each listing of the pods
+        progress = open_progress(directory, module, self.spec, self.say,
+                                 feed=StreamFeed(streamer.folder, lambda: streamer.pods))
         try:
             self.cluster.install(release, values, timeout_s=INSTALL_TIMEOUT_S)
             follow(self.cluster, release, self.spec.sources, timeout_s=self.wait_s,
-                   pending_limit_s=self.pending_timeout_s, say=self.say, on_pods=streamer.update)
-            for problem in streamer.finish(self.cluster.pods(release)):
+                   pending_limit_s=self.pending_timeout_s, say=self.say,
+                   on_pods=_then(streamer.update, progress and progress.update))
+            problems = streamer.finish(self.cluster.pods(release))
+            if progress is not None:
+                progress.close()  # the last of the streamed logs, before collection removes them
+            for problem in problems:
                 self.warn(problem)
             found = collect(self.cluster, release, directory, streamed=streamer)
             shutil.rmtree(directory / "_stream", ignore_errors=True)  # all of it is in the traces and logs/ now
             self.placement[module] = placement(self.cluster, streamer.pods.values())
         except BaseException as failure:  # Ctrl-C (and SIGTERM, raised as it) included
+            if progress is not None:
+                progress.close()
             with signals_deferred():  # a second Ctrl-C waits for the salvage and the uninstall
                 self._salvage(release, directory, streamer, failure)
                 self._remove(release, failure)
@@ -106,6 +117,15 @@ class KubernetesBackend(Backend):
             # Ctrl-C or a bug: let the original propagate as it is, and say what was left behind.
             what = "interrupted" if isinstance(failure, KeyboardInterrupt) else f"{type(failure).__name__}: {failure}"
             self.warn(f"{what}; then {left}")
+
+
+def _then(first, second):
+    """``first(pods)``, then ``second()`` when there is one."""
+    def both(pods):
+        first(pods)
+        if second:
+            second()
+    return both
 
 
 def open_backend(spec: RunSpec, say=print) -> KubernetesBackend:
