@@ -206,15 +206,19 @@ def tiny_sweep(tmp_path_factory):
 
 def _kill_when_training(sweep: subprocess.Popen, trial_dir: Path, deadline_s: float = 300) -> bool:
     """SIGKILL the process of the trial that writes into ``trial_dir`` once it has trained a
-    batch (its trace says so); False if the sweep ended first."""
+    batch (its trace says so); False if the sweep ended first. A trial forked from its warm
+    parent is named "trial <id>" (15 characters at most); an exec'd one has its folder on
+    its command line."""
     import time
+
+    from testbed.sweep.trial import PROGRAM, process_name
 
     end = time.monotonic() + deadline_s
     while time.monotonic() < end and sweep.poll() is None:
         if any(e["event"] == "batch" for e in events_so_far(trial_dir / "filter" / "source-0.jsonl")):
-            for proc in psutil.process_iter(["cmdline"]):
+            for proc in psutil.process_iter(["name", "cmdline"]):
                 cmdline = proc.info["cmdline"] or []
-                if "testbed.sweep.trial" in cmdline and str(trial_dir) in cmdline:
+                if proc.info["name"] == process_name(trial_dir) or (PROGRAM in cmdline and str(trial_dir) in cmdline):
                     proc.send_signal(signal.SIGKILL)
                     return True
         time.sleep(0.2)  # polling the trace: the trial gives no other sign that it trains

@@ -5,10 +5,20 @@ trial that dies (or is killed) is a failed row and not a failed sweep.
 SETTINGS_JSON`` and returns what the sweep's table needs: the status, the error line, the
 wall time and the arm's summary. The child process gets SIGTERM when its parent dies
 (Linux), and the testbed cleans up on SIGTERM as on Ctrl-C.
+
+Where the platform forks (Linux), the trial is forked from a warm parent instead of
+exec'd: one ``testbed.launcher`` per process that runs trials (a Ray worker, or the
+testbed for trials run here), started with its first trial, has imported what a trial
+imports (``TRIAL_IMPORTS``: torch, what its first optimizer step imports, the testbed,
+pandas and matplotlib for its summary and report), so that each later trial starts in a
+fraction of a second instead of paying those seconds of CPU again. A forked trial is the
+same program with the same arguments (``main(argv)``); its output goes to its log as an
+exec'd one's does.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -16,12 +26,19 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import Exit, exit_status
+from ..errors import BackendError, Exit, exit_status
 from ..processes import child_environment, die_with_parent
+from ..warmparent import WarmParent, default_spawn
 
 LOG = "sweep-trial.log"  # the trial's terminal output, in its run directory
 STATUS_BY_CODE = {Exit.OK: "ok", Exit.LOST_SOURCES: "lost-sources"}
 STOP_PATIENCE_S = 120.0  # a stopped trial's own cleanup: a fleet's, or a cluster's collection and helm uninstall
+PROGRAM = "testbed.sweep.trial"
+# what a trial imports, imported once by the warm parent (the launcher adds what the first optimizer step imports)
+TRIAL_IMPORTS = (PROGRAM, "testbed.runner", "testbed.local", "testbed.inproc", "workloads.inprocess",
+                 "analysis.summary", "analysis.report")
+
+_parent: WarmParent | None = None  # this process's warm parent of trials, started with its first trial
 
 
 def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> dict:
@@ -29,24 +46,21 @@ def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> d
     folder = Path(trial_dir)
     if folder.exists():
         shutil.rmtree(folder)
+    log = folder.with_name(f".{folder.name}.log")  # the trial's output, moved into its folder once it ends
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "testbed.sweep.trial", str(folder), json.dumps(settings)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=die_with_parent, env=child_environment())
+    proc = _start(folder, settings, log)
     timed_out = False
     try:
-        output, _ = proc.communicate(timeout=timeout_s)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        output = _stop(proc)
+        _stop(proc)
     except BaseException:  # the sweep was cancelled (Ctrl-C reaches a Ray task as KeyboardInterrupt)
-        output = _stop(proc)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / LOG).write_text(output)
+        _stop(proc)
+        _keep_log(log, folder)
         raise
     seconds = time.monotonic() - started
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOG).write_text(output)
+    output = _keep_log(log, folder)
     status = "failed" if timed_out else STATUS_BY_CODE.get(proc.returncode, "failed")
     error = None
     if timed_out:
@@ -57,16 +71,70 @@ def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> d
             "summary": arm_summary(folder, settings["module"])}
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    """SIGTERM (the testbed cleans up as on Ctrl-C), then SIGKILL after STOP_PATIENCE_S; the
-    output so far."""
-    proc.terminate()
-    try:
-        output, _ = proc.communicate(timeout=STOP_PATIENCE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-    return output or ""
+def _start(folder: Path, settings: dict, log: Path):
+    """The trial's process, its output into ``log``: forked from this process's warm parent
+    where the platform forks, else exec'd."""
+    argv = [str(folder), json.dumps(settings)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    parent = _warm_parent(log.parent.parent / "logs")
+    if parent is not None:
+        try:
+            return parent.fork(process_name(folder), PROGRAM, argv, log=log, env=child_environment(), join=None)
+        except BackendError:  # the launcher has gone (it died with its last trial's worker): exec this one
+            pass
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", PROGRAM, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent, env=child_environment())
+
+
+def process_name(folder: Path) -> str:
+    """A forked trial's name in ps and /proc/PID/comm (the kernel keeps 15 bytes)."""
+    return f"trial {Path(folder).name}"[:15]
+
+
+def _warm_parent(folder: Path) -> WarmParent | None:
+    """This process's warm parent of trials (started now if it has none, or its last one
+    ended; its log in ``folder``: the sweep's ``logs/``); None where trials are exec'd."""
+    global _parent
+    if default_spawn() != "fork":
+        return None
+    if _parent is None or _parent.closed:
+        folder.mkdir(parents=True, exist_ok=True)
+        launcher_log = folder / f"launcher-{os.uname().nodename}-{os.getpid()}.log"
+        with open(launcher_log, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "testbed.launcher", *TRIAL_IMPORTS],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                    preexec_fn=die_with_parent, start_new_session=True, env=child_environment())
+        _parent = WarmParent(proc, lambda: _tail(launcher_log))
+    return _parent
+
+
+def _tail(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
+    return f"ended: {lines[-1].strip()}" if lines else "ended"
+
+
+def _keep_log(log: Path, folder: Path) -> str:
+    """The trial's output, moved into its folder (made if the trial made none); the text."""
+    output = log.read_text(errors="replace") if log.exists() else ""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOG).write_text(output)
+    log.unlink(missing_ok=True)
+    return output
+
+
+def _stop(proc) -> None:
+    """SIGTERM (the testbed cleans up as on Ctrl-C), then SIGKILL after STOP_PATIENCE_S."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=STOP_PATIENCE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _error_line(output: str, code: int) -> str:
