@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 from analysis import load_runs, metrics, plots, write_report
+from analysis.caveats import NO_LINK
 from analysis.load import INFER_COLUMNS, load_arm
 from analysis.summary import LINK_ROWS, ROWS, format_table, summarise_arm
 
@@ -257,7 +258,8 @@ def test_old_traces_give_none(tmp_path):
     assert runs.batches["latency_s"].isna().all()
     printed = format_table({"arms": {"none": arm}, "comparison": None})
     assert not any(line.startswith(row.title) for line in printed.splitlines() for row in LINK_ROWS)
-    assert len(printed.splitlines()) == len(ROWS) + 2  # header, rows, the bound-by sentence
+    # header, rows, the bound-by sentence, the caveat of no link
+    assert len(printed.splitlines()) == len(ROWS) + 3 and printed.splitlines()[-1] == f"note: {NO_LINK}"
 
 
 def test_the_loader_reads_link_and_infer_events(tmp_path):
