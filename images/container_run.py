@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from testbed.backend import ArmResult  # noqa: E402
+from testbed.backend import ArmResult, Backend  # noqa: E402
 from testbed.errors import BackendError  # noqa: E402
 from testbed.k8s.collect import INDEX_ANNOTATION, collect  # noqa: E402
 from testbed.k8s.values import chart_values, release_name  # noqa: E402
@@ -236,7 +236,7 @@ class ContainerCluster:
         return self.engine.logs(name)
 
 
-class ContainerBackend:
+class ContainerBackend(Backend):
     """Each arm as the chart's pods, run as containers on this machine."""
     name = "containers"
 

@@ -31,3 +31,7 @@ class Backend(Protocol):
         """Run arm ``module`` to the end, leaving server.jsonl and source-N.jsonl in
         ``directory``; raise BackendError when it cannot. Everything the arm started
         is stopped or removed before this returns or raises, Ctrl-C included."""
+
+    def close(self) -> None:
+        """The run is over (finished, failed or interrupted): stop what the backend kept
+        across its arms (the in-process backend's warm parent). Nothing by default."""

@@ -28,7 +28,7 @@ from .processes import (POLL_S, STOP_GRACE_S, Fleet, describe_exit, server_cpus,
 from .progress import Progress, open_progress
 from .spec import RunSpec, SpecError, check_host, check_links_here
 from .traces import read_events
-from .warmparent import default_spawn
+from .warmparent import spawn_method
 
 SOURCE_PROGRAM = "workloads.source"
 SERVER_READY_TIMEOUT_S = 180.0
@@ -72,11 +72,6 @@ class LocalBackend(Backend):
         finally:
             if progress is not None:
                 progress.close()
-
-
-def spawn_method(spec) -> str:
-    """``--spawn``, where this platform can: exec where it cannot fork."""
-    return spec.spawn if spec.spawn == "exec" else default_spawn()
 
 
 def largest_message(spec, module: str) -> int:

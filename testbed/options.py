@@ -39,8 +39,9 @@ TESTBED_OPTIONS: tuple[Option, ...] = (
            "warning), cgroup, psutil or none", TB, choices=METHODS, group="run"),
     Option("spawn", str, "fork", "how the local backend starts sources: fork (from one warm parent per arm that "
            "has imported torch and the programs: a source starts in about a second and shares those pages) or "
-           "exec (a fresh interpreter per source, which imports everything under its cap); a Kubernetes pod is "
-           "its own process either way", TB, choices=SPAWN_METHODS, group="run"),
+           "exec (a fresh interpreter per source, which imports everything under its cap); --backend inproc "
+           "forks each arm's process from one warm parent per run the same way; a Kubernetes pod is its own "
+           "process either way", TB, choices=SPAWN_METHODS, group="run"),
     Option("backend", str, "local", "; ".join(f"{kind.name}: {kind.help}" for kind in BACKENDS.values()), TB,
            choices=tuple(BACKENDS), group="run"),
     Option("insecure", bool, False, "no CURVE: plaintext between sources and server, any peer that reaches the port "

@@ -64,6 +64,7 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     except (TraceError, SummaryError) as exc:
         raise BackendError(str(exc)) from None
     finally:
+        backend.close()
         manifest["status"] = status
         manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         _write_json(out / "manifest.json", manifest)

@@ -27,6 +27,11 @@ def default_spawn() -> str:
     return "fork" if sys.platform.startswith("linux") and hasattr(os, "fork") else "exec"
 
 
+def spawn_method(spec) -> str:
+    """``--spawn``, where this platform can: exec where it cannot fork."""
+    return spec.spawn if spec.spawn == "exec" else default_spawn()
+
+
 class WarmParent:
     """A running ``testbed.launcher`` (its Popen is ``proc``); ``fork`` starts a program in a
     child of it. A thread reads its reports."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import psutil
 import pytest
 
 from conftest import REPO, TINY, free_port, read_jsonl
@@ -88,6 +89,10 @@ def test_the_summaries_agree_on_bytes_per_sample_and_the_manifest_names_the_back
         assert inproc["arms"][module]["cap_method"] == "none"
     manifest = json.loads((both[1] / "manifest.json").read_text())
     assert manifest["backend"] == "inproc" and manifest["status"] == "ok"
+    # each arm's process forked from the run's one warm parent (it imported once), stopped with the run
+    launched = (both[1] / "logs" / "launcher.log").read_text()
+    assert launched.count("workloads.inprocess imported in") == 1, launched
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(both[1]) in " ".join(p.info["cmdline"] or [])]
 
 
 def test_two_sources_take_turns_and_both_finish(tmp_path, cli):
