@@ -394,12 +394,12 @@ def test_a_source_that_did_not_end_well_fails_the_summary(tmp_path, status, mess
 
 def test_testbed_fails_in_one_line_when_a_source_did_not_end_ok(tmp_path, capsys):
     """`testbed run`'s summary step, behind a backend that leaves a failed source's trace."""
-    from testbed.backend import ArmResult
+    from testbed.backend import ArmResult, Backend
     from testbed.errors import Exit, exit_status
     from testbed.runner import run
     from testbed.spec import RunSpec
 
-    class FailedSourceBackend:
+    class FailedSourceBackend(Backend):
         name = "hand-made"
 
         def run_arm(self, module, folder, run_id):
