@@ -2,8 +2,9 @@
 end with these lines, so that a run made with the defaults says what its figures mean.
 
 - **No link:** no arm ran behind an emulated link (no ``link`` figure), so every source
-  reached the server over loopback: the throughput compares the server and the sources'
-  CPU caps, not the network the papers measured.
+  reached the server over whatever joins them (loopback on one machine, nothing in process,
+  the pod network on a cluster): the throughput compares the server and the sources'
+  compute, not the network the papers measured.
 - **A saturated synthetic set:** every arm trained on the synthetic set at difficulty 0
   and every arm's test accuracy is at least ``SATURATED``: the set is learnt whatever the
   compression, so accuracy does not tell the methods apart.
@@ -17,9 +18,9 @@ from typing import Mapping
 
 SATURATED = 0.95  # every arm's test accuracy at least this: the synthetic set no longer separates them
 
-NO_LINK = ("no link was emulated: the sources reached the server over loopback, so the throughput compares "
-           "the server and the sources' CPU caps, not the network the papers measured (--link wifi gives "
-           "paper 002's setting)")
+NO_LINK = ("no link was emulated: the sources reached the server over whatever joins them here (loopback on "
+           "one machine, nothing in process), so the throughput compares the server and the sources' compute, not "
+           "the network the papers measured (--link wifi gives paper 002's setting)")
 
 
 def caveats(arms: Mapping[str, Mapping]) -> list[str]:

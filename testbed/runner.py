@@ -64,10 +64,12 @@ def run(spec: RunSpec, say=print, backend: Backend | None = None) -> int:
     except (TraceError, SummaryError) as exc:
         raise BackendError(str(exc)) from None
     finally:
-        backend.close()
-        manifest["status"] = status
-        manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-        _write_json(out / "manifest.json", manifest)
+        try:
+            backend.close()
+        finally:
+            manifest["status"] = status
+            manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+            _write_json(out / "manifest.json", manifest)
     code = _finish(out, {"run": run_id, "arms": arms, "comparison": compare(arms)}, say, draw=not spec.no_report)
     if lost:
         raise LostSources(f"{lost_message(lost, spec)}; summary " + ("written" if spec.no_report else "and report written"))

@@ -10,6 +10,7 @@ the arm runs (``stream``), and whatever happens (a failed pod, a timeout, Ctrl-C
 was streamed is written out as the arm's traces before the release is uninstalled."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -75,9 +76,10 @@ class KubernetesBackend(Backend):
             shutil.rmtree(directory / "_stream", ignore_errors=True)  # all of it is in the traces and logs/ now
             self.placement[module] = placement(self.cluster, streamer.pods.values())
         except BaseException as failure:  # Ctrl-C (and SIGTERM, raised as it) included
-            if progress is not None:
-                progress.close()
             with signals_deferred():  # a second Ctrl-C waits for the salvage and the uninstall
+                if progress is not None:
+                    with contextlib.suppress(Exception):  # the display's end must not cost the uninstall
+                        progress.close()
                 self._salvage(release, directory, streamer, failure)
                 self._remove(release, failure)
             raise

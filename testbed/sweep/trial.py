@@ -39,6 +39,8 @@ TRIAL_IMPORTS = (PROGRAM, "testbed.runner", "testbed.local", "testbed.inproc", "
                  "analysis.summary", "analysis.report")
 
 _parent: WarmParent | None = None  # this process's warm parent of trials, started with its first trial
+_exec_only = False  # its warm parent failed once: this process execs its trials from then on
+# (execute is called by one thread at a time: a Ray task runs on its worker's main thread, run_here in turn)
 
 
 def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> dict:
@@ -56,8 +58,10 @@ def execute(settings: dict, trial_dir: str, timeout_s: float | None = None) -> d
         timed_out = True
         _stop(proc)
     except BaseException:  # the sweep was cancelled (Ctrl-C reaches a Ray task as KeyboardInterrupt)
-        _stop(proc)
-        _keep_log(log, folder)
+        try:
+            _stop(proc)
+        finally:
+            _keep_log(log, folder)
         raise
     seconds = time.monotonic() - started
     output = _keep_log(log, folder)
@@ -80,8 +84,8 @@ def _start(folder: Path, settings: dict, log: Path):
     if parent is not None:
         try:
             return parent.fork(process_name(folder), PROGRAM, argv, log=log, env=child_environment(), join=None)
-        except BackendError:  # the launcher has gone (it died with its last trial's worker): exec this one
-            pass
+        except BackendError as exc:  # it could not import, it hung, or it has gone: exec from now on
+            _give_up_forking(parent, str(exc))
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", PROGRAM, *argv], stdout=out, stderr=subprocess.STDOUT,
                                 preexec_fn=die_with_parent, env=child_environment())
@@ -96,7 +100,7 @@ def _warm_parent(folder: Path) -> WarmParent | None:
     """This process's warm parent of trials (started now if it has none, or its last one
     ended; its log in ``folder``: the sweep's ``logs/``); None where trials are exec'd."""
     global _parent
-    if default_spawn() != "fork":
+    if default_spawn() != "fork" or _exec_only:
         return None
     if _parent is None or _parent.closed:
         folder.mkdir(parents=True, exist_ok=True)
@@ -107,6 +111,17 @@ def _warm_parent(folder: Path) -> WarmParent | None:
                                     preexec_fn=die_with_parent, start_new_session=True, env=child_environment())
         _parent = WarmParent(proc, lambda: _tail(launcher_log))
     return _parent
+
+
+def _give_up_forking(parent: WarmParent, why: str) -> None:
+    """The warm parent failed: stop it (a trial it may still fork dies with it), say so once,
+    and exec every later trial of this process."""
+    global _parent, _exec_only
+    if parent.proc.poll() is None:
+        parent.proc.kill()
+        parent.proc.wait()
+    _parent, _exec_only = None, True
+    print(f"testbed: warning: {why}; this process's trials are exec'd from now on", file=sys.stderr, flush=True)
 
 
 def _tail(log: Path) -> str:
@@ -126,6 +141,8 @@ def _keep_log(log: Path, folder: Path) -> str:
 def _stop(proc) -> None:
     """SIGTERM (the testbed cleans up as on Ctrl-C), then SIGKILL after STOP_PATIENCE_S."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:  # ended (a forked trial's pid is free at once: never signal it again)
+            return
         try:
             os.kill(proc.pid, sig)
         except ProcessLookupError:
