@@ -5,11 +5,10 @@ otherwise), and the feeds that update it from trace events, whoever reads them:
 - :class:`TraceFeed` (the local and in-process backends): the arm folder's trace files
   as they grow: ``source-N.jsonl``, ``server.jsonl``, ``testbed.jsonl`` (the sources
   the testbed saw die: ``lost``).
-- :class:`StreamFeed` (``--backend k8s``): the pod logs the backend streams into
-  ``<arm>/_stream/<pod>.log`` (testbed/k8s/stream.py), a kubelet timestamp before a
-  line stripped, each pod's trace found as collection finds it (:func:`trace_of`), and a
-  failed source pod reported lost with the cause collection gives it
-  (testbed/k8s/collect.py's ``lost_event``).
+- ``testbed.k8s.stream.StreamFeed`` (``--backend k8s``): the pod logs the backend streams
+  into ``<arm>/_stream/<pod>.log``, each pod's trace found by collection's one rule
+  (``testbed.k8s.collect.trace_of``), a failed source pod reported lost with the cause
+  collection gives it.
 
 :class:`ArmView` holds per source the batches done (of ``batches x epochs``),
 samples/s, MB sent and received, the latest loss and test accuracy and its state (a
@@ -34,7 +33,6 @@ from pathlib import Path
 from statistics import median
 from typing import Callable, Iterator
 
-from analysis.jsonl import parse
 from workloads import events
 
 from .traces import Tail
@@ -269,90 +267,6 @@ class TraceFeed:
                 yield events.ROLE_SOURCE, i, event
         for event in self.testbed.new_events():
             yield events.ROLE_TESTBED, event.get("source"), event
-
-
-def trace_of(pod) -> tuple[str, int | None] | None:
-    """Whose trace a pod's log holds, as collection reads it (testbed/k8s/collect.py): the
-    server's, ("server", None); a source's, ("source", N) from its Job's completion index or
-    its own source-id annotation; (role, None) for a source pod without either (its events'
-    envelope says which); None for any other pod (the helm test probe)."""
-    from .k8s.collect import INDEX_ANNOTATION, SOURCE_ANNOTATION
-
-    meta = getattr(pod, "metadata", None)
-    component = ((getattr(meta, "labels", None) or {}).get("app.kubernetes.io/component"))
-    if component == events.ROLE_SERVER:
-        return events.ROLE_SERVER, None
-    if component != events.ROLE_SOURCE:
-        return None
-    annotations = getattr(meta, "annotations", None) or {}
-    index = annotations.get(SOURCE_ANNOTATION, annotations.get(INDEX_ANNOTATION))
-    try:
-        return events.ROLE_SOURCE, int(index)
-    except (TypeError, ValueError):
-        return events.ROLE_SOURCE, None
-
-
-class StreamFeed:
-    """The pod logs streamed into ``folder`` (``<arm>/_stream/<pod>.log``), each complete
-    line once, a kubelet timestamp before it stripped; the JSON ones with an ``event``
-    are trace events. ``pods()``: the pods seen so far by name (the streamer's ``pods``);
-    a source pod that failed yields the ``lost`` event collection will write for it."""
-
-    def __init__(self, folder: Path, pods: Callable[[], dict] | None = None):
-        self.folder, self.pods = folder, pods or dict
-        self.offsets: dict[str, int] = {}
-        self.ends: dict[int, list[dict]] = {}   # a source's end and drop events (a lost event's cause)
-        self.failed: set[int] = set()
-
-    def __call__(self) -> Iterator[tuple[str, int | None, dict]]:
-        from .k8s.stream import stamp_ns
-
-        pods = dict(self.pods())
-        for path in sorted(self.folder.glob("*.log")) if self.folder.is_dir() else []:
-            whose = trace_of(pods[path.stem]) if path.stem in pods else ("", None)  # ("", None): the envelope's
-            if whose is None:
-                continue  # not a pod of the arm's programs
-            for line in self._new_lines(path):
-                event = parse(stamp_ns(line)[1].strip())
-                if event is None or "event" not in event:
-                    continue  # a line of the program's own output, not a trace event
-                role = whose[0] or event.get("role")
-                if not role:
-                    continue
-                index = whose[1] if whose[1] is not None else event.get("source")
-                if role == events.ROLE_SOURCE and event.get("event") in (events.END, events.DROP):
-                    self.ends.setdefault(index, []).append(event)
-                yield role, index, event
-        yield from self._lost(pods)
-
-    def _new_lines(self, path: Path) -> list[bytes]:
-        start = self.offsets.get(path.name, 0)
-        try:
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read()
-        except OSError:
-            return []
-        data = data[:data.rfind(b"\n") + 1]  # a line still being written: next time
-        self.offsets[path.name] = start + len(data)
-        return [line for line in data.split(b"\n") if line.strip()]
-
-    def _lost(self, pods: dict) -> Iterator[tuple[str, int | None, dict]]:
-        from .k8s.cluster import ClusterError
-        from .k8s.collect import lost_event
-
-        for pod in pods.values():
-            whose = trace_of(pod)
-            status = getattr(pod, "status", None)
-            if not whose or whose[0] != events.ROLE_SOURCE or whose[1] is None or whose[1] in self.failed \
-                    or getattr(status, "phase", None) != "Failed":
-                continue
-            self.failed.add(whose[1])
-            try:
-                event = lost_event(pod, whose[1], self.ends.get(whose[1], []))
-            except ClusterError:  # it ended because the server is gone: its end event says so
-                continue
-            yield events.ROLE_TESTBED, whose[1], event
 
 
 def _num(value) -> float | None:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .armview import ArmView, Feed, StreamFeed, TraceFeed, trace_of  # noqa: F401 (the model and its feeds)
+from .armview import ArmView, Feed, TraceFeed
 
 STATUS_EVERY_S = 5.0   # the lines display: the batches done per source, this often
 

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from testbed.armview import ArmView, StreamFeed, TraceFeed, trace_of
+from testbed.armview import ArmView, TraceFeed
+from testbed.k8s.collect import trace_of
+from testbed.k8s.stream import StreamFeed
 from testbed.progress import LINES, LIVE, SILENT, Progress, display_mode, open_progress
 
 rich = pytest.importorskip("rich")

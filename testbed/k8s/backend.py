@@ -17,7 +17,6 @@ from pathlib import Path
 from ..backend import ArmResult, Backend
 from .. import errors
 from ..errors import BackendError
-from ..armview import StreamFeed
 from ..progress import open_progress
 from ..signals import signals_deferred
 from ..spec import RunSpec
@@ -25,7 +24,7 @@ from .cluster import Cluster, ClusterError
 from .collect import collect, placement
 from .follow import PENDING_TIMEOUT_S, follow
 from .links import link_warnings
-from .stream import LogStreamer
+from .stream import LogStreamer, StreamFeed
 from .values import chart_values, release_name
 
 INSTALL_TIMEOUT_S = 300

@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 from analysis.jsonl import parse
+from workloads import events as declared
 from workloads.events import DROP, END, LOST, ROLE_TESTBED, START
 
 from .cluster import Cluster, ClusterError
@@ -57,21 +58,19 @@ def collect(cluster: Cluster, release: str, directory: Path, streamed=None) -> d
                            f"(finished pods are kept for the chart's ttlSecondsAfterFinished)")
     module, sources, cap, lost = None, 0, None, []
     for pod in pods:
-        labels = pod.metadata.labels or {}
-        component = labels.get("app.kubernetes.io/component")
-        if component == "server":
+        whose = trace_of(pod)
+        if whose is None:
+            continue  # the helm test probe
+        component, index = whose
+        if component == declared.ROLE_SERVER:
             name = "server"
-        elif component == "source":
-            annotations = pod.metadata.annotations or {}
-            index = annotations.get(SOURCE_ANNOTATION, annotations.get(INDEX_ANNOTATION))
+        else:
             if index is None:
                 raise ClusterError(f"source pod {pod.metadata.name} has neither a {INDEX_ANNOTATION} nor a "
                                    f"{SOURCE_ANNOTATION} annotation")
-            name = f"source-{int(index)}"
+            name = f"source-{index}"
             sources += 1
             cap = cap or _cpu_limit(pod)
-        else:
-            continue  # the helm test probe
         text = streamed.text(pod.metadata.name) if streamed is not None else None
         if not text:  # never followed, or nothing came through the stream: the log API's copy
             try:
@@ -86,13 +85,32 @@ def collect(cluster: Cluster, release: str, directory: Path, streamed=None) -> d
         for event in parsed:
             if event.get("event") == START and event.get("module"):
                 module = event["module"]
-        if component == "source" and (pod.status.phase if pod.status else None) == "Failed":
-            lost.append(lost_event(pod, int(name.split("-")[1]), parsed))
+        if component == declared.ROLE_SOURCE and (pod.status.phase if pod.status else None) == "Failed":
+            lost.append(lost_event(pod, index, parsed))
     if lost:
         with open(directory / "testbed.jsonl", "a", encoding="utf-8") as out:
             for event in sorted(lost, key=lambda e: e["t"]):
                 out.write(json.dumps(event, separators=(",", ":")) + "\n")
     return {"module": module, "sources": sources, "pods": len(pods), "cpu_cap": cap, "lost": lost}
+
+
+def trace_of(pod) -> tuple[str, int | None] | None:
+    """Whose trace a pod's log holds, the one rule collection and the live view read it by: the
+    server's, ("server", None); a source's, ("source", N) from its Job's completion index or
+    its own source-id annotation; (role, None) for a source pod without either (its events'
+    envelope says which); None for any other pod (the helm test probe)."""
+    meta = getattr(pod, "metadata", None)
+    component = ((getattr(meta, "labels", None) or {}).get("app.kubernetes.io/component"))
+    if component == declared.ROLE_SERVER:
+        return declared.ROLE_SERVER, None
+    if component != declared.ROLE_SOURCE:
+        return None
+    annotations = getattr(meta, "annotations", None) or {}
+    index = annotations.get(SOURCE_ANNOTATION, annotations.get(INDEX_ANNOTATION))
+    try:
+        return declared.ROLE_SOURCE, int(index)
+    except (TypeError, ValueError):
+        return declared.ROLE_SOURCE, None
 
 
 def lost_event(pod, source: int, events: list[dict]) -> dict:

@@ -22,8 +22,13 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
+
+from analysis.jsonl import parse
+from workloads import events as declared
 
 from .cluster import Cluster, ClusterError
+from .collect import lost_event, trace_of
 
 STREAM_READ_S = 30.0   # a follow that brings nothing for this long is opened again
 RETRY_S = 5.0          # a pod whose log cannot be read yet (container creating) is tried again
@@ -258,3 +263,61 @@ class LogStreamer:
         """The streamed log of pod ``name`` (None when it was never followed)."""
         path = self.folder / f"{name}.log"
         return path.read_text(errors="replace") if name in self.logs and path.exists() else None
+
+
+class StreamFeed:
+    """The pod logs streamed into ``folder`` (``<arm>/_stream/<pod>.log``), each complete
+    line once, a kubelet timestamp before it stripped; the JSON ones with an ``event``
+    are trace events: the live view's feed on a cluster (testbed/armview.py's model). ``pods()``: the pods seen so far by name (the streamer's ``pods``);
+    a source pod that failed yields the ``lost`` event collection will write for it."""
+
+    def __init__(self, folder: Path, pods: Callable[[], dict] | None = None):
+        self.folder, self.pods = folder, pods or dict
+        self.offsets: dict[str, int] = {}
+        self.ends: dict[int, list[dict]] = {}   # a source's end and drop events (a lost event's cause)
+        self.failed: set[int] = set()
+
+    def __call__(self) -> Iterator[tuple[str, int | None, dict]]:
+        pods = dict(self.pods())
+        for path in sorted(self.folder.glob("*.log")) if self.folder.is_dir() else []:
+            whose = trace_of(pods[path.stem]) if path.stem in pods else ("", None)  # ("", None): the envelope's
+            if whose is None:
+                continue  # not a pod of the arm's programs
+            for line in self._new_lines(path):
+                event = parse(stamp_ns(line)[1].strip())
+                if event is None or "event" not in event:
+                    continue  # a line of the program's own output, not a trace event
+                role = whose[0] or event.get("role")
+                if not role:
+                    continue
+                index = whose[1] if whose[1] is not None else event.get("source")
+                if role == declared.ROLE_SOURCE and event.get("event") in (declared.END, declared.DROP):
+                    self.ends.setdefault(index, []).append(event)
+                yield role, index, event
+        yield from self._lost(pods)
+
+    def _new_lines(self, path: Path) -> list[bytes]:
+        start = self.offsets.get(path.name, 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except OSError:
+            return []
+        data = data[:data.rfind(b"\n") + 1]  # a line still being written: next time
+        self.offsets[path.name] = start + len(data)
+        return [line for line in data.split(b"\n") if line.strip()]
+
+    def _lost(self, pods: dict) -> Iterator[tuple[str, int | None, dict]]:
+        for pod in pods.values():
+            whose = trace_of(pod)
+            status = getattr(pod, "status", None)
+            if not whose or whose[0] != declared.ROLE_SOURCE or whose[1] is None or whose[1] in self.failed \
+                    or getattr(status, "phase", None) != "Failed":
+                continue
+            self.failed.add(whose[1])
+            try:
+                event = lost_event(pod, whose[1], self.ends.get(whose[1], []))
+            except ClusterError:  # it ended because the server is gone: its end event says so
+                continue
+            yield declared.ROLE_TESTBED, whose[1], event
