@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from ..errors import BackendError, Exit, exit_status
-from ..processes import child_environment, die_with_parent
+from ..processes import Fleet, child_environment, die_with_parent
 from ..warmparent import WarmParent, default_spawn
 
 LOG = "sweep-trial.log"  # the trial's terminal output, in its run directory
@@ -80,7 +80,7 @@ def _start(folder: Path, settings: dict, log: Path):
     where the platform forks, else exec'd."""
     argv = [str(folder), json.dumps(settings)]
     log.parent.mkdir(parents=True, exist_ok=True)
-    parent = _warm_parent(log.parent.parent / "logs")
+    parent = _warm_parent(log.parent.parent)
     if parent is not None:
         try:
             return parent.fork(process_name(folder), PROGRAM, argv, log=log, env=child_environment(), join=None)
@@ -96,20 +96,14 @@ def process_name(folder: Path) -> str:
     return f"trial {Path(folder).name}"[:15]
 
 
-def _warm_parent(folder: Path) -> WarmParent | None:
+def _warm_parent(sweep: Path) -> WarmParent | None:
     """This process's warm parent of trials (started now if it has none, or its last one
-    ended; its log in ``folder``: the sweep's ``logs/``); None where trials are exec'd."""
+    ended; its log in the sweep's ``logs/``); None where trials are exec'd."""
     global _parent
     if default_spawn() != "fork" or _exec_only:
         return None
     if _parent is None or _parent.closed:
-        folder.mkdir(parents=True, exist_ok=True)
-        launcher_log = folder / f"launcher-{os.uname().nodename}-{os.getpid()}.log"
-        with open(launcher_log, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "testbed.launcher", *TRIAL_IMPORTS],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                    preexec_fn=die_with_parent, start_new_session=True, env=child_environment())
-        _parent = WarmParent(proc, lambda: _tail(launcher_log))
+        _parent = Fleet(sweep).warm_parent(f"launcher-{os.uname().nodename}-{os.getpid()}", list(TRIAL_IMPORTS))
     return _parent
 
 
@@ -122,11 +116,6 @@ def _give_up_forking(parent: WarmParent, why: str) -> None:
         parent.proc.wait()
     _parent, _exec_only = None, True
     print(f"testbed: warning: {why}; this process's trials are exec'd from now on", file=sys.stderr, flush=True)
-
-
-def _tail(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
-    return f"ended: {lines[-1].strip()}" if lines else "ended"
 
 
 def _keep_log(log: Path, folder: Path) -> str:
